@@ -1,0 +1,438 @@
+//! Configuration: one Pingora YAML file, Pingora's keys at the top and ours under `acestream:`.
+//!
+//! [`load_file`] / [`load_str`] read the text once for Pingora's [`ServerConf`] (which ignores keys
+//! it does not know) and once more for our section, then validate everything into a typed
+//! [`Config`]. Every problem is reported with its key path (`acestream.engines[0].port`) before
+//! anything listens, and all validation problems are reported together, not one per run.
+
+mod wire;
+
+use pingora::server::configuration::ServerConf;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use wire::{AceWire, FileWire};
+
+/// TS packets are 188 bytes; chunk sizes are rounded down to a whole number of them.
+pub const TS_PACKET_SIZE: usize = 188;
+
+/// The validated settings of the proxy. Defaults are `spec/config.md`'s.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Addresses serving getstream, admin and metrics.
+    pub listen: Vec<SocketAddr>,
+    /// If set, `/proxy/*` and `/metrics` require `Authorization: Bearer <token>`.
+    pub admin_token: Option<String>,
+    /// The static engine pool.
+    pub engines: Vec<EngineConfig>,
+    /// Optional orchestrator that lists engines at `GET <url>/engines`.
+    pub orchestrator: Option<OrchestratorConfig>,
+    /// Longest wait from session start (engine JSON call included) to its first upstream byte.
+    pub empty_stream_timeout: Duration,
+    /// How long a session lives after its last client leaves.
+    pub stream_idle_timeout: Duration,
+    /// How often client activity is checked.
+    pub client_heartbeat_interval: Duration,
+    /// A client whose socket accepts nothing for this long is dropped.
+    pub client_timeout: Duration,
+    /// Bytes of ring per session (join burst + slow-client slack).
+    pub stream_buffer_size: usize,
+    /// Upstream read / fan-out unit, already rounded down to whole 188-byte packets.
+    pub copy_chunk_size: usize,
+    /// Bytes of recent stream a joining client receives at once (rounded to whole chunks).
+    pub join_burst_bytes: usize,
+    /// A partial chunk is published after this long, so low bitrates do not wait for a full chunk.
+    pub chunk_flush_interval: Duration,
+    /// Longest time to pick an engine (discovery fetch included).
+    pub engine_selection_timeout: Duration,
+    /// How long a fetched engine list is reused.
+    pub engine_cache_ttl: Duration,
+    /// TCP connect timeout towards engines.
+    pub engine_connect_timeout: Duration,
+    /// Idle-read timeout on engine connections (restarts on every byte).
+    pub engine_read_timeout: Duration,
+    /// Engines with this many streams are not candidates.
+    pub max_streams_per_engine: usize,
+    /// Safety-net period of the idle-session reaper.
+    pub session_cleanup_interval: Duration,
+    /// Engine health probe period.
+    pub health_check_interval: Duration,
+}
+
+/// One statically configured engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Host name or IP the engine's HTTP API is reached at.
+    pub host: String,
+    /// The engine's HTTP API port.
+    pub port: u16,
+    /// Its P2P port is forwarded (scores +1000).
+    pub forwarded: bool,
+}
+
+/// The orchestrator that lists engines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrchestratorConfig {
+    /// Base URL, `http://host:port`.
+    pub url: String,
+    /// Sent as a Bearer token when set.
+    pub api_key: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        validate(AceWire::default()).expect("built-in defaults are valid")
+    }
+}
+
+/// One problem in the configuration, with the key path it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// `acestream.engines[0].port`, or the file path for I/O problems.
+    pub path: String,
+    /// What is wrong, in words.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+/// Every problem found in one configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// At least one problem.
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn one(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            problems: vec![ConfigProblem {
+                path: path.into(),
+                reason: reason.into(),
+            }],
+        }
+    }
+}
+
+/// Both halves of the file: Pingora's server settings and ours.
+#[derive(Debug)]
+pub struct LoadedConfig {
+    /// Pingora's `ServerConf`, validated by Pingora.
+    pub server: ServerConf,
+    /// Our `acestream:` section, validated.
+    pub acestream: Config,
+}
+
+/// Reads and validates a configuration file.
+pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::one(path.display().to_string(), e.to_string()))?;
+    load_str(&text)
+}
+
+/// Validates configuration text (the content of a YAML file).
+pub fn load_str(text: &str) -> Result<LoadedConfig, ConfigError> {
+    // Our section first: its errors carry precise key paths.
+    let de = serde_yaml::Deserializer::from_str(text);
+    let file: FileWire = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        ConfigError::one(
+            describe_path(&path, &inner),
+            strip_path_prefix(&inner, &path),
+        )
+    })?;
+    let acestream = validate(file.acestream)?;
+    let server = ServerConf::from_yaml(text)
+        .map_err(|e| ConfigError::one("(pingora server settings)", e.to_string()))?;
+    Ok(LoadedConfig { server, acestream })
+}
+
+/// Default settings when no file is given: Pingora's defaults and ours.
+pub fn defaults() -> LoadedConfig {
+    LoadedConfig {
+        server: ServerConf::default(),
+        acestream: Config::default(),
+    }
+}
+
+/// An unknown key is reported at the path of the key itself, not of its parent map.
+fn describe_path(path: &str, reason: &str) -> String {
+    let base = if path == "." {
+        String::new()
+    } else {
+        path.to_string()
+    };
+    if let Some(rest) = reason.strip_prefix("unknown field `") {
+        if let Some(end) = rest.find('`') {
+            let key = &rest[..end];
+            return if base.is_empty() {
+                key.to_string()
+            } else {
+                format!("{base}.{key}")
+            };
+        }
+    }
+    if base.is_empty() {
+        "(document)".to_string()
+    } else {
+        base
+    }
+}
+
+/// serde_yaml already starts its message with the path; we print the path once, in front.
+fn strip_path_prefix(reason: &str, path: &str) -> String {
+    reason
+        .strip_prefix(path)
+        .and_then(|r| r.strip_prefix(": "))
+        .unwrap_or(reason)
+        .to_string()
+}
+
+fn validate(w: AceWire) -> Result<Config, ConfigError> {
+    let mut problems = Vec::new();
+    let mut bad = |path: String, reason: String| problems.push(ConfigProblem { path, reason });
+
+    if w.listen.is_empty() {
+        bad(
+            "acestream.listen".into(),
+            "needs at least one address".into(),
+        );
+    }
+    let mut listen = Vec::new();
+    for (i, a) in w.listen.iter().enumerate() {
+        match a.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => bad(
+                format!("acestream.listen[{i}]"),
+                "port 0 is not allowed".into(),
+            ),
+            Ok(addr) => listen.push(addr),
+            Err(e) => bad(
+                format!("acestream.listen[{i}]"),
+                format!("{a:?} is not an ip:port address ({e})"),
+            ),
+        }
+    }
+    let mut engines = Vec::new();
+    for (i, e) in w.engines.iter().enumerate() {
+        if e.host.trim().is_empty() {
+            bad(format!("acestream.engines[{i}].host"), "is empty".into());
+        }
+        if e.port == 0 {
+            bad(
+                format!("acestream.engines[{i}].port"),
+                "port 0 is not allowed (1..=65535)".into(),
+            );
+        }
+        engines.push(EngineConfig {
+            host: e.host.trim().to_string(),
+            port: e.port,
+            forwarded: e.forwarded,
+        });
+    }
+    let orchestrator = match w.orchestrator {
+        None => None,
+        Some(o) => {
+            let url = o.url.trim().trim_end_matches('/').to_string();
+            match url.parse::<http::Uri>() {
+                Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {}
+                _ => bad(
+                    "acestream.orchestrator.url".into(),
+                    format!("{:?} is not an http://host:port URL", o.url),
+                ),
+            }
+            Some(OrchestratorConfig {
+                url,
+                api_key: Some(o.api_key).filter(|k| !k.is_empty()),
+            })
+        }
+    };
+    let copy_chunk_size = (w.copy_chunk_size as usize / TS_PACKET_SIZE) * TS_PACKET_SIZE;
+    if copy_chunk_size == 0 {
+        bad(
+            "acestream.copy_chunk_size".into(),
+            format!("must be at least {TS_PACKET_SIZE} bytes (one TS packet)"),
+        );
+    }
+    let stream_buffer_size = w.stream_buffer_size as usize;
+    if copy_chunk_size > 0 && stream_buffer_size < 2 * copy_chunk_size {
+        bad(
+            "acestream.stream_buffer_size".into(),
+            format!(
+                "must hold at least two chunks ({} bytes)",
+                2 * copy_chunk_size
+            ),
+        );
+    }
+    let positive = [
+        ("client_heartbeat_interval", w.client_heartbeat_interval),
+        ("client_timeout", w.client_timeout),
+        ("engine_selection_timeout", w.engine_selection_timeout),
+        ("engine_connect_timeout", w.engine_connect_timeout),
+        ("engine_read_timeout", w.engine_read_timeout),
+        ("session_cleanup_interval", w.session_cleanup_interval),
+        ("health_check_interval", w.health_check_interval),
+        ("empty_stream_timeout", w.empty_stream_timeout),
+        ("chunk_flush_interval", w.chunk_flush_interval),
+    ];
+    for (key, d) in positive {
+        if d.0.is_zero() {
+            bad(format!("acestream.{key}"), "must be greater than 0".into());
+        }
+    }
+    if w.max_streams_per_engine == 0 {
+        bad(
+            "acestream.max_streams_per_engine".into(),
+            "must be at least 1".into(),
+        );
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError { problems });
+    }
+    Ok(Config {
+        listen,
+        admin_token: Some(w.admin_token).filter(|t| !t.is_empty()),
+        engines,
+        orchestrator,
+        empty_stream_timeout: w.empty_stream_timeout.0,
+        stream_idle_timeout: w.stream_idle_timeout.0,
+        client_heartbeat_interval: w.client_heartbeat_interval.0,
+        client_timeout: w.client_timeout.0,
+        stream_buffer_size,
+        copy_chunk_size,
+        join_burst_bytes: w.join_burst_bytes as usize,
+        chunk_flush_interval: w.chunk_flush_interval.0,
+        engine_selection_timeout: w.engine_selection_timeout.0,
+        engine_cache_ttl: w.engine_cache_ttl.0,
+        engine_connect_timeout: w.engine_connect_timeout.0,
+        engine_read_timeout: w.engine_read_timeout.0,
+        max_streams_per_engine: w.max_streams_per_engine as usize,
+        session_cleanup_interval: w.session_cleanup_interval.0,
+        health_check_interval: w.health_check_interval.0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(text: &str) -> Vec<String> {
+        load_str(text)
+            .expect_err("config must be rejected")
+            .problems
+            .into_iter()
+            .map(|p| p.path)
+            .collect()
+    }
+
+    /// A file with only engines is valid and every other key takes the spec's default.
+    #[test]
+    fn minimal_file_takes_spec_defaults() {
+        let c = load_str("acestream: {engines: [{host: 127.0.0.1, port: 6878}]}")
+            .unwrap()
+            .acestream;
+        assert_eq!(c.listen, vec!["127.0.0.1:8000".parse().unwrap()]);
+        assert_eq!(c.empty_stream_timeout, Duration::from_secs(30));
+        assert_eq!(c.stream_idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.client_timeout, Duration::from_secs(30));
+        assert_eq!(c.stream_buffer_size, 4_194_304);
+        assert_eq!(c.copy_chunk_size, 65_424); // 65536 rounded down to 348 packets
+        assert_eq!(c.max_streams_per_engine, 10);
+        assert_eq!(c.engine_cache_ttl, Duration::from_secs(2));
+        assert_eq!(c.health_check_interval, Duration::from_secs(5));
+        assert_eq!(c.engines[0].port, 6878);
+        assert!(!c.engines[0].forwarded);
+        assert_eq!(c.admin_token, None);
+    }
+
+    /// Durations: seconds, fractions, and unit strings.
+    #[test]
+    fn durations_accept_seconds_fractions_and_units() {
+        let c = load_str(
+            "acestream: {stream_idle_timeout: 0.5, client_timeout: \"500ms\", empty_stream_timeout: \"5m\", engine_cache_ttl: \"3\"}",
+        )
+        .unwrap()
+        .acestream;
+        assert_eq!(c.stream_idle_timeout, Duration::from_millis(500));
+        assert_eq!(c.client_timeout, Duration::from_millis(500));
+        assert_eq!(c.empty_stream_timeout, Duration::from_secs(300));
+        assert_eq!(c.engine_cache_ttl, Duration::from_secs(3));
+    }
+
+    /// A port out of range is named by its key path.
+    #[test]
+    fn port_out_of_range_names_key_path() {
+        assert_eq!(
+            paths("acestream: {engines: [{host: 127.0.0.1, port: 99999}]}"),
+            vec!["acestream.engines[0].port"]
+        );
+    }
+
+    /// A typo inside `acestream:` is an error naming the key, never a silent default.
+    #[test]
+    fn unknown_key_is_named() {
+        assert_eq!(
+            paths("acestream: {idle_timeot: 3}"),
+            vec!["acestream.idle_timeot"]
+        );
+        assert_eq!(
+            paths("acestream: {engines: [{host: a, port: 1, forwardd: true}]}"),
+            vec!["acestream.engines[0].forwardd"]
+        );
+    }
+
+    /// Pingora's keys and unknown top-level keys stay Pingora's business.
+    #[test]
+    fn pingora_keys_are_left_to_pingora() {
+        let c = load_str("version: 1\nthreads: 3\nsomething_else: 1\nacestream: {}\n").unwrap();
+        assert_eq!(c.server.threads, 3);
+    }
+
+    /// Negative durations, an empty listen list and wrong types are rejected with paths.
+    #[test]
+    fn bad_values_are_rejected_with_paths() {
+        assert_eq!(
+            paths("acestream: {client_timeout: -1}"),
+            vec!["acestream.client_timeout"]
+        );
+        assert_eq!(paths("acestream: {listen: []}"), vec!["acestream.listen"]);
+        assert_eq!(
+            paths("acestream: {stream_buffer_size: lots}"),
+            vec!["acestream.stream_buffer_size"]
+        );
+    }
+
+    /// Validation reports every problem at once.
+    #[test]
+    fn all_validation_problems_are_reported_together() {
+        let p = paths(
+            "acestream: {listen: [\"nope\"], engines: [{host: \"\", port: 0}], copy_chunk_size: 10}",
+        );
+        assert_eq!(
+            p,
+            vec![
+                "acestream.listen[0]",
+                "acestream.engines[0].host",
+                "acestream.engines[0].port",
+                "acestream.copy_chunk_size"
+            ]
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! The YAML wire format of the `acestream:` section.
+//!
+//! These serde types mirror `spec/config.md` key for key. They exist only to be turned into the
+//! validated [`crate::config::Config`]; nothing outside `config/` sees them, so the file format can
+//! change without touching the proxy (River's split of wire and internal config).
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use std::fmt;
+use std::time::Duration;
+
+/// The whole file as the proxy reads it: Pingora's keys are ignored here (Pingora reads them).
+#[derive(Debug, Default, Deserialize)]
+pub struct FileWire {
+    /// Our section; absent means every default.
+    #[serde(default)]
+    pub acestream: AceWire,
+}
+
+/// `acestream:`; every key optional, unknown keys rejected so a typo never falls back silently.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AceWire {
+    pub listen: Vec<String>,
+    pub admin_token: String,
+    pub engines: Vec<EngineWire>,
+    pub orchestrator: Option<OrchestratorWire>,
+    pub empty_stream_timeout: DurationWire,
+    pub stream_idle_timeout: DurationWire,
+    pub client_heartbeat_interval: DurationWire,
+    pub client_timeout: DurationWire,
+    pub stream_buffer_size: u64,
+    pub copy_chunk_size: u64,
+    pub join_burst_bytes: u64,
+    pub chunk_flush_interval: DurationWire,
+    pub engine_selection_timeout: DurationWire,
+    pub engine_cache_ttl: DurationWire,
+    pub engine_connect_timeout: DurationWire,
+    pub engine_read_timeout: DurationWire,
+    pub max_streams_per_engine: u64,
+    pub session_cleanup_interval: DurationWire,
+    pub health_check_interval: DurationWire,
+}
+
+impl Default for AceWire {
+    fn default() -> Self {
+        let secs = |s: f64| DurationWire(Duration::from_secs_f64(s));
+        AceWire {
+            listen: vec!["127.0.0.1:8000".to_string()],
+            admin_token: String::new(),
+            engines: Vec::new(),
+            orchestrator: None,
+            empty_stream_timeout: secs(30.0),
+            stream_idle_timeout: secs(300.0),
+            client_heartbeat_interval: secs(10.0),
+            client_timeout: secs(30.0),
+            stream_buffer_size: 4 * 1024 * 1024,
+            copy_chunk_size: 64 * 1024,
+            join_burst_bytes: 256 * 1024,
+            chunk_flush_interval: secs(0.1),
+            engine_selection_timeout: secs(5.0),
+            engine_cache_ttl: secs(2.0),
+            engine_connect_timeout: secs(5.0),
+            engine_read_timeout: secs(60.0),
+            max_streams_per_engine: 10,
+            session_cleanup_interval: secs(60.0),
+            health_check_interval: secs(5.0),
+        }
+    }
+}
+
+/// One entry of `acestream.engines`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineWire {
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub forwarded: bool,
+}
+
+/// `acestream.orchestrator`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrchestratorWire {
+    pub url: String,
+    #[serde(default)]
+    pub api_key: String,
+}
+
+/// A duration written as seconds (`30`, `0.5`) or with a unit (`"500ms"`, `"5m"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationWire(pub Duration);
+
+impl<'de> Deserialize<'de> for DurationWire {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(DurationVisitor)
+    }
+}
+
+struct DurationVisitor;
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = DurationWire;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a duration: seconds as a number, or a string like \"500ms\" or \"5m\"")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(DurationWire(Duration::from_secs(v)))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        if v < 0 {
+            return Err(E::custom(format!("negative duration {v}")));
+        }
+        Ok(DurationWire(Duration::from_secs(v as u64)))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        if !v.is_finite() || v < 0.0 {
+            return Err(E::custom(format!("negative or non-finite duration {v}")));
+        }
+        Duration::try_from_secs_f64(v)
+            .map(DurationWire)
+            .map_err(|e| E::custom(format!("duration {v}: {e}")))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        let text = v.trim();
+        if text.starts_with('-') {
+            return Err(E::custom(format!("negative duration {text:?}")));
+        }
+        if let Ok(secs) = text.parse::<f64>() {
+            return self.visit_f64(secs);
+        }
+        humantime::parse_duration(text)
+            .map(DurationWire)
+            .map_err(|e| E::custom(format!("bad duration {text:?}: {e}")))
+    }
+}

@@ -1,0 +1,92 @@
+//! The proxy's error type and its one mapping to HTTP status codes.
+//!
+//! Every failure a client can see is an [`EdgeError`]; [`EdgeError::status`] is the only place
+//! that decides which status it gets (like Pingora's `fail_to_proxy`), and [`EdgeError::json_body`]
+//! the only place that renders it, always as `{"error": "<text>"}`.
+
+use std::time::Duration;
+
+/// A failure a client can see. `Clone`, because every client waiting on a failed session gets the
+/// same answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EdgeError {
+    /// The request itself is wrong (missing or malformed parameter).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The admin token is missing or wrong.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// No such route or resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// A planned feature that does not exist yet.
+    #[error("{0}")]
+    NotImplemented(String),
+    /// No engine is configured, healthy or below its stream limit.
+    #[error("no engine available: {0}")]
+    NoEngine(String),
+    /// The engine answered, but with an error (JSON `error`, or HTTP >= 400).
+    #[error("engine {engine} refused the stream: {reason}")]
+    EngineRefused {
+        /// `host:port` of the engine.
+        engine: String,
+        /// The engine's own words.
+        reason: String,
+    },
+    /// The engine could not be reached or broke the protocol.
+    #[error("engine {engine} unreachable: {reason}")]
+    EngineUnreachable {
+        /// `host:port` of the engine.
+        engine: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The engine started a session but sent no stream byte in time.
+    #[error("no stream data from the engine within {0:?}")]
+    EmptyStream(Duration),
+    /// Anything else: a bug or an unexpected condition.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl EdgeError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            EdgeError::BadRequest(_) => 400,
+            EdgeError::Unauthorized => 401,
+            EdgeError::NotFound(_) => 404,
+            EdgeError::NotImplemented(_) => 501,
+            // Every upstream-side failure is "try again later" for a player: 503.
+            EdgeError::NoEngine(_)
+            | EdgeError::EngineRefused { .. }
+            | EdgeError::EngineUnreachable { .. }
+            | EdgeError::EmptyStream(_) => 503,
+            EdgeError::Internal(_) => 500,
+        }
+    }
+
+    /// `{"error": "<text>"}`.
+    pub fn json_body(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({ "error": self.to_string() }))
+            .unwrap_or_else(|_| b"{\"error\":\"unprintable error\"}".to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Upstream failures are 503, requests 4xx, bugs 500.
+    #[test]
+    fn status_mapping() {
+        assert_eq!(EdgeError::BadRequest("x".into()).status(), 400);
+        assert_eq!(EdgeError::Unauthorized.status(), 401);
+        assert_eq!(EdgeError::NoEngine("none".into()).status(), 503);
+        assert_eq!(EdgeError::EmptyStream(Duration::from_secs(1)).status(), 503);
+        assert_eq!(EdgeError::Internal("bug".into()).status(), 500);
+        let body: serde_json::Value =
+            serde_json::from_slice(&EdgeError::NotFound("no route /x".into()).json_body()).unwrap();
+        assert_eq!(body["error"], "no route /x");
+    }
+}

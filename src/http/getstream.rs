@@ -1,0 +1,192 @@
+//! `GET /ace/getstream?id=<content id>`: attach to the content id's session and stream its ring.
+//!
+//! Headers go out when the session has its first bytes (an error before that is a JSON status).
+//! Each client then writes at its own pace from its own cursor; Pingora's write timeout
+//! (`client_timeout`) drops a client whose socket accepts nothing, and falling off the ring's tail
+//! drops it too. Neither ever slows the session or another client.
+
+use super::{write_error, write_json};
+use crate::error::EdgeError;
+use crate::http1::query_param;
+use crate::streams::client::Next;
+use crate::streams::{Phase, Sessions};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use std::sync::Arc;
+
+/// The content id of a request: `id`, else `infohash`; 40 hex characters, returned in lower case.
+pub fn content_id(query: Option<&str>) -> Result<String, EdgeError> {
+    let query = query.unwrap_or("");
+    let (name, value) = match (query_param(query, "id"), query_param(query, "infohash")) {
+        (Some(id), _) => ("id", id),
+        (None, Some(ih)) => ("infohash", ih),
+        (None, None) => {
+            return Err(EdgeError::BadRequest(
+                "missing query parameter 'id' (the 40-hex AceStream content id)".into(),
+            ))
+        }
+    };
+    if value.len() != 40 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(EdgeError::BadRequest(format!(
+            "query parameter '{name}' must be 40 hex characters, got {} characters",
+            value.chars().count()
+        )));
+    }
+    Ok(value.to_ascii_lowercase())
+}
+
+/// What ended a client's stream.
+enum End {
+    /// The stream ended normally: finish the response.
+    Finished,
+    /// The client went away or failed: close the socket.
+    Dropped,
+}
+
+/// Serves one getstream request; always answers the client itself.
+pub async fn serve(s: &mut Session, sessions: &Arc<Sessions>) -> pingora::Result<()> {
+    let id = match content_id(s.req_header().uri.query()) {
+        Ok(id) => id,
+        Err(e) => return write_error(s, &e).await,
+    };
+    if s.req_header().method == http::Method::HEAD {
+        // A player's probe: answer the stream's headers without starting anything.
+        let h = stream_header(s)?;
+        return s.write_response_header(Box::new(h), true).await;
+    }
+    let addr = s.client_addr().and_then(|a| a.as_inet()).copied();
+    let mut client = match sessions.attach(&id, addr) {
+        Ok(c) => c,
+        Err(e) => return write_error(s, &e).await,
+    };
+    let session = client.session().clone();
+    let mut phase = session.watch_phase();
+    let mut waited = false;
+    loop {
+        let current = phase.borrow_and_update().clone();
+        match current {
+            Phase::Streaming => break,
+            Phase::Failed(e) => return write_error(s, &e).await,
+            Phase::Ended(reason) if session.ring.published_bytes() == 0 => {
+                return write_error(s, &EdgeError::NoEngine(format!("session ended: {reason}")))
+                    .await
+            }
+            Phase::Ended(_) => break,
+            Phase::Starting => {
+                waited = true;
+                tokio::select! {
+                    changed = phase.changed() => if changed.is_err() { break },
+                    _ = s.read_body_or_idle(true) => return Ok(()), // client gone while waiting
+                }
+            }
+        }
+    }
+    client.position(waited);
+    let config = sessions.config();
+    s.set_write_timeout(Some(config.client_timeout));
+    let h = stream_header(s)?;
+    s.write_response_header(Box::new(h), false).await?;
+    let mut ring_changed = session.ring.subscribe();
+    let end = loop {
+        ring_changed.borrow_and_update();
+        match client.next() {
+            Next::Write(chunks) => {
+                let mut failed = false;
+                for chunk in chunks {
+                    if let Err(e) = s.write_response_body(Some(chunk.clone()), false).await {
+                        log::info!("client {:?} of {id}: write failed: {e}", client.addr());
+                        failed = true;
+                        break;
+                    }
+                    client.wrote(&chunk);
+                }
+                if failed {
+                    break End::Dropped;
+                }
+            }
+            Next::Wait => {
+                tokio::select! {
+                    _ = ring_changed.changed() => {}
+                    _ = s.read_body_or_idle(true) => break End::Dropped,
+                }
+            }
+            Next::Lagged(behind) => {
+                log::warn!(
+                    "slow client {:?} of {id} dropped: {behind} bytes behind the live edge (ring {} bytes)",
+                    client.addr(),
+                    config.stream_buffer_size
+                );
+                break End::Dropped;
+            }
+            Next::End => break End::Finished,
+        }
+    };
+    // Never reuse a stream's connection.
+    s.set_keepalive(None);
+    match end {
+        End::Finished => {
+            let _ = s.write_response_body(None, true).await;
+        }
+        End::Dropped => s.shutdown().await,
+    }
+    Ok(())
+}
+
+/// `200 video/mp2t`, chunked for HTTP/1.1, close-delimited for HTTP/1.0.
+fn stream_header(s: &mut Session) -> pingora::Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(200, Some(4))?;
+    h.insert_header("Content-Type", "video/mp2t")?;
+    h.insert_header("Cache-Control", "no-cache, no-store")?;
+    if s.req_header().version == http::Version::HTTP_10 {
+        s.set_keepalive(None);
+    } else {
+        h.insert_header("Transfer-Encoding", "chunked")?;
+    }
+    Ok(h)
+}
+
+/// Answers `/ace/manifest.m3u8`: HLS is not served yet.
+pub async fn manifest(s: &mut Session) -> pingora::Result<()> {
+    if let Err(e) = content_id(s.req_header().uri.query()) {
+        return write_error(s, &e).await;
+    }
+    let e = EdgeError::NotImplemented("HLS is not implemented; use /ace/getstream".into());
+    write_json(s, e.status(), e.json_body()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789ABCDEF01234567";
+
+    /// Ids are 40 hex characters, case-insensitive, normalised to lower case; `id` wins.
+    #[test]
+    fn content_id_rules() {
+        assert_eq!(
+            content_id(Some(&format!("id={ID}"))).unwrap(),
+            ID.to_ascii_lowercase()
+        );
+        assert_eq!(
+            content_id(Some(&format!("infohash={ID}&x=1"))).unwrap(),
+            ID.to_ascii_lowercase()
+        );
+        let other = "f".repeat(40);
+        assert_eq!(
+            content_id(Some(&format!("infohash={other}&id={ID}"))).unwrap(),
+            ID.to_ascii_lowercase()
+        );
+        for bad in [
+            "id=zz",
+            "id=../",
+            &format!("id={}", &ID[..39]),
+            &format!("id={ID}0"),
+            "",
+            "id=",
+        ] {
+            let e = content_id(Some(bad)).unwrap_err();
+            assert_eq!(e.status(), 400, "{bad}");
+        }
+        assert!(content_id(None).unwrap_err().to_string().contains("'id'"));
+    }
+}

@@ -1,0 +1,22 @@
+//! # acestream-edge
+//!
+//! An edge proxy, built as a plugin on Cloudflare's Pingora, in front of a pool of AceStream
+//! engines. Players ask for `/ace/getstream?id=<content id>`; the proxy opens one engine session
+//! per content id and fans the same MPEG-TS bytes out to every player watching it.
+//!
+//! Data flows one way: request ([`proxy`]) → route ([`http`]) → session ([`streams`]) → engine
+//! ([`engines`]). Configuration ([`config`]) is parsed and validated before anything runs;
+//! [`server`] wires the pieces into Pingora. [`sim`] is the engine simulator used by tests and by
+//! `make run`.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod engines;
+pub mod error;
+pub mod http;
+pub mod http1;
+pub mod proxy;
+pub mod server;
+pub mod sim;
+pub mod streams;

@@ -1,0 +1,125 @@
+//! One viewer of a session: its membership ([`ClientHandle`]) and its position in the ring.
+
+use super::ring::Read;
+use super::{Session, Sessions};
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Most chunks taken from the ring per read.
+const READ_BATCH: usize = 16;
+
+/// A client counted into a session. Dropping it counts the client out.
+#[derive(Debug)]
+pub struct ClientHandle {
+    sessions: Arc<Sessions>,
+    session: Arc<Session>,
+    addr: Option<SocketAddr>,
+    /// When the client joined.
+    pub joined: Instant,
+    cursor: u64,
+    /// Stream offset of the next byte this client gets (to measure lag).
+    offset: u64,
+    /// Bytes written to this client.
+    pub bytes_sent: u64,
+}
+
+/// What the client should do next.
+#[derive(Debug)]
+pub enum Next {
+    /// Write these chunks, then ask again.
+    Write(Vec<Bytes>),
+    /// Nothing new: wait for the ring to change.
+    Wait,
+    /// The client fell off the ring's tail by this many bytes: disconnect it.
+    Lagged(u64),
+    /// The stream ended: finish the response.
+    End,
+}
+
+impl ClientHandle {
+    pub(crate) fn new(
+        sessions: Arc<Sessions>,
+        session: Arc<Session>,
+        addr: Option<SocketAddr>,
+    ) -> Self {
+        ClientHandle {
+            sessions,
+            session,
+            addr,
+            joined: Instant::now(),
+            cursor: 0,
+            offset: 0,
+            bytes_sent: 0,
+        }
+    }
+
+    /// The session this client watches.
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    /// The client's address.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    /// Positions the client for its first read: a client that waited for the session's start gets
+    /// the stream from its first byte; a joiner gets a burst of recent chunks (the newest
+    /// `join_burst_bytes` or one second of stream, whichever is smaller).
+    pub fn position(&mut self, waited_for_start: bool) {
+        let ring = &self.session.ring;
+        if waited_for_start {
+            self.cursor = 0;
+            self.offset = 0;
+            return;
+        }
+        let config = self.sessions.config();
+        let one_second = self
+            .session
+            .byte_rate()
+            .map(|r| r as usize)
+            .unwrap_or(usize::MAX);
+        let burst = config.join_burst_bytes.min(one_second);
+        self.cursor = ring.join_cursor(burst);
+        // The offset of the cursor's chunk: the live edge minus what the burst holds.
+        let burst_bytes: u64 = match ring.read(self.cursor, usize::MAX) {
+            Read::Chunks(v) => v.iter().map(|c| c.len() as u64).sum(),
+            _ => 0,
+        };
+        self.offset = ring.published_bytes().saturating_sub(burst_bytes);
+    }
+
+    /// The next step for this client.
+    pub fn next(&mut self) -> Next {
+        match self.session.ring.read(self.cursor, READ_BATCH) {
+            Read::Chunks(v) => Next::Write(v),
+            Read::Pending => Next::Wait,
+            Read::Closed => Next::End,
+            Read::Lagged => Next::Lagged(
+                self.session
+                    .ring
+                    .published_bytes()
+                    .saturating_sub(self.offset),
+            ),
+        }
+    }
+
+    /// Records that one chunk was written.
+    pub fn wrote(&mut self, chunk: &Bytes) {
+        self.cursor += 1;
+        self.offset += chunk.len() as u64;
+        self.bytes_sent += chunk.len() as u64;
+        self.session
+            .bytes_out
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Drop for ClientHandle {
+    fn drop(&mut self) {
+        self.sessions.detach(&self.session, self.addr);
+    }
+}

@@ -1,0 +1,200 @@
+//! Streams: the sessions (one per content id), their rings, and the clients reading them.
+//!
+//! [`Sessions`] is the registry. [`Sessions::attach`] finds or creates the session for a content id
+//! under one lock, so concurrent first requests create exactly one session and one engine call.
+//! A [`ClientHandle`] counts a client in; dropping it counts the client out and, for the last one,
+//! starts the idle timer (`stream_idle_timeout`). A client that arrives before the timer fires
+//! re-attaches to the warm session without any engine call.
+
+pub mod client;
+pub mod ring;
+pub mod session;
+
+use crate::config::Config;
+use crate::engines::EnginePool;
+use crate::error::EdgeError;
+pub use client::ClientHandle;
+pub use session::{Phase, Session};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+/// Every live session, keyed by content id.
+#[derive(Debug)]
+pub struct Sessions {
+    config: Arc<Config>,
+    engines: EnginePool,
+    map: Mutex<HashMap<String, Arc<Session>>>,
+    shutting_down: AtomicBool,
+    started_total: AtomicU64,
+}
+
+impl Sessions {
+    /// An empty registry.
+    pub fn new(config: Arc<Config>, engines: EnginePool) -> Self {
+        Sessions {
+            config,
+            engines,
+            map: Mutex::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+            started_total: AtomicU64::new(0),
+        }
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The configuration sessions run with.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The engines sessions start on.
+    pub fn engines(&self) -> &EnginePool {
+        &self.engines
+    }
+
+    /// Attaches a client to the session of `content_id`, creating it (and its upstream task) if
+    /// there is none. Must run inside a tokio runtime.
+    pub fn attach(
+        self: &Arc<Self>,
+        content_id: &str,
+        addr: Option<SocketAddr>,
+    ) -> Result<ClientHandle, EdgeError> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(EdgeError::NoEngine("the proxy is shutting down".into()));
+        }
+        let (session, created, clients) = {
+            let mut map = self.map();
+            let (session, created) = match map.get(content_id) {
+                Some(s) => (s.clone(), false),
+                None => {
+                    let s = Arc::new(Session::new(
+                        content_id.to_string(),
+                        self.config.stream_buffer_size,
+                    ));
+                    map.insert(content_id.to_string(), s.clone());
+                    (s, true)
+                }
+            };
+            // Counted in under the map lock: an idle expiry (which takes the same lock) either
+            // sees this client or has already removed the session.
+            let clients = {
+                let mut st = session.state();
+                st.clients += 1;
+                st.idle_since = None;
+                st.clients
+            };
+            (session, created, clients)
+        };
+        if created {
+            self.started_total.fetch_add(1, Ordering::Relaxed);
+            log::info!("session {content_id} created");
+            tokio::spawn(session::run_upstream(self.clone(), session.clone()));
+        }
+        log::info!(
+            "client {} joined session {content_id}: clients now {clients}",
+            addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+        );
+        Ok(ClientHandle::new(self.clone(), session, addr))
+    }
+
+    /// Counts a client out; the last one starts the idle timer.
+    fn detach(self: &Arc<Self>, session: &Arc<Session>, addr: Option<SocketAddr>) {
+        let (clients, epoch) = {
+            let mut st = session.state();
+            st.clients = st.clients.saturating_sub(1);
+            if st.clients == 0 {
+                st.idle_epoch += 1;
+                st.idle_since = Some(Instant::now());
+            }
+            (st.clients, st.idle_epoch)
+        };
+        log::info!(
+            "client {} left session {}: clients now {clients}",
+            addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            session.content_id
+        );
+        if clients == 0 {
+            let sessions = self.clone();
+            let session = session.clone();
+            let idle = self.config.stream_idle_timeout;
+            tokio::spawn(async move {
+                tokio::time::sleep(idle).await;
+                sessions.expire_if_idle(&session, Some(epoch));
+            });
+        }
+    }
+
+    /// Ends `session` if it still has no client (and, given an epoch, has been idle since then).
+    fn expire_if_idle(&self, session: &Arc<Session>, epoch: Option<u64>) -> bool {
+        let mut map = self.map();
+        let idle = {
+            let st = session.state();
+            st.clients == 0 && epoch.is_none_or(|e| e == st.idle_epoch)
+        };
+        if !idle {
+            return false;
+        }
+        if matches!(map.get(&session.content_id), Some(s) if Arc::ptr_eq(s, session)) {
+            map.remove(&session.content_id);
+        }
+        drop(map);
+        session.end("idle timeout");
+        true
+    }
+
+    /// Removes `session` from the registry if it is still the registered one.
+    fn remove(&self, session: &Arc<Session>) {
+        let mut map = self.map();
+        if matches!(map.get(&session.content_id), Some(s) if Arc::ptr_eq(s, session)) {
+            map.remove(&session.content_id);
+        }
+    }
+
+    /// Safety net run every `session_cleanup_interval`: ends sessions idle for longer than
+    /// `stream_idle_timeout` whose timer was somehow lost. Returns how many it ended.
+    pub fn reap(&self) -> usize {
+        let idle_timeout = self.config.stream_idle_timeout;
+        let expired: Vec<Arc<Session>> = self
+            .map()
+            .values()
+            .filter(|s| {
+                let st = s.state();
+                st.clients == 0 && st.idle_since.is_some_and(|t| t.elapsed() >= idle_timeout)
+            })
+            .cloned()
+            .collect();
+        expired
+            .iter()
+            .filter(|s| self.expire_if_idle(s, None))
+            .count()
+    }
+
+    /// Refuses new sessions and ends every session (each sends its stop).
+    pub fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        let all: Vec<Arc<Session>> = self.map().values().cloned().collect();
+        for s in all {
+            s.end("proxy shutting down");
+        }
+    }
+
+    /// A snapshot of the live sessions.
+    pub fn list(&self) -> Vec<Arc<Session>> {
+        self.map().values().cloned().collect()
+    }
+
+    /// The live session of a content id.
+    pub fn get(&self, content_id: &str) -> Option<Arc<Session>> {
+        self.map().get(content_id).cloned()
+    }
+
+    /// Sessions created since start.
+    pub fn started_total(&self) -> u64 {
+        self.started_total.load(Ordering::Relaxed)
+    }
+}
