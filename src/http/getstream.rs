@@ -89,7 +89,7 @@ pub async fn serve(s: &mut Session, sessions: &Arc<Sessions>) -> pingora::Result
     let mut ring_changed = session.ring.subscribe();
     let end = loop {
         ring_changed.borrow_and_update();
-        match client.next() {
+        match client.next_step() {
             Next::Write(chunks) => {
                 let mut failed = false;
                 for chunk in chunks {

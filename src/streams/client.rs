@@ -93,7 +93,7 @@ impl ClientHandle {
     }
 
     /// The next step for this client.
-    pub fn next(&mut self) -> Next {
+    pub fn next_step(&mut self) -> Next {
         match self.session.ring.read(self.cursor, READ_BATCH) {
             Read::Chunks(v) => Next::Write(v),
             Read::Pending => Next::Wait,

@@ -1,0 +1,172 @@
+//! Shared test harness: simulated engines and the real proxy on ephemeral loopback ports, and a
+//! streaming HTTP client that speaks real HTTP/1.1 to them.
+#![allow(dead_code)]
+
+use acestream_edge::config::{load_str, Config};
+use acestream_edge::http1::{self, GetOptions, Response};
+use acestream_edge::server::RunningServer;
+use acestream_edge::sim::{Knobs, SimEngine, SimStats};
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// A content id used across tests.
+pub fn content_id(n: u32) -> String {
+    format!("{n:08x}{}", "0123456789abcdef0123456789abcdef")
+}
+
+/// A free loopback port (bind to 0, read it, release it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A proxy config for `engines`, with `extra` YAML lines appended inside `acestream:`.
+pub fn proxy_config(engines: &[&SimEngine], extra: &str) -> Config {
+    let mut yaml = format!(
+        "acestream:\n  listen: [\"127.0.0.1:{}\"]\n  engines:\n",
+        free_port()
+    );
+    for e in engines {
+        yaml.push_str(&format!(
+            "    - {{host: 127.0.0.1, port: {}}}\n",
+            e.addr().port()
+        ));
+    }
+    if engines.is_empty() {
+        yaml.push_str("    []\n");
+    }
+    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+        yaml.push_str(&format!("  {}\n", line.trim()));
+    }
+    load_str(&yaml).expect("test config is valid").acestream
+}
+
+/// Starts the proxy (blocking until it listens).
+pub fn start_proxy(config: Config) -> RunningServer {
+    RunningServer::start(config).expect("proxy starts")
+}
+
+/// A simulated engine with test knobs.
+pub async fn sim(knobs: Knobs) -> SimEngine {
+    SimEngine::start_local(knobs).await.expect("sim starts")
+}
+
+/// GET on a fresh connection.
+pub async fn get(addr: SocketAddr, path: &str) -> Response {
+    http1::get(addr, path, Duration::from_secs(5))
+        .await
+        .expect("GET")
+}
+
+/// GET with options (HTTP/1.0, HEAD, headers).
+pub async fn get_with(addr: SocketAddr, path: &str, opts: GetOptions) -> Response {
+    let s = TcpStream::connect(addr).await.expect("connect");
+    http1::get_on(s, &addr.to_string(), path, &opts)
+        .await
+        .expect("GET")
+}
+
+/// GET and parse the JSON body.
+pub async fn get_json(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    let mut r = get(addr, path).await;
+    let body = r.read_to_end(1 << 20).await.expect("body");
+    let v = serde_json::from_slice(&body).unwrap_or_else(|e| {
+        panic!(
+            "{path}: not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&body)
+        )
+    });
+    (r.status, v)
+}
+
+/// The simulator's counters, read over HTTP as a black-box test would.
+pub async fn sim_stats(e: &SimEngine) -> SimStats {
+    let (_, v) = get_json(e.addr(), "/sim/stats").await;
+    serde_json::from_value(v).expect("stats shape")
+}
+
+/// Reads body pieces until `n` bytes or `limit` elapsed; returns the bytes and each piece.
+pub async fn read_for(
+    r: &mut Response,
+    limit: Duration,
+    n: usize,
+) -> (BytesMut, Vec<bytes::Bytes>) {
+    let mut out = BytesMut::new();
+    let mut pieces = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, r.next_chunk()).await {
+            Ok(Ok(Some(b))) => {
+                out.extend_from_slice(&b);
+                pieces.push(b);
+            }
+            _ => break,
+        }
+    }
+    (out, pieces)
+}
+
+/// Waits until `cond` holds, polling every 20 ms, for at most `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// True if every 188-byte packet of `data` starts with the sync byte.
+pub fn ts_aligned(data: &[u8]) -> bool {
+    data.len() % 188 == 0 && data.chunks(188).all(|p| p[0] == 0x47)
+}
+
+/// Runs ffprobe on `data`; returns the codec types it found (e.g. ["video", "audio"]).
+pub fn ffprobe_streams(data: &[u8]) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("probe.ts");
+    std::fs::write(&path, data).expect("write ts");
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_type",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&path)
+        .output()
+        .expect("ffprobe must be installed (make test installs ffmpeg)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Runs `ffmpeg -v error -i f.ts -f null -`; returns its error output (empty when clean).
+pub fn ffmpeg_decode_errors(data: &[u8]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("decode.ts");
+    std::fs::write(&path, data).expect("write ts");
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&path)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg must be installed");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}

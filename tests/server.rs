@@ -1,0 +1,143 @@
+//! The server binary and the in-process server: config validation, routing, start and stop.
+
+mod common;
+
+use acestream_edge::sim::Knobs;
+use common::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_acestream-edge");
+
+fn check(yaml: &str) -> (bool, String, String) {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(yaml.as_bytes()).unwrap();
+    let out = Command::new(BIN)
+        .arg("-t")
+        .arg("-c")
+        .arg(f.path())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// `-t` prints `ok` for the shipped example and names the key path of every error.
+#[test]
+fn test_flag_validates_with_key_paths() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/conf/acestream-edge.yaml"
+    ))
+    .unwrap();
+    let (ok, out, _) = check(&example);
+    assert!(ok);
+    assert_eq!(out.trim(), "ok");
+    let (ok, _, err) = check("acestream: {engines: [{host: 127.0.0.1, port: 99999}]}");
+    assert!(!ok);
+    assert!(err.contains("acestream.engines[0].port"), "{err}");
+    let (ok, _, err) = check("acestream:\n  idle_timeot: 5\n");
+    assert!(!ok);
+    assert!(err.contains("acestream.idle_timeot"), "{err}");
+    let (ok, _, err) = check("acestream: {listen: [], client_timeout: -2}");
+    assert!(!ok);
+    assert!(err.contains("acestream.client_timeout"), "{err}");
+    let out = Command::new(BIN)
+        .args(["-t", "-c", "/nonexistent/x.yaml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.yaml"));
+}
+
+/// The in-process server starts, answers unknown routes with a JSON 404, and stops cleanly
+/// (its thread returns; nothing calls process::exit).
+#[tokio::test(flavor = "multi_thread")]
+async fn server_starts_routes_and_stops() {
+    let config = proxy_config(&[], "");
+    let server = start_proxy(config);
+    let addr = server.addr;
+    let (status, v) = get_json(addr, "/no/such/route").await;
+    assert_eq!(status, 404);
+    assert_eq!(v["error"], "no route /no/such/route");
+    let (status, v) = get_json(
+        addr,
+        "/ace/manifest.m3u8?id=0123456789abcdef0123456789abcdef01234567",
+    )
+    .await;
+    assert_eq!(status, 501);
+    assert!(v["error"].as_str().unwrap().contains("HLS"));
+    let (status, _) = get_json(addr, "/ace/manifest.m3u8").await;
+    assert_eq!(status, 400);
+    let stopping = Instant::now();
+    tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(10));
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
+        "still listening after stop"
+    );
+}
+
+/// The real binary: serves a stream from a simulated engine, and on SIGTERM ends the stream,
+/// sends the engine its stop and exits 0 within the configured timeouts.
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_serves_and_shuts_down_on_sigterm() {
+    let e = sim(Knobs::default()).await;
+    let port = free_port();
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        f,
+        "version: 1\nthreads: 2\npid_file: /tmp/ace-edge-test-{port}.pid\nupgrade_sock: /tmp/ace-edge-test-{port}.sock\ngrace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 2\nacestream:\n  listen: [\"127.0.0.1:{port}\"]\n  engines: [{{host: 127.0.0.1, port: {}}}]\n",
+        e.addr().port()
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .arg("-c")
+        .arg(f.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await
+    );
+    let mut r = get(addr, &format!("/ace/getstream?id={}", content_id(9))).await;
+    assert_eq!(r.status, 200);
+    let (data, _) = read_for(&mut r, Duration::from_secs(5), 188 * 50).await;
+    assert!(data.len() >= 188 * 50);
+    let t0 = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    // The stream ends (the proxy finishes the response) ...
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = r.next_chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "stream did not end on SIGTERM");
+    // ... the process exits 0 within grace + shutdown timeout ...
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t0.elapsed()
+    );
+    // ... and the engine got exactly one stop for the session.
+    let s = sim_stats(&e).await;
+    assert_eq!(s.stop_calls.get(&content_id(9)), Some(&1));
+}
