@@ -9,6 +9,7 @@ use super::{write_error, write_json};
 use crate::error::EdgeError;
 use crate::http1::query_param;
 use crate::streams::client::Next;
+use crate::streams::ClientHandle;
 use crate::streams::{Phase, Sessions};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -91,16 +92,22 @@ pub async fn serve(s: &mut Session, sessions: &Arc<Sessions>) -> pingora::Result
         ring_changed.borrow_and_update();
         match client.next_step() {
             Next::Write(chunks) => {
-                let mut failed = false;
+                let mut stop = None;
                 for chunk in chunks {
-                    if let Err(e) = s.write_response_body(Some(chunk.clone()), false).await {
-                        log::info!("client {:?} of {id}: write failed: {e}", client.addr());
-                        failed = true;
-                        break;
+                    let outcome = tokio::select! {
+                        r = s.write_response_body(Some(chunk.clone()), false) => r.map_err(|e| e.to_string()),
+                        behind = client.fell_off(&mut ring_changed) => Err(lagged(&client, &id, behind, config.stream_buffer_size)),
+                    };
+                    match outcome {
+                        Ok(()) => client.wrote(&chunk),
+                        Err(e) => {
+                            stop = Some(e);
+                            break;
+                        }
                     }
-                    client.wrote(&chunk);
                 }
-                if failed {
+                if let Some(e) = stop {
+                    log::info!("client {:?} of {id} dropped: {e}", client.addr());
                     break End::Dropped;
                 }
             }
@@ -111,11 +118,8 @@ pub async fn serve(s: &mut Session, sessions: &Arc<Sessions>) -> pingora::Result
                 }
             }
             Next::Lagged(behind) => {
-                log::warn!(
-                    "slow client {:?} of {id} dropped: {behind} bytes behind the live edge (ring {} bytes)",
-                    client.addr(),
-                    config.stream_buffer_size
-                );
+                let why = lagged(&client, &id, behind, config.stream_buffer_size);
+                log::info!("client {:?} of {id} dropped: {why}", client.addr());
                 break End::Dropped;
             }
             Next::End => break End::Finished,
@@ -130,6 +134,15 @@ pub async fn serve(s: &mut Session, sessions: &Arc<Sessions>) -> pingora::Result
         End::Dropped => s.shutdown().await,
     }
     Ok(())
+}
+
+/// Logs a slow-client drop (one warning line) and returns the reason.
+fn lagged(client: &ClientHandle, id: &str, behind: u64, ring: usize) -> String {
+    log::warn!(
+        "slow client {:?} of {id} dropped: {behind} bytes behind the live edge (ring {ring} bytes)",
+        client.addr()
+    );
+    format!("fell {behind} bytes behind the live edge")
 }
 
 /// `200 video/mp2t`, chunked for HTTP/1.1, close-delimited for HTTP/1.0.

@@ -107,6 +107,24 @@ impl ClientHandle {
         }
     }
 
+    /// Resolves when the ring evicts the chunk this client is writing or about to write, with how
+    /// many bytes behind the live edge it is. Lets a client stuck in a blocked write be dropped as
+    /// soon as it falls off the ring, not only when its write times out.
+    pub async fn fell_off(&self, ring_changed: &mut tokio::sync::watch::Receiver<u64>) -> u64 {
+        loop {
+            if self.session.ring.is_evicted(self.cursor) {
+                return self
+                    .session
+                    .ring
+                    .published_bytes()
+                    .saturating_sub(self.offset);
+            }
+            if ring_changed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Records that one chunk was written.
     pub fn wrote(&mut self, chunk: &Bytes) {
         self.cursor += 1;

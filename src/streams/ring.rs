@@ -139,6 +139,11 @@ impl Ring {
         Read::Chunks(s.chunks.iter().skip(start).take(max).cloned().collect())
     }
 
+    /// Whether the chunk at `cursor` has been evicted (a reader there fell off the tail).
+    pub fn is_evicted(&self, cursor: u64) -> bool {
+        cursor < self.lock().first_seq
+    }
+
     /// Bytes published since the ring was created (the stream offset of the live edge).
     pub fn published_bytes(&self) -> u64 {
         let s = self.lock();

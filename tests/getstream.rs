@@ -1,0 +1,406 @@
+//! `/ace/getstream`: one engine session per content id, fanned out to every client.
+
+mod common;
+
+use acestream_edge::http1::GetOptions;
+use acestream_edge::server::RunningServer;
+use acestream_edge::sim::{Knobs, SimEngine};
+use common::*;
+use std::time::{Duration, Instant};
+
+fn sessions(server: &RunningServer) -> usize {
+    server.edge.sessions.list().len()
+}
+
+/// Two clients of one id: one engine session and one reader; from the moment B joined both get
+/// identical bytes, and B's stream starts on a packet boundary.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_clients_share_one_engine_session() {
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(&[&e], ""));
+    let path = format!("/ace/getstream?id={}", content_id(10));
+    let mut a = get(server.addr, &path).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("content-type"), Some("video/mp2t"));
+    assert_eq!(a.header("transfer-encoding"), Some("chunked"));
+    assert!(a.header("content-length").is_none());
+    let (a_before, _) = read_for(&mut a, Duration::from_secs(5), 300_000).await;
+    let mut b = get(server.addr, &path).await;
+    assert_eq!(b.status, 200);
+    let (a_data, b_data) = tokio::join!(
+        read_for(&mut a, Duration::from_secs(2), usize::MAX),
+        read_for(&mut b, Duration::from_secs(2), usize::MAX)
+    );
+    let (a_data, b_data) = (a_data.0, b_data.0);
+    let b_whole = &b_data[..b_data.len() / 188 * 188];
+    assert!(b_whole.len() > 500_000, "B got {} bytes", b_whole.len());
+    assert!(
+        ts_aligned(b_whole),
+        "B's stream is not on the 188-byte grid"
+    );
+    // B starts with a burst from the ring, which A already had: find B's start in A's stream.
+    let mut a_all = a_before.to_vec();
+    a_all.extend_from_slice(&a_data);
+    // 64 packets: long enough to be unique (null packets repeat, video/audio ones do not).
+    let probe = &b_whole[..188 * 64];
+    let at = a_all
+        .windows(probe.len())
+        .position(|w| w == probe)
+        .expect("B's first bytes appear in A's stream");
+    let common_len = (a_all.len() - at).min(b_whole.len());
+    assert!(common_len > 400_000);
+    assert!(
+        a_all[at..at + common_len] == b_whole[..common_len],
+        "A and B differ after B joined"
+    );
+    let s = sim_stats(&e).await;
+    assert_eq!(s.getstream_total, 1, "exactly one engine getstream");
+    assert_eq!(
+        s.playback_requests, 2,
+        "one playback URL + its one /content redirect target"
+    );
+    assert_eq!(
+        (
+            s.active_readers,
+            s.max_active_readers,
+            s.second_reader_violations
+        ),
+        (1, 1, 0)
+    );
+}
+
+/// 200 concurrent first requests for one id make exactly one engine getstream call.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_first_requests_make_one_engine_call() {
+    let e = sim(Knobs {
+        prebuffer: Duration::from_millis(300),
+        ..Knobs::default()
+    })
+    .await;
+    let server = start_proxy(proxy_config(&[&e], ""));
+    let path = format!("/ace/getstream?id={}", content_id(11));
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(200));
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let (addr, path, barrier) = (server.addr, path.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut r = get(addr, &path).await;
+            let (data, _) = read_for(&mut r, Duration::from_secs(10), 188).await;
+            (r.status, data.len())
+        }));
+    }
+    for t in tasks {
+        let (status, n) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(n >= 188);
+    }
+    let s = sim_stats(&e).await;
+    assert_eq!(s.getstream_total, 1);
+    assert_eq!(s.max_active_readers, 1);
+}
+
+/// A leaves, B keeps receiving; B leaves and with a 0.5 s idle timeout the engine sees exactly
+/// one stop within 2 s and the session is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn last_client_leaving_stops_after_idle_timeout() {
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(&[&e], "stream_idle_timeout: 0.5"));
+    let path = format!("/ace/getstream?id={}", content_id(12));
+    let mut a = get(server.addr, &path).await;
+    read_for(&mut a, Duration::from_secs(5), 100_000).await;
+    let mut b = get(server.addr, &path).await;
+    read_for(&mut b, Duration::from_secs(5), 100_000).await;
+    drop(a);
+    let t = Instant::now();
+    let (after, _) = read_for(&mut b, Duration::from_secs(1), usize::MAX).await;
+    let rate = after.len() as f64 / t.elapsed().as_secs_f64();
+    assert!(
+        rate > 400_000.0,
+        "B slowed down after A left: {rate:.0} B/s"
+    );
+    assert_eq!(sim_stats(&e).await.stop_total, 0, "no stop while B watches");
+    drop(b);
+    let stopped = wait_until(Duration::from_secs(2), || async {
+        sim_stats(&e).await.stop_total == 1
+    })
+    .await;
+    assert!(stopped, "no stop within 2 s of the last client leaving");
+    assert!(wait_until(Duration::from_secs(1), || async { sessions(&server) == 0 }).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = sim_stats(&e).await;
+    assert_eq!((s.stop_total, s.getstream_total), (1, 1));
+}
+
+/// Within the idle window a new client re-attaches to the warm session: bytes, no engine call.
+#[tokio::test(flavor = "multi_thread")]
+async fn rejoin_inside_idle_window_reuses_the_session() {
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(&[&e], "stream_idle_timeout: 5"));
+    let path = format!("/ace/getstream?id={}", content_id(13));
+    let mut a = get(server.addr, &path).await;
+    read_for(&mut a, Duration::from_secs(5), 100_000).await;
+    drop(a);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = Instant::now();
+    let mut c = get(server.addr, &path).await;
+    let (data, _) = read_for(&mut c, Duration::from_secs(5), 188).await;
+    assert_eq!(c.status, 200);
+    assert!(data.len() >= 188 && data[0] == 0x47);
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let s = sim_stats(&e).await;
+    assert_eq!((s.getstream_total, s.stop_total), (1, 0));
+}
+
+/// A client that never reads is dropped when it falls off the ring, while a normal client of
+/// the same session receives the full bitrate the whole time.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_client_is_dropped_and_never_slows_others() {
+    let bitrate = 16_000_000u64; // 2 MB/s, so the slow client's kernel buffers fill quickly
+    let e = sim(Knobs {
+        bitrate_bps: bitrate,
+        ..Knobs::default()
+    })
+    .await;
+    let server = start_proxy(proxy_config(
+        &[&e],
+        "stream_buffer_size: 1048576\nclient_timeout: 60",
+    ));
+    let path = format!("/ace/getstream?id={}", content_id(14));
+    let mut normal = get(server.addr, &path).await;
+    read_for(&mut normal, Duration::from_secs(5), 100_000).await;
+    // The slow client: a tiny receive buffer, and it never reads its body.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(server.addr).await.unwrap();
+    let slow = acestream_edge::http1::get_on(stream, "x", &path, &GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(slow.status, 200);
+    let session = server.edge.sessions.get(&content_id(14)).unwrap();
+    assert_eq!(session.client_count(), 2);
+    // The normal client reads for as long as it takes the slow one to be dropped (bounded).
+    let start = Instant::now();
+    let mut received = 0usize;
+    let mut dropped_after = None;
+    while start.elapsed() < Duration::from_secs(20) {
+        let (d, _) = read_for(&mut normal, Duration::from_millis(250), usize::MAX).await;
+        received += d.len();
+        if dropped_after.is_none() && session.client_count() == 1 {
+            dropped_after = Some(start.elapsed());
+        }
+        if dropped_after.is_some_and(|t| start.elapsed() > t + Duration::from_secs(1))
+            && start.elapsed() > Duration::from_secs(4)
+        {
+            break;
+        }
+    }
+    let dropped_after = dropped_after.expect("slow client was not dropped within 20 s");
+    let rate = received as f64 / start.elapsed().as_secs_f64();
+    let expected = bitrate as f64 / 8.0;
+    assert!(
+        (rate - expected).abs() / expected < 0.10,
+        "normal client got {rate:.0} B/s, source {expected:.0} B/s"
+    );
+    eprintln!("slow client dropped after {dropped_after:?}; normal client {rate:.0} B/s");
+    drop(slow);
+}
+
+async fn expect_error(server: &RunningServer, path: &str, status: u16) -> String {
+    let (got, v) = get_json(server.addr, path).await;
+    assert_eq!(got, status, "{path}: {v}");
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{path}: no error text in {v}"))
+        .to_string()
+}
+
+/// Bad ids are 400 naming the parameter; no engine is contacted and no session is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_ids_are_rejected_without_engine_calls() {
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(&[&e], ""));
+    let forty = content_id(15);
+    for bad in [
+        "id=zz".to_string(),
+        format!("id={}", &forty[..39]),
+        format!("id={forty}0"),
+        String::new(),
+        "id=../".into(),
+        "infohash=xyz".into(),
+    ] {
+        let text = expect_error(&server, &format!("/ace/getstream?{bad}"), 400).await;
+        assert!(
+            text.contains("'id'") || text.contains("'infohash'"),
+            "{text}"
+        );
+    }
+    assert_eq!(sim_stats(&e).await.getstream_total, 0);
+    assert_eq!(sessions(&server), 0);
+}
+
+/// Engine failures before the first byte are 503 with the engine's reason; no session is left,
+/// and a session that reached the engine gets its stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn engine_failures_are_503_and_leave_nothing() {
+    let e = sim(Knobs {
+        start_error: Some("failed to load content".into()),
+        ..Knobs::default()
+    })
+    .await;
+    let server = start_proxy(proxy_config(&[&e], "empty_stream_timeout: 0.5"));
+    let text = expect_error(
+        &server,
+        &format!("/ace/getstream?id={}", content_id(16)),
+        503,
+    )
+    .await;
+    assert!(text.contains("failed to load content"), "{text}");
+    assert_eq!(sessions(&server), 0);
+
+    e.set_knobs(|k| {
+        k.start_error = None;
+        k.http_500 = true;
+    });
+    let text = expect_error(
+        &server,
+        &format!("/ace/getstream?id={}", content_id(17)),
+        503,
+    )
+    .await;
+    assert!(text.contains("500"), "{text}");
+    assert_eq!(sessions(&server), 0);
+
+    // Stall before the first byte: 503 after empty_stream_timeout, and the engine session stopped.
+    e.set_knobs(|k| {
+        k.http_500 = false;
+        k.prebuffer = Duration::from_secs(10);
+    });
+    let t = Instant::now();
+    let text = expect_error(
+        &server,
+        &format!("/ace/getstream?id={}", content_id(18)),
+        503,
+    )
+    .await;
+    assert!(text.contains("no stream data"), "{text}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(
+        wait_until(Duration::from_secs(3), || async {
+            sim_stats(&e).await.stop_calls.get(&content_id(18)) == Some(&1)
+        })
+        .await
+    );
+    assert_eq!(sessions(&server), 0);
+}
+
+/// No engines configured, or none reachable: 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_engine_is_503() {
+    let server = start_proxy(proxy_config(&[], ""));
+    let text = expect_error(
+        &server,
+        &format!("/ace/getstream?id={}", content_id(19)),
+        503,
+    )
+    .await;
+    assert!(text.contains("no engine"), "{text}");
+    let dead = sim(Knobs::default()).await;
+    let config = proxy_config(&[&dead], "engine_connect_timeout: 1");
+    dead.shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let server = start_proxy(config);
+    let text = expect_error(
+        &server,
+        &format!("/ace/getstream?id={}", content_id(19)),
+        503,
+    )
+    .await;
+    assert!(text.contains("unreachable"), "{text}");
+    assert_eq!(sessions(&server), 0);
+}
+
+/// ffprobe, reading the proxy's stream, finds video and audio; HTTP/1.0 gets a close-delimited body.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxied_stream_decodes_and_http10_is_close_delimited() {
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(&[&e], ""));
+    let path = format!("/ace/getstream?id={}", content_id(20));
+    let mut r = get_with(
+        server.addr,
+        &path,
+        GetOptions {
+            http10: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("transfer-encoding").is_none());
+    let (data, _) = read_for(&mut r, Duration::from_secs(10), 1_000_000).await;
+    let whole = &data[..data.len() / 188 * 188];
+    let streams = ffprobe_streams(whole);
+    assert!(
+        streams.contains(&"video".into()) && streams.contains(&"audio".into()),
+        "{streams:?}"
+    );
+}
+
+/// When the engine ends the stream, attached clients' responses end cleanly (no hang), the
+/// session is gone, and the engine gets one stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_end_finishes_client_responses() {
+    let e = sim(Knobs {
+        drop_after_bytes: Some(400_000),
+        ..Knobs::default()
+    })
+    .await;
+    let server = start_proxy(proxy_config(&[&e], ""));
+    let mut r = get(
+        server.addr,
+        &format!("/ace/getstream?id={}", content_id(21)),
+    )
+    .await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut n = 0;
+        loop {
+            match r.next_chunk().await {
+                Ok(Some(b)) => n += b.len(),
+                Ok(None) => return Ok(n),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("response did not end");
+    let n = ended.expect("response ended with a clean last chunk");
+    assert!(n > 300_000 && n <= 400_000, "{n}");
+    assert!(wait_until(Duration::from_secs(2), || async { sessions(&server) == 0 }).await);
+    assert!(
+        wait_until(Duration::from_secs(2), || async {
+            sim_stats(&e).await.stop_total == 1
+        })
+        .await
+    );
+}
+
+/// HEAD answers the stream's headers without a session or an engine call.
+#[tokio::test(flavor = "multi_thread")]
+async fn head_probe_starts_nothing() {
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(&[&e], ""));
+    let r = get_with(
+        server.addr,
+        &format!("/ace/getstream?id={}", content_id(22)),
+        GetOptions {
+            head: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("video/mp2t"));
+    assert_eq!(sim_stats(&e).await.getstream_total, 0);
+    assert_eq!(sessions(&server), 0);
+    let _: &SimEngine = &e;
+}
