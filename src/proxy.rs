@@ -1,48 +1,60 @@
 //! The Pingora plugin: [`EdgeProxy`] implements `ProxyHttp` and routes every request.
 //!
-//! All routes are answered in `request_filter` (Pingora's hook for serving a response yourself);
-//! nothing is proxied through `upstream_peer` yet.
+//! The proxy's own routes are answered in `request_filter` (Pingora's hook for serving a response
+//! yourself). Engine API paths it does not intercept (`/webui/*`, `/server/api*`, other `/ace/*`)
+//! are proxied to the best engine through `upstream_peer`, so the proxy is a drop-in replacement
+//! for an engine's URL.
 
+use crate::engines::EnginePool;
 use crate::error::EdgeError;
 use crate::http::{self, getstream};
 use crate::streams::Sessions;
 use async_trait::async_trait;
 use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
 use std::sync::Arc;
 
 /// The acestream-edge plugin for Pingora's HTTP proxy service.
 pub struct EdgeProxy {
     sessions: Arc<Sessions>,
+    engines: Arc<EnginePool>,
 }
 
 impl EdgeProxy {
-    /// A plugin serving from `sessions`.
-    pub fn new(sessions: Arc<Sessions>) -> Self {
-        EdgeProxy { sessions }
+    /// A plugin serving from `sessions` and passing engine API calls to `engines`.
+    pub fn new(sessions: Arc<Sessions>, engines: Arc<EnginePool>) -> Self {
+        EdgeProxy { sessions, engines }
     }
+}
+
+/// Per-request state.
+#[derive(Debug, Default)]
+pub struct RequestCtx {
+    /// `host:port` of the engine a passthrough request goes to (for its Host header).
+    engine_host: Option<String>,
+}
+
+/// Engine API paths passed through to an engine.
+fn is_passthrough(path: &str) -> bool {
+    path.starts_with("/webui/") || path.starts_with("/server/api") || path.starts_with("/ace/")
 }
 
 #[async_trait]
 impl ProxyHttp for EdgeProxy {
-    type CTX = ();
+    type CTX = RequestCtx;
 
-    fn new_ctx(&self) -> Self::CTX {}
-
-    /// Never reached: `request_filter` answers every request.
-    async fn upstream_peer(&self, _s: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Err(Error::explain(
-            ErrorType::HTTPStatus(502),
-            "no upstream route",
-        ))
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx::default()
     }
 
-    /// Routes the request and answers it; always `Ok(true)` ("response sent"), so client
-    /// disconnects never become error-level "Fail to filter request" logs.
-    async fn request_filter(&self, s: &mut Session, _ctx: &mut ()) -> Result<bool> {
+    /// Routes the request. Our routes are answered here (`Ok(true)`, also when the client went
+    /// away, so disconnects never become error-level logs); engine API paths go upstream.
+    async fn request_filter(&self, s: &mut Session, _ctx: &mut RequestCtx) -> Result<bool> {
         let path = s.req_header().uri.path().to_string();
         let result = match path.as_str() {
             "/ace/getstream" => getstream::serve(s, &self.sessions).await,
             "/ace/manifest.m3u8" => getstream::manifest(s).await,
+            p if is_passthrough(p) => return Ok(false),
             _ => {
                 let e = EdgeError::NotFound(format!("no route {path}"));
                 http::write_error(s, &e).await
@@ -52,5 +64,62 @@ impl ProxyHttp for EdgeProxy {
             log::debug!("{path}: response not completed: {e}");
         }
         Ok(true)
+    }
+
+    /// The best engine, by the same score as sessions use (nothing is reserved).
+    async fn upstream_peer(&self, _s: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let engine = self
+            .engines
+            .best()
+            .await
+            .map_err(|e| Error::explain(ErrorType::HTTPStatus(e.status()), e.to_string()))?;
+        ctx.engine_host = Some(engine.endpoint.to_string());
+        Ok(Box::new(HttpPeer::new(engine.addr, false, String::new())))
+    }
+
+    /// Engines see their own address as Host, as if called directly.
+    async fn upstream_request_filter(
+        &self,
+        _s: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(host) = &ctx.engine_host {
+            upstream_request.insert_header("Host", host.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// Proxy failures answer `{"error": ...}` like every other error of ours.
+    async fn fail_to_proxy(
+        &self,
+        s: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => 0, // the client is gone or broke the protocol
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            let text = e
+                .context
+                .as_ref()
+                .map(|c| c.as_str().to_string())
+                .unwrap_or_else(|| e.etype().as_str().to_string());
+            let body =
+                serde_json::to_vec(&serde_json::json!({ "error": text })).unwrap_or_default();
+            if let Err(err) = http::write_json(s, code, body).await {
+                log::debug!("could not send the error response: {err}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 }

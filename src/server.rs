@@ -2,7 +2,7 @@
 //! runs it either from `main` (signals) or in-process for tests ([`RunningServer`]).
 
 use crate::config::{Config, LoadedConfig};
-use crate::engines::EnginePool;
+use crate::engines::{self, EnginePool};
 use crate::proxy::EdgeProxy;
 use crate::streams::Sessions;
 use async_trait::async_trait;
@@ -25,6 +25,8 @@ const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 1;
 pub struct Edge {
     /// The sessions registry.
     pub sessions: Arc<Sessions>,
+    /// The engine pool.
+    pub engines: Arc<EnginePool>,
 }
 
 /// Builds the server: Pingora's settings, the proxy service on every `acestream.listen` address,
@@ -42,13 +44,14 @@ pub fn build(opt: Option<Opt>, loaded: LoadedConfig) -> (Server, Edge) {
 }
 
 fn build_services(mut server: Server, config: Arc<Config>) -> (Server, Edge) {
-    let sessions = Arc::new(Sessions::new(
-        config.clone(),
-        EnginePool::from_config(&config),
-    ));
+    let (lb, meta) = engines::load_balancer(&config);
+    let lb_service = background_service("engine pool", lb);
+    let pool = Arc::new(EnginePool::new(lb_service.task(), meta, &config));
+    server.add_service(lb_service);
+    let sessions = Arc::new(Sessions::new(config.clone(), pool.clone()));
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        EdgeProxy::new(sessions.clone()),
+        EdgeProxy::new(sessions.clone(), pool.clone()),
         "acestream-edge",
     );
     for addr in &config.listen {
@@ -66,7 +69,13 @@ fn build_services(mut server: Server, config: Arc<Config>) -> (Server, Edge) {
             interval: config.session_cleanup_interval,
         },
     ));
-    (server, Edge { sessions })
+    (
+        server,
+        Edge {
+            sessions,
+            engines: pool,
+        },
+    )
 }
 
 /// Ends idle sessions whose timer was lost, and ends every session when shutdown starts.

@@ -316,7 +316,11 @@ async fn no_engine_is_503() {
         503,
     )
     .await;
-    assert!(text.contains("unreachable"), "{text}");
+    // Depending on whether the first health probe ran yet: unhealthy, or unreachable when tried.
+    assert!(
+        text.contains("unreachable") || text.contains("no healthy engine"),
+        "{text}"
+    );
     assert_eq!(sessions(&server), 0);
 }
 

@@ -1,48 +1,323 @@
-//! Engines: where they are, how to talk to them, and which one gets the next session.
+//! Engines: where they are ([`discovery`]), whether they work ([`health`]), which one gets the
+//! next session ([`score`]), and how to talk to them ([`client`]).
 //!
-//! For now the pool is the static `acestream.engines` list tried in order (the first engine that
-//! starts the session wins); scoring, discovery and health checks build on [`EnginePool`].
+//! The pool is built on Pingora's load balancing: a `LoadBalancer` runs as a background service,
+//! polling [`discovery::EngineDiscovery`] every `engine_cache_ttl` and the health check every
+//! `health_check_interval`. Its built-in selectors only rebuild on membership changes, so the live
+//! score is computed here at selection time from the LB's health view, the discovery's metadata
+//! and this proxy's own stream count per engine, which [`StreamLease`]s keep exact.
 
 pub mod client;
+pub mod discovery;
+pub mod health;
+pub mod score;
 
 use crate::config::Config;
+use crate::error::EdgeError;
 pub use client::{EngineEndpoint, EngineSession, EngineTimeouts};
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backends, LoadBalancer};
+use score::{Candidate, NoCandidate};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
-/// One engine the proxy may use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Engine {
-    /// Where it listens.
-    pub endpoint: EngineEndpoint,
+/// What is known about one engine besides its health check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineMeta {
+    /// Host as configured or listed (may be a name).
+    pub host: String,
+    /// HTTP API port.
+    pub port: u16,
     /// Its P2P port is forwarded.
     pub forwarded: bool,
+    /// The orchestrator's container id.
+    pub container_id: Option<String>,
+    /// The orchestrator's VPN container.
+    pub vpn_container: Option<String>,
+    /// The orchestrator's view of its health (`None`: no opinion).
+    pub orchestrator_healthy: Option<bool>,
+    /// Streams the orchestrator counts on it.
+    pub orchestrator_streams: Option<usize>,
+    /// Listed by the orchestrator (else static only).
+    pub from_orchestrator: bool,
 }
 
-/// The set of engines and the order in which a new session tries them.
-#[derive(Debug, Clone)]
+impl EngineMeta {
+    /// Merges a second listing of the same address (static + orchestrator).
+    pub fn merge(&mut self, other: &EngineMeta) {
+        self.forwarded |= other.forwarded;
+        self.container_id = self
+            .container_id
+            .take()
+            .or_else(|| other.container_id.clone());
+        self.vpn_container = self
+            .vpn_container
+            .take()
+            .or_else(|| other.vpn_container.clone());
+        self.orchestrator_healthy = other.orchestrator_healthy.or(self.orchestrator_healthy);
+        self.orchestrator_streams = other.orchestrator_streams.or(self.orchestrator_streams);
+        self.from_orchestrator |= other.from_orchestrator;
+    }
+}
+
+/// One engine chosen for a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Engine {
+    /// Where it listens (as configured or listed; used for the Host header and logs).
+    pub endpoint: EngineEndpoint,
+    /// The resolved address dialled.
+    pub addr: SocketAddr,
+    /// Its P2P port is forwarded.
+    pub forwarded: bool,
+    /// The orchestrator's container id, if any.
+    pub container_id: Option<String>,
+    /// Its score when it was chosen.
+    pub score: i64,
+}
+
+/// A view of one engine for status pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineStatus {
+    /// Metadata from discovery.
+    pub meta: EngineMeta,
+    /// Resolved address.
+    pub addr: SocketAddr,
+    /// Health check and orchestrator agree it works.
+    pub healthy: bool,
+    /// This proxy's sessions on it.
+    pub proxy_streams: usize,
+    /// The score a selection would give it now.
+    pub score: i64,
+}
+
+/// The engine pool shared by every session.
 pub struct EnginePool {
-    engines: Vec<Engine>,
+    lb: Arc<LoadBalancer<RoundRobin>>,
+    meta: Arc<RwLock<HashMap<SocketAddr, EngineMeta>>>,
+    load: Mutex<HashMap<SocketAddr, usize>>,
+    rotation: AtomicUsize,
+    max_streams: usize,
+    selection_timeout: Duration,
+}
+
+impl std::fmt::Debug for EnginePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnginePool")
+            .field("max_streams", &self.max_streams)
+            .finish()
+    }
+}
+
+/// Builds the load balancer that the server runs as a background service, and the metadata map
+/// its discovery writes.
+pub fn load_balancer(
+    config: &Config,
+) -> (
+    LoadBalancer<RoundRobin>,
+    Arc<RwLock<HashMap<SocketAddr, EngineMeta>>>,
+) {
+    let meta = Arc::new(RwLock::new(HashMap::new()));
+    let discovery = discovery::EngineDiscovery::new(
+        config.engines.clone(),
+        config.orchestrator.clone(),
+        config.engine_selection_timeout,
+        meta.clone(),
+    );
+    let mut backends = Backends::new(Box::new(discovery));
+    let probe_timeout = config
+        .health_check_interval
+        .min(config.engine_connect_timeout)
+        .max(Duration::from_millis(200));
+    backends.set_health_check(Box::new(health::EngineHealthCheck {
+        timeout: probe_timeout,
+    }));
+    let mut lb = LoadBalancer::from_backends(backends);
+    lb.update_frequency = Some(config.engine_cache_ttl.max(Duration::from_millis(100)));
+    lb.health_check_frequency = Some(config.health_check_interval);
+    lb.parallel_health_check = true;
+    (lb, meta)
 }
 
 impl EnginePool {
-    /// The static pool from the configuration.
-    pub fn from_config(config: &Config) -> Self {
+    /// A pool over a (running) load balancer and its discovery's metadata.
+    pub fn new(
+        lb: Arc<LoadBalancer<RoundRobin>>,
+        meta: Arc<RwLock<HashMap<SocketAddr, EngineMeta>>>,
+        config: &Config,
+    ) -> Self {
         EnginePool {
-            engines: config
-                .engines
-                .iter()
-                .map(|e| Engine {
-                    endpoint: EngineEndpoint {
-                        host: e.host.clone(),
-                        port: e.port,
-                    },
-                    forwarded: e.forwarded,
-                })
-                .collect(),
+            lb,
+            meta,
+            load: Mutex::new(HashMap::new()),
+            rotation: AtomicUsize::new(0),
+            max_streams: config.max_streams_per_engine,
+            selection_timeout: config.engine_selection_timeout,
         }
     }
 
-    /// Engines in the order a new session should try them.
-    pub fn candidates(&self) -> Vec<Engine> {
-        self.engines.clone()
+    fn lock_load(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, usize>> {
+        self.load.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs discovery now if it has never produced an engine (bounded by the selection timeout).
+    async fn ensure_discovered(&self) {
+        if self.lb.backends().get_backend().is_empty() {
+            if let Err(_elapsed) =
+                tokio::time::timeout(self.selection_timeout, self.lb.update()).await
+            {
+                log::warn!(
+                    "engine discovery did not finish within {:?}",
+                    self.selection_timeout
+                );
+            }
+        }
+    }
+
+    /// Every known engine with its live score.
+    pub fn status(&self) -> Vec<EngineStatus> {
+        let meta = self.meta.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let load = self.lock_load().clone();
+        self.snapshot(&meta, &load)
+    }
+
+    fn snapshot(
+        &self,
+        meta: &HashMap<SocketAddr, EngineMeta>,
+        load: &HashMap<SocketAddr, usize>,
+    ) -> Vec<EngineStatus> {
+        let backends = self.lb.backends();
+        let mut out: Vec<EngineStatus> = backends
+            .get_backend()
+            .iter()
+            .filter_map(|b| {
+                let addr = *b.addr.as_inet()?;
+                let m = meta.get(&addr).cloned().unwrap_or_default();
+                let healthy = backends.ready(b) && m.orchestrator_healthy != Some(false);
+                let proxy_streams = load.get(&addr).copied().unwrap_or(0);
+                let candidate = Candidate {
+                    addr,
+                    forwarded: m.forwarded,
+                    healthy,
+                    active_streams: proxy_streams + m.orchestrator_streams.unwrap_or(0),
+                };
+                Some(EngineStatus {
+                    score: score::score(&candidate),
+                    meta: m,
+                    addr,
+                    healthy,
+                    proxy_streams,
+                })
+            })
+            .collect();
+        out.sort_by_key(|s| s.addr);
+        out
+    }
+
+    /// Chooses the best engine not in `exclude` and reserves a stream on it (atomically, so
+    /// concurrent first requests of different ids spread out). Dropping the lease releases it.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        exclude: &[SocketAddr],
+    ) -> Result<(Engine, StreamLease), EdgeError> {
+        self.ensure_discovered().await;
+        let meta = self.meta.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut load = self.lock_load();
+        let engine = self.choose(&meta, &load, exclude)?;
+        *load.entry(engine.addr).or_default() += 1;
+        drop(load);
+        let lease = StreamLease {
+            pool: self.clone(),
+            addr: engine.addr,
+        };
+        Ok((engine, lease))
+    }
+
+    /// The best engine now, without reserving anything (for passthrough requests).
+    pub async fn best(&self) -> Result<Engine, EdgeError> {
+        self.ensure_discovered().await;
+        let meta = self.meta.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let load = self.lock_load().clone();
+        self.choose(&meta, &load, &[])
+    }
+
+    fn choose(
+        &self,
+        meta: &HashMap<SocketAddr, EngineMeta>,
+        load: &HashMap<SocketAddr, usize>,
+        exclude: &[SocketAddr],
+    ) -> Result<Engine, EdgeError> {
+        let status: Vec<EngineStatus> = self
+            .snapshot(meta, load)
+            .into_iter()
+            .filter(|s| !exclude.contains(&s.addr))
+            .collect();
+        let candidates: Vec<Candidate> = status
+            .iter()
+            .map(|s| Candidate {
+                addr: s.addr,
+                forwarded: s.meta.forwarded,
+                healthy: s.healthy,
+                active_streams: s.proxy_streams + s.meta.orchestrator_streams.unwrap_or(0),
+            })
+            .collect();
+        log::debug!(
+            "engine candidates: {}",
+            status
+                .iter()
+                .map(|s| format!(
+                    "{}={}{}",
+                    s.addr,
+                    s.score,
+                    if s.healthy { "" } else { "(unhealthy)" }
+                ))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
+        let i = score::choose(&candidates, self.max_streams, rotation).map_err(|e| match e {
+            NoCandidate::Empty if !exclude.is_empty() => {
+                EdgeError::NoEngine("every engine was tried".into())
+            }
+            e => EdgeError::NoEngine(e.to_string()),
+        })?;
+        let s = &status[i];
+        log::info!(
+            "engine {} chosen (score {}, {} streams here)",
+            s.addr,
+            s.score,
+            s.proxy_streams
+        );
+        Ok(Engine {
+            endpoint: EngineEndpoint {
+                host: s.meta.host.clone(),
+                port: s.meta.port,
+            },
+            addr: s.addr,
+            forwarded: s.meta.forwarded,
+            container_id: s.meta.container_id.clone(),
+            score: s.score,
+        })
+    }
+}
+
+/// One stream reserved on an engine; counts towards its score until dropped.
+#[derive(Debug)]
+pub struct StreamLease {
+    pool: Arc<EnginePool>,
+    addr: SocketAddr,
+}
+
+impl Drop for StreamLease {
+    fn drop(&mut self) {
+        let mut load = self.pool.lock_load();
+        if let Some(n) = load.get_mut(&self.addr) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                load.remove(&self.addr);
+            }
+        }
     }
 }

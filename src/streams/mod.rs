@@ -25,7 +25,7 @@ use std::time::Instant;
 #[derive(Debug)]
 pub struct Sessions {
     config: Arc<Config>,
-    engines: EnginePool,
+    engines: Arc<EnginePool>,
     map: Mutex<HashMap<String, Arc<Session>>>,
     shutting_down: AtomicBool,
     started_total: AtomicU64,
@@ -33,7 +33,7 @@ pub struct Sessions {
 
 impl Sessions {
     /// An empty registry.
-    pub fn new(config: Arc<Config>, engines: EnginePool) -> Self {
+    pub fn new(config: Arc<Config>, engines: Arc<EnginePool>) -> Self {
         Sessions {
             config,
             engines,
@@ -53,7 +53,7 @@ impl Sessions {
     }
 
     /// The engines sessions start on.
-    pub fn engines(&self) -> &EnginePool {
+    pub fn engines(&self) -> &Arc<EnginePool> {
         &self.engines
     }
 

@@ -9,7 +9,7 @@
 use super::ring::Ring;
 use super::Sessions;
 use crate::config::{Config, TS_PACKET_SIZE};
-use crate::engines::{Engine, EngineSession, EngineTimeouts};
+use crate::engines::{Engine, EngineSession, EngineTimeouts, StreamLease};
 use crate::error::EdgeError;
 use bytes::{Buf, Bytes, BytesMut};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +54,8 @@ pub(crate) struct SessionState {
     pub ended_at: Option<SystemTime>,
     /// Why the session ended or failed.
     pub error: Option<String>,
+    /// The stream reserved on the engine; released when the session is dropped or ends.
+    pub lease: Option<StreamLease>,
 }
 
 /// One content id's shared stream.
@@ -184,6 +186,7 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<Session>)
             }
         }
     }
+    session.state().lease = None;
 }
 
 async fn stream(sessions: &Sessions, session: &Arc<Session>, config: &Config) -> Outcome {
@@ -252,7 +255,8 @@ async fn stream(sessions: &Sessions, session: &Arc<Session>, config: &Config) ->
     }
 }
 
-/// Tries the candidate engines in order until one starts the session and sends its first bytes.
+/// Starts the session on the best engine, and on a refusal or failure on the next-best one (each
+/// engine at most once), until one sends its first bytes.
 async fn start_and_first_bytes(
     sessions: &Sessions,
     session: &Arc<Session>,
@@ -262,62 +266,75 @@ async fn start_and_first_bytes(
         connect: config.engine_connect_timeout,
         read: config.engine_read_timeout,
     };
-    let candidates = sessions.engines().candidates();
-    if candidates.is_empty() {
-        return Err(EdgeError::NoEngine("no engines configured".into()));
-    }
+    let mut tried = Vec::new();
     let mut last_error = None;
-    for engine in candidates {
-        log::info!(
-            "session {}: trying engine {}",
-            session.content_id,
-            engine.endpoint
-        );
-        let es = match engine
-            .endpoint
-            .start_session(&session.content_id, timeouts)
-            .await
-        {
-            Ok(es) => es,
+    loop {
+        let (engine, lease) = match sessions.engines().acquire(&tried).await {
+            Ok(v) => v,
+            // Every candidate failed: answer with the last engine's own reason.
+            Err(e) => return Err(last_error.unwrap_or(e)),
+        };
+        tried.push(engine.addr);
+        match start_on(session, &engine, timeouts).await {
+            Ok(started) => {
+                session.state().lease = Some(lease);
+                return Ok(started);
+            }
             Err(e) => {
                 log::warn!("session {}: {e}", session.content_id);
+                // A started engine session that failed before its first byte is stopped now,
+                // before trying the next engine.
+                let es = session.state().engine_session.take();
+                if let Some(cmd) = es.and_then(|es| es.command_path) {
+                    let _ = engine.endpoint.stop(&cmd, STOP_TIMEOUT).await;
+                }
+                session.state().engine = None;
                 last_error = Some(e);
-                continue;
-            }
-        };
-        {
-            // Recorded at once: from here on, every way out sends a stop.
-            let mut st = session.state();
-            st.engine = Some(engine.clone());
-            st.engine_session = Some(es.clone());
-        }
-        log::info!(
-            "session {} created on engine {} (playback_session_id={})",
-            session.content_id,
-            engine.endpoint,
-            es.playback_session_id.as_deref().unwrap_or("-")
-        );
-        let mut upstream = engine.endpoint.open_stream(&es, timeouts).await?;
-        loop {
-            match upstream.next_chunk().await {
-                Ok(Some(b)) if b.is_empty() => continue,
-                Ok(Some(b)) => return Ok((upstream, b)),
-                Ok(None) => {
-                    return Err(EdgeError::EngineRefused {
-                        engine: engine.endpoint.to_string(),
-                        reason: "stream ended before its first byte".into(),
-                    })
-                }
-                Err(e) => {
-                    return Err(EdgeError::EngineUnreachable {
-                        engine: engine.endpoint.to_string(),
-                        reason: format!("stream failed before its first byte: {e}"),
-                    })
-                }
             }
         }
     }
-    Err(last_error.unwrap_or_else(|| EdgeError::NoEngine("no engine started the stream".into())))
+}
+
+async fn start_on(
+    session: &Arc<Session>,
+    engine: &Engine,
+    timeouts: EngineTimeouts,
+) -> Result<(crate::http1::Response, Bytes), EdgeError> {
+    let es = engine
+        .endpoint
+        .start_session(&session.content_id, timeouts)
+        .await?;
+    {
+        // Recorded at once: from here on, every way out sends a stop.
+        let mut st = session.state();
+        st.engine = Some(engine.clone());
+        st.engine_session = Some(es.clone());
+    }
+    log::info!(
+        "session {} created on engine {} (playback_session_id={})",
+        session.content_id,
+        engine.endpoint,
+        es.playback_session_id.as_deref().unwrap_or("-")
+    );
+    let mut upstream = engine.endpoint.open_stream(&es, timeouts).await?;
+    loop {
+        match upstream.next_chunk().await {
+            Ok(Some(b)) if b.is_empty() => continue,
+            Ok(Some(b)) => return Ok((upstream, b)),
+            Ok(None) => {
+                return Err(EdgeError::EngineRefused {
+                    engine: engine.endpoint.to_string(),
+                    reason: "stream ended before its first byte".into(),
+                })
+            }
+            Err(e) => {
+                return Err(EdgeError::EngineUnreachable {
+                    engine: engine.endpoint.to_string(),
+                    reason: format!("stream failed before its first byte: {e}"),
+                })
+            }
+        }
+    }
 }
 
 /// Turns arbitrary upstream reads into chunks of whole TS packets that start with the sync byte.

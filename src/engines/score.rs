@@ -1,0 +1,164 @@
+//! Engine scoring and selection: pure functions of a snapshot, so they are easy to test.
+//!
+//! The spec's algorithm (`proxy-api.md`, "Engine Selection Algorithm"): only healthy engines are
+//! candidates; score = +1000 if forwarded, −10 per active stream, −1000 if unhealthy; the highest
+//! score wins. We add two rules a production pool needs: engines at `max_streams_per_engine` are
+//! not candidates, and equal scores rotate so that equal engines share load.
+
+use std::net::SocketAddr;
+
+/// Bonus of an engine whose P2P port is forwarded.
+pub const FORWARDED_BONUS: i64 = 1000;
+/// Cost of each active stream.
+pub const STREAM_COST: i64 = 10;
+/// Penalty of an unhealthy engine (it is not a candidate anyway; the score is shown).
+pub const UNHEALTHY_PENALTY: i64 = 1000;
+
+/// One engine as the selector sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its P2P port is forwarded.
+    pub forwarded: bool,
+    /// The health check (and the orchestrator, if any) say it works.
+    pub healthy: bool,
+    /// Streams on it: this proxy's sessions plus what the orchestrator reports.
+    pub active_streams: usize,
+}
+
+/// The spec's score.
+pub fn score(c: &Candidate) -> i64 {
+    let mut s = -(c.active_streams as i64) * STREAM_COST;
+    if c.forwarded {
+        s += FORWARDED_BONUS;
+    }
+    if !c.healthy {
+        s -= UNHEALTHY_PENALTY;
+    }
+    s
+}
+
+/// Why no engine was chosen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoCandidate {
+    /// The pool is empty.
+    #[error("no engines known")]
+    Empty,
+    /// Every engine is unhealthy.
+    #[error("no healthy engine ({0} known)")]
+    NoneHealthy(usize),
+    /// Every healthy engine is at its stream limit.
+    #[error("every healthy engine is at max_streams_per_engine ({0})")]
+    AllFull(usize),
+}
+
+/// Index of the engine to use: the highest score among healthy engines below `max_streams`;
+/// among equal scores the `rotation`-th (mod their count), so equal engines take turns.
+pub fn choose(
+    candidates: &[Candidate],
+    max_streams: usize,
+    rotation: usize,
+) -> Result<usize, NoCandidate> {
+    if candidates.is_empty() {
+        return Err(NoCandidate::Empty);
+    }
+    let healthy: Vec<usize> = (0..candidates.len())
+        .filter(|&i| candidates[i].healthy)
+        .collect();
+    if healthy.is_empty() {
+        return Err(NoCandidate::NoneHealthy(candidates.len()));
+    }
+    let open: Vec<usize> = healthy
+        .into_iter()
+        .filter(|&i| candidates[i].active_streams < max_streams)
+        .collect();
+    let best = open
+        .iter()
+        .map(|&i| score(&candidates[i]))
+        .max()
+        .ok_or(NoCandidate::AllFull(max_streams))?;
+    let tied: Vec<usize> = open
+        .into_iter()
+        .filter(|&i| score(&candidates[i]) == best)
+        .collect();
+    Ok(tied[rotation % tied.len()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(port: u16, forwarded: bool, healthy: bool, active_streams: usize) -> Candidate {
+        Candidate {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            forwarded,
+            healthy,
+            active_streams,
+        }
+    }
+
+    /// Two idle forwarded engines and one regular: a forwarded one wins, whatever the rotation.
+    #[test]
+    fn forwarded_engines_win() {
+        let pool = [
+            c(1, true, true, 0),
+            c(2, true, true, 0),
+            c(3, false, true, 0),
+        ];
+        for rotation in 0..4 {
+            let i = choose(&pool, 10, rotation).unwrap();
+            assert!(pool[i].forwarded);
+        }
+    }
+
+    /// Forwarded with 5 streams against forwarded with 2: the one with 2.
+    #[test]
+    fn fewer_streams_win() {
+        let pool = [c(1, true, true, 5), c(2, true, true, 2)];
+        assert_eq!(choose(&pool, 10, 0), Ok(1));
+        assert_eq!(score(&pool[0]), 950);
+        assert_eq!(score(&pool[1]), 980);
+    }
+
+    /// Forwarded but unhealthy against regular and healthy: health takes priority.
+    #[test]
+    fn health_beats_forwarding() {
+        let pool = [c(1, true, false, 0), c(2, false, true, 0)];
+        assert_eq!(choose(&pool, 10, 0), Ok(1));
+        assert_eq!(score(&pool[0]), 0);
+    }
+
+    /// Engines at the stream limit are not candidates.
+    #[test]
+    fn full_engines_are_skipped() {
+        let pool = [c(1, true, true, 10), c(2, false, true, 3)];
+        assert_eq!(choose(&pool, 10, 0), Ok(1));
+        assert_eq!(
+            choose(&[c(1, true, true, 10)], 10, 0),
+            Err(NoCandidate::AllFull(10))
+        );
+    }
+
+    /// Equal engines take turns.
+    #[test]
+    fn ties_rotate() {
+        let pool = [
+            c(1, false, true, 1),
+            c(2, false, true, 1),
+            c(3, false, true, 1),
+        ];
+        let picks: Vec<usize> = (0..6).map(|r| choose(&pool, 10, r).unwrap()).collect();
+        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
+    }
+
+    /// An empty pool and an all-unhealthy pool are typed errors.
+    #[test]
+    fn no_engine_is_a_typed_error() {
+        assert_eq!(choose(&[], 10, 0), Err(NoCandidate::Empty));
+        assert_eq!(
+            choose(&[c(1, true, false, 0)], 10, 0),
+            Err(NoCandidate::NoneHealthy(1))
+        );
+    }
+}
