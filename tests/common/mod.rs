@@ -170,3 +170,71 @@ pub fn ffmpeg_decode_errors(data: &[u8]) -> String {
         .expect("ffmpeg must be installed");
     String::from_utf8_lossy(&out.stderr).to_string()
 }
+
+/// A fake orchestrator: serves `GET /engines` with whatever JSON it is given, and records the
+/// Authorization headers it saw.
+pub struct FakeOrchestrator {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+    auth: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeOrchestrator {
+    /// Starts serving `body` on an ephemeral loopback port.
+    pub async fn start(body: serde_json::Value) -> FakeOrchestrator {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = std::sync::Arc::new(std::sync::Mutex::new(body.to_string()));
+        let auth = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (b, a) = (body.clone(), auth.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let (b, a) = (b.clone(), a.clone());
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let Ok(Some(req)) = acestream_edge::http1::read_request_head(&mut sock).await
+                    else {
+                        return;
+                    };
+                    if let Some(h) = req.header("authorization") {
+                        a.lock().unwrap().push(h.to_string());
+                    }
+                    let text = b.lock().unwrap().clone();
+                    let (status, text) = if req.path == "/engines" {
+                        ("200 OK", text)
+                    } else {
+                        ("404 Not Found", "{}".into())
+                    };
+                    let resp = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len());
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        FakeOrchestrator {
+            addr,
+            body,
+            auth,
+            task,
+        }
+    }
+
+    /// Changes the engine list it serves.
+    pub fn set(&self, body: serde_json::Value) {
+        *self.body.lock().unwrap() = body.to_string();
+    }
+
+    /// Authorization headers received.
+    pub fn auth_seen(&self) -> Vec<String> {
+        self.auth.lock().unwrap().clone()
+    }
+
+    /// Stops listening (the orchestrator goes down).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,217 @@
+//! The engine pool: scoring spreads sessions, health checks steer around dead engines, the
+//! orchestrator's list is used and survives its outage, failures move to the next engine, and
+//! engine API calls pass through.
+
+mod common;
+
+use acestream_edge::server::RunningServer;
+use acestream_edge::sim::{Knobs, SimEngine};
+use common::*;
+use std::time::Duration;
+
+fn slow_knobs() -> Knobs {
+    // Many sessions at once: a low bitrate keeps the machine quiet.
+    Knobs {
+        bitrate_bps: 400_000,
+        ..Knobs::default()
+    }
+}
+
+fn config_yaml(engines: &[(&SimEngine, bool)], extra: &str) -> acestream_edge::config::Config {
+    let mut yaml = format!(
+        "acestream:\n  listen: [\"127.0.0.1:{}\"]\n  engines:\n",
+        free_port()
+    );
+    for (e, forwarded) in engines {
+        yaml.push_str(&format!(
+            "    - {{host: 127.0.0.1, port: {}, forwarded: {forwarded}}}\n",
+            e.addr().port()
+        ));
+    }
+    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+        yaml.push_str(&format!("  {}\n", line.trim()));
+    }
+    acestream_edge::config::load_str(&yaml).unwrap().acestream
+}
+
+async fn start_stream(server: &RunningServer, n: u32) -> u16 {
+    let mut r = get(server.addr, &format!("/ace/getstream?id={}", content_id(n))).await;
+    read_for(&mut r, Duration::from_secs(5), 188).await;
+    r.status
+}
+
+async fn active(e: &SimEngine) -> u64 {
+    sim_stats(e).await.sessions_active
+}
+
+/// 30 sessions of distinct ids: the forwarded engine fills first (up to max_streams_per_engine),
+/// then the two regular engines share the rest evenly.
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_spread_by_score() {
+    let (f, a, b) = (
+        sim(slow_knobs()).await,
+        sim(slow_knobs()).await,
+        sim(slow_knobs()).await,
+    );
+    let server = start_proxy(config_yaml(
+        &[(&f, true), (&a, false), (&b, false)],
+        "max_streams_per_engine: 10",
+    ));
+    for n in 0..10 {
+        assert_eq!(start_stream(&server, 100 + n).await, 200);
+    }
+    assert_eq!(
+        (active(&f).await, active(&a).await, active(&b).await),
+        (10, 0, 0),
+        "forwarded fills first"
+    );
+    for n in 10..30 {
+        assert_eq!(start_stream(&server, 100 + n).await, 200);
+    }
+    let (na, nb) = (active(&a).await, active(&b).await);
+    assert_eq!(active(&f).await, 10);
+    assert_eq!(na + nb, 20);
+    assert!(na.abs_diff(nb) <= 1, "regular engines uneven: {na} vs {nb}");
+    // A 31st session fits nowhere: every engine is at its limit.
+    let (status, v) = get_json(
+        server.addr,
+        &format!("/ace/getstream?id={}", content_id(999)),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_streams_per_engine"),
+        "{v}"
+    );
+}
+
+/// A killed engine turns unhealthy within 2 × health_check_interval and new sessions avoid it;
+/// once it answers again it is used again.
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_engine_is_avoided_and_comes_back() {
+    let (a, b) = (sim(slow_knobs()).await, sim(slow_knobs()).await);
+    let server = start_proxy(config_yaml(
+        &[(&a, false), (&b, false)],
+        "health_check_interval: 0.5",
+    ));
+    let pool = server.edge.engines.clone();
+    assert!(
+        wait_until(Duration::from_secs(3), || async {
+            pool.status().iter().filter(|s| s.healthy).count() == 2
+        })
+        .await
+    );
+    let a_addr = a.addr();
+    a.shutdown();
+    let unhealthy = wait_until(Duration::from_secs(1), || async {
+        pool.status().iter().any(|s| s.addr == a_addr && !s.healthy)
+    })
+    .await;
+    assert!(
+        unhealthy,
+        "engine not marked unhealthy within 2 × health_check_interval"
+    );
+    for n in 0..4 {
+        assert_eq!(start_stream(&server, 200 + n).await, 200);
+    }
+    assert_eq!(active(&b).await, 4);
+    // It comes back on the same port.
+    let a2 = SimEngine::start(a_addr, slow_knobs()).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || async {
+            pool.status().iter().all(|s| s.healthy)
+        })
+        .await
+    );
+    assert_eq!(start_stream(&server, 210).await, 200);
+    assert_eq!(
+        active(&a2).await,
+        1,
+        "the recovered, idle engine takes the next session"
+    );
+}
+
+/// Engines listed by an orchestrator (both JSON shapes) are used; with the orchestrator down,
+/// selection keeps working from the last list. The api_key goes out as a Bearer token.
+#[tokio::test(flavor = "multi_thread")]
+async fn orchestrator_engines_are_used_and_survive_its_outage() {
+    let (a, b) = (sim(slow_knobs()).await, sim(slow_knobs()).await);
+    let orch = FakeOrchestrator::start(serde_json::json!([
+        {"container_id": "ca", "host": "127.0.0.1", "port": a.addr().port(), "forwarded": true, "health_status": "healthy"}
+    ]))
+    .await;
+    let yaml = format!(
+        "acestream:\n  listen: [\"127.0.0.1:{}\"]\n  orchestrator: {{url: \"http://{}\", api_key: k3y}}\n  engine_cache_ttl: 0.2\n",
+        free_port(),
+        orch.addr
+    );
+    let server = start_proxy(acestream_edge::config::load_str(&yaml).unwrap().acestream);
+    assert_eq!(start_stream(&server, 300).await, 200);
+    assert_eq!(active(&a).await, 1);
+    assert!(orch.auth_seen().iter().all(|h| h == "Bearer k3y") && !orch.auth_seen().is_empty());
+    // The Go shape, now listing only b.
+    orch.set(serde_json::json!({"engines": [{"container_id": "cb", "host": "127.0.0.1", "port": b.addr().port(), "health_status": "healthy"}], "total": 1}));
+    let pool = server.edge.engines.clone();
+    assert!(
+        wait_until(Duration::from_secs(3), || async {
+            let s = pool.status();
+            s.len() == 1 && s[0].addr == b.addr()
+        })
+        .await
+    );
+    assert_eq!(start_stream(&server, 301).await, 200);
+    assert_eq!(active(&b).await, 1);
+    orch.stop();
+    tokio::time::sleep(Duration::from_millis(600)).await; // several failed polls
+    assert_eq!(start_stream(&server, 302).await, 200);
+    assert_eq!(active(&b).await, 2, "the last good list is kept");
+}
+
+/// An engine that refuses the id: the session starts on the next engine; the client gets a stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn start_error_moves_to_the_next_engine() {
+    let refusing = sim(Knobs {
+        start_error: Some("failed to load content".into()),
+        ..slow_knobs()
+    })
+    .await;
+    let good = sim(slow_knobs()).await;
+    // The refusing engine is forwarded, so it is always tried first.
+    let server = start_proxy(config_yaml(&[(&refusing, true), (&good, false)], ""));
+    assert_eq!(start_stream(&server, 400).await, 200);
+    assert_eq!(sim_stats(&refusing).await.getstream_total, 1);
+    assert_eq!(sim_stats(&good).await.getstream_total, 1);
+    assert_eq!(active(&good).await, 1);
+    // Every engine refusing: 503 with the engine's reason.
+    good.set_knobs(|k| k.http_500 = true);
+    let (status, v) = get_json(
+        server.addr,
+        &format!("/ace/getstream?id={}", content_id(401)),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert!(v["error"].as_str().unwrap().contains("500"), "{v}");
+}
+
+/// Engine API calls the proxy does not serve itself pass through to an engine.
+#[tokio::test(flavor = "multi_thread")]
+async fn engine_api_passes_through() {
+    let e = sim(slow_knobs()).await;
+    let server = start_proxy(config_yaml(&[(&e, false)], ""));
+    let (status, v) = get_json(server.addr, "/webui/api/service?method=get_version").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["result"]["version"], "3.1.70");
+    let (status, v) = get_json(server.addr, "/server/api?api_version=3&method=get_status").await;
+    assert_eq!(
+        (status, v["result"]["playlist_loaded"].as_bool()),
+        (200, Some(true))
+    );
+    // No engine: a JSON 503, not Pingora's HTML.
+    let server = start_proxy(config_yaml(&[], ""));
+    let (status, v) = get_json(server.addr, "/webui/api/service?method=get_version").await;
+    assert_eq!(status, 503);
+    assert!(v["error"].as_str().unwrap().contains("no engine"), "{v}");
+}
