@@ -16,6 +16,7 @@ pub mod engines;
 pub mod error;
 pub mod http;
 pub mod http1;
+pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod sim;

@@ -5,9 +5,12 @@
 //! are proxied to the best engine through `upstream_peer`, so the proxy is a drop-in replacement
 //! for an engine's URL.
 
+use crate::config::Config;
 use crate::engines::EnginePool;
 use crate::error::EdgeError;
+use crate::http::admin::{self, Admin};
 use crate::http::{self, getstream};
+use crate::metrics::Metrics;
 use crate::streams::Sessions;
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -18,12 +21,30 @@ use std::sync::Arc;
 pub struct EdgeProxy {
     sessions: Arc<Sessions>,
     engines: Arc<EnginePool>,
+    metrics: Arc<Metrics>,
+    admin: Admin,
 }
 
 impl EdgeProxy {
     /// A plugin serving from `sessions` and passing engine API calls to `engines`.
-    pub fn new(sessions: Arc<Sessions>, engines: Arc<EnginePool>) -> Self {
-        EdgeProxy { sessions, engines }
+    pub fn new(
+        sessions: Arc<Sessions>,
+        engines: Arc<EnginePool>,
+        metrics: Arc<Metrics>,
+        config: Arc<Config>,
+    ) -> Self {
+        let admin = Admin {
+            sessions: sessions.clone(),
+            engines: engines.clone(),
+            metrics: metrics.clone(),
+            token: config.admin_token.clone(),
+        };
+        EdgeProxy {
+            sessions,
+            engines,
+            metrics,
+            admin,
+        }
     }
 }
 
@@ -32,6 +53,8 @@ impl EdgeProxy {
 pub struct RequestCtx {
     /// `host:port` of the engine a passthrough request goes to (for its Host header).
     engine_host: Option<String>,
+    /// The route label of this request, for the responses metric.
+    route: &'static str,
 }
 
 /// Engine API paths passed through to an engine.
@@ -49,13 +72,28 @@ impl ProxyHttp for EdgeProxy {
 
     /// Routes the request. Our routes are answered here (`Ok(true)`, also when the client went
     /// away, so disconnects never become error-level logs); engine API paths go upstream.
-    async fn request_filter(&self, s: &mut Session, _ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(&self, s: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let path = s.req_header().uri.path().to_string();
         let result = match path.as_str() {
-            "/ace/getstream" => getstream::serve(s, &self.sessions).await,
-            "/ace/manifest.m3u8" => getstream::manifest(s).await,
-            p if is_passthrough(p) => return Ok(false),
+            "/ace/getstream" => {
+                ctx.route = "getstream";
+                getstream::serve(s, &self.sessions).await
+            }
+            "/ace/manifest.m3u8" => {
+                ctx.route = "manifest";
+                getstream::manifest(s).await
+            }
+            p if admin::is_admin_path(p) => {
+                let (route, result) = self.admin.serve(s, p).await;
+                ctx.route = route;
+                result
+            }
+            p if is_passthrough(p) => {
+                ctx.route = "passthrough";
+                return Ok(false);
+            }
             _ => {
+                ctx.route = "not_found";
                 let e = EdgeError::NotFound(format!("no route {path}"));
                 http::write_error(s, &e).await
             }
@@ -88,6 +126,20 @@ impl ProxyHttp for EdgeProxy {
             upstream_request.insert_header("Host", host.as_str())?;
         }
         Ok(())
+    }
+
+    /// Counts every response by route and status.
+    async fn logging(&self, s: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = s.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let route = if ctx.route.is_empty() {
+            "unknown"
+        } else {
+            ctx.route
+        };
+        self.metrics
+            .http_responses
+            .with_label_values(&[route, &status.to_string()])
+            .inc();
     }
 
     /// Proxy failures answer `{"error": ...}` like every other error of ours.

@@ -3,6 +3,7 @@
 
 use crate::config::{Config, LoadedConfig};
 use crate::engines::{self, EnginePool};
+use crate::metrics::Metrics;
 use crate::proxy::EdgeProxy;
 use crate::streams::Sessions;
 use async_trait::async_trait;
@@ -27,6 +28,8 @@ pub struct Edge {
     pub sessions: Arc<Sessions>,
     /// The engine pool.
     pub engines: Arc<EnginePool>,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Builds the server: Pingora's settings, the proxy service on every `acestream.listen` address,
@@ -48,10 +51,16 @@ fn build_services(mut server: Server, config: Arc<Config>) -> (Server, Edge) {
     let lb_service = background_service("engine pool", lb);
     let pool = Arc::new(EnginePool::new(lb_service.task(), meta, &config));
     server.add_service(lb_service);
-    let sessions = Arc::new(Sessions::new(config.clone(), pool.clone()));
+    let metrics = Arc::new(Metrics::new());
+    let sessions = Arc::new(Sessions::new(config.clone(), pool.clone(), metrics.clone()));
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        EdgeProxy::new(sessions.clone(), pool.clone()),
+        EdgeProxy::new(
+            sessions.clone(),
+            pool.clone(),
+            metrics.clone(),
+            config.clone(),
+        ),
         "acestream-edge",
     );
     for addr in &config.listen {
@@ -74,6 +83,7 @@ fn build_services(mut server: Server, config: Arc<Config>) -> (Server, Edge) {
         Edge {
             sessions,
             engines: pool,
+            metrics,
         },
     )
 }

@@ -203,6 +203,7 @@ async fn slow_client_is_dropped_and_never_slows_others() {
         "normal client got {rate:.0} B/s, source {expected:.0} B/s"
     );
     eprintln!("slow client dropped after {dropped_after:?}; normal client {rate:.0} B/s");
+    assert_eq!(server.edge.metrics.slow_client_drops.get(), 1, "the drop is counted");
     drop(slow);
 }
 

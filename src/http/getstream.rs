@@ -95,8 +95,15 @@ pub async fn serve(s: &mut Session, sessions: &Arc<Sessions>) -> pingora::Result
                 let mut stop = None;
                 for chunk in chunks {
                     let outcome = tokio::select! {
-                        r = s.write_response_body(Some(chunk.clone()), false) => r.map_err(|e| e.to_string()),
-                        behind = client.fell_off(&mut ring_changed) => Err(lagged(&client, &id, behind, config.stream_buffer_size)),
+                        r = s.write_response_body(Some(chunk.clone()), false) => r.map_err(|e| {
+                            if e.etype() == &pingora::ErrorType::WriteTimedout {
+                                sessions.metrics().slow_client_drops.inc();
+                                format!("accepted nothing for {:?}", config.client_timeout)
+                            } else {
+                                e.to_string()
+                            }
+                        }),
+                        behind = client.fell_off(&mut ring_changed) => Err(lagged(sessions, &client, &id, behind)),
                     };
                     match outcome {
                         Ok(()) => client.wrote(&chunk),
@@ -118,7 +125,7 @@ pub async fn serve(s: &mut Session, sessions: &Arc<Sessions>) -> pingora::Result
                 }
             }
             Next::Lagged(behind) => {
-                let why = lagged(&client, &id, behind, config.stream_buffer_size);
+                let why = lagged(sessions, &client, &id, behind);
                 log::info!("client {:?} of {id} dropped: {why}", client.addr());
                 break End::Dropped;
             }
@@ -136,8 +143,10 @@ pub async fn serve(s: &mut Session, sessions: &Arc<Sessions>) -> pingora::Result
     Ok(())
 }
 
-/// Logs a slow-client drop (one warning line) and returns the reason.
-fn lagged(client: &ClientHandle, id: &str, behind: u64, ring: usize) -> String {
+/// Logs and counts a slow-client drop (one warning line) and returns the reason.
+fn lagged(sessions: &Sessions, client: &ClientHandle, id: &str, behind: u64) -> String {
+    sessions.metrics().slow_client_drops.inc();
+    let ring = sessions.config().stream_buffer_size;
     log::warn!(
         "slow client {:?} of {id} dropped: {behind} bytes behind the live edge (ring {ring} bytes)",
         client.addr()

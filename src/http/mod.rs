@@ -1,5 +1,6 @@
 //! What the proxy serves itself: routing, `/ace/getstream`, and JSON responses.
 
+pub mod admin;
 pub mod getstream;
 
 use crate::error::EdgeError;

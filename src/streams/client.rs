@@ -4,26 +4,35 @@ use super::ring::Read;
 use super::{Session, Sessions};
 use bytes::Bytes;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 /// Most chunks taken from the ring per read.
 const READ_BATCH: usize = 16;
 
+/// What status pages show of one client; shared between the client's task and the session.
+#[derive(Debug)]
+pub struct ClientStats {
+    /// The client's address.
+    pub addr: Option<SocketAddr>,
+    /// When it joined.
+    pub joined: Instant,
+    /// Bytes written to it.
+    pub bytes_sent: AtomicU64,
+    /// Stream offset of the next byte it gets; the live edge minus this is its lag.
+    pub offset: AtomicU64,
+}
+
 /// A client counted into a session. Dropping it counts the client out.
 #[derive(Debug)]
 pub struct ClientHandle {
     sessions: Arc<Sessions>,
     session: Arc<Session>,
-    addr: Option<SocketAddr>,
-    /// When the client joined.
-    pub joined: Instant,
+    stats: Arc<ClientStats>,
     cursor: u64,
     /// Stream offset of the next byte this client gets (to measure lag).
     offset: u64,
-    /// Bytes written to this client.
-    pub bytes_sent: u64,
 }
 
 /// What the client should do next.
@@ -45,14 +54,19 @@ impl ClientHandle {
         session: Arc<Session>,
         addr: Option<SocketAddr>,
     ) -> Self {
+        let stats = Arc::new(ClientStats {
+            addr,
+            joined: Instant::now(),
+            bytes_sent: AtomicU64::new(0),
+            offset: AtomicU64::new(0),
+        });
+        session.add_client_stats(stats.clone());
         ClientHandle {
             sessions,
             session,
-            addr,
-            joined: Instant::now(),
+            stats,
             cursor: 0,
             offset: 0,
-            bytes_sent: 0,
         }
     }
 
@@ -63,7 +77,7 @@ impl ClientHandle {
 
     /// The client's address.
     pub fn addr(&self) -> Option<SocketAddr> {
-        self.addr
+        self.stats.addr
     }
 
     /// Positions the client for its first read: a client that waited for the session's start gets
@@ -90,6 +104,7 @@ impl ClientHandle {
             _ => 0,
         };
         self.offset = ring.published_bytes().saturating_sub(burst_bytes);
+        self.stats.offset.store(self.offset, Ordering::Relaxed);
     }
 
     /// The next step for this client.
@@ -127,17 +142,19 @@ impl ClientHandle {
 
     /// Records that one chunk was written.
     pub fn wrote(&mut self, chunk: &Bytes) {
+        let n = chunk.len() as u64;
         self.cursor += 1;
-        self.offset += chunk.len() as u64;
-        self.bytes_sent += chunk.len() as u64;
-        self.session
-            .bytes_out
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        self.offset += n;
+        self.stats.offset.store(self.offset, Ordering::Relaxed);
+        self.stats.bytes_sent.fetch_add(n, Ordering::Relaxed);
+        self.session.bytes_out.fetch_add(n, Ordering::Relaxed);
+        self.sessions.metrics().downstream_bytes.inc_by(n);
     }
 }
 
 impl Drop for ClientHandle {
     fn drop(&mut self) {
-        self.sessions.detach(&self.session, self.addr);
+        self.session.remove_client_stats(&self.stats);
+        self.sessions.detach(&self.session, self.stats.addr);
     }
 }

@@ -13,7 +13,8 @@ pub mod session;
 use crate::config::Config;
 use crate::engines::EnginePool;
 use crate::error::EdgeError;
-pub use client::ClientHandle;
+use crate::metrics::Metrics;
+pub use client::{ClientHandle, ClientStats};
 pub use session::{Phase, Session};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,18 +30,25 @@ pub struct Sessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
     shutting_down: AtomicBool,
     started_total: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Sessions {
     /// An empty registry.
-    pub fn new(config: Arc<Config>, engines: Arc<EnginePool>) -> Self {
+    pub fn new(config: Arc<Config>, engines: Arc<EnginePool>, metrics: Arc<Metrics>) -> Self {
         Sessions {
             config,
             engines,
             map: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
             started_total: AtomicU64::new(0),
+            metrics,
         }
+    }
+
+    /// The metrics sessions report into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Session>>> {
@@ -90,8 +98,11 @@ impl Sessions {
             };
             (session, created, clients)
         };
+        self.metrics.client_joins.inc();
+        self.metrics.clients_active.inc();
         if created {
             self.started_total.fetch_add(1, Ordering::Relaxed);
+            self.metrics.sessions_active.inc();
             log::info!("session {content_id} created");
             tokio::spawn(session::run_upstream(self.clone(), session.clone()));
         }
@@ -104,6 +115,8 @@ impl Sessions {
 
     /// Counts a client out; the last one starts the idle timer.
     fn detach(self: &Arc<Self>, session: &Arc<Session>, addr: Option<SocketAddr>) {
+        self.metrics.client_leaves.inc();
+        self.metrics.clients_active.dec();
         let (clients, epoch) = {
             let mut st = session.state();
             st.clients = st.clients.saturating_sub(1);
@@ -147,12 +160,14 @@ impl Sessions {
         true
     }
 
-    /// Removes `session` from the registry if it is still the registered one.
+    /// Removes `session` from the registry if it is still the registered one (called once, by the
+    /// session's upstream task as it ends).
     fn remove(&self, session: &Arc<Session>) {
         let mut map = self.map();
         if matches!(map.get(&session.content_id), Some(s) if Arc::ptr_eq(s, session)) {
             map.remove(&session.content_id);
         }
+        self.metrics.sessions_active.dec();
     }
 
     /// Safety net run every `session_cleanup_interval`: ends sessions idle for longer than

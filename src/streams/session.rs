@@ -7,7 +7,7 @@
 //! engine session, so it alone sends `method=stop`, exactly once, on every way out.
 
 use super::ring::Ring;
-use super::Sessions;
+use super::{ClientStats, Sessions};
 use crate::config::{Config, TS_PACKET_SIZE};
 use crate::engines::{Engine, EngineSession, EngineTimeouts, StreamLease};
 use crate::error::EdgeError;
@@ -76,6 +76,7 @@ pub struct Session {
     phase: watch::Sender<Phase>,
     cancel: watch::Sender<Option<String>>,
     state: Mutex<SessionState>,
+    clients: Mutex<Vec<Arc<ClientStats>>>,
 }
 
 impl Session {
@@ -90,7 +91,30 @@ impl Session {
             phase: watch::channel(Phase::Starting).0,
             cancel: watch::channel(None).0,
             state: Mutex::new(SessionState::default()),
+            clients: Mutex::new(Vec::new()),
         }
+    }
+
+    pub(crate) fn add_client_stats(&self, stats: Arc<ClientStats>) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(stats);
+    }
+
+    pub(crate) fn remove_client_stats(&self, stats: &Arc<ClientStats>) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|c| !Arc::ptr_eq(c, stats));
+    }
+
+    /// The clients attached now.
+    pub fn clients(&self) -> Vec<Arc<ClientStats>> {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, SessionState> {
@@ -152,6 +176,18 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<Session>)
             Outcome::Cancelled(reason.ok().and_then(|r| r.clone()).unwrap_or_else(|| "ended".into()))
         }
     };
+    let metrics = sessions.metrics();
+    match &outcome {
+        Outcome::StartFailed(e) => metrics
+            .sessions_started
+            .with_label_values(&[start_outcome(e)])
+            .inc(),
+        Outcome::Cancelled(_) if session.state().first_byte_ms.is_none() => metrics
+            .sessions_started
+            .with_label_values(&["cancelled"])
+            .inc(),
+        _ => {}
+    }
     let (phase, reason) = match outcome {
         Outcome::Cancelled(reason) => (Phase::Ended(reason.clone()), reason),
         Outcome::UpstreamEnded(reason) => (Phase::Ended(reason.clone()), reason),
@@ -194,7 +230,16 @@ async fn stream(sessions: &Sessions, session: &Arc<Session>, config: &Config) ->
     let started =
         tokio::time::timeout_at(deadline, start_and_first_bytes(sessions, session, config)).await;
     let (mut upstream, first) = match started {
-        Err(_) => return Outcome::StartFailed(EdgeError::EmptyStream(config.empty_stream_timeout)),
+        Err(_) => {
+            if let Some(engine) = session.state().engine.clone() {
+                sessions
+                    .metrics()
+                    .engine_start_errors
+                    .with_label_values(&[&engine.addr.to_string(), "no_first_byte"])
+                    .inc();
+            }
+            return Outcome::StartFailed(EdgeError::EmptyStream(config.empty_stream_timeout));
+        }
         Ok(Err(e)) => return Outcome::StartFailed(e),
         Ok(Ok(v)) => v,
     };
@@ -208,10 +253,17 @@ async fn stream(sessions: &Sessions, session: &Arc<Session>, config: &Config) ->
         "session {}: first byte after {first_byte_ms} ms",
         session.content_id
     );
+    let metrics = sessions.metrics();
+    metrics.sessions_started.with_label_values(&["ok"]).inc();
+    metrics
+        .upstream_first_byte
+        .observe(first_byte_ms as f64 / 1000.0);
+    let count_in = |n: usize| {
+        session.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        metrics.upstream_bytes.inc_by(n as u64);
+    };
     let mut chunker = Rechunker::new(config.copy_chunk_size);
-    session
-        .bytes_in
-        .fetch_add(first.len() as u64, Ordering::Relaxed);
+    count_in(first.len());
     chunker.push(&first);
     // The first bytes go out at once: clients are waiting for them.
     chunker.flush_whole_packets(&session.ring);
@@ -229,9 +281,7 @@ async fn stream(sessions: &Sessions, session: &Arc<Session>, config: &Config) ->
         };
         match read {
             Ok(Ok(Some(bytes))) => {
-                session
-                    .bytes_in
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                count_in(bytes.len());
                 chunker.push(&bytes);
                 if chunker.publish_full(&session.ring) {
                     last_flush = tokio::time::Instant::now();
@@ -255,6 +305,17 @@ async fn stream(sessions: &Sessions, session: &Arc<Session>, config: &Config) ->
     }
 }
 
+/// The `outcome` label of a failed start.
+fn start_outcome(e: &EdgeError) -> &'static str {
+    match e {
+        EdgeError::NoEngine(_) => "no_engine",
+        EdgeError::EngineRefused { .. } => "engine_refused",
+        EdgeError::EngineUnreachable { .. } => "engine_unreachable",
+        EdgeError::EmptyStream(_) => "empty_stream",
+        _ => "error",
+    }
+}
+
 /// Starts the session on the best engine, and on a refusal or failure on the next-best one (each
 /// engine at most once), until one sends its first bytes.
 async fn start_and_first_bytes(
@@ -275,13 +336,31 @@ async fn start_and_first_bytes(
             Err(e) => return Err(last_error.unwrap_or(e)),
         };
         tried.push(engine.addr);
+        let label = engine.addr.to_string();
+        let metrics = sessions.metrics();
         match start_on(session, &engine, timeouts).await {
             Ok(started) => {
+                metrics
+                    .engine_selections
+                    .with_label_values(&[&label, "started"])
+                    .inc();
                 session.state().lease = Some(lease);
                 return Ok(started);
             }
             Err(e) => {
                 log::warn!("session {}: {e}", session.content_id);
+                metrics
+                    .engine_selections
+                    .with_label_values(&[&label, "failed"])
+                    .inc();
+                let reason = match &e {
+                    EdgeError::EngineRefused { .. } => "refused",
+                    _ => "unreachable",
+                };
+                metrics
+                    .engine_start_errors
+                    .with_label_values(&[&label, reason])
+                    .inc();
                 // A started engine session that failed before its first byte is stopped now,
                 // before trying the next engine.
                 let es = session.state().engine_session.take();

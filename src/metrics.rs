@@ -1,0 +1,185 @@
+//! Prometheus metrics (`acestream_edge_*`), kept in a registry per server instance so that several
+//! proxies in one process (tests) never share counters.
+//!
+//! Cardinality: labels are bounded sets. `engine` is one value per pool member (`host:port`),
+//! `outcome`, `reason`, `route` and `status` are small fixed vocabularies. No label carries a
+//! content id or a client address; per-session detail lives in `/proxy/sessions`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the proxy exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Sessions alive now.
+    pub sessions_active: IntGauge,
+    /// Sessions started, by outcome of their start (`ok`, `no_engine`, `engine_refused`,
+    /// `engine_unreachable`, `empty_stream`, `cancelled`).
+    pub sessions_started: IntCounterVec,
+    /// Clients attached now.
+    pub clients_active: IntGauge,
+    /// Client joins.
+    pub client_joins: IntCounter,
+    /// Client leaves (for any reason).
+    pub client_leaves: IntCounter,
+    /// Clients dropped for falling off the ring or not accepting bytes.
+    pub slow_client_drops: IntCounter,
+    /// Stream bytes read from engines.
+    pub upstream_bytes: IntCounter,
+    /// Stream bytes written to clients.
+    pub downstream_bytes: IntCounter,
+    /// Session start to first upstream byte.
+    pub upstream_first_byte: Histogram,
+    /// Engine selections, by engine and outcome (`started`, `failed`).
+    pub engine_selections: IntCounterVec,
+    /// Engine start errors, by engine and reason (`refused`, `unreachable`, `no_first_byte`).
+    pub engine_start_errors: IntCounterVec,
+    /// 1 if the engine is healthy (set at scrape time).
+    pub engine_healthy: IntGaugeVec,
+    /// This proxy's sessions per engine (set at scrape time).
+    pub engine_active_streams: IntGaugeVec,
+    /// The engine's current selection score (set at scrape time).
+    pub engine_score: IntGaugeVec,
+    /// HTTP responses by route and status code.
+    pub http_responses: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Metrics {
+    /// A fresh registry with every metric at zero.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let upstream_first_byte = Histogram::with_opts(
+            HistogramOpts::new(
+                "acestream_edge_upstream_first_byte_seconds",
+                "Time from session start (engine selection and JSON call included) to the first stream byte",
+            )
+            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(upstream_first_byte.clone()))
+            .expect("unique metric");
+        Metrics {
+            sessions_active: gauge(
+                &r,
+                "acestream_edge_sessions_active",
+                "Sessions (one per content id) alive now",
+            ),
+            sessions_started: counter_vec(
+                &r,
+                "acestream_edge_sessions_started_total",
+                "Sessions started, by outcome of the start",
+                &["outcome"],
+            ),
+            clients_active: gauge(
+                &r,
+                "acestream_edge_clients_active",
+                "Clients attached to a session now",
+            ),
+            client_joins: counter(
+                &r,
+                "acestream_edge_client_joins_total",
+                "Clients that attached to a session",
+            ),
+            client_leaves: counter(
+                &r,
+                "acestream_edge_client_leaves_total",
+                "Clients that left a session, for any reason",
+            ),
+            slow_client_drops: counter(
+                &r,
+                "acestream_edge_slow_client_drops_total",
+                "Clients dropped for falling behind the ring",
+            ),
+            upstream_bytes: counter(
+                &r,
+                "acestream_edge_upstream_bytes_total",
+                "Stream bytes read from engines",
+            ),
+            downstream_bytes: counter(
+                &r,
+                "acestream_edge_downstream_bytes_total",
+                "Stream bytes written to clients",
+            ),
+            upstream_first_byte,
+            engine_selections: counter_vec(
+                &r,
+                "acestream_edge_engine_selections_total",
+                "Engines chosen for a session, by engine and whether the start worked",
+                &["engine", "outcome"],
+            ),
+            engine_start_errors: counter_vec(
+                &r,
+                "acestream_edge_engine_start_errors_total",
+                "Failed session starts, by engine and reason",
+                &["engine", "reason"],
+            ),
+            engine_healthy: gauge_vec(
+                &r,
+                "acestream_edge_engine_healthy",
+                "1 if the engine passes its health check, else 0",
+                &["engine"],
+            ),
+            engine_active_streams: gauge_vec(
+                &r,
+                "acestream_edge_engine_active_streams",
+                "Sessions of this proxy on the engine",
+                &["engine"],
+            ),
+            engine_score: gauge_vec(
+                &r,
+                "acestream_edge_engine_score",
+                "The selection score of the engine now",
+                &["engine"],
+            ),
+            http_responses: counter_vec(
+                &r,
+                "acestream_edge_http_responses_total",
+                "HTTP responses, by route and status code",
+                &["route", "status"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            log::error!("encoding metrics failed: {e}");
+        }
+        out
+    }
+}
