@@ -19,6 +19,9 @@ pub enum EdgeError {
     /// No such route or resource.
     #[error("{0}")]
     NotFound(String),
+    /// A `Range` the live stream cannot serve.
+    #[error("{0}")]
+    RangeNotSatisfiable(String),
     /// A planned feature that does not exist yet.
     #[error("{0}")]
     NotImplemented(String),
@@ -56,6 +59,7 @@ impl EdgeError {
             EdgeError::BadRequest(_) => 400,
             EdgeError::Unauthorized => 401,
             EdgeError::NotFound(_) => 404,
+            EdgeError::RangeNotSatisfiable(_) => 416,
             EdgeError::NotImplemented(_) => 501,
             // Every upstream-side failure is "try again later" for a player: 503.
             EdgeError::NoEngine(_)

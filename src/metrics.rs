@@ -29,6 +29,8 @@ pub struct Metrics {
     pub slow_client_drops: IntCounter,
     /// Stream bytes read from engines.
     pub upstream_bytes: IntCounter,
+    /// Live sessions moved to another engine after an upstream failure.
+    pub failovers: IntCounter,
     /// Stream bytes written to clients.
     pub downstream_bytes: IntCounter,
     /// Session start to first upstream byte.
@@ -134,6 +136,11 @@ impl Metrics {
                 "Stream bytes written to clients",
             ),
             upstream_first_byte,
+            failovers: counter(
+                &r,
+                "acestream_edge_failovers_total",
+                "Live sessions moved to another engine after an upstream failure",
+            ),
             engine_selections: counter_vec(
                 &r,
                 "acestream_edge_engine_selections_total",

@@ -203,7 +203,11 @@ async fn slow_client_is_dropped_and_never_slows_others() {
         "normal client got {rate:.0} B/s, source {expected:.0} B/s"
     );
     eprintln!("slow client dropped after {dropped_after:?}; normal client {rate:.0} B/s");
-    assert_eq!(server.edge.metrics.slow_client_drops.get(), 1, "the drop is counted");
+    assert_eq!(
+        server.edge.metrics.slow_client_drops.get(),
+        1,
+        "the drop is counted"
+    );
     drop(slow);
 }
 
@@ -249,7 +253,11 @@ async fn engine_failures_are_503_and_leave_nothing() {
         ..Knobs::default()
     })
     .await;
-    let server = start_proxy(proxy_config(&[&e], "empty_stream_timeout: 0.5"));
+    // keepalive 0: the session-tee behaviour (headers wait for the first byte, errors are statuses).
+    let server = start_proxy(proxy_config(
+        &[&e],
+        "empty_stream_timeout: 0.5\nkeepalive_interval: 0",
+    ));
     let text = expect_error(
         &server,
         &format!("/ace/getstream?id={}", content_id(16)),
@@ -360,7 +368,8 @@ async fn upstream_end_finishes_client_responses() {
         ..Knobs::default()
     })
     .await;
-    let server = start_proxy(proxy_config(&[&e], ""));
+    // No failover: the engine's end is the stream's end.
+    let server = start_proxy(proxy_config(&[&e], "max_failovers: 0"));
     let mut r = get(
         server.addr,
         &format!("/ace/getstream?id={}", content_id(21)),

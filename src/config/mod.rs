@@ -58,6 +58,16 @@ pub struct Config {
     pub session_cleanup_interval: Duration,
     /// Engine health probe period.
     pub health_check_interval: Duration,
+    /// Clients get a TS null packet at least this often while no stream bytes flow (prebuffer,
+    /// stalls, failover), so players keep the socket. Zero disables keepalive (and headers then
+    /// wait for the first stream byte).
+    pub keepalive_interval: Duration,
+    /// A live upstream silent for this long is failed over to another engine.
+    pub upstream_stall_timeout: Duration,
+    /// Most failovers of one session within a minute; then its clients' responses end.
+    pub max_failovers: usize,
+    /// How long an engine that failed a live session scores lower.
+    pub engine_failure_penalty: Duration,
 }
 
 /// One statically configured engine.
@@ -291,6 +301,7 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         ("health_check_interval", w.health_check_interval),
         ("empty_stream_timeout", w.empty_stream_timeout),
         ("chunk_flush_interval", w.chunk_flush_interval),
+        ("upstream_stall_timeout", w.upstream_stall_timeout),
     ];
     for (key, d) in positive {
         if d.0.is_zero() {
@@ -326,6 +337,10 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         max_streams_per_engine: w.max_streams_per_engine as usize,
         session_cleanup_interval: w.session_cleanup_interval.0,
         health_check_interval: w.health_check_interval.0,
+        keepalive_interval: w.keepalive_interval.0,
+        upstream_stall_timeout: w.upstream_stall_timeout.0,
+        max_failovers: w.max_failovers as usize,
+        engine_failure_penalty: w.engine_failure_penalty.0,
     })
 }
 

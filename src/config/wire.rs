@@ -40,6 +40,10 @@ pub struct AceWire {
     pub max_streams_per_engine: u64,
     pub session_cleanup_interval: DurationWire,
     pub health_check_interval: DurationWire,
+    pub keepalive_interval: DurationWire,
+    pub upstream_stall_timeout: DurationWire,
+    pub max_failovers: u64,
+    pub engine_failure_penalty: DurationWire,
 }
 
 impl Default for AceWire {
@@ -65,6 +69,10 @@ impl Default for AceWire {
             max_streams_per_engine: 10,
             session_cleanup_interval: secs(60.0),
             health_check_interval: secs(5.0),
+            keepalive_interval: secs(1.0),
+            upstream_stall_timeout: secs(5.0),
+            max_failovers: 3,
+            engine_failure_penalty: secs(60.0),
         }
     }
 }

@@ -91,6 +91,10 @@ pub struct EngineStatus {
     pub proxy_streams: usize,
     /// The score a selection would give it now.
     pub score: i64,
+    /// It failed a live session within `engine_failure_penalty`.
+    pub recently_failed: bool,
+    /// What the selector sees of it.
+    pub candidate: Candidate,
 }
 
 /// The engine pool shared by every session.
@@ -101,6 +105,8 @@ pub struct EnginePool {
     rotation: AtomicUsize,
     max_streams: usize,
     selection_timeout: Duration,
+    failure_penalty: Duration,
+    failed_until: Mutex<HashMap<SocketAddr, std::time::Instant>>,
 }
 
 impl std::fmt::Debug for EnginePool {
@@ -155,7 +161,26 @@ impl EnginePool {
             rotation: AtomicUsize::new(0),
             max_streams: config.max_streams_per_engine,
             selection_timeout: config.engine_selection_timeout,
+            failure_penalty: config.engine_failure_penalty,
+            failed_until: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Marks an engine as having failed a live session: it scores lower for
+    /// `engine_failure_penalty`.
+    pub fn penalize(&self, addr: SocketAddr) {
+        let until = std::time::Instant::now() + self.failure_penalty;
+        self.failed_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr, until);
+    }
+
+    fn recently_failed(&self) -> Vec<SocketAddr> {
+        let now = std::time::Instant::now();
+        let mut map = self.failed_until.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, until| *until > now);
+        map.keys().copied().collect()
     }
 
     fn lock_load(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, usize>> {
@@ -189,6 +214,7 @@ impl EnginePool {
         load: &HashMap<SocketAddr, usize>,
     ) -> Vec<EngineStatus> {
         let backends = self.lb.backends();
+        let failed = self.recently_failed();
         let mut out: Vec<EngineStatus> = backends
             .get_backend()
             .iter()
@@ -202,6 +228,7 @@ impl EnginePool {
                     forwarded: m.forwarded,
                     healthy,
                     active_streams: proxy_streams + m.orchestrator_streams.unwrap_or(0),
+                    recently_failed: failed.contains(&addr),
                 };
                 Some(EngineStatus {
                     score: score::score(&candidate),
@@ -209,6 +236,8 @@ impl EnginePool {
                     addr,
                     healthy,
                     proxy_streams,
+                    recently_failed: candidate.recently_failed,
+                    candidate,
                 })
             })
             .collect();
@@ -254,15 +283,7 @@ impl EnginePool {
             .into_iter()
             .filter(|s| !exclude.contains(&s.addr))
             .collect();
-        let candidates: Vec<Candidate> = status
-            .iter()
-            .map(|s| Candidate {
-                addr: s.addr,
-                forwarded: s.meta.forwarded,
-                healthy: s.healthy,
-                active_streams: s.proxy_streams + s.meta.orchestrator_streams.unwrap_or(0),
-            })
-            .collect();
+        let candidates: Vec<Candidate> = status.iter().map(|s| s.candidate.clone()).collect();
         log::debug!(
             "engine candidates: {}",
             status

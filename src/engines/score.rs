@@ -13,6 +13,8 @@ pub const FORWARDED_BONUS: i64 = 1000;
 pub const STREAM_COST: i64 = 10;
 /// Penalty of an unhealthy engine (it is not a candidate anyway; the score is shown).
 pub const UNHEALTHY_PENALTY: i64 = 1000;
+/// Penalty of an engine that recently failed a live session (see `engine_failure_penalty`).
+pub const FAILURE_PENALTY: i64 = 500;
 
 /// One engine as the selector sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +27,8 @@ pub struct Candidate {
     pub healthy: bool,
     /// Streams on it: this proxy's sessions plus what the orchestrator reports.
     pub active_streams: usize,
+    /// It failed a live session recently.
+    pub recently_failed: bool,
 }
 
 /// The spec's score.
@@ -35,6 +39,9 @@ pub fn score(c: &Candidate) -> i64 {
     }
     if !c.healthy {
         s -= UNHEALTHY_PENALTY;
+    }
+    if c.recently_failed {
+        s -= FAILURE_PENALTY;
     }
     s
 }
@@ -95,6 +102,7 @@ mod tests {
             forwarded,
             healthy,
             active_streams,
+            recently_failed: false,
         }
     }
 
@@ -127,6 +135,15 @@ mod tests {
         let pool = [c(1, true, false, 0), c(2, false, true, 0)];
         assert_eq!(choose(&pool, 10, 0), Ok(1));
         assert_eq!(score(&pool[0]), 0);
+    }
+
+    /// An engine that just failed a session loses to an equal one that did not.
+    #[test]
+    fn recent_failure_lowers_the_score() {
+        let mut failed = c(1, true, true, 0);
+        failed.recently_failed = true;
+        let pool = [failed, c(2, true, true, 3)];
+        assert_eq!(choose(&pool, 10, 0), Ok(1));
     }
 
     /// Engines at the stream limit are not candidates.

@@ -120,6 +120,7 @@ impl Admin {
                     "from_orchestrator": e.meta.from_orchestrator,
                     "active_streams": e.proxy_streams,
                     "orchestrator_streams": e.meta.orchestrator_streams,
+                    "recently_failed": e.recently_failed,
                     "score": e.score,
                 })
             })
@@ -170,7 +171,10 @@ async fn write_value(s: &mut HttpSession, v: Value) -> pingora::Result<()> {
 }
 
 fn is_active(x: &Session) -> bool {
-    matches!(x.phase(), Phase::Starting | Phase::Streaming)
+    matches!(
+        x.phase(),
+        Phase::Starting | Phase::Connected | Phase::Streaming
+    )
 }
 
 fn rfc3339(t: Option<SystemTime>) -> Value {

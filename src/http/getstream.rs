@@ -11,9 +11,20 @@ use crate::http1::query_param;
 use crate::streams::client::Next;
 use crate::streams::ClientHandle;
 use crate::streams::{Phase, Sessions};
+use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use std::sync::Arc;
+
+/// A TS null packet (PID 0x1FFF): players discard it, but it keeps their socket busy.
+const NULL_PACKET: [u8; 188] = {
+    let mut p = [0xFFu8; 188];
+    p[0] = 0x47;
+    p[1] = 0x1F;
+    p[2] = 0xFF;
+    p[3] = 0x10;
+    p
+};
 
 /// The content id of a request: `id`, else `infohash`; 40 hex characters, returned in lower case.
 pub fn content_id(query: Option<&str>) -> Result<String, EdgeError> {
@@ -50,6 +61,16 @@ pub async fn serve(s: &mut Session, sessions: &Arc<Sessions>) -> pingora::Result
         Ok(id) => id,
         Err(e) => return write_error(s, &e).await,
     };
+    if let Some(range) = s.req_header().headers.get(http::header::RANGE) {
+        // A live stream has no byte positions: `bytes=0-` (what players send to probe) is the
+        // stream itself, anything else cannot be satisfied.
+        if range.to_str().map(|r| r.trim()).ok() != Some("bytes=0-") {
+            let e = EdgeError::RangeNotSatisfiable(format!(
+                "a live stream only serves Range: bytes=0-, not {range:?}"
+            ));
+            return write_error(s, &e).await;
+        }
+    }
     if s.req_header().method == http::Method::HEAD {
         // A player's probe: answer the stream's headers without starting anything.
         let h = stream_header(s)?;
@@ -62,18 +83,26 @@ pub async fn serve(s: &mut Session, sessions: &Arc<Sessions>) -> pingora::Result
     };
     let session = client.session().clone();
     let mut phase = session.watch_phase();
+    let config = sessions.config();
+    let keepalive = !config.keepalive_interval.is_zero();
     let mut waited = false;
     loop {
         let current = phase.borrow_and_update().clone();
         match current {
             Phase::Streaming => break,
+            // With keepalive, headers go out as soon as the engine accepted the session; null
+            // packets then keep the player's socket alive through the prebuffer.
+            Phase::Connected if keepalive => {
+                waited = true;
+                break;
+            }
             Phase::Failed(e) => return write_error(s, &e).await,
             Phase::Ended(reason) if session.ring.published_bytes() == 0 => {
                 return write_error(s, &EdgeError::NoEngine(format!("session ended: {reason}")))
                     .await
             }
             Phase::Ended(_) => break,
-            Phase::Starting => {
+            Phase::Starting | Phase::Connected => {
                 waited = true;
                 tokio::select! {
                     changed = phase.changed() => if changed.is_err() { break },
@@ -83,7 +112,6 @@ pub async fn serve(s: &mut Session, sessions: &Arc<Sessions>) -> pingora::Result
         }
     }
     client.position(waited);
-    let config = sessions.config();
     s.set_write_timeout(Some(config.client_timeout));
     let h = stream_header(s)?;
     s.write_response_header(Box::new(h), false).await?;
@@ -119,9 +147,16 @@ pub async fn serve(s: &mut Session, sessions: &Arc<Sessions>) -> pingora::Result
                 }
             }
             Next::Wait => {
+                let keepalive_due = tokio::time::Instant::now() + config.keepalive_interval;
                 tokio::select! {
                     _ = ring_changed.changed() => {}
                     _ = s.read_body_or_idle(true) => break End::Dropped,
+                    _ = tokio::time::sleep_until(keepalive_due), if keepalive => {
+                        if let Err(e) = s.write_response_body(Some(Bytes::from_static(&NULL_PACKET)), false).await {
+                            log::info!("client {:?} of {id} dropped during keepalive: {e}", client.addr());
+                            break End::Dropped;
+                        }
+                    }
                 }
             }
             Next::Lagged(behind) => {

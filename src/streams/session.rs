@@ -12,6 +12,7 @@ use crate::config::{Config, TS_PACKET_SIZE};
 use crate::engines::{Engine, EngineSession, EngineTimeouts, StreamLease};
 use crate::error::EdgeError;
 use bytes::{Buf, Bytes, BytesMut};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,8 +24,10 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Where a session is in its life, as its clients see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
-    /// Choosing an engine and waiting for the first byte.
+    /// Choosing an engine and asking it for the session.
     Starting,
+    /// An engine accepted the session; waiting for its first byte (prebuffering).
+    Connected,
     /// Bytes are flowing into the ring.
     Streaming,
     /// Starting failed; every waiting client gets this error.
@@ -225,23 +228,13 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<Session>)
     session.state().lease = None;
 }
 
+/// How long failovers are counted against `max_failovers`.
+const FAILOVER_WINDOW: Duration = Duration::from_secs(60);
+
 async fn stream(sessions: &Sessions, session: &Arc<Session>, config: &Config) -> Outcome {
-    let deadline = tokio::time::Instant::now() + config.empty_stream_timeout;
-    let started =
-        tokio::time::timeout_at(deadline, start_and_first_bytes(sessions, session, config)).await;
-    let (mut upstream, first) = match started {
-        Err(_) => {
-            if let Some(engine) = session.state().engine.clone() {
-                sessions
-                    .metrics()
-                    .engine_start_errors
-                    .with_label_values(&[&engine.addr.to_string(), "no_first_byte"])
-                    .inc();
-            }
-            return Outcome::StartFailed(EdgeError::EmptyStream(config.empty_stream_timeout));
-        }
-        Ok(Err(e)) => return Outcome::StartFailed(e),
-        Ok(Ok(v)) => v,
+    let (mut upstream, first) = match start_within_deadline(sessions, session, config, &[]).await {
+        Ok(v) => v,
+        Err(e) => return Outcome::StartFailed(e),
     };
     let first_byte_ms = session.created.elapsed().as_millis() as u64;
     {
@@ -268,11 +261,112 @@ async fn stream(sessions: &Sessions, session: &Arc<Session>, config: &Config) ->
     // The first bytes go out at once: clients are waiting for them.
     chunker.flush_whole_packets(&session.ring);
     session.phase.send_replace(Phase::Streaming);
+    let mut failovers: std::collections::VecDeque<Instant> = Default::default();
+    loop {
+        let reason = pump(session, config, &mut upstream, &mut chunker, &count_in).await;
+        chunker.flush_whole_packets(&session.ring);
+        let now = Instant::now();
+        while failovers
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > FAILOVER_WINDOW)
+        {
+            failovers.pop_front();
+        }
+        if failovers.len() >= config.max_failovers {
+            return Outcome::UpstreamEnded(reason);
+        }
+        failovers.push_back(now);
+        metrics.failovers.inc();
+        // Clients stay attached (and get keepalives) while the next engine starts.
+        let (old_engine, old_session) = {
+            let mut st = session.state();
+            st.lease = None;
+            (st.engine.take(), st.engine_session.take())
+        };
+        let mut exclude = Vec::new();
+        if let Some(engine) = old_engine {
+            log::warn!(
+                "session {}: upstream on {} failed ({reason}); failing over",
+                session.content_id,
+                engine.endpoint
+            );
+            sessions.engines().penalize(engine.addr);
+            exclude.push(engine.addr);
+            if let Some(cmd) = old_session.and_then(|es| es.command_path) {
+                tokio::spawn(async move {
+                    let _ = engine.endpoint.stop(&cmd, STOP_TIMEOUT).await;
+                });
+            }
+        }
+        let mut next = start_within_deadline(sessions, session, config, &exclude).await;
+        if matches!(next, Err(EdgeError::NoEngine(_))) && !exclude.is_empty() {
+            // The failed engine is the only one: try it again rather than give up.
+            next = start_within_deadline(sessions, session, config, &[]).await;
+        }
+        match next {
+            Ok((new_upstream, first)) => {
+                upstream = new_upstream;
+                chunker.begin_splice();
+                count_in(first.len());
+                chunker.push(&first);
+                chunker.publish_full(&session.ring);
+                log::info!(
+                    "session {}: failed over to {}",
+                    session.content_id,
+                    session
+                        .state()
+                        .engine
+                        .as_ref()
+                        .map(|e| e.endpoint.to_string())
+                        .unwrap_or_default()
+                );
+            }
+            Err(e) => return Outcome::UpstreamEnded(format!("{reason}; failover failed: {e}")),
+        }
+    }
+}
+
+/// Starts (or restarts) the upstream within `empty_stream_timeout`.
+async fn start_within_deadline(
+    sessions: &Sessions,
+    session: &Arc<Session>,
+    config: &Config,
+    exclude: &[SocketAddr],
+) -> Result<(crate::http1::Response, Bytes), EdgeError> {
+    let started = tokio::time::timeout(
+        config.empty_stream_timeout,
+        start_and_first_bytes(sessions, session, config, exclude),
+    )
+    .await;
+    match started {
+        Ok(r) => r,
+        Err(_) => {
+            if let Some(engine) = session.state().engine.clone() {
+                sessions
+                    .metrics()
+                    .engine_start_errors
+                    .with_label_values(&[&engine.addr.to_string(), "no_first_byte"])
+                    .inc();
+            }
+            Err(EdgeError::EmptyStream(config.empty_stream_timeout))
+        }
+    }
+}
+
+/// Moves bytes from the upstream into the ring until the upstream fails; returns why.
+async fn pump(
+    session: &Arc<Session>,
+    config: &Config,
+    upstream: &mut crate::http1::Response,
+    chunker: &mut Rechunker,
+    count_in: &impl Fn(usize),
+) -> String {
     let mut last_flush = tokio::time::Instant::now();
+    let mut garbage = 0usize;
     loop {
         let flush_at = last_flush + config.chunk_flush_interval;
         let read = tokio::select! {
-            r = tokio::time::timeout(config.engine_read_timeout, upstream.next_chunk()) => r,
+            r = tokio::time::timeout(config.upstream_stall_timeout, upstream.next_chunk()) => r,
             _ = tokio::time::sleep_until(flush_at), if chunker.pending() >= TS_PACKET_SIZE => {
                 chunker.flush_whole_packets(&session.ring);
                 last_flush = tokio::time::Instant::now();
@@ -282,25 +376,18 @@ async fn stream(sessions: &Sessions, session: &Arc<Session>, config: &Config) ->
         match read {
             Ok(Ok(Some(bytes))) => {
                 count_in(bytes.len());
-                chunker.push(&bytes);
+                garbage += chunker.push(&bytes);
                 if chunker.publish_full(&session.ring) {
                     last_flush = tokio::time::Instant::now();
+                    garbage = 0;
+                }
+                if garbage >= config.copy_chunk_size {
+                    return format!("upstream sent {garbage} bytes that are not MPEG-TS");
                 }
             }
-            Ok(Ok(None)) => {
-                chunker.flush_whole_packets(&session.ring);
-                return Outcome::UpstreamEnded("upstream ended".into());
-            }
-            Ok(Err(e)) => {
-                chunker.flush_whole_packets(&session.ring);
-                return Outcome::UpstreamEnded(format!("upstream read failed: {e}"));
-            }
-            Err(_) => {
-                return Outcome::UpstreamEnded(format!(
-                    "upstream stalled for {:?}",
-                    config.engine_read_timeout
-                ))
-            }
+            Ok(Ok(None)) => return "upstream ended".into(),
+            Ok(Err(e)) => return format!("upstream read failed: {e}"),
+            Err(_) => return format!("upstream stalled for {:?}", config.upstream_stall_timeout),
         }
     }
 }
@@ -322,12 +409,13 @@ async fn start_and_first_bytes(
     sessions: &Sessions,
     session: &Arc<Session>,
     config: &Config,
+    exclude: &[SocketAddr],
 ) -> Result<(crate::http1::Response, Bytes), EdgeError> {
     let timeouts = EngineTimeouts {
         connect: config.engine_connect_timeout,
         read: config.engine_read_timeout,
     };
-    let mut tried = Vec::new();
+    let mut tried = exclude.to_vec();
     let mut last_error = None;
     loop {
         let (engine, lease) = match sessions.engines().acquire(&tried).await {
@@ -389,6 +477,13 @@ async fn start_on(
         st.engine = Some(engine.clone());
         st.engine_session = Some(es.clone());
     }
+    session.phase.send_if_modified(|p| {
+        let first_start = *p == Phase::Starting;
+        if first_start {
+            *p = Phase::Connected;
+        }
+        first_start
+    });
     log::info!(
         "session {} created on engine {} (playback_session_id={})",
         session.content_id,
@@ -416,11 +511,36 @@ async fn start_on(
     }
 }
 
-/// Turns arbitrary upstream reads into chunks of whole TS packets that start with the sync byte.
+/// Turns arbitrary upstream reads into chunks of whole TS packets that start with the sync byte,
+/// and splices a new upstream in after a failover.
 #[derive(Debug)]
 pub(crate) struct Rechunker {
     chunk_size: usize,
     pending: BytesMut,
+    splice: Option<Splice>,
+}
+
+/// State of a splice: the new upstream starts at its first PAT, and the first PCR-carrying
+/// packet of each PID gets the discontinuity_indicator so players resynchronise their clocks.
+#[derive(Debug, Default)]
+struct Splice {
+    found_pat: bool,
+    marked_pids: Vec<u16>,
+    /// Offset in `pending` of the first packet not yet scanned.
+    scan_from: usize,
+    scanned_packets: usize,
+}
+
+/// Packets scanned after a splice for PCR PIDs to mark.
+const SPLICE_SCAN_PACKETS: usize = 4096;
+
+fn pid_of(packet: &[u8]) -> u16 {
+    (((packet[1] & 0x1F) as u16) << 8) | packet[2] as u16
+}
+
+/// True if the packet has an adaptation field carrying a PCR.
+fn has_pcr(packet: &[u8]) -> bool {
+    packet[3] & 0x20 != 0 && packet[4] >= 7 && packet[5] & 0x10 != 0
 }
 
 impl Rechunker {
@@ -428,6 +548,7 @@ impl Rechunker {
         Rechunker {
             chunk_size,
             pending: BytesMut::with_capacity(chunk_size * 2),
+            splice: None,
         }
     }
 
@@ -435,19 +556,66 @@ impl Rechunker {
         self.pending.len()
     }
 
-    pub(crate) fn push(&mut self, bytes: &[u8]) {
+    /// Appends upstream bytes; returns how many non-TS bytes were dropped to regain sync.
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> usize {
         self.pending.extend_from_slice(bytes);
-        self.resync();
+        let dropped = self.resync();
+        self.apply_splice();
+        dropped
+    }
+
+    /// The next bytes come from a new upstream: drop what is left of the old one's partial
+    /// packet and start the new one cleanly.
+    pub(crate) fn begin_splice(&mut self) {
+        self.pending.clear();
+        self.splice = Some(Splice::default());
+    }
+
+    fn apply_splice(&mut self) {
+        let Some(sp) = self.splice.as_mut() else {
+            return;
+        };
+        let whole = self.pending.len() / TS_PACKET_SIZE;
+        if !sp.found_pat {
+            match (0..whole).find(|&i| pid_of(&self.pending[i * TS_PACKET_SIZE..]) == 0) {
+                Some(i) => {
+                    self.pending.advance(i * TS_PACKET_SIZE);
+                    sp.found_pat = true;
+                    sp.scan_from = 0;
+                }
+                None => {
+                    self.pending.advance(whole * TS_PACKET_SIZE);
+                    return;
+                }
+            }
+        }
+        let whole = self.pending.len() / TS_PACKET_SIZE;
+        let mut i = sp.scan_from / TS_PACKET_SIZE;
+        while i < whole && sp.scanned_packets < SPLICE_SCAN_PACKETS {
+            let packet = &mut self.pending[i * TS_PACKET_SIZE..(i + 1) * TS_PACKET_SIZE];
+            let pid = pid_of(packet);
+            if has_pcr(packet) && !sp.marked_pids.contains(&pid) {
+                packet[5] |= 0x80; // discontinuity_indicator
+                sp.marked_pids.push(pid);
+            }
+            i += 1;
+            sp.scanned_packets += 1;
+        }
+        sp.scan_from = i * TS_PACKET_SIZE;
+        if sp.scanned_packets >= SPLICE_SCAN_PACKETS {
+            self.splice = None;
+        }
     }
 
     /// Drops bytes until the buffer starts at a sync byte that repeats every 188 bytes (as far as
-    /// the buffer shows), so every published chunk starts on a packet boundary.
-    fn resync(&mut self) {
+    /// the buffer shows), so every published chunk starts on a packet boundary. Returns how many
+    /// bytes were dropped.
+    fn resync(&mut self) -> usize {
         let buf = &self.pending;
         if buf.is_empty()
             || (buf[0] == 0x47 && (buf.len() <= TS_PACKET_SIZE || buf[TS_PACKET_SIZE] == 0x47))
         {
-            return;
+            return 0;
         }
         let aligned = |i: usize| {
             (0..3).all(|k| match buf.get(i + k * TS_PACKET_SIZE) {
@@ -455,23 +623,31 @@ impl Rechunker {
                 None => k > 0,
             })
         };
-        match (0..buf.len()).find(|&i| aligned(i)) {
-            Some(i) => {
-                log::warn!("upstream lost TS sync: skipped {i} bytes");
-                self.pending.advance(i);
-            }
-            None => {
-                log::warn!("upstream sent {} bytes without TS sync", buf.len());
-                self.pending.clear();
-            }
+        let dropped = match (0..buf.len()).find(|&i| aligned(i)) {
+            Some(i) => i,
+            None => buf.len(),
+        };
+        log::debug!("upstream lost TS sync: dropped {dropped} bytes");
+        self.pending.advance(dropped);
+        if let Some(sp) = self.splice.as_mut() {
+            sp.scan_from = sp.scan_from.saturating_sub(dropped);
         }
+        dropped
+    }
+
+    fn take(&mut self, n: usize) -> Bytes {
+        if let Some(sp) = self.splice.as_mut() {
+            sp.scan_from = sp.scan_from.saturating_sub(n);
+        }
+        self.pending.split_to(n).freeze()
     }
 
     /// Publishes every full chunk; true if any was published.
     pub(crate) fn publish_full(&mut self, ring: &Ring) -> bool {
         let mut any = false;
         while self.pending.len() >= self.chunk_size {
-            ring.publish(self.pending.split_to(self.chunk_size).freeze());
+            let chunk = self.take(self.chunk_size);
+            ring.publish(chunk);
             any = true;
         }
         any
@@ -482,7 +658,8 @@ impl Rechunker {
         self.publish_full(ring);
         let whole = self.pending.len() / TS_PACKET_SIZE * TS_PACKET_SIZE;
         if whole > 0 {
-            ring.publish(self.pending.split_to(whole).freeze());
+            let chunk = self.take(whole);
+            ring.publish(chunk);
         }
     }
 }
@@ -522,6 +699,38 @@ mod tests {
         );
         assert!(chunks.iter().all(|c| c[0] == 0x47));
         assert_eq!(chunks.concat(), data);
+    }
+
+    /// After a splice the new upstream starts at its first PAT and its first PCR packet carries
+    /// the discontinuity indicator.
+    #[test]
+    fn splice_starts_at_pat_and_marks_discontinuity() {
+        let ring = Ring::new(1 << 20);
+        let mut c = Rechunker::new(TS_PACKET_SIZE * 100);
+        c.begin_splice();
+        let mut data = Vec::new();
+        let mut video = vec![0u8; TS_PACKET_SIZE];
+        video[..6].copy_from_slice(&[0x47, 0x01, 0x00, 0x30, 7, 0x10]); // PID 0x100, AF with PCR
+        let mut pat = vec![0xFFu8; TS_PACKET_SIZE];
+        pat[..4].copy_from_slice(&[0x47, 0x40, 0x00, 0x10]); // PID 0
+        data.extend_from_slice(&video); // before the PAT: dropped
+        data.extend_from_slice(&pat);
+        data.extend_from_slice(&video);
+        data.extend_from_slice(&video);
+        c.push(&data);
+        c.flush_whole_packets(&ring);
+        let Read::Chunks(chunks) = ring.read(0, 10) else {
+            panic!()
+        };
+        let out = chunks.concat();
+        assert_eq!(out.len(), 3 * TS_PACKET_SIZE);
+        assert_eq!(pid_of(&out), 0, "starts at the PAT");
+        assert_eq!(
+            out[TS_PACKET_SIZE + 5] & 0x80,
+            0x80,
+            "first PCR packet marked"
+        );
+        assert_eq!(out[2 * TS_PACKET_SIZE + 5] & 0x80, 0, "only the first one");
     }
 
     /// Garbage before the stream is skipped up to the first real packet boundary.
