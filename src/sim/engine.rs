@@ -118,6 +118,8 @@ struct SimSession {
     bytes_sent: u64,
     ended: watch::Sender<bool>,
     reader_epoch: u64,
+    /// `/content/...` paths handed out for this session.
+    content_paths: Vec<String>,
 }
 
 #[derive(Default)]
@@ -126,6 +128,22 @@ struct State {
     by_content: HashMap<String, String>,
     content_paths: HashMap<String, String>,
     stats: SimStats,
+}
+
+impl State {
+    /// Ends a session: its reader sees the end, its URLs die, and its counts are updated.
+    fn end_session(&mut self, token: &str) -> Option<SimSession> {
+        let s = self.sessions.remove(token)?;
+        s.ended.send_replace(true);
+        if self.by_content.get(&s.content_id).map(String::as_str) == Some(token) {
+            self.by_content.remove(&s.content_id);
+        }
+        for path in &s.content_paths {
+            self.content_paths.remove(path);
+        }
+        self.stats.sessions_active -= 1;
+        Some(s)
+    }
 }
 
 struct Shared {
@@ -205,12 +223,10 @@ impl SimEngine {
     pub fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
         let mut state = lock(&self.shared.state);
-        for s in state.sessions.values() {
-            s.ended.send_replace(true);
+        let tokens: Vec<String> = state.sessions.keys().cloned().collect();
+        for token in tokens {
+            state.end_session(&token);
         }
-        state.sessions.clear();
-        state.by_content.clear();
-        state.stats.sessions_active = 0;
     }
 }
 
@@ -370,12 +386,10 @@ async fn getstream(
     {
         let mut st = lock(&shared.state);
         // The newest start for the same content wins: the previous session ends.
-        if let Some(old) = st.by_content.insert(content.clone(), token.clone()) {
-            if let Some(s) = st.sessions.remove(&old) {
-                s.ended.send_replace(true);
-                st.stats.sessions_active -= 1;
-            }
+        if let Some(old) = st.by_content.get(&content).cloned() {
+            st.end_session(&old);
         }
+        st.by_content.insert(content.clone(), token.clone());
         st.sessions.insert(
             token.clone(),
             SimSession {
@@ -386,6 +400,7 @@ async fn getstream(
                 bytes_sent: 0,
                 ended,
                 reader_epoch: 0,
+                content_paths: Vec::new(),
             },
         );
         st.stats.sessions_started += 1;
@@ -432,15 +447,8 @@ fn spawn_inactivity_timer(shared: Arc<Shared>, token: String, epoch: u64, timeou
         let mut st = lock(&shared.state);
         let expired =
             matches!(st.sessions.get(&token), Some(s) if s.readers == 0 && s.reader_epoch == epoch);
-        if expired {
-            if let Some(s) = st.sessions.remove(&token) {
-                s.ended.send_replace(true);
-                if st.by_content.get(&s.content_id) == Some(&token) {
-                    st.by_content.remove(&s.content_id);
-                }
-                st.stats.sessions_active -= 1;
-                st.stats.sessions_expired += 1;
-            }
+        if expired && st.end_session(&token).is_some() {
+            st.stats.sessions_expired += 1;
         }
     });
 }
@@ -484,13 +492,8 @@ async fn command(shared: &Arc<Shared>, sock: &mut TcpStream, req: &RequestHead) 
         match req.query_param("method").as_deref() {
             Some("stop") => {
                 st.stats.stop_total += 1;
-                match st.sessions.remove(&token) {
+                match st.end_session(&token) {
                     Some(s) => {
-                        s.ended.send_replace(true);
-                        if st.by_content.get(&s.content_id) == Some(&token) {
-                            st.by_content.remove(&s.content_id);
-                        }
-                        st.stats.sessions_active -= 1;
                         *st.stats.stop_calls.entry(s.content_id).or_default() += 1;
                         serde_json::json!({"response": "ok", "error": null})
                     }
@@ -605,9 +608,13 @@ async fn playback(
                 .map(|b| (b % 10 + b'0') as char)
                 .collect::<String>()
         );
-        lock(&shared.state)
-            .content_paths
-            .insert(path.clone(), token);
+        {
+            let mut st = lock(&shared.state);
+            if let Some(s) = st.sessions.get_mut(&token) {
+                s.content_paths.push(path.clone());
+            }
+            st.content_paths.insert(path.clone(), token);
+        }
         let head = format!("HTTP/1.1 302 Found\r\nLocation: http://{host}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         sock.write_all(head.as_bytes()).await?;
         return sock.shutdown().await;

@@ -228,6 +228,9 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<Session>)
     session.state().lease = None;
 }
 
+/// Bound on the stop of a failed upstream, which delays the failover (clients get keepalives).
+const FAILOVER_STOP_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How long failovers are counted against `max_failovers`.
 const FAILOVER_WINDOW: Duration = Duration::from_secs(60);
 
@@ -292,10 +295,16 @@ async fn stream(sessions: &Sessions, session: &Arc<Session>, config: &Config) ->
             );
             sessions.engines().penalize(engine.addr);
             exclude.push(engine.addr);
+            // Stopped before the next start: the next engine may be the same one, and an engine
+            // ends the older session of a content id by itself when a new one starts, which
+            // would make this stop arrive too late to count.
             if let Some(cmd) = old_session.and_then(|es| es.command_path) {
-                tokio::spawn(async move {
-                    let _ = engine.endpoint.stop(&cmd, STOP_TIMEOUT).await;
-                });
+                if let Err(e) = engine.endpoint.stop(&cmd, FAILOVER_STOP_TIMEOUT).await {
+                    log::warn!(
+                        "session {}: stop of the failed upstream: {e}",
+                        session.content_id
+                    );
+                }
             }
         }
         let mut next = start_within_deadline(sessions, session, config, &exclude).await;
@@ -517,6 +526,8 @@ async fn start_on(
 pub(crate) struct Rechunker {
     chunk_size: usize,
     pending: BytesMut,
+    /// Offset in `pending` of the first packet start not yet checked for the sync byte.
+    checked: usize,
     splice: Option<Splice>,
 }
 
@@ -548,6 +559,7 @@ impl Rechunker {
         Rechunker {
             chunk_size,
             pending: BytesMut::with_capacity(chunk_size * 2),
+            checked: 0,
             splice: None,
         }
     }
@@ -568,6 +580,7 @@ impl Rechunker {
     /// packet and start the new one cleanly.
     pub(crate) fn begin_splice(&mut self) {
         self.pending.clear();
+        self.checked = 0;
         self.splice = Some(Splice::default());
     }
 
@@ -580,11 +593,13 @@ impl Rechunker {
             match (0..whole).find(|&i| pid_of(&self.pending[i * TS_PACKET_SIZE..]) == 0) {
                 Some(i) => {
                     self.pending.advance(i * TS_PACKET_SIZE);
+                    self.checked = self.checked.saturating_sub(i * TS_PACKET_SIZE);
                     sp.found_pat = true;
                     sp.scan_from = 0;
                 }
                 None => {
                     self.pending.advance(whole * TS_PACKET_SIZE);
+                    self.checked = self.checked.saturating_sub(whole * TS_PACKET_SIZE);
                     return;
                 }
             }
@@ -607,35 +622,45 @@ impl Rechunker {
         }
     }
 
-    /// Drops bytes until the buffer starts at a sync byte that repeats every 188 bytes (as far as
-    /// the buffer shows), so every published chunk starts on a packet boundary. Returns how many
-    /// bytes were dropped.
+    /// Checks every packet start after `checked` for the sync byte. Where sync is lost, the
+    /// packet before (likely truncated) and the bytes up to the next point where the sync byte
+    /// repeats every 188 bytes are removed, so every published chunk is whole, aligned packets.
+    /// Returns how many bytes were dropped.
     fn resync(&mut self) -> usize {
-        let buf = &self.pending;
-        if buf.is_empty()
-            || (buf[0] == 0x47 && (buf.len() <= TS_PACKET_SIZE || buf[TS_PACKET_SIZE] == 0x47))
-        {
-            return 0;
+        let mut dropped = 0;
+        loop {
+            let len = self.pending.len();
+            let mut p = self.checked;
+            while p < len && self.pending[p] == 0x47 {
+                p += TS_PACKET_SIZE;
+            }
+            if p >= len {
+                self.checked = p;
+                return dropped;
+            }
+            let buf = &self.pending;
+            let aligned = |i: usize| {
+                (0..3).all(|k| match buf.get(i + k * TS_PACKET_SIZE) {
+                    Some(b) => *b == 0x47,
+                    None => k > 0,
+                })
+            };
+            let from = p.saturating_sub(TS_PACKET_SIZE);
+            let to = (from + 1..len).find(|&i| aligned(i)).unwrap_or(len);
+            let mut tail = self.pending.split_off(from);
+            tail.advance(to - from);
+            self.pending.unsplit(tail);
+            dropped += to - from;
+            self.checked = from;
+            if let Some(sp) = self.splice.as_mut() {
+                sp.scan_from = sp.scan_from.min(from);
+            }
+            log::debug!("upstream lost TS sync: dropped {} bytes", to - from);
         }
-        let aligned = |i: usize| {
-            (0..3).all(|k| match buf.get(i + k * TS_PACKET_SIZE) {
-                Some(b) => *b == 0x47,
-                None => k > 0,
-            })
-        };
-        let dropped = match (0..buf.len()).find(|&i| aligned(i)) {
-            Some(i) => i,
-            None => buf.len(),
-        };
-        log::debug!("upstream lost TS sync: dropped {dropped} bytes");
-        self.pending.advance(dropped);
-        if let Some(sp) = self.splice.as_mut() {
-            sp.scan_from = sp.scan_from.saturating_sub(dropped);
-        }
-        dropped
     }
 
     fn take(&mut self, n: usize) -> Bytes {
+        self.checked = self.checked.saturating_sub(n);
         if let Some(sp) = self.splice.as_mut() {
             sp.scan_from = sp.scan_from.saturating_sub(n);
         }
@@ -731,6 +756,31 @@ mod tests {
             "first PCR packet marked"
         );
         assert_eq!(out[2 * TS_PACKET_SIZE + 5] & 0x80, 0, "only the first one");
+    }
+
+    /// Garbage in the middle of the stream (even across reads) never reaches the ring: the
+    /// packet cut by it and the garbage are dropped, and the stream resumes on the grid.
+    #[test]
+    fn rechunker_drops_garbage_mid_stream() {
+        let ring = Ring::new(1 << 20);
+        let mut c = Rechunker::new(TS_PACKET_SIZE * 2);
+        let mut data = packets(3);
+        data.truncate(2 * TS_PACKET_SIZE + 50); // the third packet is cut ...
+        data.extend(vec![0x99u8; 300]); // ... by garbage
+        data.extend(packets(4));
+        for piece in data.chunks(70) {
+            c.push(piece);
+            c.publish_full(&ring);
+        }
+        c.flush_whole_packets(&ring);
+        let Read::Chunks(chunks) = ring.read(0, 100) else {
+            panic!()
+        };
+        let out = chunks.concat();
+        assert!(out
+            .chunks(TS_PACKET_SIZE)
+            .all(|p| p.len() == TS_PACKET_SIZE && p[0] == 0x47));
+        assert_eq!(out.len(), 6 * TS_PACKET_SIZE, "2 good + 4 good packets");
     }
 
     /// Garbage before the stream is skipped up to the first real packet boundary.

@@ -2,6 +2,8 @@
 //! streaming HTTP client that speaks real HTTP/1.1 to them.
 #![allow(dead_code)]
 
+pub mod harness;
+
 use acestream_edge::config::{load_str, Config};
 use acestream_edge::http1::{self, GetOptions, Response};
 use acestream_edge::server::RunningServer;
