@@ -1,0 +1,44 @@
+//! Property tests (bounded, run by `make test`): the request and configuration parsers never
+//! panic on arbitrary input, and accept exactly what they should.
+
+use acestream_edge::config::load_str;
+use acestream_edge::http::getstream::content_id;
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Any query string: no panic; accepted ids are exactly 40 lower-case hex characters.
+    #[test]
+    fn content_id_never_panics(query in ".{0,120}") {
+        if let Ok(id) = content_id(Some(&query)) {
+            prop_assert_eq!(id.len(), 40);
+            prop_assert!(id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        }
+    }
+
+    /// Every 40-hex id is accepted, whatever its case and whatever else the query carries.
+    #[test]
+    fn valid_ids_are_accepted(id in "[0-9a-fA-F]{40}", junk in "x[a-z]{0,7}=[a-z0-9]{0,8}") {
+        let q = format!("{junk}&id={id}");
+        prop_assert_eq!(content_id(Some(&q)).unwrap(), id.to_ascii_lowercase());
+    }
+
+    /// Any text as a config file: no panic, either a config or errors that name a path.
+    #[test]
+    fn config_loader_never_panics(text in "(?s).{0,300}") {
+        if let Err(e) = load_str(&text) {
+            prop_assert!(!e.problems.is_empty());
+            prop_assert!(e.problems.iter().all(|p| !p.path.is_empty() && !p.reason.is_empty()));
+        }
+    }
+
+    /// YAML-shaped input built from real keys and random values: no panic.
+    #[test]
+    fn config_loader_survives_random_values(
+        key in prop::sample::select(vec!["listen", "engines", "client_timeout", "stream_buffer_size", "copy_chunk_size", "orchestrator", "max_streams_per_engine", "admin_token", "keepalive_interval"]),
+        value in prop_oneof![Just("[]".to_string()), Just("-1".to_string()), Just("\"5m\"".to_string()), "[a-z0-9:.\\[\\]{}\" -]{0,30}"],
+    ) {
+        let _ = load_str(&format!("acestream:\n  {key}: {value}\n"));
+    }
+}
