@@ -4,7 +4,7 @@ SIM_ADDR ?= 127.0.0.1:6878
 CONF ?= conf/acestream-edge.yaml
 ID ?= 0123456789abcdef0123456789abcdef01234567
 
-.PHONY: run test bench lint check-conf deps deps-test
+.PHONY: run test bench bench-quick lint check-conf deps deps-test
 
 # Pingora's build needs cmake (libz-ng-sys); the tests use ffprobe/ffmpeg as real players.
 deps:
@@ -37,8 +37,14 @@ check-conf:
 test: deps-test check-conf
 	$(CARGO) test --all-targets
 
+# Side-by-side load benchmarks (release build; about 15 minutes) and criterion micro-benchmarks.
+# `make bench-quick` runs one small pass of each scenario.
 bench: deps
-	@echo "make bench: not yet (see the benchmark issue)"
+	$(CARGO) bench --bench loadgen 2>/dev/null | tee target/bench-table.md
+	$(CARGO) bench --bench micro
+
+bench-quick: deps
+	$(CARGO) bench --bench loadgen -- quick
 
 lint: deps
 	$(CARGO) fmt --all -- --check
