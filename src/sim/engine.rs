@@ -672,6 +672,9 @@ async fn playback(
     result
 }
 
+/// Largest single write of stream data (5577 packets, about 1 MiB).
+const MAX_PACKETS_PER_WRITE: usize = 5577;
+
 /// What the stream loop does next, decided by the fault knobs.
 enum Next {
     Send(Bytes),
@@ -724,7 +727,9 @@ async fn stream_ts(
         } else {
             (start.elapsed().as_secs_f64() * live.bitrate_bps as f64 / 8.0) as u64
         };
-        let packets = (due.saturating_sub(sent) as usize) / PACKET;
+        // At most ~1 MiB per write: a reader that cannot keep up gets the stream late, never an
+        // ever-growing buffer (the engine's memory stays flat).
+        let packets = ((due.saturating_sub(sent) as usize) / PACKET).min(MAX_PACKETS_PER_WRITE);
         if packets == 0 {
             if wait_or_end(tick, &mut ended, &mut shutdown).await {
                 break;
