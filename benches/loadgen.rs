@@ -702,30 +702,68 @@ async fn slow_clients(o: &Opts, out: &mut Vec<Report>) {
         let p = start_proxy(sim.addr, "");
         let id = content_id(30000);
         let (stop, sampler) = rss_sampler(p.pid());
-        let mut normal = http1::get(p.addr, &format!("/ace/getstream?id={id}"), Duration::from_secs(5)).await.unwrap();
+        let mut normal = http1::get(
+            p.addr,
+            &format!("/ace/getstream?id={id}"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         let _ = normal.next_chunk().await;
         let mut slow = Vec::new();
         for _ in 0..slow_n {
             let sock = tokio::net::TcpSocket::new_v4().unwrap();
             sock.set_recv_buffer_size(4096).unwrap();
             let stream = sock.connect(p.addr).await.unwrap();
-            slow.push(http1::get_on(stream, "x", &format!("/ace/getstream?id={id}"), &Default::default()).await.unwrap());
+            slow.push(
+                http1::get_on(
+                    stream,
+                    "x",
+                    &format!("/ace/getstream?id={id}"),
+                    &Default::default(),
+                )
+                .await
+                .unwrap(),
+            );
         }
         let t = Instant::now();
         let mut bytes = 0u64;
         while t.elapsed() < Duration::from_secs(20) {
-            if let Ok(Ok(Some(b))) = tokio::time::timeout(Duration::from_millis(500), normal.next_chunk()).await {
+            if let Ok(Ok(Some(b))) =
+                tokio::time::timeout(Duration::from_millis(500), normal.next_chunk()).await
+            {
                 bytes += b.len() as u64;
             }
         }
         let rate = bytes as f64 * 8.0 / t.elapsed().as_secs_f64() / 1e6;
-        let mut m = http1::get(p.addr, "/metrics", Duration::from_secs(5)).await.unwrap();
+        let mut m = http1::get(p.addr, "/metrics", Duration::from_secs(5))
+            .await
+            .unwrap();
         let text = String::from_utf8(m.read_to_end(1 << 20).await.unwrap()).unwrap();
-        let drops = text.lines().find_map(|l| l.strip_prefix("acestream_edge_slow_client_drops_total ")).unwrap_or("?").to_string();
+        let drops = text
+            .lines()
+            .find_map(|l| l.strip_prefix("acestream_edge_slow_client_drops_total "))
+            .unwrap_or("?")
+            .to_string();
         stop.store(true, Ordering::Relaxed);
         let (a, b, c) = sampler.join().unwrap();
         drop(slow);
-        let r = Report { scenario: "slow-clients".into(), target: "proxy".into(), run, clients: slow_n + 1, bitrate_bps: 4_000_000, aggregate_mbps: rate, client_min_mbps: rate, client_median_mbps: rate, kept_up: usize::from(rate >= 3.8), rss_start_mib: a, rss_peak_mib: b, rss_end_mib: c, note: format!("{slow_n} never-reading clients, {drops} dropped; ring 4 MiB"), ..Report::default() };
+        let r = Report {
+            scenario: "slow-clients".into(),
+            target: "proxy".into(),
+            run,
+            clients: slow_n + 1,
+            bitrate_bps: 4_000_000,
+            aggregate_mbps: rate,
+            client_min_mbps: rate,
+            client_median_mbps: rate,
+            kept_up: usize::from(rate >= 3.8),
+            rss_start_mib: a,
+            rss_peak_mib: b,
+            rss_end_mib: c,
+            note: format!("{slow_n} never-reading clients, {drops} dropped; ring 4 MiB"),
+            ..Report::default()
+        };
         print_row(&r);
         out.push(r);
     }
@@ -734,10 +772,32 @@ async fn slow_clients(o: &Opts, out: &mut Vec<Report>) {
 /// `BENCH_ATTACH=addr,pid,n,bitrate` — clients against an already running proxy (for
 /// profiling and tuning experiments); one 10 s measurement.
 async fn attach(out: &mut Vec<Report>) {
-    let Ok(spec) = std::env::var("BENCH_ATTACH") else { return };
+    let Ok(spec) = std::env::var("BENCH_ATTACH") else {
+        return;
+    };
     let parts: Vec<&str> = spec.split(',').collect();
-    let (addr, pid, n, bitrate) = (parts[0].parse().unwrap(), parts[1].parse().unwrap(), parts[2].parse().unwrap(), parts[3].parse().unwrap());
-    let r = run_load("attach", 1, Load { target: Target::Proxy, addr, pid, ids: vec![content_id(77)], per_id: n, bitrate, ramp: Duration::from_secs(2), warmup: Duration::from_secs(3), measure: Duration::from_secs(10) }).await;
+    let (addr, pid, n, bitrate) = (
+        parts[0].parse().unwrap(),
+        parts[1].parse().unwrap(),
+        parts[2].parse().unwrap(),
+        parts[3].parse().unwrap(),
+    );
+    let r = run_load(
+        "attach",
+        1,
+        Load {
+            target: Target::Proxy,
+            addr,
+            pid,
+            ids: vec![content_id(77)],
+            per_id: n,
+            bitrate,
+            ramp: Duration::from_secs(2),
+            warmup: Duration::from_secs(3),
+            measure: Duration::from_secs(10),
+        },
+    )
+    .await;
     print_row(&r);
     out.push(r);
 }

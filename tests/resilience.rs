@@ -109,22 +109,6 @@ async fn failover_case(fault: Knobs) {
     assert!(server.edge.metrics.failovers.get() >= 1);
 }
 
-fn ffmpeg_decode(data: &[u8]) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("splice.ts");
-    std::fs::write(&path, data).unwrap();
-    let out = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(&path)
-        .args(["-f", "null", "-"])
-        .output()
-        .expect("ffmpeg must be installed");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn failover_on_drop() {
     failover_case(Knobs {

@@ -159,8 +159,9 @@ pub fn ffprobe_streams(data: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// Runs `ffmpeg -v error -i f.ts -f null -`; returns its error output (empty when clean).
-pub fn ffmpeg_decode_errors(data: &[u8]) -> String {
+/// Runs `ffmpeg -v error -i f.ts -f null -` as a real player would decode: whether it exited
+/// successfully, and what it printed as errors.
+pub fn ffmpeg_decode(data: &[u8]) -> (bool, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("decode.ts");
     std::fs::write(&path, data).expect("write ts");
@@ -170,7 +171,10 @@ pub fn ffmpeg_decode_errors(data: &[u8]) -> String {
         .args(["-f", "null", "-"])
         .output()
         .expect("ffmpeg must be installed");
-    String::from_utf8_lossy(&out.stderr).to_string()
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 /// A fake orchestrator: serves `GET /engines` with whatever JSON it is given, and records the
