@@ -50,7 +50,8 @@ pub struct Config {
     pub engine_cache_ttl: Duration,
     /// TCP connect timeout towards engines.
     pub engine_connect_timeout: Duration,
-    /// Idle-read timeout on engine connections (restarts on every byte).
+    /// Timeout of engine API answers (JSON calls, the playback response head). A live stream's
+    /// silence is judged by `upstream_stall_timeout`.
     pub engine_read_timeout: Duration,
     /// Engines with this many streams are not candidates.
     pub max_streams_per_engine: usize,
