@@ -32,7 +32,9 @@ pub struct Config {
     pub empty_stream_timeout: Duration,
     /// How long a session lives after its last client leaves.
     pub stream_idle_timeout: Duration,
-    /// How often client activity is checked.
+    /// How often client activity is checked. Accepted for the seed's compatibility; client
+    /// liveness is enforced per client (idle read, write errors, `client_timeout`), so nothing
+    /// polls on this interval.
     pub client_heartbeat_interval: Duration,
     /// A client whose socket accepts nothing for this long is dropped.
     pub client_timeout: Duration,
