@@ -339,6 +339,36 @@ struct Load {
     measure: Duration,
 }
 
+impl Load {
+    /// A streaming load with the standard timings: 2 s ramp, 3 s warm-up, 10 s window.
+    fn streaming(
+        target: Target,
+        addr: SocketAddr,
+        pid: u32,
+        ids: Vec<String>,
+        per_id: usize,
+        bitrate: u64,
+    ) -> Load {
+        Load {
+            target,
+            addr,
+            pid,
+            ids,
+            per_id,
+            bitrate,
+            ramp: Duration::from_secs(2),
+            warmup: Duration::from_secs(3),
+            measure: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Prints a row and keeps it for the JSON file.
+fn record(out: &mut Vec<Report>, r: Report) {
+    print_row(&r);
+    out.push(r);
+}
+
 async fn run_load(scenario: &str, run: u32, l: Load) -> Report {
     let n = l.ids.len() * l.per_id;
     let t_start = Instant::now() + Duration::from_millis(200);
@@ -432,64 +462,40 @@ struct Opts {
 }
 
 async fn fanout(o: &Opts, out: &mut Vec<Report>) {
-    let ns: &[usize] = if o.quick {
-        &[100]
+    // BENCH_FANOUT_N=1000 runs one N, through the proxy only (for profiling).
+    let only_n: Option<usize> = std::env::var("BENCH_FANOUT_N")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let all = if o.quick {
+        vec![100]
     } else {
-        &[100, 500, 1000, 2000]
+        vec![100, 500, 1000, 2000]
     };
     let bitrate = 4_000_000;
     for run in 1..=o.runs {
-        for &n in ns {
+        for &n in only_n.as_ref().map(std::slice::from_ref).unwrap_or(&all) {
             for target in [Target::Direct, Target::Proxy] {
+                if only_n.is_some() && matches!(target, Target::Direct) {
+                    continue;
+                }
                 let sim = start_sim(bitrate);
-                let (addr, pid, ids, per_id) = match target {
-                    Target::Direct => (
+                let proxy = matches!(target, Target::Proxy).then(|| start_proxy(sim.addr, ""));
+                let load = match &proxy {
+                    // One id, N viewers through the proxy.
+                    Some(p) => {
+                        Load::streaming(target, p.addr, p.pid(), vec![content_id(1)], n, bitrate)
+                    }
+                    // The floor: N viewers, each its own engine session.
+                    None => Load::streaming(
+                        target,
                         sim.addr,
                         sim.pid(),
                         (0..n as u32).map(content_id).collect(),
                         1,
-                    ),
-                    Target::Proxy => {
-                        let p = start_proxy(sim.addr, "");
-                        let r = run_load(
-                            "fanout",
-                            run,
-                            Load {
-                                target,
-                                addr: p.addr,
-                                pid: p.pid(),
-                                ids: vec![content_id(1)],
-                                per_id: n,
-                                bitrate,
-                                ramp: Duration::from_secs(2),
-                                warmup: Duration::from_secs(3),
-                                measure: Duration::from_secs(10),
-                            },
-                        )
-                        .await;
-                        print_row(&r);
-                        out.push(r);
-                        continue;
-                    }
-                };
-                let r = run_load(
-                    "fanout",
-                    run,
-                    Load {
-                        target,
-                        addr,
-                        pid,
-                        ids,
-                        per_id,
                         bitrate,
-                        ramp: Duration::from_secs(2),
-                        warmup: Duration::from_secs(3),
-                        measure: Duration::from_secs(10),
-                    },
-                )
-                .await;
-                print_row(&r);
-                out.push(r);
+                    ),
+                };
+                record(out, run_load("fanout", run, load).await);
             }
         }
     }
@@ -501,24 +507,12 @@ async fn many_sessions(o: &Opts, out: &mut Vec<Report>) {
     for run in 1..=o.runs {
         let sim = start_sim(bitrate);
         let p = start_proxy(sim.addr, "");
-        let r = run_load(
-            "sessions",
-            run,
-            Load {
-                target: Target::Proxy,
-                addr: p.addr,
-                pid: p.pid(),
-                ids: (0..ids).map(|i| content_id(1000 + i)).collect(),
-                per_id: per,
-                bitrate,
-                ramp: Duration::from_secs(3),
-                warmup: Duration::from_secs(3),
-                measure: Duration::from_secs(10),
-            },
-        )
-        .await;
-        print_row(&r);
-        out.push(r);
+        let ids = (0..ids).map(|i| content_id(1000 + i)).collect();
+        let load = Load {
+            ramp: Duration::from_secs(3),
+            ..Load::streaming(Target::Proxy, p.addr, p.pid(), ids, per, bitrate)
+        };
+        record(out, run_load("sessions", run, load).await);
     }
 }
 
@@ -590,8 +584,7 @@ async fn start_times(o: &Opts, out: &mut Vec<Report>) {
                 ttfb_p99_ms: percentile(&mut v, 0.99),
                 ..Report::default()
             };
-            print_row(&r);
-            out.push(r);
+            record(out, r);
         }
     }
 }
@@ -621,24 +614,13 @@ async fn raw(o: &Opts, out: &mut Vec<Report>) {
                         1,
                     ),
                 };
-                let r = run_load(
-                    "raw",
-                    run,
-                    Load {
-                        target,
-                        addr,
-                        pid,
-                        ids,
-                        per_id: per,
-                        bitrate,
-                        ramp: Duration::ZERO,
-                        warmup: Duration::from_secs(2),
-                        measure: Duration::from_secs(5),
-                    },
-                )
-                .await;
-                print_row(&r);
-                out.push(r);
+                let load = Load {
+                    ramp: Duration::ZERO,
+                    warmup: Duration::from_secs(2),
+                    measure: Duration::from_secs(5),
+                    ..Load::streaming(target, addr, pid, ids, per, bitrate)
+                };
+                record(out, run_load("raw", run, load).await);
             }
         }
     }
@@ -688,8 +670,7 @@ async fn churn(o: &Opts, out: &mut Vec<Report>) {
             ),
             ..Report::default()
         };
-        print_row(&r);
-        out.push(r);
+        record(out, r);
     }
 }
 
@@ -764,8 +745,7 @@ async fn slow_clients(o: &Opts, out: &mut Vec<Report>) {
             note: format!("{slow_n} never-reading clients, {drops} dropped; ring 4 MiB"),
             ..Report::default()
         };
-        print_row(&r);
-        out.push(r);
+        record(out, r);
     }
 }
 
@@ -782,24 +762,8 @@ async fn attach(out: &mut Vec<Report>) {
         parts[2].parse().unwrap(),
         parts[3].parse().unwrap(),
     );
-    let r = run_load(
-        "attach",
-        1,
-        Load {
-            target: Target::Proxy,
-            addr,
-            pid,
-            ids: vec![content_id(77)],
-            per_id: n,
-            bitrate,
-            ramp: Duration::from_secs(2),
-            warmup: Duration::from_secs(3),
-            measure: Duration::from_secs(10),
-        },
-    )
-    .await;
-    print_row(&r);
-    out.push(r);
+    let load = Load::streaming(Target::Proxy, addr, pid, vec![content_id(77)], n, bitrate);
+    record(out, run_load("attach", 1, load).await);
 }
 
 fn header() {

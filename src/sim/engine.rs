@@ -768,7 +768,9 @@ async fn stream_ts(
         if *ended.borrow() || *shutdown.borrow() {
             break;
         }
-        if live.bitrate_bps != 0 && wait_or_end(tick, &mut ended, &mut shutdown).await {
+        // Behind schedule (a capped write): write again at once instead of waiting a tick.
+        let behind = packets == MAX_PACKETS_PER_WRITE;
+        if live.bitrate_bps != 0 && !behind && wait_or_end(tick, &mut ended, &mut shutdown).await {
             break;
         }
     }
