@@ -106,6 +106,7 @@ async fn dead_engine_is_avoided_and_comes_back() {
     );
     let a_addr = a.addr();
     a.shutdown();
+    let held = hold_port(a_addr); // refused meanwhile, and never reused by another test
     let unhealthy = wait_until(Duration::from_secs(1), || async {
         pool.status().iter().any(|s| s.addr == a_addr && !s.healthy)
     })
@@ -119,6 +120,7 @@ async fn dead_engine_is_avoided_and_comes_back() {
     }
     assert_eq!(active(&b).await, 4);
     // It comes back on the same port.
+    drop(held);
     let a2 = SimEngine::start(a_addr, slow_knobs()).await.unwrap();
     assert!(
         wait_until(Duration::from_secs(2), || async {

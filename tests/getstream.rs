@@ -314,10 +314,15 @@ async fn no_engine_is_503() {
     )
     .await;
     assert!(text.contains("no engine"), "{text}");
-    let dead = sim(Knobs::default()).await;
-    let config = proxy_config(&[&dead], "engine_connect_timeout: 1");
-    dead.shutdown();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // An engine whose port refuses connections (held, so no parallel test can take it over).
+    let (dead_addr, _held) = dead_port();
+    let config = acestream_edge::config::load_str(&format!(
+        "acestream:\n  listen: [\"127.0.0.1:{}\"]\n  engines: [{{host: 127.0.0.1, port: {}}}]\n  engine_connect_timeout: 1\n",
+        free_port(),
+        dead_addr.port()
+    ))
+    .unwrap()
+    .acestream;
     let server = start_proxy(config);
     let text = expect_error(
         &server,

@@ -212,6 +212,7 @@ async fn player_probes() {
 async fn matrix_engine_down_at_start() {
     let h = Harness::new(knobs(), "").await;
     h.f.shutdown();
+    let _held = hold_port(h.f.addr()); // refused from now on, and never reused by another test
     expect_status(h.addr(), 7400, 503).await;
     h.finish().await;
 }

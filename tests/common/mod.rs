@@ -244,3 +244,26 @@ impl FakeOrchestrator {
         self.task.abort();
     }
 }
+
+/// Keeps `addr`'s port bound but not listening: connections to it are refused, and no other
+/// test can be handed the port meanwhile (a freed ephemeral port may be reused at once by a
+/// parallel test's server, which would then answer as the "dead" engine).
+pub fn hold_port(addr: SocketAddr) -> socket2::Socket {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.set_reuse_address(true).expect("SO_REUSEADDR");
+    // A just-shut-down engine's listener closes a moment later: retry briefly.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while let Err(e) = s.bind(&addr.into()) {
+        assert!(Instant::now() < deadline, "cannot hold {addr}: {e}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s
+}
+
+/// A loopback address where nothing answers (connections refused), held for the test's life.
+pub fn dead_port() -> (SocketAddr, socket2::Socket) {
+    let s = hold_port("127.0.0.1:0".parse().unwrap());
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    (addr, s)
+}
