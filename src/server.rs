@@ -150,6 +150,29 @@ pub struct RunningServer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// True once `addr` answers a probe the way this proxy does. A bare connect is not enough: on
+/// loopback a connect to a port nobody listens on can connect to itself, and a port released
+/// for us may have been taken by another server.
+fn answers_as_edge(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    const PROBE: &str = "/__acestream_edge_ready";
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    if s.local_addr().ok() == Some(addr) {
+        return false; // a self-connect
+    }
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(format!("GET {PROBE} HTTP/1.0\r\nHost: probe\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = s.take(64 * 1024).read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).contains(&format!("no route {PROBE}"))
+}
+
 struct NotifySignal(Arc<tokio::sync::Notify>);
 
 #[async_trait]
@@ -191,10 +214,10 @@ impl RunningServer {
             });
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        while !answers_as_edge(addr) {
             if std::time::Instant::now() > deadline {
                 return Err(std::io::Error::other(format!(
-                    "proxy did not listen on {addr}"
+                    "the proxy did not answer on {addr} (not listening, or the port is another server's)"
                 )));
             }
             std::thread::sleep(Duration::from_millis(20));
