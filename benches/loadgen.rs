@@ -516,16 +516,22 @@ async fn many_sessions(o: &Opts, out: &mut Vec<Report>) {
     }
 }
 
-async fn ttfb_of(addr: SocketAddr, id: &str) -> f64 {
-    let t = Instant::now();
+/// Opens `/ace/getstream?id=` on the proxy and waits (bounded) for its first piece of body.
+async fn watch(addr: SocketAddr, id: &str) -> Response {
     let mut r = http1::get(
         addr,
         &format!("/ace/getstream?id={id}"),
         Duration::from_secs(10),
     )
     .await
-    .unwrap();
+    .expect("proxy answers");
     let _ = tokio::time::timeout(Duration::from_secs(10), r.next_chunk()).await;
+    r
+}
+
+async fn ttfb_of(addr: SocketAddr, id: &str) -> f64 {
+    let t = Instant::now();
+    drop(watch(addr, id).await);
     t.elapsed().as_secs_f64() * 1000.0
 }
 
@@ -550,14 +556,7 @@ async fn start_times(o: &Opts, out: &mut Vec<Report>) {
             let id = content_id(6000 + i + run * 100);
             cold.push(ttfb_of(p.addr, &id).await);
             // A warm join: someone is watching.
-            let mut holder = http1::get(
-                p.addr,
-                &format!("/ace/getstream?id={id}"),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
-            let _ = holder.next_chunk().await;
+            let holder = watch(p.addr, &id).await;
             warm.push(ttfb_of(p.addr, &id).await);
             drop(holder);
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -635,14 +634,7 @@ async fn churn(o: &Opts, out: &mut Vec<Report>) {
         let t = Instant::now();
         let cpu0 = cpu_ticks(p.pid());
         for i in 0..cycles {
-            let mut r = http1::get(
-                p.addr,
-                &format!("/ace/getstream?id={}", content_id(20000 + i % 50)),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
-            let _ = tokio::time::timeout(Duration::from_secs(5), r.next_chunk()).await;
+            watch(p.addr, &content_id(20000 + i % 50)).await;
         }
         let secs = t.elapsed().as_secs_f64();
         let cpu = (cpu_ticks(p.pid()) - cpu0) as f64 / clk_tck() / secs * 100.0;
@@ -683,14 +675,7 @@ async fn slow_clients(o: &Opts, out: &mut Vec<Report>) {
         let p = start_proxy(sim.addr, "");
         let id = content_id(30000);
         let (stop, sampler) = rss_sampler(p.pid());
-        let mut normal = http1::get(
-            p.addr,
-            &format!("/ace/getstream?id={id}"),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-        let _ = normal.next_chunk().await;
+        let mut normal = watch(p.addr, &id).await;
         let mut slow = Vec::new();
         for _ in 0..slow_n {
             let sock = tokio::net::TcpSocket::new_v4().unwrap();

@@ -694,6 +694,20 @@ mod tests {
     use super::*;
     use crate::streams::ring::Read;
 
+    /// Feeds `data` to a rechunker in `piece`-byte reads and returns what reached the ring.
+    fn rechunk(ring: &Ring, chunk_size: usize, data: &[u8], piece: usize) -> Vec<Bytes> {
+        let mut c = Rechunker::new(chunk_size);
+        for p in data.chunks(piece) {
+            c.push(p);
+            c.publish_full(ring);
+        }
+        c.flush_whole_packets(ring);
+        match ring.read(0, 100) {
+            Read::Chunks(chunks) => chunks,
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn packets(n: usize) -> Vec<u8> {
         (0..n)
             .flat_map(|i| {
@@ -708,16 +722,8 @@ mod tests {
     #[test]
     fn rechunker_emits_whole_packets_on_boundaries() {
         let ring = Ring::new(1 << 20);
-        let mut c = Rechunker::new(3 * TS_PACKET_SIZE);
         let data = packets(10);
-        for piece in data.chunks(100) {
-            c.push(piece);
-            c.publish_full(&ring);
-        }
-        c.flush_whole_packets(&ring);
-        let Read::Chunks(chunks) = ring.read(0, 100) else {
-            panic!()
-        };
+        let chunks = rechunk(&ring, 3 * TS_PACKET_SIZE, &data, 100);
         assert_eq!(
             chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
             vec![564, 564, 564, 188]
@@ -763,19 +769,11 @@ mod tests {
     #[test]
     fn rechunker_drops_garbage_mid_stream() {
         let ring = Ring::new(1 << 20);
-        let mut c = Rechunker::new(TS_PACKET_SIZE * 2);
         let mut data = packets(3);
         data.truncate(2 * TS_PACKET_SIZE + 50); // the third packet is cut ...
         data.extend(vec![0x99u8; 300]); // ... by garbage
         data.extend(packets(4));
-        for piece in data.chunks(70) {
-            c.push(piece);
-            c.publish_full(&ring);
-        }
-        c.flush_whole_packets(&ring);
-        let Read::Chunks(chunks) = ring.read(0, 100) else {
-            panic!()
-        };
+        let chunks = rechunk(&ring, TS_PACKET_SIZE * 2, &data, 70);
         let out = chunks.concat();
         assert!(out
             .chunks(TS_PACKET_SIZE)
