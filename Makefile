@@ -6,7 +6,7 @@ ID ?= 0123456789abcdef0123456789abcdef01234567
 
 .PHONY: run test bench bench-quick lint check-conf deps deps-test
 
-# Pingora's build needs cmake (libz-ng-sys); the tests use ffprobe/ffmpeg as real players.
+# Pingora's build needs cmake (libz-ng-sys); the tests use ffprobe/ffmpeg and mpv as real players.
 deps:
 	@command -v cmake >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y cmake; \
@@ -16,17 +16,21 @@ deps-test: deps
 	@command -v ffprobe >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y ffmpeg; \
 	  else echo "ffprobe is missing; run: sudo apt-get install -y ffmpeg"; exit 1; fi; }
+	@command -v mpv >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y mpv; \
+	  else echo "mpv is missing (its test is skipped); run: sudo apt-get install -y mpv"; fi; }
 
 run: deps
 	$(CARGO) build --release --bins
 	@echo ""
-	@echo "  simulator on http://$(SIM_ADDR), proxy with $(CONF). Try:"
+	@echo "  simulator on http://$(SIM_ADDR) (like a real engine: 3 s prebuffer, then a 20 MB burst, then 4 Mbit/s),"
+	@echo "  proxy with $(CONF). Try:"
 	@echo "    curl -o /tmp/a.ts 'http://127.0.0.1:8000/ace/getstream?id=$(ID)'"
 	@echo "    mpv 'http://127.0.0.1:8000/ace/getstream?id=$(ID)'"
 	@echo "    ffplay 'http://127.0.0.1:8000/ace/getstream?id=$(ID)'"
 	@echo "  Ctrl-C stops both."
 	@echo ""
-	@./target/release/ace-engine-sim --listen $(SIM_ADDR) & SIM=$$!; \
+	@./target/release/ace-engine-sim --listen $(SIM_ADDR) --prebuffer 3s --burst-bytes 20000000 & SIM=$$!; \
 	  trap 'kill $$SIM 2>/dev/null' EXIT INT TERM; \
 	  ./target/release/acestream-edge -c $(CONF)
 

@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the hot paths: the ring's publish and read, and engine scoring.
 
 use acestream_edge::engines::score::{choose, Candidate};
-use acestream_edge::streams::ring::{Read, Ring};
+use acestream_edge::streams::ring::{Read, Retention, Ring};
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use std::net::SocketAddr;
@@ -9,13 +9,13 @@ use std::net::SocketAddr;
 fn ring(c: &mut Criterion) {
     let chunk = Bytes::from(vec![0x47u8; 65424]);
     c.bench_function("ring publish (4 MiB ring, 64 KiB chunks)", |b| {
-        let ring = Ring::new(4 << 20);
-        b.iter(|| ring.publish(black_box(chunk.clone())))
+        let ring = Ring::new(Retention::bytes(4 << 20));
+        b.iter(|| ring.publish_bytes(black_box(chunk.clone())))
     });
     c.bench_function("ring read 1 chunk at the live edge", |b| {
-        let ring = Ring::new(4 << 20);
+        let ring = Ring::new(Retention::bytes(4 << 20));
         for _ in 0..64 {
-            ring.publish(chunk.clone());
+            ring.publish_bytes(chunk.clone());
         }
         let cursor = ring.join_cursor(0);
         b.iter(|| match ring.read(black_box(cursor), 16) {
@@ -24,9 +24,9 @@ fn ring(c: &mut Criterion) {
         })
     });
     c.bench_function("ring join cursor (256 KiB burst)", |b| {
-        let ring = Ring::new(4 << 20);
+        let ring = Ring::new(Retention::bytes(4 << 20));
         for _ in 0..64 {
-            ring.publish(chunk.clone());
+            ring.publish_bytes(chunk.clone());
         }
         b.iter(|| ring.join_cursor(black_box(256 * 1024)))
     });

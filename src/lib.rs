@@ -21,3 +21,4 @@ pub mod proxy;
 pub mod server;
 pub mod sim;
 pub mod streams;
+pub mod ts;

@@ -47,6 +47,12 @@ pub struct Metrics {
     pub engine_score: IntGaugeVec,
     /// HTTP responses by route and status code.
     pub http_responses: IntCounterVec,
+    /// How far behind the live edge (stream seconds) clients were when dropped.
+    pub client_lag_at_drop: Histogram,
+    /// How far the ring's live edge ran ahead of real time (seconds), at each chunk released.
+    pub ingest_lead: Histogram,
+    /// Clock re-anchors of paced ingest, by reason (`discontinuity`, `jump`, `splice`, `late`).
+    pub clock_reanchors: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -67,6 +73,13 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     c
 }
 
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
     r.register(Box::new(g.clone())).expect("unique metric");
@@ -83,16 +96,24 @@ impl Metrics {
     /// A fresh registry with every metric at zero.
     pub fn new() -> Self {
         let r = Registry::new();
-        let upstream_first_byte = Histogram::with_opts(
-            HistogramOpts::new(
-                "acestream_edge_upstream_first_byte_seconds",
-                "Time from session start (engine selection and JSON call included) to the first stream byte",
-            )
-            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0]),
-        )
-        .expect("valid metric");
-        r.register(Box::new(upstream_first_byte.clone()))
-            .expect("unique metric");
+        let upstream_first_byte = histogram(
+            &r,
+            "acestream_edge_upstream_first_byte_seconds",
+            "Time from session start (engine selection and JSON call included) to the first stream byte",
+            vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0],
+        );
+        let client_lag_at_drop = histogram(
+            &r,
+            "acestream_edge_client_lag_at_drop_seconds",
+            "How far behind the live edge, in stream seconds, a client was when it was dropped",
+            vec![0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0],
+        );
+        let ingest_lead = histogram(
+            &r,
+            "acestream_edge_ingest_lead_seconds",
+            "How far the ring's live edge ran ahead of real time when a chunk was released",
+            vec![0.0, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0],
+        );
         Metrics {
             sessions_active: gauge(
                 &r,
@@ -176,6 +197,14 @@ impl Metrics {
                 "acestream_edge_http_responses_total",
                 "HTTP responses, by route and status code",
                 &["route", "status"],
+            ),
+            client_lag_at_drop,
+            ingest_lead,
+            clock_reanchors: counter_vec(
+                &r,
+                "acestream_edge_clock_reanchors_total",
+                "Restarts of the paced-ingest clock, by reason",
+                &["reason"],
             ),
             registry: r,
         }

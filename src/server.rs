@@ -7,7 +7,7 @@ use crate::metrics::Metrics;
 use crate::proxy::EdgeProxy;
 use crate::streams::Sessions;
 use async_trait::async_trait;
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -68,7 +68,13 @@ fn build_services(mut server: Server, config: Arc<Config>) -> (Server, Edge) {
             read: Some(DOWNSTREAM_READ_BUFFER),
             write: None,
         };
-        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
+        let mut socket = TcpSocketOptions::default();
+        socket.tcp_snd_buf = Some(config.client_send_buffer).filter(|n| *n > 0);
+        proxy.add_listener(
+            ListenerConfig::tcp(addr.to_string())
+                .l4_buffer(buffers)
+                .tcp_socket_options(socket),
+        );
     }
     server.add_service(proxy);
     server.add_service(background_service(

@@ -52,6 +52,18 @@ struct Args {
     /// Host:port written into returned URLs (default: the request's Host header).
     #[arg(long)]
     public_host: Option<String>,
+    /// Bytes sent at line speed right after the prebuffer, like a real engine's cache dump.
+    #[arg(long, default_value_t = 0)]
+    burst_bytes: u64,
+    /// Pause the stream once, after this many bytes, for `--pause`; then catch up at line speed.
+    #[arg(long)]
+    pause_after_bytes: Option<u64>,
+    /// Length of that pause, e.g. "5s".
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pause: Duration,
+    /// Stream TS null packets only (no clock) instead of the looped H.264 + AAC fixture.
+    #[arg(long)]
+    null_stream: bool,
 }
 
 #[tokio::main]
@@ -72,6 +84,10 @@ async fn main() -> std::io::Result<()> {
         redirect_playback: !a.no_redirect,
         chunked: !a.no_chunked,
         public_host: a.public_host,
+        burst_bytes: a.burst_bytes,
+        pause_after_bytes: a.pause_after_bytes,
+        pause: a.pause,
+        null_stream: a.null_stream,
         ..Knobs::default()
     };
     let mut engines = Vec::new();

@@ -14,8 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 use wire::{AceWire, FileWire};
 
-/// TS packets are 188 bytes; chunk sizes are rounded down to a whole number of them.
-pub const TS_PACKET_SIZE: usize = 188;
+use crate::ts::PACKET_SIZE as TS_PACKET_SIZE;
 
 /// The validated settings of the proxy. Defaults are `spec/config.md`'s.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +70,22 @@ pub struct Config {
     pub max_failovers: usize,
     /// How long an engine that failed a live session scores lower.
     pub engine_failure_penalty: Duration,
+    /// How far (in stream time) the ring's live edge may run ahead of the wall clock when the
+    /// upstream can deliver faster than real time (an engine's cache burst, a catch-up). The rest
+    /// stays in the engine. Default 2 s.
+    pub live_lead: Duration,
+    /// Stream time the ring keeps at least (with `stream_buffer_size` bytes at least, capped by
+    /// `stream_buffer_max_bytes`): how far behind the live edge a client may fall before it is
+    /// dropped. Default 15 s.
+    pub stream_buffer_seconds: Duration,
+    /// Hard cap on one session's ring, in bytes, whatever `stream_buffer_seconds` asks. Default
+    /// 64 MiB.
+    pub stream_buffer_max_bytes: usize,
+    /// `SO_SNDBUF` of every client connection, bytes; 0 leaves the kernel's autotuning (which
+    /// grows to `net.ipv4.tcp_wmem`'s maximum, 4 MiB on Linux). Bounded by default (256 KiB) so a
+    /// stalled player's lag shows in the ring, where it is measured and bounded, rather than
+    /// hiding in kernel memory (up to 4 MiB per viewer).
+    pub client_send_buffer: usize,
 }
 
 /// One statically configured engine.
@@ -294,6 +309,13 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
             ),
         );
     }
+    let stream_buffer_max_bytes = w.stream_buffer_max_bytes as usize;
+    if stream_buffer_max_bytes < stream_buffer_size {
+        bad(
+            "acestream.stream_buffer_max_bytes".into(),
+            format!("must be at least stream_buffer_size ({stream_buffer_size} bytes)"),
+        );
+    }
     let positive = [
         ("client_heartbeat_interval", w.client_heartbeat_interval),
         ("client_timeout", w.client_timeout),
@@ -344,6 +366,10 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         upstream_stall_timeout: w.upstream_stall_timeout.0,
         max_failovers: w.max_failovers as usize,
         engine_failure_penalty: w.engine_failure_penalty.0,
+        live_lead: w.live_lead.0,
+        stream_buffer_seconds: w.stream_buffer_seconds.0,
+        stream_buffer_max_bytes,
+        client_send_buffer: w.client_send_buffer as usize,
     })
 }
 
@@ -378,6 +404,9 @@ mod tests {
         assert_eq!(c.engines[0].port, 6878);
         assert!(!c.engines[0].forwarded);
         assert_eq!(c.admin_token, None);
+        assert_eq!(c.live_lead, Duration::from_secs(2));
+        assert_eq!(c.stream_buffer_seconds, Duration::from_secs(15));
+        assert_eq!(c.stream_buffer_max_bytes, 64 << 20);
     }
 
     /// Durations: seconds, fractions, and unit strings.

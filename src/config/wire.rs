@@ -44,6 +44,10 @@ pub struct AceWire {
     pub upstream_stall_timeout: DurationWire,
     pub max_failovers: u64,
     pub engine_failure_penalty: DurationWire,
+    pub live_lead: DurationWire,
+    pub stream_buffer_seconds: DurationWire,
+    pub stream_buffer_max_bytes: u64,
+    pub client_send_buffer: u64,
 }
 
 impl Default for AceWire {
@@ -73,6 +77,10 @@ impl Default for AceWire {
             upstream_stall_timeout: secs(5.0),
             max_failovers: 3,
             engine_failure_penalty: secs(60.0),
+            live_lead: secs(2.0),
+            stream_buffer_seconds: secs(15.0),
+            stream_buffer_max_bytes: 64 * 1024 * 1024,
+            client_send_buffer: 256 * 1024,
         }
     }
 }

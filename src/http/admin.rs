@@ -201,6 +201,7 @@ pub fn session_json(x: &Session) -> Value {
                 "connected_seconds": c.joined.elapsed().as_secs_f64(),
                 "bytes_sent": c.bytes_sent.load(Ordering::Relaxed),
                 "lag_bytes": published.saturating_sub(c.offset.load(Ordering::Relaxed)),
+                "lag_seconds": x.ring.lag_seconds(c.cursor.load(Ordering::Relaxed)),
             })
         })
         .collect();
@@ -223,6 +224,10 @@ pub fn session_json(x: &Session) -> Value {
         "bytes_out": x.bytes_out.load(Ordering::Relaxed),
         "first_byte_ms": st.first_byte_ms,
         "engine_score": engine.as_ref().map(|e| e.score),
+        "bitrate_bps": x.ring.bitrate_bps().map(|b| b.round() as u64),
+        "ingest_lead_seconds": x.ingest_lead_seconds(),
+        "buffer_seconds": x.ring.lag_seconds(x.ring.first_seq()),
+        "buffer_bytes": x.ring.held_bytes(),
         "clients": clients,
     })
 }

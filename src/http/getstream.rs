@@ -16,16 +16,6 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use std::sync::Arc;
 
-/// A TS null packet (PID 0x1FFF): players discard it, but it keeps their socket busy.
-const NULL_PACKET: [u8; 188] = {
-    let mut p = [0xFFu8; 188];
-    p[0] = 0x47;
-    p[1] = 0x1F;
-    p[2] = 0xFF;
-    p[3] = 0x10;
-    p
-};
-
 /// The content id of a request: `id`, else `infohash`; 40 hex characters, returned in lower case.
 pub fn content_id(query: Option<&str>) -> Result<String, EdgeError> {
     let query = query.unwrap_or("");
@@ -126,6 +116,7 @@ pub async fn serve(s: &mut Session, sessions: &Arc<Sessions>) -> pingora::Result
                         r = s.write_response_body(Some(chunk.clone()), false) => r.map_err(|e| {
                             if e.etype() == &pingora::ErrorType::WriteTimedout {
                                 sessions.metrics().slow_client_drops.inc();
+                                sessions.metrics().client_lag_at_drop.observe(client.lag_seconds());
                                 format!("accepted nothing for {:?}", config.client_timeout)
                             } else {
                                 e.to_string()
@@ -152,7 +143,7 @@ pub async fn serve(s: &mut Session, sessions: &Arc<Sessions>) -> pingora::Result
                     _ = ring_changed.changed() => {}
                     _ = s.read_body_or_idle(true) => break End::Dropped,
                     _ = tokio::time::sleep_until(keepalive_due), if keepalive => {
-                        if let Err(e) = s.write_response_body(Some(Bytes::from_static(&NULL_PACKET)), false).await {
+                        if let Err(e) = s.write_response_body(Some(Bytes::from_static(&crate::ts::NULL_PACKET)), false).await {
                             log::info!("client {:?} of {id} dropped during keepalive: {e}", client.addr());
                             break End::Dropped;
                         }
@@ -178,15 +169,25 @@ pub async fn serve(s: &mut Session, sessions: &Arc<Sessions>) -> pingora::Result
     Ok(())
 }
 
-/// Logs and counts a slow-client drop (one warning line) and returns the reason.
+/// Logs and counts a slow-client drop (one warning line, lag in bytes and stream seconds) and
+/// returns the reason.
 fn lagged(sessions: &Sessions, client: &ClientHandle, id: &str, behind: u64) -> String {
-    sessions.metrics().slow_client_drops.inc();
-    let ring = sessions.config().stream_buffer_size;
+    let metrics = sessions.metrics();
+    metrics.slow_client_drops.inc();
+    let ring = &client.session().ring;
+    // The client's own chunk is gone; at least the ring's span, and its bytes at the bitrate.
+    let by_bytes = ring
+        .bitrate_bps()
+        .map_or(0.0, |bps| behind as f64 * 8.0 / bps);
+    let seconds = client.lag_seconds().max(by_bytes);
+    metrics.client_lag_at_drop.observe(seconds);
     log::warn!(
-        "slow client {:?} of {id} dropped: {behind} bytes behind the live edge (ring {ring} bytes)",
-        client.addr()
+        "slow client {:?} of {id} dropped: {behind} bytes ({seconds:.1} s of stream) behind the live edge (ring {} bytes, {:.1} s)",
+        client.addr(),
+        ring.held_bytes(),
+        ring.lag_seconds(ring.first_seq()),
     );
-    format!("fell {behind} bytes behind the live edge")
+    format!("fell {behind} bytes ({seconds:.1} s) behind the live edge")
 }
 
 /// `200 video/mp2t`, chunked for HTTP/1.1, close-delimited for HTTP/1.0.

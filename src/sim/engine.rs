@@ -54,6 +54,16 @@ pub struct Knobs {
     pub public_host: Option<String>,
     /// A session with no reader for this long ends by itself (not counted as a stop).
     pub inactivity_timeout: Duration,
+    /// Bytes sent at line speed right after the prebuffer (a real engine dumps its live cache,
+    /// about 20 MB), before the stream settles at `bitrate_bps`.
+    pub burst_bytes: u64,
+    /// After this many stream bytes, stop sending for `pause` (peers starving), then catch up at
+    /// line speed to where the bitrate says the stream should be. Once per reader.
+    pub pause_after_bytes: Option<u64>,
+    /// Length of that pause.
+    pub pause: Duration,
+    /// Stream TS null packets only (a stream without a clock) instead of the looped fixture.
+    pub null_stream: bool,
 }
 
 impl Default for Knobs {
@@ -75,6 +85,10 @@ impl Default for Knobs {
             content_type: "video/mp2t".to_string(),
             public_host: None,
             inactivity_timeout: Duration::from_secs(60),
+            burst_bytes: 0,
+            pause_after_bytes: None,
+            pause: Duration::ZERO,
+            null_stream: false,
         }
     }
 }
@@ -552,6 +566,10 @@ async fn set_knobs_from_query(
             "stall_after_bytes" => k.stall_after_bytes = opt_u64(),
             "drop_after_bytes" => k.drop_after_bytes = opt_u64(),
             "garbage_after_bytes" => k.garbage_after_bytes = opt_u64(),
+            "burst_bytes" => k.burst_bytes = opt_u64().unwrap_or(0),
+            "pause_after_bytes" => k.pause_after_bytes = opt_u64(),
+            "pause_ms" => k.pause = ms(),
+            "null_stream" => k.null_stream = value == "1" || value == "true",
             other => unknown.push(other.to_string()),
         }
     }
@@ -715,17 +733,25 @@ async fn stream_ts(
     if !knobs.headers_before_prebuffer {
         sock.write_all(head.as_bytes()).await?;
     }
-    let mut ts = TsLoop::default();
+    let mut ts = TsLoop::with_bitrate(knobs.bitrate_bps);
     let start = Instant::now();
     let mut sent: u64 = 0;
+    let mut paused = false;
     let tick = Duration::from_millis(20);
     let mut garbage_seed: u32 = 0x1234_5678;
     loop {
         let live = lock(&shared.knobs).clone();
+        if !paused && live.pause_after_bytes.is_some_and(|at| sent >= at) {
+            paused = true;
+            if wait_or_end(live.pause, &mut ended, &mut shutdown).await {
+                break;
+            }
+        }
         let due = if live.bitrate_bps == 0 {
             sent + 64 * 1024
         } else {
-            (start.elapsed().as_secs_f64() * live.bitrate_bps as f64 / 8.0) as u64
+            live.burst_bytes
+                + (start.elapsed().as_secs_f64() * live.bitrate_bps as f64 / 8.0) as u64
         };
         // At most ~1 MiB per write: a reader that cannot keep up gets the stream late, never an
         // ever-growing buffer (the engine's memory stays flat).
@@ -737,7 +763,13 @@ async fn stream_ts(
             continue;
         }
         let mut data = BytesMut::new();
-        ts.fill(&mut data, packets);
+        if live.null_stream {
+            for _ in 0..packets {
+                data.extend_from_slice(&crate::ts::NULL_PACKET);
+            }
+        } else {
+            ts.fill(&mut data, packets);
+        }
         let next = decide(&live, sent, data, &mut garbage_seed);
         let (data, last) = match next {
             Next::Send(d) => (d, false),

@@ -6,14 +6,16 @@
 //! and continuity counters are renumbered per PID across loops. A player (or ffprobe) sees one
 //! continuous live stream.
 
+use crate::ts::{
+    continuity_counter, has_payload, payload, payload_unit_start, pes_header, pid,
+    set_continuity_counter, shift_pcr, shift_pes_timestamps, NULL_PACKET, NULL_PID, PACKET_SIZE,
+};
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// The fixture the simulator streams.
 pub const FIXTURE: &[u8] = include_bytes!("fixture.ts");
-/// MPEG-TS packet size.
-pub const PACKET: usize = 188;
-const NULL_PID: u16 = 0x1FFF;
-const PTS_WRAP: u64 = 1 << 33;
+/// MPEG-TS packet size (re-exported for the simulator's writers).
+pub const PACKET: usize = PACKET_SIZE;
 
 /// Produces the looped stream, packet by packet.
 #[derive(Debug, Clone)]
@@ -27,6 +29,10 @@ pub struct TsLoop {
     loops: u64,
     /// Last continuity counter emitted per PID (`None` before the first).
     cc: Vec<Option<u8>>,
+    /// Packets per loop on the wire (fixture packets plus null padding), at least the fixture's.
+    slots: usize,
+    /// Next output slot in the current loop.
+    slot: usize,
 }
 
 impl Default for TsLoop {
@@ -46,22 +52,56 @@ impl TsLoop {
             index: 0,
             loops: 0,
             cc: vec![None; 8192],
+            slots: whole / PACKET,
+            slot: 0,
         }
+    }
+
+    /// The fixture padded with null packets to a constant `bitrate_bps` on its own clock, as a
+    /// broadcast multiplex is: one second of PCR then takes `bitrate_bps` bits on the wire, so a
+    /// reader at that bitrate plays in real time. At or below the fixture's natural rate (about
+    /// 1.6 Mbit/s) or with 0 (unlimited), no padding.
+    pub fn with_bitrate(bitrate_bps: u64) -> Self {
+        let mut ts = Self::default();
+        let fixture_packets = ts.packets.len() / PACKET;
+        let period_s = ts.period_90k as f64 / 90_000.0;
+        let wanted = (bitrate_bps as f64 / 8.0 * period_s / PACKET as f64).round() as usize;
+        ts.slots = wanted.max(fixture_packets);
+        ts
+    }
+
+    /// The stream's bitrate on its own clock (bits per second of PCR).
+    pub fn bitrate_bps(&self) -> u64 {
+        (self.slots * PACKET * 8) as u64 * 90_000 / self.period_90k
     }
 
     /// Appends the next `n` packets to `out`.
     pub fn fill(&mut self, out: &mut BytesMut, n: usize) {
         out.reserve(n * PACKET);
+        let fixture_packets = self.packets.len() / PACKET;
         for _ in 0..n {
-            let start = self.index * PACKET;
-            let mut pkt = [0u8; PACKET];
-            pkt.copy_from_slice(&self.packets[start..start + PACKET]);
-            self.rewrite(&mut pkt);
-            out.put_slice(&pkt);
-            self.index += 1;
-            if self.index * PACKET >= self.packets.len() {
+            // Bresenham: fixture packet i goes out at slot i * slots / fixture_packets (strictly
+            // increasing, as slots >= fixture_packets); null packets fill the slots between.
+            let due = self.index < fixture_packets
+                && self.index * self.slots / fixture_packets <= self.slot;
+            if due {
+                let start = self.index * PACKET;
+                let mut pkt = [0u8; PACKET];
+                pkt.copy_from_slice(&self.packets[start..start + PACKET]);
+                self.rewrite(&mut pkt);
+                out.put_slice(&pkt);
+                self.index += 1;
+                if self.index == fixture_packets {
+                    // Timestamps of the next loop's packets move on by one period.
+                    self.loops += 1;
+                }
+            } else {
+                out.put_slice(&NULL_PACKET);
+            }
+            self.slot += 1;
+            if self.slot == self.slots {
+                self.slot = 0;
                 self.index = 0;
-                self.loops += 1;
             }
         }
     }
@@ -74,49 +114,24 @@ impl TsLoop {
     }
 
     fn rewrite(&mut self, pkt: &mut [u8; PACKET]) {
-        let pid = (((pkt[1] & 0x1F) as u16) << 8) | pkt[2] as u16;
+        let pid = pid(pkt);
         if pid == NULL_PID {
             return;
         }
-        let afc = (pkt[3] >> 4) & 0x3;
-        let has_payload = afc & 0x1 != 0;
         let last = self.cc[pid as usize];
-        let cc = match (last, has_payload) {
-            (None, _) => pkt[3] & 0x0F,
+        let cc = match (last, has_payload(pkt)) {
+            (None, _) => continuity_counter(pkt),
             (Some(c), true) => (c + 1) & 0x0F,
             (Some(c), false) => c,
         };
         self.cc[pid as usize] = Some(cc);
-        pkt[3] = (pkt[3] & 0xF0) | cc;
+        set_continuity_counter(pkt, cc);
         let offset_90k = self.loops * self.period_90k;
         if offset_90k == 0 {
             return;
         }
-        let mut payload_at = 4;
-        if afc & 0x2 != 0 {
-            let af_len = pkt[4] as usize;
-            if af_len > 0 && pkt[5] & 0x10 != 0 && af_len >= 7 {
-                let (base, ext) = read_pcr(&pkt[6..12]);
-                write_pcr(&mut pkt[6..12], (base + offset_90k) % PTS_WRAP, ext);
-            }
-            payload_at = 5 + af_len;
-        }
-        let pusi = pkt[1] & 0x40 != 0;
-        if has_payload && pusi && payload_at + 19 <= PACKET {
-            let p = &mut pkt[payload_at..];
-            let is_pes = p[0] == 0 && p[1] == 0 && p[2] == 1 && (p[3] == 0xBD || p[3] >= 0xC0);
-            if is_pes {
-                let flags = p[7] >> 6;
-                if flags & 0x2 != 0 {
-                    let v = read_ts(&p[9..14]);
-                    write_ts(&mut p[9..14], (v + offset_90k) % PTS_WRAP);
-                }
-                if flags == 0x3 {
-                    let v = read_ts(&p[14..19]);
-                    write_ts(&mut p[14..19], (v + offset_90k) % PTS_WRAP);
-                }
-            }
-        }
+        shift_pcr(pkt, offset_90k);
+        shift_pes_timestamps(pkt, offset_90k);
     }
 }
 
@@ -126,19 +141,11 @@ fn loop_period_90k(packets: &[u8]) -> u64 {
     use std::collections::HashMap;
     let mut pts: HashMap<u16, Vec<u64>> = HashMap::new();
     for pkt in packets.chunks_exact(PACKET) {
-        let pid = (((pkt[1] & 0x1F) as u16) << 8) | pkt[2] as u16;
-        let afc = (pkt[3] >> 4) & 0x3;
-        let payload_at = if afc & 0x2 != 0 {
-            5 + pkt[4] as usize
-        } else {
-            4
-        };
-        if afc & 0x1 == 0 || pkt[1] & 0x40 == 0 || payload_at + 14 > PACKET {
+        if !payload_unit_start(pkt) {
             continue;
         }
-        let p = &pkt[payload_at..];
-        if p[0] == 0 && p[1] == 0 && p[2] == 1 && p[7] & 0x80 != 0 {
-            pts.entry(pid).or_default().push(read_ts(&p[9..14]));
+        if let Some(t) = payload(pkt).and_then(pes_header).and_then(|h| h.pts) {
+            pts.entry(pid(pkt)).or_default().push(t);
         }
     }
     let mut period = 0;
@@ -155,52 +162,17 @@ fn loop_period_90k(packets: &[u8]) -> u64 {
     period.div_ceil(frame).max(1) * frame
 }
 
-fn read_ts(b: &[u8]) -> u64 {
-    (((b[0] >> 1) & 0x07) as u64) << 30
-        | (b[1] as u64) << 22
-        | ((b[2] >> 1) as u64) << 15
-        | (b[3] as u64) << 7
-        | (b[4] >> 1) as u64
-}
-
-fn write_ts(b: &mut [u8], v: u64) {
-    b[0] = (b[0] & 0xF1) | (((v >> 30) & 0x07) as u8) << 1;
-    b[1] = (v >> 22) as u8;
-    b[2] = ((((v >> 15) & 0x7F) as u8) << 1) | 1;
-    b[3] = (v >> 7) as u8;
-    b[4] = (((v & 0x7F) as u8) << 1) | 1;
-}
-
-fn read_pcr(b: &[u8]) -> (u64, u16) {
-    let base = (b[0] as u64) << 25
-        | (b[1] as u64) << 17
-        | (b[2] as u64) << 9
-        | (b[3] as u64) << 1
-        | (b[4] >> 7) as u64;
-    let ext = (((b[4] & 1) as u16) << 8) | b[5] as u16;
-    (base, ext)
-}
-
-fn write_pcr(b: &mut [u8], base: u64, ext: u16) {
-    b[0] = (base >> 25) as u8;
-    b[1] = (base >> 17) as u8;
-    b[2] = (base >> 9) as u8;
-    b[3] = (base >> 1) as u8;
-    b[4] = (((base & 1) as u8) << 7) | 0x7E | ((ext >> 8) as u8 & 1);
-    b[5] = ext as u8;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ts::{is_aligned, pcr};
 
     /// Every packet of every loop starts with the sync byte.
     #[test]
     fn looped_stream_keeps_sync() {
         let mut ts = TsLoop::default();
         let n = FIXTURE.len() / PACKET * 3 + 7;
-        let out = ts.next_packets(n);
-        assert!(out.chunks(PACKET).all(|p| p[0] == 0x47));
+        assert!(is_aligned(&ts.next_packets(n)));
     }
 
     /// Continuity counters advance by one per payload packet across the loop point.
@@ -210,16 +182,54 @@ mod tests {
         let out = ts.next_packets(FIXTURE.len() / PACKET * 2 + 10);
         let mut last = vec![None::<u8>; 8192];
         for p in out.chunks(PACKET) {
-            let pid = ((((p[1] & 0x1F) as u16) << 8) | p[2] as u16) as usize;
-            if pid == NULL_PID as usize || (p[3] >> 4) & 1 == 0 {
+            let pid = pid(p) as usize;
+            if pid == NULL_PID as usize || !has_payload(p) {
                 continue;
             }
-            let cc = p[3] & 0x0F;
+            let cc = continuity_counter(p);
             if let Some(prev) = last[pid] {
                 assert_eq!(cc, (prev + 1) & 0x0F, "pid {pid:#x}");
             }
             last[pid] = Some(cc);
         }
+    }
+
+    /// Padded to a bitrate, the stream carries that many bits per second of its own PCR, and
+    /// the fixture's packets all come through, in order, once per loop.
+    #[test]
+    fn padding_makes_the_clock_match_the_bitrate() {
+        let mut ts = TsLoop::with_bitrate(4_000_000);
+        assert!(
+            (ts.bitrate_bps() as f64 - 4e6).abs() < 4e4,
+            "{}",
+            ts.bitrate_bps()
+        );
+        let fixture_packets = FIXTURE.len() / PACKET;
+        let out = ts.next_packets(ts.slots * 3);
+        let real = out.chunks(PACKET).filter(|p| pid(p) != NULL_PID).count();
+        let fixture_real = FIXTURE[..fixture_packets * PACKET]
+            .chunks(PACKET)
+            .filter(|p| pid(p) != NULL_PID)
+            .count();
+        assert_eq!(real, 3 * fixture_real);
+        // Bytes between the first PCR of loop 1 and of loop 2 span one period of PCR.
+        let pcrs: Vec<(usize, u64)> = out
+            .chunks(PACKET)
+            .enumerate()
+            .filter_map(|(i, p)| pcr(p).map(|v| (i, v)))
+            .collect();
+        let (i0, v0) = pcrs[0];
+        let (i1, v1) = *pcrs.last().unwrap();
+        let bits = ((i1 - i0) * PACKET * 8) as f64;
+        let seconds = (v1 - v0) as f64 / crate::ts::PCR_HZ as f64;
+        assert!(
+            (bits / seconds - 4e6).abs() / 4e6 < 0.03,
+            "{} bit/s",
+            bits / seconds
+        );
+        // At or below the natural rate: no padding.
+        assert_eq!(TsLoop::with_bitrate(400_000).slots, fixture_packets);
+        assert_eq!(TsLoop::with_bitrate(0).slots, fixture_packets);
     }
 
     /// PCR never goes backwards across loops.
@@ -229,25 +239,11 @@ mod tests {
         let out = ts.next_packets(FIXTURE.len() / PACKET * 3);
         let mut prev = 0u64;
         let mut seen = 0;
-        for p in out.chunks(PACKET) {
-            if (p[3] >> 5) & 1 == 1 && p[4] >= 7 && p[5] & 0x10 != 0 {
-                let (base, _) = read_pcr(&p[6..12]);
-                assert!(base >= prev, "pcr went back: {prev} -> {base}");
-                prev = base;
-                seen += 1;
-            }
+        for value in out.chunks(PACKET).filter_map(pcr) {
+            assert!(value >= prev, "pcr went back: {prev} -> {value}");
+            prev = value;
+            seen += 1;
         }
         assert!(seen > 100);
-    }
-
-    /// Timestamps survive an encode/decode round trip.
-    #[test]
-    fn timestamp_codecs_round_trip() {
-        let mut b = [0x21u8, 0, 1, 0, 1];
-        write_ts(&mut b, 0x1_2345_6789);
-        assert_eq!(read_ts(&b), 0x1_2345_6789);
-        let mut p = [0u8; 6];
-        write_pcr(&mut p, 0x1_0000_0001, 300);
-        assert_eq!(read_pcr(&p), (0x1_0000_0001, 300));
     }
 }

@@ -22,6 +22,8 @@ pub struct ClientStats {
     pub bytes_sent: AtomicU64,
     /// Stream offset of the next byte it gets; the live edge minus this is its lag.
     pub offset: AtomicU64,
+    /// Ring sequence number of the next chunk it reads.
+    pub cursor: AtomicU64,
 }
 
 /// A client counted into a session. Dropping it counts the client out.
@@ -33,6 +35,9 @@ pub struct ClientHandle {
     cursor: u64,
     /// Stream offset of the next byte this client gets (to measure lag).
     offset: u64,
+    /// Join pieces (PAT + PMT, the keyframe's chunk from the keyframe on) not yet written; they
+    /// come before the chunk at `cursor`.
+    lead_in: Vec<Bytes>,
 }
 
 /// What the client should do next.
@@ -59,6 +64,7 @@ impl ClientHandle {
             joined: Instant::now(),
             bytes_sent: AtomicU64::new(0),
             offset: AtomicU64::new(0),
+            cursor: AtomicU64::new(0),
         });
         session.add_client_stats(stats.clone());
         ClientHandle {
@@ -67,6 +73,7 @@ impl ClientHandle {
             stats,
             cursor: 0,
             offset: 0,
+            lead_in: Vec::new(),
         }
     }
 
@@ -81,12 +88,12 @@ impl ClientHandle {
     }
 
     /// Positions the client for its first read: a client that waited for the session's start gets
-    /// the stream from its first byte; a joiner gets a burst of recent chunks (the newest
-    /// `join_burst_bytes` or one second of stream, whichever is smaller).
+    /// the stream from its first byte; a joiner starts on a keyframe with the PAT and PMT in front
+    /// (see [`super::ring::Ring::join_point`]), its burst bounded by `join_burst_bytes` or one
+    /// second of stream, whichever is smaller.
     pub fn position(&mut self, waited_for_start: bool) {
-        let ring = &self.session.ring;
         if waited_for_start {
-            self.cursor = 0;
+            self.set_cursor(0);
             self.offset = 0;
             return;
         }
@@ -96,19 +103,26 @@ impl ClientHandle {
             .byte_rate()
             .map(|r| r as usize)
             .unwrap_or(usize::MAX);
-        let burst = config.join_burst_bytes.min(one_second);
-        self.cursor = ring.join_cursor(burst);
-        // The offset of the cursor's chunk: the live edge minus what the burst holds.
-        let burst_bytes: u64 = match ring.read(self.cursor, usize::MAX) {
-            Read::Chunks(v) => v.iter().map(|c| c.len() as u64).sum(),
-            _ => 0,
-        };
-        self.offset = ring.published_bytes().saturating_sub(burst_bytes);
+        let join = self
+            .session
+            .ring
+            .join_point(config.join_burst_bytes.min(one_second));
+        self.set_cursor(join.cursor);
+        self.offset = join.offset;
+        self.lead_in = join.lead_in;
         self.stats.offset.store(self.offset, Ordering::Relaxed);
+    }
+
+    fn set_cursor(&mut self, cursor: u64) {
+        self.cursor = cursor;
+        self.stats.cursor.store(cursor, Ordering::Relaxed);
     }
 
     /// The next step for this client.
     pub fn next_step(&mut self) -> Next {
+        if !self.lead_in.is_empty() {
+            return Next::Write(self.lead_in.clone());
+        }
         match self.session.ring.read(self.cursor, READ_BATCH) {
             Read::Chunks(v) => Next::Write(v),
             Read::Pending => Next::Wait,
@@ -140,15 +154,26 @@ impl ClientHandle {
         }
     }
 
-    /// Records that one chunk was written.
+    /// Records that one piece returned by [`ClientHandle::next_step`] was written.
     pub fn wrote(&mut self, chunk: &Bytes) {
         let n = chunk.len() as u64;
-        self.cursor += 1;
-        self.offset += n;
-        self.stats.offset.store(self.offset, Ordering::Relaxed);
+        if self.lead_in.is_empty() {
+            self.set_cursor(self.cursor + 1);
+            self.offset += n;
+            self.stats.offset.store(self.offset, Ordering::Relaxed);
+            self.session.client_advanced();
+        } else {
+            // Join pieces: the offset already points past them.
+            self.lead_in.remove(0);
+        }
         self.stats.bytes_sent.fetch_add(n, Ordering::Relaxed);
         self.session.bytes_out.fetch_add(n, Ordering::Relaxed);
         self.sessions.metrics().downstream_bytes.inc_by(n);
+    }
+
+    /// How far behind the live edge this client is, in stream seconds.
+    pub fn lag_seconds(&self) -> f64 {
+        self.session.ring.lag_seconds(self.cursor)
     }
 }
 

@@ -7,8 +7,11 @@
 //! re-attaches to the warm session without any engine call.
 
 pub mod client;
+pub mod pacer;
+pub mod rechunk;
 pub mod ring;
 pub mod session;
+pub mod upstream;
 
 use crate::config::Config;
 use crate::engines::EnginePool;
@@ -80,10 +83,7 @@ impl Sessions {
             let (session, created) = match map.get(content_id) {
                 Some(s) => (s.clone(), false),
                 None => {
-                    let s = Arc::new(Session::new(
-                        content_id.to_string(),
-                        self.config.stream_buffer_size,
-                    ));
+                    let s = Arc::new(Session::new(content_id.to_string(), &self.config));
                     map.insert(content_id.to_string(), s.clone());
                     (s, true)
                 }
@@ -104,7 +104,7 @@ impl Sessions {
             self.started_total.fetch_add(1, Ordering::Relaxed);
             self.metrics.sessions_active.inc();
             log::info!("session {content_id} created");
-            tokio::spawn(session::run_upstream(self.clone(), session.clone()));
+            tokio::spawn(upstream::run_upstream(self.clone(), session.clone()));
         }
         log::info!(
             "client {} joined session {content_id}: clients now {clients}",
@@ -152,9 +152,7 @@ impl Sessions {
         if !idle {
             return false;
         }
-        if matches!(map.get(&session.content_id), Some(s) if Arc::ptr_eq(s, session)) {
-            map.remove(&session.content_id);
-        }
+        Self::unregister(&mut map, session, &self.metrics);
         drop(map);
         session.end("idle timeout");
         true
@@ -163,11 +161,20 @@ impl Sessions {
     /// Removes `session` from the registry if it is still the registered one (called once, by the
     /// session's upstream task as it ends).
     fn remove(&self, session: &Arc<Session>) {
-        let mut map = self.map();
+        Self::unregister(&mut self.map(), session, &self.metrics);
+    }
+
+    /// Takes `session` out of the map if it is still the registered one; the session stops
+    /// counting as active at that moment, whoever removes it (idle expiry or its own end).
+    fn unregister(
+        map: &mut HashMap<String, Arc<Session>>,
+        session: &Arc<Session>,
+        metrics: &Metrics,
+    ) {
         if matches!(map.get(&session.content_id), Some(s) if Arc::ptr_eq(s, session)) {
             map.remove(&session.content_id);
+            metrics.sessions_active.dec();
         }
-        self.metrics.sessions_active.dec();
     }
 
     /// Safety net run every `session_cleanup_interval`: ends sessions idle for longer than

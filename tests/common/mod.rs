@@ -13,6 +13,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
+/// Logs to stderr when `RUST_LOG` is set (once per test binary).
+pub fn init_logging() {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default())
+        .is_test(true)
+        .try_init();
+}
+
 /// A content id used across tests.
 pub fn content_id(n: u32) -> String {
     format!("{n:08x}{}", "0123456789abcdef0123456789abcdef")
@@ -49,6 +56,7 @@ pub fn proxy_config(engines: &[&SimEngine], extra: &str) -> Config {
 
 /// Starts the proxy (blocking until it listens).
 pub fn start_proxy(config: Config) -> RunningServer {
+    init_logging();
     RunningServer::start(config).expect("proxy starts")
 }
 
@@ -266,4 +274,114 @@ pub fn dead_port() -> (SocketAddr, socket2::Socket) {
     let s = hold_port("127.0.0.1:0".parse().unwrap());
     let addr = s.local_addr().unwrap().as_socket().unwrap();
     (addr, s)
+}
+
+/// GET on a connection whose receive buffer is `rcvbuf` bytes (a player's small socket buffer,
+/// or a client that never reads and must not hide behind megabytes of kernel buffers).
+pub async fn get_small_buffer(addr: SocketAddr, path: &str, rcvbuf: u32) -> Response {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+    let stream = sock.connect(addr).await.expect("connect");
+    http1::get_on(stream, &addr.to_string(), path, &GetOptions::default())
+        .await
+        .expect("GET")
+}
+
+/// What a player-like reader saw: bytes over time and whether the proxy cut it off.
+#[derive(Debug, Default)]
+pub struct ReadLog {
+    /// (time since start, total bytes) after every read.
+    pub samples: Vec<(Duration, usize)>,
+    /// Why the stream ended before the reader stopped, if it did.
+    pub cut_off: Option<String>,
+    /// TS null packets (keepalives) received, by the time they arrived.
+    pub null_packets: Vec<Duration>,
+}
+
+impl ReadLog {
+    /// Total bytes received.
+    pub fn total(&self) -> usize {
+        self.samples.last().map_or(0, |s| s.1)
+    }
+
+    /// Bytes per second received between `from` and `to` (times since the reader started).
+    pub fn rate_between(&self, from: Duration, to: Duration) -> f64 {
+        let at = |t: Duration| {
+            self.samples
+                .iter()
+                .take_while(|s| s.0 <= t)
+                .last()
+                .map_or(0, |s| s.1)
+        };
+        (at(to) - at(from)) as f64 / (to - from).as_secs_f64()
+    }
+}
+
+/// How a player-like reader consumes a stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Bytes read as fast as they come first (the player's cache filling).
+    pub prefill: usize,
+    /// Then at most this many bytes per second (0 = as fast as they come).
+    pub rate: f64,
+    /// Stop reading entirely for this window (from, to), times since the start.
+    pub pause: Option<(Duration, Duration)>,
+}
+
+/// Reads `r` for `duration` like a player at `pace`, logging bytes over time, keepalive null
+/// packets, and whether the proxy ended the stream early.
+pub async fn read_like_player(r: &mut Response, pace: Pace, duration: Duration) -> ReadLog {
+    let start = tokio::time::Instant::now();
+    let end = start + duration;
+    let mut log = ReadLog::default();
+    let mut total = 0usize;
+    let mut bucket_from: Option<(tokio::time::Instant, usize)> = None;
+    let mut carry = Vec::new();
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= end {
+            return log;
+        }
+        if let Some((from, to)) = pace.pause {
+            if now >= start + from && now < start + to {
+                tokio::time::sleep_until((start + to).min(end)).await;
+                // Resume: the rate counts from here, with the prefill already done.
+                bucket_from = Some((tokio::time::Instant::now(), total));
+                continue;
+            }
+        }
+        if total >= pace.prefill && pace.rate > 0.0 {
+            let (t0, b0) = *bucket_from.get_or_insert((now, total));
+            let allowed = b0 as f64 + pace.rate * (now - t0).as_secs_f64();
+            if total as f64 >= allowed {
+                let wait = (total as f64 - allowed) / pace.rate;
+                tokio::time::sleep(Duration::from_secs_f64(wait.max(0.001))).await;
+                continue;
+            }
+        }
+        match tokio::time::timeout_at(end, r.next_chunk()).await {
+            Err(_) => return log,
+            Ok(Ok(Some(b))) => {
+                total += b.len();
+                carry.extend_from_slice(&b);
+                let whole = carry.len() / 188 * 188;
+                let nulls = carry[..whole]
+                    .chunks(188)
+                    .filter(|p| acestream_edge::ts::pid(p) == acestream_edge::ts::NULL_PID)
+                    .count();
+                carry.drain(..whole);
+                let t = start.elapsed();
+                log.null_packets.extend(std::iter::repeat_n(t, nulls));
+                log.samples.push((t, total));
+            }
+            Ok(Ok(None)) => {
+                log.cut_off = Some(format!("stream ended after {total} bytes"));
+                return log;
+            }
+            Ok(Err(e)) => {
+                log.cut_off = Some(format!("read failed after {total} bytes: {e}"));
+                return log;
+            }
+        }
+    }
 }
