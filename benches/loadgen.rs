@@ -7,7 +7,8 @@
 //! `target/bench/`.
 //!
 //! Arguments (after `cargo bench --bench loadgen --`): `quick` runs one pass with small N;
-//! a scenario name (`fanout`, `sessions`, `start`, `raw`, `churn`) runs only that one.
+//! a scenario name (`fanout`, `sessions`, `start`, `raw`, `slow`, `churn`, `clockless`) runs only
+//! that one.
 
 use acestream_edge::http1::{self, Response};
 use serde::Serialize;
@@ -71,6 +72,11 @@ fn wait_listening(addr: SocketAddr) {
 }
 
 fn start_sim(bitrate: u64) -> Proc {
+    start_sim_with(bitrate, &[])
+}
+
+/// A simulator at `bitrate` with extra flags (e.g. `--null-stream`).
+fn start_sim_with(bitrate: u64, extra: &[&str]) -> Proc {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let child = Command::new(SIM)
         .args([
@@ -83,6 +89,7 @@ fn start_sim(bitrate: u64) -> Proc {
             "--json-latency",
             "0s",
         ])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -625,6 +632,34 @@ async fn raw(o: &Opts, out: &mut Vec<Report>) {
     }
 }
 
+/// A source faster than every client and without a clock (null packets, unlimited rate), and
+/// N equal clients reading as fast as they can: reader-paced ingest must keep all of them.
+async fn clockless(o: &Opts, out: &mut Vec<Report>) {
+    let ns: &[usize] = if o.quick { &[10] } else { &[10, 100] };
+    for run in 1..=o.runs {
+        for &n in ns {
+            let sim = start_sim_with(0, &["--null-stream"]);
+            let p = start_proxy(sim.addr, "");
+            let load = Load {
+                ramp: Duration::ZERO,
+                warmup: Duration::from_secs(2),
+                measure: Duration::from_secs(5),
+                ..Load::streaming(
+                    Target::Proxy,
+                    p.addr,
+                    p.pid(),
+                    vec![content_id(40000)],
+                    n,
+                    0,
+                )
+            };
+            let mut r = run_load("clockless", run, load).await;
+            r.note = "null packets at line speed; kept = not disconnected".into();
+            record(out, r);
+        }
+    }
+}
+
 async fn churn(o: &Opts, out: &mut Vec<Report>) {
     let cycles = if o.quick { 500 } else { 5000 };
     for run in 1..=o.runs {
@@ -727,7 +762,7 @@ async fn slow_clients(o: &Opts, out: &mut Vec<Report>) {
             rss_start_mib: a,
             rss_peak_mib: b,
             rss_end_mib: c,
-            note: format!("{slow_n} never-reading clients, {drops} dropped; ring 4 MiB"),
+            note: format!("{slow_n} never-reading clients, {drops} dropped; ring 15 s"),
             ..Report::default()
         };
         record(out, r);
@@ -845,6 +880,9 @@ fn main() {
         }
         if want("churn") {
             churn(&o, &mut out).await;
+        }
+        if want("clockless") {
+            clockless(&o, &mut out).await;
         }
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
