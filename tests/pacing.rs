@@ -182,47 +182,63 @@ async fn engine_pause_gets_keepalives_and_drops_nobody() {
     assert_eq!(server.edge.metrics.slow_client_drops.get(), 0);
 }
 
+/// Asserts that a client's stream begins with the PAT, the PMT and then an H.264 IDR picture's
+/// PES (keepalive null packets before them are allowed).
+fn assert_starts_on_keyframe(data: &[u8]) {
+    let packets: Vec<&[u8]> = data
+        .chunks(188)
+        .skip_while(|p| ts::pid(p) == ts::NULL_PID)
+        .collect();
+    assert_eq!(ts::pid(packets[0]), ts::PAT_PID, "PAT first");
+    let pmt_pid = ts::psi::parse_pat(packets[0]).expect("a PAT");
+    assert_eq!(ts::pid(packets[1]), pmt_pid, "then the PMT");
+    let pmt = ts::psi::parse_pmt(packets[1]).expect("a PMT");
+    let video = pmt.streams[0];
+    assert_eq!(
+        Codec::from_stream_type(video.stream_type),
+        Some(Codec::H264)
+    );
+    let third = packets[2];
+    assert_eq!(ts::pid(third), video.pid, "then the video");
+    assert!(ts::payload_unit_start(third), "at a PES start");
+    // The access unit's first bytes (up to the next PES start of the video) hold an IDR.
+    let payload = ts::payload(third).unwrap();
+    let mut es = payload[ts::pes_header(payload).unwrap().data_offset..].to_vec();
+    for p in packets[3..]
+        .iter()
+        .filter(|p| ts::pid(p) == video.pid)
+        .take_while(|p| !ts::payload_unit_start(p))
+    {
+        es.extend_from_slice(ts::payload(p).unwrap_or(&[]));
+    }
+    assert_eq!(
+        keyframe::classify(Codec::H264, &es),
+        keyframe::AccessUnit::RandomAccess,
+        "an IDR picture"
+    );
+}
+
 /// A client joining a running session gets the PAT, the PMT and then a keyframe's PES as its
-/// first bytes, and ffmpeg decodes the joiner's stream without a single error.
+/// first bytes, and so does the first client of an engine whose stream starts mid-GOP; ffmpeg
+/// decodes a joiner's stream, and a first client's, without a single error.
 #[tokio::test(flavor = "multi_thread")]
 async fn joiner_starts_on_a_keyframe_and_decodes_cleanly() {
-    let e = sim(Knobs::default()).await;
+    // 700 packets in: past the fixture's first IDR, in the middle of its first GOP.
+    let e = sim(Knobs {
+        start_packet: 700,
+        ..Knobs::default()
+    })
+    .await;
     let server = start_proxy(proxy_config(&[&e], ""));
     let path = format!("/ace/getstream?id={}", content_id(1203));
     let mut first = get(server.addr, &path).await;
-    read_for(&mut first, Duration::from_secs(5), 1_500_000).await;
+    let (head, _) = read_for(&mut first, Duration::from_secs(5), 1_500_000).await;
+    assert_starts_on_keyframe(&head);
     for _ in 0..3 {
         let mut joiner = get(server.addr, &path).await;
         assert_eq!(joiner.status, 200);
         let (data, _) = read_for(&mut joiner, Duration::from_secs(4), 1_200_000).await;
-        let packets: Vec<&[u8]> = data.chunks(188).collect();
-        assert_eq!(ts::pid(packets[0]), ts::PAT_PID, "PAT first");
-        let pmt_pid = ts::psi::parse_pat(packets[0]).expect("a PAT");
-        assert_eq!(ts::pid(packets[1]), pmt_pid, "then the PMT");
-        let pmt = ts::psi::parse_pmt(packets[1]).expect("a PMT");
-        let video = pmt.streams[0];
-        assert_eq!(
-            Codec::from_stream_type(video.stream_type),
-            Some(Codec::H264)
-        );
-        let third = packets[2];
-        assert_eq!(ts::pid(third), video.pid, "then the video");
-        assert!(ts::payload_unit_start(third), "at a PES start");
-        // The access unit's first bytes (up to the next PES start of the video) hold an IDR.
-        let payload = ts::payload(third).unwrap();
-        let mut es = payload[ts::pes_header(payload).unwrap().data_offset..].to_vec();
-        for p in packets[3..]
-            .iter()
-            .filter(|p| ts::pid(p) == video.pid)
-            .take_while(|p| !ts::payload_unit_start(p))
-        {
-            es.extend_from_slice(ts::payload(p).unwrap_or(&[]));
-        }
-        assert_eq!(
-            keyframe::classify(Codec::H264, &es),
-            keyframe::AccessUnit::RandomAccess,
-            "an IDR picture"
-        );
+        assert_starts_on_keyframe(&data);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // ffmpeg itself joining the running session: not one decode error.
@@ -243,6 +259,27 @@ async fn joiner_starts_on_a_keyframe_and_decodes_cleanly() {
         "ffmpeg joining a running session: {errors}"
     );
     drop(first);
+    // ffmpeg as the first client of a new session on the mid-GOP engine.
+    let url = format!(
+        "http://{}/ace/getstream?id={}",
+        server.addr,
+        content_id(1205)
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("ffmpeg")
+            .args([
+                "-nostdin", "-v", "error", "-i", &url, "-t", "3", "-f", "null", "-",
+            ])
+            .output()
+            .expect("ffmpeg")
+    })
+    .await
+    .unwrap();
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && errors.trim().is_empty(),
+        "ffmpeg as the first client of a mid-GOP start: {errors}"
+    );
 }
 
 /// A stream without a clock (null packets only) from an unlimited source, and ten equal clients

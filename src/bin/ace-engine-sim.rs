@@ -64,6 +64,9 @@ struct Args {
     /// Stream TS null packets only (no clock) instead of the looped H.264 + AAC fixture.
     #[arg(long)]
     null_stream: bool,
+    /// Start each stream this many packets into the fixture (mid-GOP, like a real engine).
+    #[arg(long, default_value_t = 0)]
+    start_packet: usize,
 }
 
 #[tokio::main]
@@ -88,6 +91,7 @@ async fn main() -> std::io::Result<()> {
         pause_after_bytes: a.pause_after_bytes,
         pause: a.pause,
         null_stream: a.null_stream,
+        start_packet: a.start_packet,
         ..Knobs::default()
     };
     let mut engines = Vec::new();

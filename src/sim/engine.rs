@@ -64,6 +64,9 @@ pub struct Knobs {
     pub pause: Duration,
     /// Stream TS null packets only (a stream without a clock) instead of the looped fixture.
     pub null_stream: bool,
+    /// Start each stream this many packets into the fixture (mid-GOP), as a real engine's
+    /// stream starts wherever its cache does.
+    pub start_packet: usize,
 }
 
 impl Default for Knobs {
@@ -89,6 +92,7 @@ impl Default for Knobs {
             pause_after_bytes: None,
             pause: Duration::ZERO,
             null_stream: false,
+            start_packet: 0,
         }
     }
 }
@@ -570,6 +574,7 @@ async fn set_knobs_from_query(
             "pause_after_bytes" => k.pause_after_bytes = opt_u64(),
             "pause_ms" => k.pause = ms(),
             "null_stream" => k.null_stream = value == "1" || value == "true",
+            "start_packet" => k.start_packet = opt_u64().unwrap_or(0) as usize,
             other => unknown.push(other.to_string()),
         }
     }
@@ -733,7 +738,7 @@ async fn stream_ts(
     if !knobs.headers_before_prebuffer {
         sock.write_all(head.as_bytes()).await?;
     }
-    let mut ts = TsLoop::with_bitrate(knobs.bitrate_bps);
+    let mut ts = TsLoop::with_bitrate(knobs.bitrate_bps).starting_at(knobs.start_packet);
     let start = Instant::now();
     let mut sent: u64 = 0;
     let mut paused = false;

@@ -70,6 +70,15 @@ impl TsLoop {
         ts
     }
 
+    /// Starts the stream `packets` fixture packets in (mid-GOP, as a real engine's stream starts
+    /// wherever its cache does).
+    pub fn starting_at(mut self, packets: usize) -> Self {
+        let fixture_packets = self.packets.len() / PACKET;
+        self.index = packets % fixture_packets;
+        self.slot = self.index * self.slots / fixture_packets;
+        self
+    }
+
     /// The stream's bitrate on its own clock (bits per second of PCR).
     pub fn bitrate_bps(&self) -> u64 {
         (self.slots * PACKET * 8) as u64 * 90_000 / self.period_90k

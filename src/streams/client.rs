@@ -38,6 +38,8 @@ pub struct ClientHandle {
     /// Join pieces (PAT + PMT, the keyframe's chunk from the keyframe on) not yet written; they
     /// come before the chunk at `cursor`.
     lead_in: Vec<Bytes>,
+    /// A client that waited for the session's start holds back until the first keyframe.
+    awaiting_keyframe: bool,
 }
 
 /// What the client should do next.
@@ -74,6 +76,7 @@ impl ClientHandle {
             cursor: 0,
             offset: 0,
             lead_in: Vec::new(),
+            awaiting_keyframe: false,
         }
     }
 
@@ -88,15 +91,21 @@ impl ClientHandle {
     }
 
     /// Positions the client for its first read: a client that waited for the session's start gets
-    /// the stream from its first byte; a joiner starts on a keyframe with the PAT and PMT in front
-    /// (see [`super::ring::Ring::join_point`]), its burst bounded by `join_burst_bytes` or one
-    /// second of stream, whichever is smaller.
+    /// the stream from its first keyframe (keepalives until then; from its first byte if none
+    /// comes within `stream_buffer_size`); a joiner starts on a keyframe with the PAT and PMT in
+    /// front (see [`super::ring::Ring::join_point`]), its burst bounded by `join_burst_bytes` or
+    /// one second of stream, whichever is smaller.
     pub fn position(&mut self, waited_for_start: bool) {
         if waited_for_start {
             self.set_cursor(0);
             self.offset = 0;
+            self.awaiting_keyframe = true;
             return;
         }
+        self.join_now();
+    }
+
+    fn join_now(&mut self) {
         let config = self.sessions.config();
         let one_second = self
             .session
@@ -120,6 +129,27 @@ impl ClientHandle {
 
     /// The next step for this client.
     pub fn next_step(&mut self) -> Next {
+        if self.awaiting_keyframe {
+            let ring = &self.session.ring;
+            if let Some(join) = ring.first_keyframe_join() {
+                self.awaiting_keyframe = false;
+                self.set_cursor(join.cursor);
+                self.offset = join.offset;
+                self.lead_in = join.lead_in;
+                self.stats.offset.store(self.offset, Ordering::Relaxed);
+            } else if ring.is_closed()
+                || ring.is_evicted(self.cursor)
+                || ring.published_bytes() >= self.sessions.config().stream_buffer_size as u64
+            {
+                // No keyframe to wait for (audio only, a GOP longer than the ring): as it comes.
+                self.awaiting_keyframe = false;
+                if ring.is_evicted(self.cursor) {
+                    self.join_now();
+                }
+            } else {
+                return Next::Wait;
+            }
+        }
         if !self.lead_in.is_empty() {
             return Next::Write(self.lead_in.clone());
         }

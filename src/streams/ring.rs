@@ -242,7 +242,9 @@ impl Ring {
         s.first_seq + i as u64
     }
 
-    /// Records keyframe marks found upstream (offsets before the ring's tail are ignored).
+    /// Records keyframe marks found upstream (offsets before the ring's tail are ignored). The
+    /// upstream task records them just before publishing their chunk, so the chunk's publish
+    /// wakes clients waiting for a keyframe; a mark whose chunk is not published yet is skipped.
     pub fn add_keyframes(&self, marks: Vec<KeyframeMark>) {
         if marks.is_empty() {
             return;
@@ -305,22 +307,13 @@ impl Ring {
     pub fn join_point(&self, burst_bytes: usize) -> JoinPoint {
         let s = self.lock();
         let edge = s.first_offset + s.held as u64;
-        let pick = s
-            .keyframes
-            .iter()
+        // Marks may arrive just before their chunk: only published ones count.
+        let published = || s.keyframes.iter().filter(|k| k.offset < edge);
+        let pick = published()
             .find(|k| edge - k.offset <= burst_bytes as u64)
-            .or_else(|| s.keyframes.back());
-        if let Some(k) = pick {
-            if let Some((i, skip)) = s.locate(k.offset) {
-                let e = &s.entries[i];
-                let chunk_end = k.offset - skip as u64 + e.data.len() as u64;
-                return JoinPoint {
-                    lead_in: vec![k.psi.clone(), e.data.slice(skip..)],
-                    cursor: s.first_seq + i as u64 + 1,
-                    offset: chunk_end,
-                    keyframe: true,
-                };
-            }
+            .or_else(|| published().last());
+        if let Some(join) = pick.and_then(|k| Self::keyframe_join(&s, k)) {
+            return join;
         }
         let cursor = Self::burst_cursor(&s, burst_bytes);
         let offset = s.first_offset
@@ -335,6 +328,25 @@ impl Ring {
             offset,
             keyframe: false,
         }
+    }
+
+    /// A join at the oldest keyframe the ring holds (for a client that waited for the session's
+    /// start: its first picture must be decodable too). `None` until the ring has one.
+    pub fn first_keyframe_join(&self) -> Option<JoinPoint> {
+        let s = self.lock();
+        let k = s.keyframes.front()?;
+        Self::keyframe_join(&s, k)
+    }
+
+    fn keyframe_join(s: &State, k: &KeyframeMark) -> Option<JoinPoint> {
+        let (i, skip) = s.locate(k.offset)?;
+        let e = &s.entries[i];
+        Some(JoinPoint {
+            lead_in: vec![k.psi.clone(), e.data.slice(skip..)],
+            cursor: s.first_seq + i as u64 + 1,
+            offset: k.offset - skip as u64 + e.data.len() as u64,
+            keyframe: true,
+        })
     }
 
     /// Up to `max` chunks from `cursor` on.
@@ -570,6 +582,11 @@ mod tests {
         assert!(!j.keyframe);
         assert_eq!(j.lead_in, vec![psi(7)]);
         assert_eq!((j.cursor, j.offset), (4, 400));
+        // A client that waited for the start begins at the oldest keyframe held.
+        let j = ring.first_keyframe_join().expect("a keyframe");
+        assert_eq!(j.lead_in[0], psi(1));
+        assert_eq!((j.cursor, j.offset), (3, 300));
+        assert_eq!(small.first_keyframe_join(), None);
     }
 
     /// After close, readers drain what is left and then see Closed.

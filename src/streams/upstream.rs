@@ -339,11 +339,11 @@ impl<'a> Ingest<'a> {
             None => self.wait_for_leader(data.len(), media).await,
         }
         let ring = &self.session.ring;
-        ring.publish(data, media);
         if let Some(psi) = found.psi {
             ring.set_psi(psi);
         }
         ring.add_keyframes(found.keyframes);
+        ring.publish(data, media);
         let lead = self
             .pacer
             .has_clock()
