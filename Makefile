@@ -21,7 +21,7 @@ deps-test: deps
 	  else echo "mpv is missing (its test is skipped); run: sudo apt-get install -y mpv"; fi; }
 
 run: deps
-	$(CARGO) build --release --bins
+	$(CARGO) build --release --bins --features sim
 	@echo ""
 	@echo "  simulator on http://$(SIM_ADDR) (like a real engine: 3 s prebuffer, then a 20 MB burst, then 4 Mbit/s),"
 	@echo "  proxy with $(CONF). Try:"

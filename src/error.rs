@@ -72,9 +72,14 @@ impl EdgeError {
 
     /// `{"error": "<text>"}`.
     pub fn json_body(&self) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({ "error": self.to_string() }))
-            .unwrap_or_else(|_| b"{\"error\":\"unprintable error\"}".to_vec())
+        error_json(&self.to_string())
     }
+}
+
+/// The one rendering of an error body, for our errors and Pingora's alike: `{"error": "<text>"}`.
+pub fn error_json(text: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "error": text }))
+        .unwrap_or_else(|_| b"{\"error\":\"unprintable error\"}".to_vec())
 }
 
 #[cfg(test)]

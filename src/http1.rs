@@ -126,8 +126,19 @@ pub struct Response {
     pub framing: Framing,
     stream: TcpStream,
     buf: BytesMut,
-    chunk_left: u64,
+    chunk: ChunkState,
     done: bool,
+}
+
+/// Where the chunked-body decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// After a chunk's data, expecting its CRLF.
+    DataEnd,
 }
 
 impl std::fmt::Debug for Response {
@@ -218,7 +229,7 @@ async fn read_response_head(mut stream: TcpStream, head_only: bool) -> io::Resul
                     framing,
                     stream,
                     buf,
-                    chunk_left: 0,
+                    chunk: ChunkState::Size,
                     done: framing == Framing::Empty || framing == Framing::Length(0),
                 });
             }
@@ -305,46 +316,51 @@ impl Response {
 
     fn decode_chunked(&mut self) -> io::Result<Option<Bytes>> {
         loop {
-            if self.chunk_left > 0 && self.chunk_left != u64::MAX {
-                if self.buf.is_empty() {
-                    return Ok(None);
+            match self.chunk {
+                ChunkState::Data(left) => {
+                    if self.buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let n = (self.buf.len() as u64).min(left) as usize;
+                    let piece = self.buf.split_to(n).freeze();
+                    self.chunk = match left - n as u64 {
+                        0 => ChunkState::DataEnd,
+                        rest => ChunkState::Data(rest),
+                    };
+                    return Ok(Some(piece));
                 }
-                let n = (self.buf.len() as u64).min(self.chunk_left) as usize;
-                self.chunk_left -= n as u64;
-                let piece = self.buf.split_to(n).freeze();
-                if self.chunk_left == 0 {
-                    // The CRLF after the data is consumed with the next size line.
-                    self.chunk_left = u64::MAX; // marker: expect CRLF
+                ChunkState::DataEnd => {
+                    if self.buf.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &self.buf[..2] != b"\r\n" {
+                        return Err(bad_chunk("missing CRLF after chunk data"));
+                    }
+                    self.buf.advance(2);
+                    self.chunk = ChunkState::Size;
                 }
-                return Ok(Some(piece));
+                ChunkState::Size => {
+                    let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") else {
+                        if self.buf.len() > 1024 {
+                            return Err(bad_chunk("chunk size line too long"));
+                        }
+                        return Ok(None);
+                    };
+                    let line =
+                        std::str::from_utf8(&self.buf[..eol]).map_err(|_| bad_chunk("size"))?;
+                    let hex = line.split(';').next().unwrap_or("").trim();
+                    let size =
+                        u64::from_str_radix(hex, 16).map_err(|_| bad_chunk("bad chunk size"))?;
+                    if size == 0 {
+                        // Last chunk; trailers are not used by anything we talk to.
+                        self.buf.clear();
+                        self.done = true;
+                        return Ok(None);
+                    }
+                    self.buf.advance(eol + 2);
+                    self.chunk = ChunkState::Data(size);
+                }
             }
-            if self.chunk_left == u64::MAX {
-                if self.buf.len() < 2 {
-                    return Ok(None);
-                }
-                if &self.buf[..2] != b"\r\n" {
-                    return Err(bad_chunk("missing CRLF after chunk data"));
-                }
-                self.buf.advance(2);
-                self.chunk_left = 0;
-            }
-            let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") else {
-                if self.buf.len() > 1024 {
-                    return Err(bad_chunk("chunk size line too long"));
-                }
-                return Ok(None);
-            };
-            let line = std::str::from_utf8(&self.buf[..eol]).map_err(|_| bad_chunk("size"))?;
-            let hex = line.split(';').next().unwrap_or("").trim();
-            let size = u64::from_str_radix(hex, 16).map_err(|_| bad_chunk("bad chunk size"))?;
-            if size == 0 {
-                // Last chunk; trailers are not used by anything we talk to.
-                self.buf.clear();
-                self.done = true;
-                return Ok(None);
-            }
-            self.buf.advance(eol + 2);
-            self.chunk_left = size;
         }
     }
 

@@ -4,21 +4,22 @@
 //! engines. Players ask for `/ace/getstream?id=<content id>`; the proxy opens one engine session
 //! per content id and fans the same MPEG-TS bytes out to every player watching it.
 //!
-//! Data flows one way: request ([`proxy`]) → route ([`http`]) → session ([`streams`]) → engine
+//! Data flows one way: request ([`proxy`]) → route ([`routes`]) → session ([`streams`]) → engine
 //! ([`engines`]). Configuration ([`config`]) is parsed and validated before anything runs;
-//! [`server`] wires the pieces into Pingora. [`sim`] is the engine simulator used by tests and by
-//! `make run`.
+//! [`server`] wires the pieces into Pingora. `sim` (feature `sim`) is the engine simulator used by
+//! tests, benches and `make run`; it is not part of the release server.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod engines;
 pub mod error;
-pub mod http;
 pub mod http1;
 pub mod metrics;
 pub mod proxy;
+pub mod routes;
 pub mod server;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod streams;
 pub mod ts;

@@ -8,9 +8,9 @@
 use crate::config::Config;
 use crate::engines::EnginePool;
 use crate::error::EdgeError;
-use crate::http::admin::{self, Admin};
-use crate::http::{self, getstream};
 use crate::metrics::Metrics;
+use crate::routes::admin::{self, Admin};
+use crate::routes::{self, getstream, Route};
 use crate::streams::Sessions;
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -53,13 +53,8 @@ impl EdgeProxy {
 pub struct RequestCtx {
     /// `host:port` of the engine a passthrough request goes to (for its Host header).
     engine_host: Option<String>,
-    /// The route label of this request, for the responses metric.
-    route: &'static str,
-}
-
-/// Engine API paths passed through to an engine.
-fn is_passthrough(path: &str) -> bool {
-    path.starts_with("/webui/") || path.starts_with("/server/api") || path.starts_with("/ace/")
+    /// The route of this request, for the responses metric.
+    route: Option<Route>,
 }
 
 #[async_trait]
@@ -74,29 +69,18 @@ impl ProxyHttp for EdgeProxy {
     /// away, so disconnects never become error-level logs); engine API paths go upstream.
     async fn request_filter(&self, s: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let path = s.req_header().uri.path().to_string();
-        let result = match path.as_str() {
-            "/ace/getstream" => {
-                ctx.route = "getstream";
-                getstream::serve(s, &self.sessions).await
-            }
-            "/ace/manifest.m3u8" => {
-                ctx.route = "manifest";
-                getstream::manifest(s).await
-            }
-            p if admin::is_admin_path(p) => {
-                let (route, result) = self.admin.serve(s, p).await;
-                ctx.route = route;
-                result
-            }
-            p if is_passthrough(p) => {
-                ctx.route = "passthrough";
-                return Ok(false);
-            }
-            _ => {
-                ctx.route = "not_found";
+        let route = Route::of(&path);
+        ctx.route = Some(route);
+        let result = match route {
+            Route::GetStream => getstream::serve(s, &self.sessions).await,
+            Route::Manifest => getstream::manifest(s).await,
+            Route::Passthrough => return Ok(false),
+            // Unknown /proxy/* paths are admin paths too: the token is checked before the 404.
+            Route::NotFound if !admin::is_admin_path(&path) => {
                 let e = EdgeError::NotFound(format!("no route {path}"));
-                http::write_error(s, &e).await
+                routes::write_error(s, &e).await
             }
+            admin_route => self.admin.serve(s, admin_route, &path).await,
         };
         if let Err(e) = result {
             log::debug!("{path}: response not completed: {e}");
@@ -131,11 +115,7 @@ impl ProxyHttp for EdgeProxy {
     /// Counts every response by route and status.
     async fn logging(&self, s: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = s.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
-        let route = if ctx.route.is_empty() {
-            "unknown"
-        } else {
-            ctx.route
-        };
+        let route = ctx.route.map_or("unknown", Route::label);
         self.metrics
             .http_responses
             .with_label_values(&[route, &status.to_string()])
@@ -163,9 +143,7 @@ impl ProxyHttp for EdgeProxy {
                 .as_ref()
                 .map(|c| c.as_str().to_string())
                 .unwrap_or_else(|| e.etype().as_str().to_string());
-            let body =
-                serde_json::to_vec(&serde_json::json!({ "error": text })).unwrap_or_default();
-            if let Err(err) = http::write_json(s, code, body).await {
+            if let Err(err) = routes::write_error_text(s, code, &text).await {
                 log::debug!("could not send the error response: {err}");
             }
         }

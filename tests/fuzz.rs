@@ -2,7 +2,7 @@
 //! panic on arbitrary input, and accept exactly what they should.
 
 use acestream_edge::config::load_str;
-use acestream_edge::http::getstream::content_id;
+use acestream_edge::routes::getstream::content_id;
 use proptest::prelude::*;
 
 proptest! {
@@ -33,12 +33,29 @@ proptest! {
         }
     }
 
-    /// YAML-shaped input built from real keys and random values: no panic.
+    /// YAML-shaped input built from real keys and random values: every accepted file validates
+    /// into a consistent config, and every rejected one names the key (unless the text is not
+    /// even YAML, which is reported for the whole document).
     #[test]
     fn config_loader_survives_random_values(
-        key in prop::sample::select(vec!["listen", "engines", "client_timeout", "stream_buffer_size", "copy_chunk_size", "orchestrator", "max_streams_per_engine", "admin_token", "keepalive_interval"]),
+        key in prop::sample::select(vec!["listen", "engines", "client_timeout", "stream_buffer_size", "copy_chunk_size", "orchestrator", "max_streams_per_engine", "admin_token", "keepalive_interval", "live_lead", "stream_buffer_seconds", "stream_buffer_max_bytes"]),
         value in prop_oneof![Just("[]".to_string()), Just("-1".to_string()), Just("\"5m\"".to_string()), "[a-z0-9:.\\[\\]{}\" -]{0,30}"],
     ) {
-        let _ = load_str(&format!("acestream:\n  {key}: {value}\n"));
+        let text = format!("acestream:\n  {key}: {value}\n");
+        match load_str(&text) {
+            Ok(c) => {
+                let c = c.acestream;
+                prop_assert!(!c.listen.is_empty());
+                prop_assert!(c.copy_chunk_size > 0 && c.copy_chunk_size % 188 == 0);
+                prop_assert!(c.stream_buffer_size >= 2 * c.copy_chunk_size);
+                prop_assert!(c.stream_buffer_max_bytes >= c.stream_buffer_size);
+                prop_assert!(!c.client_timeout.is_zero());
+            }
+            Err(e) => {
+                let is_yaml = serde_yaml::from_str::<serde_yaml::Value>(&text).is_ok();
+                let named = e.problems.iter().any(|p| p.path.starts_with(&format!("acestream.{key}")));
+                prop_assert!(named || !is_yaml, "{key}: {value:?} -> {e}");
+            }
+        }
     }
 }

@@ -249,6 +249,25 @@ async fn knobs_change_live_over_http() {
     let (status, v) = get_json(e.addr(), "/sim/set?no_such_knob=1").await;
     assert_eq!(status, 400);
     assert!(v["error"].as_str().unwrap().contains("no_such_knob"));
+    // One vocabulary: the knobs' own field names, durations with units, and bad values refused.
+    let (status, _) = get_json(
+        e.addr(),
+        "/sim/set?prebuffer=1.5&pause=500ms&burst_bytes=20000000&chunked=false",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let k = e.knobs();
+    assert_eq!(k.prebuffer, Duration::from_millis(1500));
+    assert_eq!(k.pause, Duration::from_millis(500));
+    assert_eq!((k.burst_bytes, k.chunked), (20_000_000, false));
+    let (status, v) = get_json(e.addr(), "/sim/set?bitrate_bps=fast").await;
+    assert_eq!(status, 400);
+    assert!(v["error"].as_str().unwrap().contains("bitrate_bps"), "{v}");
+    assert_eq!(
+        e.knobs().bitrate_bps,
+        Knobs::default().bitrate_bps,
+        "nothing half-applied"
+    );
 }
 
 /// Service endpoints answer with the `result` envelope.

@@ -1,6 +1,8 @@
 //! `ace-engine-sim`: simulated AceStream engines for tests, demos and benchmarks.
 //!
 //! `ace-engine-sim --listen 127.0.0.1:6878 --listen 127.0.0.1:6879` runs two engines in one process.
+//! Every flag is a `Knobs` field with dashes (`--burst-bytes` is `burst_bytes`), and
+//! `GET /sim/set?burst_bytes=...` takes the same names.
 
 use acestream_edge::sim::{Knobs, SimEngine};
 use clap::Parser;
@@ -17,14 +19,14 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:6878")]
     listen: Vec<SocketAddr>,
     /// Stream bitrate in bits per second (0 = unlimited).
-    #[arg(long, default_value_t = 4_000_000)]
-    bitrate: u64,
+    #[arg(long, alias = "bitrate", default_value_t = 4_000_000)]
+    bitrate_bps: u64,
     /// Delay before the first TS byte, e.g. "5s", "800ms".
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     prebuffer: Duration,
-    /// Send the response head only after prebuffering.
-    #[arg(long)]
-    headers_after_prebuffer: bool,
+    /// Send the response head before prebuffering (true) or only after it.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    headers_before_prebuffer: bool,
     /// Latency of a successful JSON start answer.
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     json_latency: Duration,
@@ -43,12 +45,12 @@ struct Args {
     /// Send non-TS bytes after this many stream bytes.
     #[arg(long)]
     garbage_after_bytes: Option<u64>,
-    /// Serve playback_url directly instead of a 302 to /content/...
-    #[arg(long)]
-    no_redirect: bool,
-    /// Close-delimited stream body instead of chunked.
-    #[arg(long)]
-    no_chunked: bool,
+    /// playback_url answers 302 to /content/... (true) or streams directly.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    redirect_playback: bool,
+    /// Chunked stream body (true) or close-delimited.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    chunked: bool,
     /// Host:port written into returned URLs (default: the request's Host header).
     #[arg(long)]
     public_host: Option<String>,
@@ -74,9 +76,9 @@ async fn main() -> std::io::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let a = Args::parse();
     let knobs = Knobs {
-        bitrate_bps: a.bitrate,
+        bitrate_bps: a.bitrate_bps,
         prebuffer: a.prebuffer,
-        headers_before_prebuffer: !a.headers_after_prebuffer,
+        headers_before_prebuffer: a.headers_before_prebuffer,
         json_latency: a.json_latency,
         unknown_latency: Duration::from_secs(4),
         start_error: a.start_error,
@@ -84,8 +86,8 @@ async fn main() -> std::io::Result<()> {
         stall_after_bytes: a.stall_after_bytes,
         drop_after_bytes: a.drop_after_bytes,
         garbage_after_bytes: a.garbage_after_bytes,
-        redirect_playback: !a.no_redirect,
-        chunked: !a.no_chunked,
+        redirect_playback: a.redirect_playback,
+        chunked: a.chunked,
         public_host: a.public_host,
         burst_bytes: a.burst_bytes,
         pause_after_bytes: a.pause_after_bytes,

@@ -16,7 +16,7 @@ use wire::{AceWire, FileWire};
 
 use crate::ts::PACKET_SIZE as TS_PACKET_SIZE;
 
-/// The validated settings of the proxy. Defaults are `spec/config.md`'s.
+/// The validated settings of the proxy. Defaults are the seed's (README, "Configuration").
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Addresses serving getstream, admin and metrics.
@@ -56,7 +56,9 @@ pub struct Config {
     pub engine_read_timeout: Duration,
     /// Engines with this many streams are not candidates.
     pub max_streams_per_engine: usize,
-    /// Safety-net period of the idle-session reaper.
+    /// Accepted for compatibility with the seed's configuration (seconds, default 60). Nothing
+    /// polls on it: each session's own task watches its client count and ends it after
+    /// `stream_idle_timeout`, so there is no timer to lose and nothing to reap.
     pub session_cleanup_interval: Duration,
     /// Engine health probe period.
     pub health_check_interval: Duration,
@@ -86,6 +88,14 @@ pub struct Config {
     /// stalled player's lag shows in the ring, where it is measured and bounded, rather than
     /// hiding in kernel memory (up to 4 MiB per viewer).
     pub client_send_buffer: usize,
+    /// `max_failovers` counts failovers within this window. Default 60 s.
+    pub failover_window: Duration,
+    /// Timeout of the fire-and-forget `method=stop` call when a session ends (engines may hang;
+    /// acexy and the orchestrator use 3 s). Default 3 s.
+    pub engine_stop_timeout: Duration,
+    /// Timeout of the stop sent to a failed upstream before failing over; it delays the
+    /// failover, while clients get keepalives. Default 1 s.
+    pub failover_stop_timeout: Duration,
 }
 
 /// One statically configured engine.
@@ -327,10 +337,42 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         ("empty_stream_timeout", w.empty_stream_timeout),
         ("chunk_flush_interval", w.chunk_flush_interval),
         ("upstream_stall_timeout", w.upstream_stall_timeout),
+        ("failover_window", w.failover_window),
+        ("engine_stop_timeout", w.engine_stop_timeout),
+        ("failover_stop_timeout", w.failover_stop_timeout),
     ];
     for (key, d) in positive {
         if d.0.is_zero() {
             bad(format!("acestream.{key}"), "must be greater than 0".into());
+        }
+    }
+    // Floors that used to be silent clamps in the engine pool, now reported by `-t`.
+    let floors = [
+        (
+            "engine_cache_ttl",
+            w.engine_cache_ttl,
+            0.1,
+            "the engine list is refreshed no faster",
+        ),
+        (
+            "health_check_interval",
+            w.health_check_interval,
+            0.2,
+            "a health probe needs time to answer",
+        ),
+        (
+            "engine_connect_timeout",
+            w.engine_connect_timeout,
+            0.2,
+            "a health probe needs time to connect",
+        ),
+    ];
+    for (key, d, min, why) in floors {
+        if !d.0.is_zero() && d.0.as_secs_f64() < min {
+            bad(
+                format!("acestream.{key}"),
+                format!("must be at least {min} s ({why})"),
+            );
         }
     }
     if w.max_streams_per_engine == 0 {
@@ -370,6 +412,9 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         stream_buffer_seconds: w.stream_buffer_seconds.0,
         stream_buffer_max_bytes,
         client_send_buffer: w.client_send_buffer as usize,
+        failover_window: w.failover_window.0,
+        engine_stop_timeout: w.engine_stop_timeout.0,
+        failover_stop_timeout: w.failover_stop_timeout.0,
     })
 }
 
@@ -463,6 +508,18 @@ mod tests {
         assert_eq!(
             paths("acestream: {stream_buffer_size: lots}"),
             vec!["acestream.stream_buffer_size"]
+        );
+    }
+
+    /// Floors that used to be silent clamps are reported with their key.
+    #[test]
+    fn floors_are_reported_not_clamped() {
+        assert_eq!(
+            paths("acestream: {engine_cache_ttl: 0.05, health_check_interval: 0.1}"),
+            vec![
+                "acestream.engine_cache_ttl",
+                "acestream.health_check_interval"
+            ]
         );
     }
 

@@ -1,6 +1,6 @@
 //! The YAML wire format of the `acestream:` section.
 //!
-//! These serde types mirror `spec/config.md` key for key. They exist only to be turned into the
+//! These serde types mirror the configuration contract (README, "Configuration") key for key. They exist only to be turned into the
 //! validated [`crate::config::Config`]; nothing outside `config/` sees them, so the file format can
 //! change without touching the proxy (River's split of wire and internal config).
 
@@ -48,6 +48,9 @@ pub struct AceWire {
     pub stream_buffer_seconds: DurationWire,
     pub stream_buffer_max_bytes: u64,
     pub client_send_buffer: u64,
+    pub failover_window: DurationWire,
+    pub engine_stop_timeout: DurationWire,
+    pub failover_stop_timeout: DurationWire,
 }
 
 impl Default for AceWire {
@@ -81,6 +84,9 @@ impl Default for AceWire {
             stream_buffer_seconds: secs(15.0),
             stream_buffer_max_bytes: 64 * 1024 * 1024,
             client_send_buffer: 256 * 1024,
+            failover_window: secs(60.0),
+            engine_stop_timeout: secs(3.0),
+            failover_stop_timeout: secs(1.0),
         }
     }
 }

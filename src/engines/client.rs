@@ -1,4 +1,4 @@
-//! The proxy's client for one engine's HTTP API (`spec/engine-api.md` §2–§5, §10).
+//! The proxy's client for one engine's HTTP API (`docs/engine-api.md` §2–§5).
 //!
 //! It follows the quirks checklist: success only when HTTP is 2xx, the body parses, `error` is null
 //! or empty and `playback_url` is present; the host:port of every returned URL is replaced by the
@@ -12,10 +12,85 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Largest JSON answer accepted from an engine.
+/// Largest JSON answer accepted from an engine. Fixed: the biggest real answer (a stat poll) is
+/// about 1 KB; the cap only bounds memory against a broken or hostile engine.
 const MAX_JSON: usize = 256 * 1024;
-/// Most redirects followed from `playback_url` to the stream.
+/// Most redirects followed from `playback_url` to the stream. Fixed: real engines redirect
+/// exactly once (`/ace/r/...` → `/content/...`); more is a loop.
 const MAX_REDIRECTS: usize = 5;
+
+/// What went wrong talking to one engine, with its source. Converted into [`EdgeError`] (which
+/// every waiting client shares, so it carries text) only where a client sees it.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The engine's name does not resolve.
+    #[error("engine {engine}: cannot resolve: {source}")]
+    Resolve {
+        /// `host:port`.
+        engine: String,
+        /// The resolver's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting, writing or reading failed.
+    #[error("engine {engine}: {what}: {source}")]
+    Io {
+        /// `host:port`.
+        engine: String,
+        /// Which call (`/ace/getstream`, "reading JSON body", ...).
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No answer in time.
+    #[error("engine {engine}: no answer to {what} within {after:?}")]
+    Timeout {
+        /// `host:port`.
+        engine: String,
+        /// Which call.
+        what: String,
+        /// The time allowed.
+        after: Duration,
+    },
+    /// The answer is not the JSON the API promises.
+    #[error("engine {engine}: {what}: {source}")]
+    BadJson {
+        /// `host:port`.
+        engine: String,
+        /// Which answer.
+        what: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The engine answered, but with an error (JSON `error`, HTTP >= 400, no playback URL).
+    #[error("engine {engine} refused: {reason}")]
+    Refused {
+        /// `host:port`.
+        engine: String,
+        /// The engine's own words.
+        reason: String,
+    },
+}
+
+impl From<EngineError> for EdgeError {
+    fn from(e: EngineError) -> EdgeError {
+        match e {
+            EngineError::Refused { engine, reason } => EdgeError::EngineRefused { engine, reason },
+            EngineError::Resolve { ref engine, .. }
+            | EngineError::Io { ref engine, .. }
+            | EngineError::Timeout { ref engine, .. }
+            | EngineError::BadJson { ref engine, .. } => EdgeError::EngineUnreachable {
+                engine: engine.clone(),
+                reason: e
+                    .to_string()
+                    .trim_start_matches(&format!("engine {engine}: "))
+                    .to_string(),
+            },
+        }
+    }
+}
 
 /// An engine's address as dialled.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -29,6 +104,21 @@ pub struct EngineEndpoint {
 impl std::fmt::Display for EngineEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// The MPEG-TS body of a started engine session, as the session's upstream task reads it. The
+/// HTTP client underneath stays private to `engines`.
+#[derive(Debug)]
+pub struct EngineStream {
+    body: Response,
+}
+
+impl EngineStream {
+    /// The next piece of stream bytes; `None` when the engine ended the stream. Cancel-safe: a
+    /// `select!` may drop it between pieces without losing bytes.
+    pub async fn next_chunk(&mut self) -> std::io::Result<Option<bytes::Bytes>> {
+        self.body.next_chunk().await
     }
 }
 
@@ -78,40 +168,44 @@ struct StartResponse {
 }
 
 impl EngineEndpoint {
-    async fn resolve(&self) -> Result<SocketAddr, EdgeError> {
-        let mut addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
+    async fn resolve(&self) -> Result<SocketAddr, EngineError> {
+        let resolve = |source| EngineError::Resolve {
+            engine: self.to_string(),
+            source,
+        };
+        tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
-            .map_err(|e| self.unreachable(format!("cannot resolve: {e}")))?;
-        addrs
+            .map_err(resolve)?
             .next()
-            .ok_or_else(|| self.unreachable("name resolves to no address".into()))
+            .ok_or_else(|| resolve(std::io::Error::other("the name resolves to no address")))
     }
 
-    fn unreachable(&self, reason: String) -> EdgeError {
-        EdgeError::EngineUnreachable {
+    fn io(&self, what: impl Into<String>, source: std::io::Error) -> EngineError {
+        EngineError::Io {
             engine: self.to_string(),
-            reason,
+            what: what.into(),
+            source,
         }
     }
 
-    fn refused(&self, reason: String) -> EdgeError {
-        EdgeError::EngineRefused {
+    fn refused(&self, reason: String) -> EngineError {
+        EngineError::Refused {
             engine: self.to_string(),
             reason,
         }
     }
 
     /// `GET path` on this engine; the response head is read within the read timeout.
-    pub async fn get(&self, path: &str, t: EngineTimeouts) -> Result<Response, EdgeError> {
+    pub async fn get(&self, path: &str, t: EngineTimeouts) -> Result<Response, EngineError> {
         let addr = self.resolve().await?;
         let fut = http1::get(addr, path, t.connect);
         match tokio::time::timeout(t.connect + t.read, fut).await {
-            Err(_) => Err(self.unreachable(format!(
-                "no answer to {} within {:?}",
-                short(path),
-                t.connect + t.read
-            ))),
-            Ok(Err(e)) => Err(self.unreachable(format!("{}: {e}", short(path)))),
+            Err(_) => Err(EngineError::Timeout {
+                engine: self.to_string(),
+                what: short(path).to_string(),
+                after: t.connect + t.read,
+            }),
+            Ok(Err(e)) => Err(self.io(short(path), e)),
             Ok(Ok(r)) => Ok(r),
         }
     }
@@ -121,18 +215,25 @@ impl EngineEndpoint {
         &self,
         path: &str,
         t: EngineTimeouts,
-    ) -> Result<serde_json::Value, EdgeError> {
+    ) -> Result<serde_json::Value, EngineError> {
         let mut resp = self.get(path, t).await?;
         let body = tokio::time::timeout(t.read, resp.read_to_end(MAX_JSON))
             .await
-            .map_err(|_| self.unreachable("JSON body timed out".into()))?
-            .map_err(|e| self.unreachable(format!("reading JSON body: {e}")))?;
+            .map_err(|_| EngineError::Timeout {
+                engine: self.to_string(),
+                what: format!("the JSON body of {}", short(path)),
+                after: t.read,
+            })?
+            .map_err(|e| self.io("reading JSON body", e))?;
         if resp.status >= 400 {
             let text = String::from_utf8_lossy(&body);
             return Err(self.refused(format!("HTTP {}: {}", resp.status, text.trim())));
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| self.unreachable(format!("answer is not JSON: {e}")))
+        serde_json::from_slice(&body).map_err(|source| EngineError::BadJson {
+            engine: self.to_string(),
+            what: "answer is not JSON".into(),
+            source,
+        })
     }
 
     /// Starts a session: `GET /ace/getstream?format=json&id=<id>&pid=<fresh uuid>`.
@@ -140,12 +241,16 @@ impl EngineEndpoint {
         &self,
         content_id: &str,
         t: EngineTimeouts,
-    ) -> Result<EngineSession, EdgeError> {
+    ) -> Result<EngineSession, EngineError> {
         let pid = uuid::Uuid::new_v4().to_string();
         let path = format!("/ace/getstream?format=json&id={content_id}&pid={pid}");
         let value = self.get_json(&path, t).await?;
-        let envelope: Envelope = serde_json::from_value(value)
-            .map_err(|e| self.unreachable(format!("unexpected getstream answer: {e}")))?;
+        let envelope: Envelope =
+            serde_json::from_value(value).map_err(|source| EngineError::BadJson {
+                engine: self.to_string(),
+                what: "unexpected getstream answer".into(),
+                source,
+            })?;
         if let Some(err) = envelope
             .error
             .filter(|e| !e.is_null() && e.as_str() != Some(""))
@@ -187,12 +292,12 @@ impl EngineEndpoint {
         &self,
         session: &EngineSession,
         t: EngineTimeouts,
-    ) -> Result<Response, EdgeError> {
+    ) -> Result<EngineStream, EngineError> {
         let mut path = session.playback_path.clone();
         for _ in 0..=MAX_REDIRECTS {
             let resp = self.get(&path, t).await?;
             match resp.status {
-                200..=299 => return Ok(resp),
+                200..=299 => return Ok(EngineStream { body: resp }),
                 301 | 302 | 303 | 307 | 308 => {
                     let location = resp.header("location").and_then(path_of).ok_or_else(|| {
                         self.refused(format!("HTTP {} without a usable Location", resp.status))
@@ -207,7 +312,7 @@ impl EngineEndpoint {
     }
 
     /// `command_url?method=stop`, best effort. `unknown playback session id` counts as stopped.
-    pub async fn stop(&self, command_path: &str, timeout: Duration) -> Result<(), EdgeError> {
+    pub async fn stop(&self, command_path: &str, timeout: Duration) -> Result<(), EngineError> {
         let sep = if command_path.contains('?') { '&' } else { '?' };
         let path = format!("{command_path}{sep}method=stop");
         let t = EngineTimeouts {
@@ -242,6 +347,30 @@ fn short(path: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An engine error keeps its source, and a client sees it as refused or unreachable.
+    #[test]
+    fn engine_errors_map_to_client_errors() {
+        use std::error::Error as _;
+        let io = EngineError::Io {
+            engine: "e:1".into(),
+            what: "/ace/getstream".into(),
+            source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"),
+        };
+        assert!(io.source().is_some());
+        assert_eq!(
+            EdgeError::from(io),
+            EdgeError::EngineUnreachable {
+                engine: "e:1".into(),
+                reason: "/ace/getstream: refused".into()
+            }
+        );
+        let refused = EngineError::Refused {
+            engine: "e:1".into(),
+            reason: "failed to load content".into(),
+        };
+        assert_eq!(EdgeError::from(refused).status(), 503);
+    }
 
     /// The engine's host is dropped; path and query are kept.
     #[test]

@@ -11,6 +11,7 @@ use crate::http1::{self, GetOptions};
 use async_trait::async_trait;
 use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::Backend;
+use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -125,7 +126,7 @@ impl ServiceDiscovery for EngineDiscovery {
     }
 }
 
-/// `GET <url>/engines`, in either shape of `spec/engine-api.md` §12.
+/// `GET <url>/engines`, in either shape of `docs/engine-api.md` §12.
 async fn fetch_orchestrator(o: &OrchestratorConfig) -> Result<Vec<EngineMeta>, String> {
     let uri: http::Uri = format!("{}/engines", o.url)
         .parse()
@@ -156,68 +157,69 @@ async fn fetch_orchestrator(o: &OrchestratorConfig) -> Result<Vec<EngineMeta>, S
     if resp.status != 200 {
         return Err(format!("HTTP {}", resp.status));
     }
-    let value: Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
-    parse_engine_list(&value)
+    parse_engine_list(&body)
 }
 
-/// Both shapes: a bare array (Python era) or `{"engines": [...]}` (Go rewrite).
-pub fn parse_engine_list(value: &Value) -> Result<Vec<EngineMeta>, String> {
-    let list = match value {
-        Value::Array(a) => a,
-        Value::Object(o) => o
-            .get("engines")
-            .and_then(Value::as_array)
-            .ok_or("object without an `engines` array")?,
-        _ => return Err("neither an array nor an object".into()),
+/// The orchestrator's answer, in either shape: a bare array (Python era) or
+/// `{"engines": [...], ...}` (Go rewrite). Entries stay raw here so one malformed entry is
+/// skipped instead of failing the whole list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EngineList {
+    Bare(Vec<Value>),
+    Wrapped { engines: Vec<Value> },
+}
+
+/// One orchestrator engine entry; unknown fields are ignored.
+#[derive(Deserialize)]
+struct OrchestratorEngine {
+    host: String,
+    port: u16,
+    #[serde(default)]
+    forwarded: bool,
+    #[serde(default)]
+    labels: HashMap<String, Value>,
+    container_id: Option<String>,
+    vpn_container: Option<String>,
+    health_status: Option<String>,
+    stream_count: Option<u64>,
+    streams: Option<Vec<Value>>,
+}
+
+/// Parses `GET <url>/engines`. Entries without a host or with a port outside 1..=65535 are
+/// skipped.
+pub fn parse_engine_list(body: &[u8]) -> Result<Vec<EngineMeta>, String> {
+    let list = match serde_json::from_slice::<EngineList>(body) {
+        Ok(EngineList::Bare(list)) | Ok(EngineList::Wrapped { engines: list }) => list,
+        Err(e) => {
+            return Err(match serde_json::from_slice::<Value>(body) {
+                Err(_) => format!("not JSON: {e}"),
+                Ok(_) => "neither an array nor an object with an `engines` array".into(),
+            })
+        }
     };
-    let mut out = Vec::new();
-    for e in list {
-        let Some(host) = e
-            .get("host")
-            .and_then(Value::as_str)
-            .filter(|h| !h.is_empty())
-        else {
-            continue;
-        };
-        let Some(port) = e
-            .get("port")
-            .and_then(Value::as_u64)
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p > 0)
-        else {
-            continue;
-        };
-        let label_forwarded = e
-            .pointer("/labels/acestream.forwarded")
-            .and_then(Value::as_str)
-            .is_some_and(|v| v == "true");
-        let streams = e
-            .get("stream_count")
-            .and_then(Value::as_u64)
-            .map(|n| n as usize)
-            .or_else(|| e.get("streams").and_then(Value::as_array).map(Vec::len));
-        out.push(EngineMeta {
-            host: host.to_string(),
-            port,
-            forwarded: e.get("forwarded").and_then(Value::as_bool).unwrap_or(false)
-                || label_forwarded,
-            container_id: e
-                .get("container_id")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            vpn_container: e
-                .get("vpn_container")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            orchestrator_healthy: e
-                .get("health_status")
-                .and_then(Value::as_str)
-                .map(|s| s != "unhealthy"),
-            orchestrator_streams: streams,
-            from_orchestrator: true,
-        });
-    }
-    Ok(out)
+    Ok(list
+        .into_iter()
+        .filter_map(|v| serde_json::from_value::<OrchestratorEngine>(v).ok())
+        .filter(|e| !e.host.is_empty() && e.port > 0)
+        .map(|e| {
+            let label_forwarded =
+                e.labels.get("acestream.forwarded").and_then(Value::as_str) == Some("true");
+            EngineMeta {
+                forwarded: e.forwarded || label_forwarded,
+                orchestrator_healthy: e.health_status.map(|s| s != "unhealthy"),
+                orchestrator_streams: e
+                    .stream_count
+                    .map(|n| n as usize)
+                    .or(e.streams.map(|s| s.len())),
+                host: e.host,
+                port: e.port,
+                container_id: e.container_id,
+                vpn_container: e.vpn_container,
+                from_orchestrator: true,
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -232,13 +234,13 @@ mod tests {
             {"container_id": "c2", "host": "10.0.0.2", "port": 19002, "labels": {"acestream.forwarded": "true"}, "health_status": "unhealthy"},
             {"host": "", "port": 1}
         ]);
-        let list = parse_engine_list(&bare).unwrap();
+        let list = parse_engine_list(bare.to_string().as_bytes()).unwrap();
         assert_eq!(list.len(), 2);
         assert!(list[0].forwarded && list[1].forwarded);
         assert_eq!(list[0].orchestrator_streams, Some(2));
         assert_eq!(list[1].orchestrator_healthy, Some(false));
         let wrapped = serde_json::json!({"engines": [{"host": "e", "port": 6878, "stream_count": 3, "vpn_container": "gluetun"}], "total": 1});
-        let list = parse_engine_list(&wrapped).unwrap();
+        let list = parse_engine_list(wrapped.to_string().as_bytes()).unwrap();
         assert_eq!(
             (
                 list[0].orchestrator_streams,
@@ -246,6 +248,18 @@ mod tests {
             ),
             (Some(3), Some("gluetun"))
         );
-        assert!(parse_engine_list(&serde_json::json!("nope")).is_err());
+        assert!(parse_engine_list(b"\"nope\"").is_err());
+        assert!(parse_engine_list(b"{\"engines\": 3}").is_err());
+        assert!(parse_engine_list(b"<html>")
+            .unwrap_err()
+            .starts_with("not JSON"));
+        // A malformed entry is skipped, the rest kept.
+        let mixed = serde_json::json!([{"host": "a", "port": 70000}, {"host": "b", "port": "x"}, {"host": "c", "port": 1}]);
+        assert_eq!(
+            parse_engine_list(mixed.to_string().as_bytes())
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

@@ -14,7 +14,7 @@ pub mod score;
 
 use crate::config::Config;
 use crate::error::EdgeError;
-pub use client::{EngineEndpoint, EngineSession, EngineTimeouts};
+pub use client::{EngineEndpoint, EngineError, EngineSession, EngineStream, EngineTimeouts};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backends, LoadBalancer};
 use score::{Candidate, NoCandidate};
@@ -133,15 +133,15 @@ pub fn load_balancer(
         meta.clone(),
     );
     let mut backends = Backends::new(Box::new(discovery));
+    // A probe never outlives its interval; validation keeps both at least 0.2 s.
     let probe_timeout = config
         .health_check_interval
-        .min(config.engine_connect_timeout)
-        .max(Duration::from_millis(200));
+        .min(config.engine_connect_timeout);
     backends.set_health_check(Box::new(health::EngineHealthCheck {
         timeout: probe_timeout,
     }));
     let mut lb = LoadBalancer::from_backends(backends);
-    lb.update_frequency = Some(config.engine_cache_ttl.max(Duration::from_millis(100)));
+    lb.update_frequency = Some(config.engine_cache_ttl);
     lb.health_check_frequency = Some(config.health_check_interval);
     lb.parallel_health_check = true;
     (lb, meta)

@@ -1,4 +1,4 @@
-//! The simulated AceStream engine: HTTP API per `spec/engine-api.md` §1–§11.
+//! The simulated AceStream engine: HTTP API per `docs/engine-api.md` §1–§9.
 //!
 //! Faithful where the proxy depends on it: errors as HTTP 200 + `error`, absolute URLs carrying the
 //! engine's own host, `playback_url` answering 302 to `/content/...`, a prebuffer delay, one reader per
@@ -67,6 +67,62 @@ pub struct Knobs {
     /// Start each stream this many packets into the fixture (mid-GOP), as a real engine's
     /// stream starts wherever its cache does.
     pub start_packet: usize,
+}
+
+impl Knobs {
+    /// Sets one knob by its field name from text, as `GET /sim/set?name=value` does: numbers for
+    /// counts and sizes, `true`/`false` (or 1/0), durations as seconds or with a unit ("500ms",
+    /// "5s"), and `none` (or empty) to clear an optional one.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        let none = value.is_empty() || value == "none";
+        let num = || {
+            value
+                .parse::<u64>()
+                .map_err(|e| format!("{value:?} is not a number ({e})"))
+        };
+        let opt_num = || if none { Ok(None) } else { num().map(Some) };
+        let flag = || match value {
+            "1" | "true" => Ok(true),
+            "0" | "false" => Ok(false),
+            _ => Err(format!("{value:?} is not true or false")),
+        };
+        let duration = || {
+            value
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64)
+                .map_or_else(
+                    || humantime::parse_duration(value).map_err(|e| format!("{value:?}: {e}")),
+                    Ok,
+                )
+        };
+        let opt_text = || (!none).then(|| value.to_string());
+        match name {
+            "bitrate_bps" => self.bitrate_bps = num()?,
+            "prebuffer" => self.prebuffer = duration()?,
+            "headers_before_prebuffer" => self.headers_before_prebuffer = flag()?,
+            "json_latency" => self.json_latency = duration()?,
+            "unknown_latency" => self.unknown_latency = duration()?,
+            "start_error" => self.start_error = opt_text(),
+            "http_500" => self.http_500 = flag()?,
+            "stall_after_bytes" => self.stall_after_bytes = opt_num()?,
+            "drop_after_bytes" => self.drop_after_bytes = opt_num()?,
+            "garbage_after_bytes" => self.garbage_after_bytes = opt_num()?,
+            "redirect_playback" => self.redirect_playback = flag()?,
+            "chunked" => self.chunked = flag()?,
+            "content_type" => self.content_type = value.to_string(),
+            "public_host" => self.public_host = opt_text(),
+            "inactivity_timeout" => self.inactivity_timeout = duration()?,
+            "burst_bytes" => self.burst_bytes = num()?,
+            "pause_after_bytes" => self.pause_after_bytes = opt_num()?,
+            "pause" => self.pause = duration()?,
+            "null_stream" => self.null_stream = flag()?,
+            "start_packet" => self.start_packet = num()? as usize,
+            _ => return Err("unknown knob".into()),
+        }
+        Ok(())
+    }
 }
 
 impl Default for Knobs {
@@ -323,7 +379,7 @@ fn is_content_id(id: &str) -> bool {
     id.len() == 40 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// A content id is not the infohash (spec §1): derive a different, stable 40-hex value.
+/// A content id is not the infohash (`docs/engine-api.md` §1): derive a different, stable 40-hex value.
 fn infohash_for(content_id: &str) -> String {
     content_id
         .bytes()
@@ -556,30 +612,14 @@ async fn set_knobs_from_query(
     req: &RequestHead,
 ) -> io::Result<()> {
     let mut k = lock(&shared.knobs).clone();
-    let mut unknown = Vec::new();
+    let mut problems = Vec::new();
     for (name, value) in form_urlencoded::parse(req.query.as_bytes()) {
-        let opt_u64 = || value.parse::<u64>().ok();
-        let ms = || Duration::from_millis(value.parse::<u64>().unwrap_or(0));
-        let opt_str = || Some(value.to_string()).filter(|v| !v.is_empty() && v != "none");
-        match name.as_ref() {
-            "bitrate_bps" => k.bitrate_bps = opt_u64().unwrap_or(k.bitrate_bps),
-            "prebuffer_ms" => k.prebuffer = ms(),
-            "json_latency_ms" => k.json_latency = ms(),
-            "start_error" => k.start_error = opt_str(),
-            "http_500" => k.http_500 = value == "1" || value == "true",
-            "stall_after_bytes" => k.stall_after_bytes = opt_u64(),
-            "drop_after_bytes" => k.drop_after_bytes = opt_u64(),
-            "garbage_after_bytes" => k.garbage_after_bytes = opt_u64(),
-            "burst_bytes" => k.burst_bytes = opt_u64().unwrap_or(0),
-            "pause_after_bytes" => k.pause_after_bytes = opt_u64(),
-            "pause_ms" => k.pause = ms(),
-            "null_stream" => k.null_stream = value == "1" || value == "true",
-            "start_packet" => k.start_packet = opt_u64().unwrap_or(0) as usize,
-            other => unknown.push(other.to_string()),
+        if let Err(e) = k.set(&name, &value) {
+            problems.push(format!("{name}: {e}"));
         }
     }
-    if !unknown.is_empty() {
-        let body = serde_json::json!({"error": format!("unknown knobs: {}", unknown.join(", "))});
+    if !problems.is_empty() {
+        let body = serde_json::json!({"error": problems.join("; ")});
         return respond(sock, 400, "application/json", body.to_string().as_bytes()).await;
     }
     *lock(&shared.knobs) = k;
@@ -609,7 +649,7 @@ async fn playback(
         .filter(|t| st.sessions.contains_key(t))
     };
     let Some(token) = token else {
-        // After stop, old playback URLs answer 500 (spec §3).
+        // After stop, old playback URLs answer 500 (`docs/engine-api.md` §3).
         return respond(
             &mut sock,
             500,

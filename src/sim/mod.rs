@@ -1,6 +1,6 @@
 //! The AceStream engine simulator (`ace-engine-sim` and the tests' in-process engines).
 //!
-//! It answers like `spec/engine-api.md` so that a real engine can replace it unchanged, streams real
+//! It answers like `docs/engine-api.md` so that a real engine can replace it unchanged, streams real
 //! MPEG-TS ([`ts`]) and has fault knobs ([`Knobs`]) for every failure the proxy must survive.
 
 mod engine;

@@ -4,12 +4,17 @@ use super::ring::Read;
 use super::{Session, Sessions};
 use bytes::Bytes;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 /// Most chunks taken from the ring per read.
 const READ_BATCH: usize = 16;
+
+/// Longest stretch of stream a client that waited for the session's start holds back for its
+/// first keyframe. Fixed: longer than any broadcast GOP (typically 0.5–5 s), short enough that a
+/// stream whose keyframes cannot be found still starts.
+const FIRST_KEYFRAME_WAIT_SECONDS: f64 = 10.0;
 
 /// What status pages show of one client; shared between the client's task and the session.
 #[derive(Debug)]
@@ -24,6 +29,9 @@ pub struct ClientStats {
     pub offset: AtomicU64,
     /// Ring sequence number of the next chunk it reads.
     pub cursor: AtomicU64,
+    /// False while it waits for the stream's first keyframe: such a client does not pace a
+    /// stream without a clock (it would wait for the ring while the ring waits for it).
+    pub reading: AtomicBool,
 }
 
 /// A client counted into a session. Dropping it counts the client out.
@@ -67,6 +75,7 @@ impl ClientHandle {
             bytes_sent: AtomicU64::new(0),
             offset: AtomicU64::new(0),
             cursor: AtomicU64::new(0),
+            reading: AtomicBool::new(true),
         });
         session.add_client_stats(stats.clone());
         ClientHandle {
@@ -99,7 +108,7 @@ impl ClientHandle {
         if waited_for_start {
             self.set_cursor(0);
             self.offset = 0;
-            self.awaiting_keyframe = true;
+            self.set_awaiting_keyframe(true);
             return;
         }
         self.join_now();
@@ -122,6 +131,14 @@ impl ClientHandle {
         self.stats.offset.store(self.offset, Ordering::Relaxed);
     }
 
+    fn set_awaiting_keyframe(&mut self, awaiting: bool) {
+        self.awaiting_keyframe = awaiting;
+        self.stats.reading.store(!awaiting, Ordering::Relaxed);
+        if !awaiting {
+            self.session.client_advanced();
+        }
+    }
+
     fn set_cursor(&mut self, cursor: u64) {
         self.cursor = cursor;
         self.stats.cursor.store(cursor, Ordering::Relaxed);
@@ -132,20 +149,23 @@ impl ClientHandle {
         if self.awaiting_keyframe {
             let ring = &self.session.ring;
             if let Some(join) = ring.first_keyframe_join() {
-                self.awaiting_keyframe = false;
                 self.set_cursor(join.cursor);
                 self.offset = join.offset;
                 self.lead_in = join.lead_in;
                 self.stats.offset.store(self.offset, Ordering::Relaxed);
+                self.set_awaiting_keyframe(false);
             } else if ring.is_closed()
                 || ring.is_evicted(self.cursor)
+                || ring.no_keyframe_to_wait_for()
+                || ring.edge_media() >= FIRST_KEYFRAME_WAIT_SECONDS
                 || ring.published_bytes() >= self.sessions.config().stream_buffer_size as u64
             {
                 // No keyframe to wait for (audio only, a GOP longer than the ring): as it comes.
-                self.awaiting_keyframe = false;
-                if ring.is_evicted(self.cursor) {
+                let evicted = ring.is_evicted(self.cursor);
+                if evicted {
                     self.join_now();
                 }
+                self.set_awaiting_keyframe(false);
             } else {
                 return Next::Wait;
             }

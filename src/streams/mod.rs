@@ -2,9 +2,10 @@
 //!
 //! [`Sessions`] is the registry. [`Sessions::attach`] finds or creates the session for a content id
 //! under one lock, so concurrent first requests create exactly one session and one engine call.
-//! A [`ClientHandle`] counts a client in; dropping it counts the client out and, for the last one,
-//! starts the idle timer (`stream_idle_timeout`). A client that arrives before the timer fires
-//! re-attaches to the warm session without any engine call.
+//! A [`ClientHandle`] counts a client in; dropping it counts the client out. The session owns its
+//! linger: its upstream task watches the client count and ends the session once nobody watched
+//! for `stream_idle_timeout`; a client that arrives before then re-attaches to the warm session
+//! without any engine call.
 
 pub mod client;
 pub mod pacer;
@@ -18,12 +19,11 @@ use crate::engines::EnginePool;
 use crate::error::EdgeError;
 use crate::metrics::Metrics;
 pub use client::{ClientHandle, ClientStats};
-pub use session::{Phase, Session};
+pub use session::{Phase, Session, StopReason, UpstreamFailure};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 /// Every live session, keyed by content id.
 #[derive(Debug)]
@@ -90,12 +90,7 @@ impl Sessions {
             };
             // Counted in under the map lock: an idle expiry (which takes the same lock) either
             // sees this client or has already removed the session.
-            let clients = {
-                let mut st = session.state();
-                st.clients += 1;
-                st.idle_since = None;
-                st.clients
-            };
+            let clients = session.count_in();
             (session, created, clients)
         };
         self.metrics.client_joins.inc();
@@ -113,48 +108,27 @@ impl Sessions {
         Ok(ClientHandle::new(self.clone(), session, addr))
     }
 
-    /// Counts a client out; the last one starts the idle timer.
+    /// Counts a client out; the last one starts the session's linger (its upstream task watches
+    /// the count and ends the session after `stream_idle_timeout`).
     fn detach(self: &Arc<Self>, session: &Arc<Session>, addr: Option<SocketAddr>) {
         self.metrics.client_leaves.inc();
         self.metrics.clients_active.dec();
-        let (clients, epoch) = {
-            let mut st = session.state();
-            st.clients = st.clients.saturating_sub(1);
-            if st.clients == 0 {
-                st.idle_epoch += 1;
-                st.idle_since = Some(Instant::now());
-            }
-            (st.clients, st.idle_epoch)
-        };
+        let clients = session.count_out();
         log::info!(
             "client {} left session {}: clients now {clients}",
             addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
             session.content_id
         );
-        if clients == 0 {
-            let sessions = self.clone();
-            let session = session.clone();
-            let idle = self.config.stream_idle_timeout;
-            tokio::spawn(async move {
-                tokio::time::sleep(idle).await;
-                sessions.expire_if_idle(&session, Some(epoch));
-            });
-        }
     }
 
-    /// Ends `session` if it still has no client (and, given an epoch, has been idle since then).
-    fn expire_if_idle(&self, session: &Arc<Session>, epoch: Option<u64>) -> bool {
+    /// Takes `session` out of the registry if it still has no client; the linger's last check,
+    /// under the map lock that attach takes too.
+    pub(crate) fn expire_if_idle(&self, session: &Arc<Session>) -> bool {
         let mut map = self.map();
-        let idle = {
-            let st = session.state();
-            st.clients == 0 && epoch.is_none_or(|e| e == st.idle_epoch)
-        };
-        if !idle {
+        if session.client_count() != 0 {
             return false;
         }
         Self::unregister(&mut map, session, &self.metrics);
-        drop(map);
-        session.end("idle timeout");
         true
     }
 
@@ -177,31 +151,12 @@ impl Sessions {
         }
     }
 
-    /// Safety net run every `session_cleanup_interval`: ends sessions idle for longer than
-    /// `stream_idle_timeout` whose timer was somehow lost. Returns how many it ended.
-    pub fn reap(&self) -> usize {
-        let idle_timeout = self.config.stream_idle_timeout;
-        let expired: Vec<Arc<Session>> = self
-            .map()
-            .values()
-            .filter(|s| {
-                let st = s.state();
-                st.clients == 0 && st.idle_since.is_some_and(|t| t.elapsed() >= idle_timeout)
-            })
-            .cloned()
-            .collect();
-        expired
-            .iter()
-            .filter(|s| self.expire_if_idle(s, None))
-            .count()
-    }
-
     /// Refuses new sessions and ends every session (each sends its stop).
     pub fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
         let all: Vec<Arc<Session>> = self.map().values().cloned().collect();
         for s in all {
-            s.end("proxy shutting down");
+            s.end(StopReason::Shutdown);
         }
     }
 

@@ -113,6 +113,8 @@ struct State {
     keyframes: VecDeque<KeyframeMark>,
     /// The newest PAT + PMT seen, for joins that cannot start on a keyframe.
     psi: Option<Bytes>,
+    /// Whether that PMT names a video stream with findable keyframes (`None` before any PMT).
+    video: Option<bool>,
 }
 
 impl State {
@@ -258,9 +260,18 @@ impl Ring {
         }
     }
 
-    /// Records the newest PAT + PMT (for joins without a keyframe).
-    pub fn set_psi(&self, psi: Bytes) {
-        self.lock().psi = Some(psi);
+    /// Records the newest PAT + PMT (for joins without a keyframe) and whether its program has
+    /// video whose keyframes can be found.
+    pub fn set_psi(&self, psi: Bytes, has_video: bool) {
+        let mut s = self.lock();
+        s.psi = Some(psi);
+        s.video = Some(has_video);
+    }
+
+    /// Whether waiting for a first keyframe makes no sense: the PMT says there is no video whose
+    /// keyframes can be found.
+    pub fn no_keyframe_to_wait_for(&self) -> bool {
+        self.lock().video == Some(false)
     }
 
     /// Marks the end of the stream and wakes every waiter.

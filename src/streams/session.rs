@@ -27,16 +27,52 @@ pub enum Phase {
     /// Starting failed; every waiting client gets this error.
     Failed(EdgeError),
     /// The session is over (upstream ended, idle timeout, shutdown).
-    Ended(String),
+    Ended(StopReason),
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StopReason {
+    /// Nobody watched for `stream_idle_timeout`.
+    #[error("idle timeout")]
+    IdleTimeout,
+    /// The proxy is shutting down.
+    #[error("proxy shutting down")]
+    Shutdown,
+    /// The upstream failed and the failover budget (`max_failovers` per `failover_window`) was
+    /// spent.
+    #[error("{0}; no failover left")]
+    Upstream(UpstreamFailure),
+    /// The upstream failed and no engine could take the session over.
+    #[error("{failure}; failover failed: {error}")]
+    FailoverFailed {
+        /// How the upstream failed.
+        failure: UpstreamFailure,
+        /// Why the next start failed.
+        error: EdgeError,
+    },
+}
+
+/// How a live upstream failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamFailure {
+    /// The engine ended the stream.
+    #[error("upstream ended")]
+    Ended,
+    /// Reading failed (connection reset, broken framing).
+    #[error("upstream read failed: {0}")]
+    ReadFailed(String),
+    /// More than a chunk's worth of bytes that are not MPEG-TS.
+    #[error("upstream sent {0} bytes that are not MPEG-TS")]
+    NotTs(usize),
+    /// No byte for `upstream_stall_timeout`.
+    #[error("upstream stalled for {0:?}")]
+    Stalled(std::time::Duration),
 }
 
 /// Mutable bookkeeping, guarded by one short-lived lock.
 #[derive(Debug, Default)]
 pub(crate) struct SessionState {
-    /// Clients attached now.
-    pub clients: usize,
-    /// Bumped whenever the client count drops to zero; an idle timer only fires for its epoch.
-    pub idle_epoch: u64,
     /// When the last client left (None while clients are attached).
     pub idle_since: Option<Instant>,
     /// The engine serving this session.
@@ -77,7 +113,9 @@ pub struct Session {
     /// Signalled by clients that advanced while the upstream task waits for them.
     client_progress: Notify,
     pub(crate) phase: watch::Sender<Phase>,
-    pub(crate) cancel: watch::Sender<Option<String>>,
+    pub(crate) cancel: watch::Sender<Option<StopReason>>,
+    /// Clients attached now; the session's linger watches it.
+    attached: watch::Sender<usize>,
     state: Mutex<SessionState>,
     clients: Mutex<Vec<Arc<ClientStats>>>,
 }
@@ -100,6 +138,7 @@ impl Session {
             client_progress: Notify::new(),
             phase: watch::channel(Phase::Starting).0,
             cancel: watch::channel(None).0,
+            attached: watch::channel(0).0,
             state: Mutex::new(SessionState::default()),
             clients: Mutex::new(Vec::new()),
         }
@@ -123,10 +162,11 @@ impl Session {
         self.client_list().clone()
     }
 
-    /// The cursor and stream offset of the client furthest ahead, if any client is attached.
+    /// The cursor and stream offset of the reading client furthest ahead, if any.
     pub(crate) fn leader(&self) -> Option<(u64, u64)> {
         self.client_list()
             .iter()
+            .filter(|c| c.reading.load(Ordering::Relaxed))
             .map(|c| {
                 (
                     c.cursor.load(Ordering::Relaxed),
@@ -167,14 +207,55 @@ impl Session {
 
     /// Clients attached now.
     pub fn client_count(&self) -> usize {
-        self.state().clients
+        *self.attached.borrow()
+    }
+
+    /// Counts a client in; returns the count. (The registry calls it under its map lock, so an
+    /// idle expiry either sees the client or has already removed the session.)
+    pub(crate) fn count_in(&self) -> usize {
+        self.state().idle_since = None;
+        self.attached.send_modify(|n| *n += 1);
+        self.client_count()
+    }
+
+    /// Counts a client out; returns the count. The last one starts the linger.
+    pub(crate) fn count_out(&self) -> usize {
+        let mut left = 0;
+        self.attached.send_modify(|n| {
+            *n = n.saturating_sub(1);
+            left = *n;
+        });
+        if left == 0 {
+            self.state().idle_since = Some(Instant::now());
+        }
+        left
+    }
+
+    /// Resolves once the session has had no client for `idle` and `expire` agreed to end it
+    /// (the registry's last check under its lock: a client attaching at that moment keeps the
+    /// session). A client arriving during the linger restarts it from zero.
+    pub(crate) async fn linger(&self, idle: std::time::Duration, expire: impl Fn() -> bool) {
+        let mut attached = self.attached.subscribe();
+        loop {
+            if attached.wait_for(|n| *n == 0).await.is_err() {
+                return std::future::pending().await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(idle) => {
+                    if expire() {
+                        return;
+                    }
+                }
+                _ = attached.wait_for(|n| *n > 0) => {}
+            }
+        }
     }
 
     /// Asks the upstream task to end the session (it stops the engine session and closes the ring).
-    pub fn end(&self, reason: &str) {
+    pub fn end(&self, reason: StopReason) {
         self.cancel.send_if_modified(|r| {
             if r.is_none() {
-                *r = Some(reason.to_string());
+                *r = Some(reason);
                 true
             } else {
                 false
@@ -203,5 +284,55 @@ impl Session {
         let first_byte_ms = self.state().first_byte_ms?;
         let streaming_for = self.created.elapsed().as_secs_f64() - first_byte_ms as f64 / 1000.0;
         (streaming_for > 0.2).then(|| self.bytes_in.load(Ordering::Relaxed) as f64 / streaming_for)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// With the clock paused: a session lingers exactly `stream_idle_timeout` after its last
+    /// client leaves; a client coming back within it restarts the linger from zero.
+    #[tokio::test(start_paused = true)]
+    async fn linger_and_rejoin() {
+        let session = Arc::new(Session::new("a".repeat(40), &Config::default()));
+        let idle = Duration::from_secs(300);
+        session.count_in();
+        let s = session.clone();
+        let start = tokio::time::Instant::now();
+        let lingering = tokio::spawn(async move {
+            s.linger(idle, || true).await;
+            tokio::time::Instant::now()
+        });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(session.count_out(), 0, "last client left at 10 s");
+        tokio::time::sleep(Duration::from_secs(200)).await;
+        assert_eq!(session.count_in(), 1, "a client rejoined at 210 s");
+        assert!(session.state().idle_since.is_none());
+        tokio::time::sleep(Duration::from_secs(400)).await;
+        assert!(!lingering.is_finished(), "nobody left: no expiry");
+        session.count_out(); // at 610 s
+        let ended = lingering.await.unwrap();
+        assert_eq!(
+            ended - start,
+            Duration::from_secs(910),
+            "610 s + the 300 s linger"
+        );
+    }
+
+    /// An expiry the registry refuses (a client attached at that instant) keeps lingering.
+    #[tokio::test(start_paused = true)]
+    async fn refused_expiry_keeps_the_session() {
+        let session = Session::new("b".repeat(40), &Config::default());
+        let tries = std::sync::atomic::AtomicUsize::new(0);
+        let start = tokio::time::Instant::now();
+        session
+            .linger(Duration::from_secs(5), || {
+                tries.fetch_add(1, Ordering::Relaxed) == 2
+            })
+            .await;
+        assert_eq!(tries.load(Ordering::Relaxed), 3);
+        assert_eq!(start.elapsed(), Duration::from_secs(15));
     }
 }

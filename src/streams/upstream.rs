@@ -9,10 +9,10 @@
 use super::pacer::{Admission, Pacer};
 use super::rechunk::{Chunk, Rechunker};
 use super::ring::MediaSpan;
-use super::session::{Phase, Session};
+use super::session::{Phase, Session, StopReason, UpstreamFailure};
 use super::Sessions;
 use crate::config::Config;
-use crate::engines::{Engine, EngineTimeouts};
+use crate::engines::{Engine, EngineStream, EngineTimeouts};
 use crate::error::EdgeError;
 use crate::metrics::Metrics;
 use crate::ts::PACKET_SIZE;
@@ -22,21 +22,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// Timeout of the fire-and-forget stop call (spec §5: engines may hang).
-const STOP_TIMEOUT: Duration = Duration::from_secs(3);
-
 /// Reader-paced ingest re-checks the leading client at least this often, in case a wake-up was
 /// missed (a client that left between the check and the wait).
 const READER_PACE_RECHECK: Duration = Duration::from_millis(100);
 
 /// How the upstream task ended.
 enum Outcome {
-    /// Asked to end (idle, shutdown).
-    Cancelled(String),
     /// Could not start: no engine, refusal, timeout.
     StartFailed(EdgeError),
-    /// Was streaming, then the engine ended or broke.
-    UpstreamEnded(String),
+    /// Asked to end, or was streaming and then ended for good.
+    Stopped(StopReason),
 }
 
 /// The session's upstream task: start, stream into the ring, stop. Runs until the session ends.
@@ -45,8 +40,11 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<Session>)
     let mut cancel = session.cancel.subscribe();
     let outcome = tokio::select! {
         outcome = stream(&sessions, &session, &config) => outcome,
+        _ = session.linger(config.stream_idle_timeout, || sessions.expire_if_idle(&session)) => {
+            Outcome::Stopped(StopReason::IdleTimeout)
+        }
         reason = cancel.wait_for(|r| r.is_some()) => {
-            Outcome::Cancelled(reason.ok().and_then(|r| r.clone()).unwrap_or_else(|| "ended".into()))
+            Outcome::Stopped(reason.ok().and_then(|r| r.clone()).unwrap_or(StopReason::Shutdown))
         }
     };
     let metrics = sessions.metrics();
@@ -55,16 +53,21 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<Session>)
             .sessions_started
             .with_label_values(&[start_outcome(e)])
             .inc(),
-        Outcome::Cancelled(_) if session.state().first_byte_ms.is_none() => metrics
+        Outcome::Stopped(_) if session.state().first_byte_ms.is_none() => metrics
             .sessions_started
             .with_label_values(&["cancelled"])
             .inc(),
         _ => {}
     }
     let (phase, reason) = match outcome {
-        Outcome::Cancelled(reason) => (Phase::Ended(reason.clone()), reason),
-        Outcome::UpstreamEnded(reason) => (Phase::Ended(reason.clone()), reason),
-        Outcome::StartFailed(e) => (Phase::Failed(e.clone()), e.to_string()),
+        Outcome::Stopped(reason) => {
+            let text = reason.to_string();
+            (Phase::Ended(reason), text)
+        }
+        Outcome::StartFailed(e) => {
+            let text = e.to_string();
+            (Phase::Failed(e), text)
+        }
     };
     let (engine, engine_session) = {
         let mut st = session.state();
@@ -90,7 +93,7 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<Session>)
     );
     if let (Some(engine), Some(es)) = (engine, engine_session) {
         if let Some(cmd) = &es.command_path {
-            if let Err(e) = engine.endpoint.stop(cmd, STOP_TIMEOUT).await {
+            if let Err(e) = engine.endpoint.stop(cmd, config.engine_stop_timeout).await {
                 log::warn!("session {}: stop failed: {e}", session.content_id);
             }
         }
@@ -98,11 +101,40 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<Session>)
     session.state().lease = None;
 }
 
-/// Bound on the stop of a failed upstream, which delays the failover (clients get keepalives).
-const FAILOVER_STOP_TIMEOUT: Duration = Duration::from_secs(1);
+/// At most `max` failovers within any `window`: a session whose engines keep failing ends
+/// instead of hopping forever.
+#[derive(Debug)]
+pub(crate) struct FailoverBudget {
+    max: usize,
+    window: Duration,
+    recent: std::collections::VecDeque<Instant>,
+}
 
-/// How long failovers are counted against `max_failovers`.
-const FAILOVER_WINDOW: Duration = Duration::from_secs(60);
+impl FailoverBudget {
+    pub(crate) fn new(max: usize, window: Duration) -> Self {
+        FailoverBudget {
+            max,
+            window,
+            recent: Default::default(),
+        }
+    }
+
+    /// Takes one failover at `now` if the budget allows it.
+    pub(crate) fn take(&mut self, now: Instant) -> bool {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.window)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= self.max {
+            return false;
+        }
+        self.recent.push_back(now);
+        true
+    }
+}
 
 async fn stream(sessions: &Sessions, session: &Arc<Session>, config: &Config) -> Outcome {
     let (mut upstream, first) = match start_within_deadline(sessions, session, config, &[]).await {
@@ -137,23 +169,15 @@ async fn stream(sessions: &Sessions, session: &Arc<Session>, config: &Config) ->
         ingest.release(chunk).await;
     }
     session.phase.send_replace(Phase::Streaming);
-    let mut failovers: std::collections::VecDeque<Instant> = Default::default();
+    let mut budget = FailoverBudget::new(config.max_failovers, config.failover_window);
     loop {
         let reason = pump(config, &mut upstream, &mut chunker, &mut ingest, &count_in).await;
         while let Some(chunk) = chunker.next_flush() {
             ingest.release(chunk).await;
         }
-        let now = Instant::now();
-        while failovers
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > FAILOVER_WINDOW)
-        {
-            failovers.pop_front();
+        if !budget.take(Instant::now()) {
+            return Outcome::Stopped(StopReason::Upstream(reason));
         }
-        if failovers.len() >= config.max_failovers {
-            return Outcome::UpstreamEnded(reason);
-        }
-        failovers.push_back(now);
         metrics.failovers.inc();
         // Clients stay attached (and get keepalives) while the next engine starts.
         let (old_engine, old_session) = {
@@ -174,7 +198,11 @@ async fn stream(sessions: &Sessions, session: &Arc<Session>, config: &Config) ->
             // ends the older session of a content id by itself when a new one starts, which
             // would make this stop arrive too late to count.
             if let Some(cmd) = old_session.and_then(|es| es.command_path) {
-                if let Err(e) = engine.endpoint.stop(&cmd, FAILOVER_STOP_TIMEOUT).await {
+                if let Err(e) = engine
+                    .endpoint
+                    .stop(&cmd, config.failover_stop_timeout)
+                    .await
+                {
                     log::warn!(
                         "session {}: stop of the failed upstream: {e}",
                         session.content_id
@@ -208,7 +236,12 @@ async fn stream(sessions: &Sessions, session: &Arc<Session>, config: &Config) ->
                         .unwrap_or_default()
                 );
             }
-            Err(e) => return Outcome::UpstreamEnded(format!("{reason}; failover failed: {e}")),
+            Err(error) => {
+                return Outcome::Stopped(StopReason::FailoverFailed {
+                    failure: reason,
+                    error,
+                })
+            }
         }
     }
 }
@@ -219,7 +252,7 @@ async fn start_within_deadline(
     session: &Arc<Session>,
     config: &Config,
     exclude: &[SocketAddr],
-) -> Result<(crate::http1::Response, Bytes), EdgeError> {
+) -> Result<(EngineStream, Bytes), EdgeError> {
     let started = tokio::time::timeout(
         config.empty_stream_timeout,
         start_and_first_bytes(sessions, session, config, exclude),
@@ -240,14 +273,14 @@ async fn start_within_deadline(
     }
 }
 
-/// Moves bytes from the upstream into the ring, paced, until the upstream fails; returns why.
+/// Moves bytes from the upstream into the ring, paced, until the upstream fails; returns how.
 async fn pump(
     config: &Config,
-    upstream: &mut crate::http1::Response,
+    upstream: &mut EngineStream,
     chunker: &mut Rechunker,
     ingest: &mut Ingest<'_>,
     count_in: &impl Fn(usize),
-) -> String {
+) -> UpstreamFailure {
     let mut last_flush = tokio::time::Instant::now();
     let mut garbage = 0usize;
     loop {
@@ -278,12 +311,12 @@ async fn pump(
                     garbage = 0;
                 }
                 if garbage >= config.copy_chunk_size {
-                    return format!("upstream sent {garbage} bytes that are not MPEG-TS");
+                    return UpstreamFailure::NotTs(garbage);
                 }
             }
-            Ok(Ok(None)) => return "upstream ended".into(),
-            Ok(Err(e)) => return format!("upstream read failed: {e}"),
-            Err(_) => return format!("upstream stalled for {:?}", config.upstream_stall_timeout),
+            Ok(Ok(None)) => return UpstreamFailure::Ended,
+            Ok(Err(e)) => return UpstreamFailure::ReadFailed(e.to_string()),
+            Err(_) => return UpstreamFailure::Stalled(config.upstream_stall_timeout),
         }
     }
 }
@@ -340,14 +373,14 @@ impl<'a> Ingest<'a> {
         }
         let ring = &self.session.ring;
         if let Some(psi) = found.psi {
-            ring.set_psi(psi);
+            ring.set_psi(psi, found.has_video);
         }
         ring.add_keyframes(found.keyframes);
         ring.publish(data, media);
-        let lead = self
-            .pacer
-            .has_clock()
-            .then(|| self.pacer.lead(Instant::now()).as_secs_f64());
+        let lead = self.pacer.has_clock().then(|| {
+            let now = tokio::time::Instant::now().into_std();
+            self.pacer.lead(now).as_secs_f64()
+        });
         self.session.set_ingest_lead(lead);
         if let Some(lead) = lead {
             self.metrics.ingest_lead.observe(lead);
@@ -394,7 +427,7 @@ async fn start_and_first_bytes(
     session: &Arc<Session>,
     config: &Config,
     exclude: &[SocketAddr],
-) -> Result<(crate::http1::Response, Bytes), EdgeError> {
+) -> Result<(EngineStream, Bytes), EdgeError> {
     let timeouts = EngineTimeouts {
         connect: config.engine_connect_timeout,
         read: config.engine_read_timeout,
@@ -437,7 +470,7 @@ async fn start_and_first_bytes(
                 // before trying the next engine.
                 let es = session.state().engine_session.take();
                 if let Some(cmd) = es.and_then(|es| es.command_path) {
-                    let _ = engine.endpoint.stop(&cmd, STOP_TIMEOUT).await;
+                    let _ = engine.endpoint.stop(&cmd, config.engine_stop_timeout).await;
                 }
                 session.state().engine = None;
                 last_error = Some(e);
@@ -450,7 +483,7 @@ async fn start_on(
     session: &Arc<Session>,
     engine: &Engine,
     timeouts: EngineTimeouts,
-) -> Result<(crate::http1::Response, Bytes), EdgeError> {
+) -> Result<(EngineStream, Bytes), EdgeError> {
     let es = engine
         .endpoint
         .start_session(&session.content_id, timeouts)
@@ -492,5 +525,30 @@ async fn start_on(
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FailoverBudget;
+    use std::time::{Duration, Instant};
+
+    /// Three failovers a minute: the fourth within the minute is refused, and one more is
+    /// allowed once the oldest has left the window.
+    #[test]
+    fn failover_budget_counts_within_its_window() {
+        let t0 = Instant::now();
+        let mut b = FailoverBudget::new(3, Duration::from_secs(60));
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(b.take(at(0)) && b.take(at(10)) && b.take(at(20)));
+        assert!(!b.take(at(30)), "a fourth within the minute");
+        assert!(
+            !b.take(at(60)),
+            "the first is still inside the window at 60 s"
+        );
+        assert!(b.take(at(61)), "the first left the window");
+        assert!(!b.take(at(62)));
+        let mut none = FailoverBudget::new(0, Duration::from_secs(60));
+        assert!(!none.take(t0), "max_failovers 0 never fails over");
     }
 }

@@ -44,6 +44,8 @@ pub struct Findings {
     pub keyframes: Vec<KeyframeMark>,
     /// The PAT and PMT packets, if a PMT was seen in these packets (and a PAT before it).
     pub psi: Option<Bytes>,
+    /// With `psi`: whether that PMT names a video stream whose keyframes can be found.
+    pub has_video: bool,
 }
 
 /// Longest access-unit start examined for its first slice. SEI before the slice can be long:
@@ -118,6 +120,7 @@ impl Inspector {
                     .find_map(|s| Codec::from_stream_type(s.stream_type).map(|c| (s.pid, c)));
                 self.pmt = Some(Bytes::copy_from_slice(&p[..PACKET_SIZE]));
                 found.psi = self.psi();
+                found.has_video = self.video.is_some();
             }
             return;
         }

@@ -5,9 +5,8 @@
 //! (`client_timeout`) drops a client whose socket accepts nothing, and falling off the ring's tail
 //! drops it too. Neither ever slows the session or another client.
 
-use super::{write_error, write_json};
+use super::write_error;
 use crate::error::EdgeError;
-use crate::http1::query_param;
 use crate::streams::client::Next;
 use crate::streams::ClientHandle;
 use crate::streams::{Phase, Sessions};
@@ -15,6 +14,13 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use std::sync::Arc;
+
+/// The first value of `name` in a query string, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
 
 /// The content id of a request: `id`, else `infohash`; 40 hex characters, returned in lower case.
 pub fn content_id(query: Option<&str>) -> Result<String, EdgeError> {
@@ -209,7 +215,7 @@ pub async fn manifest(s: &mut Session) -> pingora::Result<()> {
         return write_error(s, &e).await;
     }
     let e = EdgeError::NotImplemented("HLS is not implemented; use /ace/getstream".into());
-    write_json(s, e.status(), e.json_body()).await
+    write_error(s, &e).await
 }
 
 #[cfg(test)]

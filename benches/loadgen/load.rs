@@ -1,0 +1,297 @@
+//! The load: streaming HTTP clients against the proxy or the simulator directly, and what each
+//! measured (bytes over time, first byte, stalls, disconnects, bytes off the 188-byte grid).
+
+use super::print_row;
+use super::procs::{clk_tck, cpu_ticks, rss_sampler};
+use acestream_edge::http1::{self, Response};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+// === clients ===
+
+#[derive(Default, Clone)]
+pub struct ClientResult {
+    pub status: u16,
+    pub ttfb: Option<Duration>,
+    pub window_bytes: u64,
+    pub max_gap: Duration,
+    pub misaligned: u64,
+    pub disconnected: bool,
+}
+
+/// How a client reaches the stream.
+#[derive(Clone, Copy)]
+pub enum Target {
+    /// `GET /ace/getstream?id=` on the proxy.
+    Proxy,
+    /// The engine API directly: JSON start, then the playback URL and its redirect.
+    Direct,
+}
+
+pub async fn open(target: Target, addr: SocketAddr, id: &str) -> std::io::Result<Response> {
+    match target {
+        Target::Proxy => {
+            http1::get(
+                addr,
+                &format!("/ace/getstream?id={id}"),
+                Duration::from_secs(10),
+            )
+            .await
+        }
+        Target::Direct => {
+            let mut r = http1::get(
+                addr,
+                &format!(
+                    "/ace/getstream?format=json&id={id}&pid={}",
+                    uuid::Uuid::new_v4()
+                ),
+                Duration::from_secs(10),
+            )
+            .await?;
+            let body = r.read_to_end(1 << 16).await?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&body).map_err(std::io::Error::other)?;
+            let mut path = acestream_edge::engines::client::path_of(
+                v["response"]["playback_url"].as_str().unwrap_or(""),
+            )
+            .ok_or_else(|| std::io::Error::other("no playback_url"))?;
+            loop {
+                let r = http1::get(addr, &path, Duration::from_secs(10)).await?;
+                if r.status == 302 {
+                    path = acestream_edge::engines::client::path_of(
+                        r.header("location").unwrap_or(""),
+                    )
+                    .ok_or_else(|| std::io::Error::other("bad location"))?;
+                    continue;
+                }
+                return Ok(r);
+            }
+        }
+    }
+}
+
+/// One streaming client: connects at `start_at`, reads until `end`, counts bytes inside
+/// [`window_from`, `end`].
+pub async fn run_client(
+    target: Target,
+    addr: SocketAddr,
+    id: String,
+    start_at: Instant,
+    window_from: Instant,
+    end: Instant,
+) -> ClientResult {
+    tokio::time::sleep_until(start_at.into()).await;
+    let t0 = Instant::now();
+    let mut res = ClientResult::default();
+    let mut r = match open(target, addr, &id).await {
+        Ok(r) => r,
+        Err(_) => {
+            res.disconnected = true;
+            return res;
+        }
+    };
+    res.status = r.status;
+    let mut offset: u64 = 0;
+    let mut last = Instant::now();
+    loop {
+        let piece = tokio::time::timeout_at(end.into(), r.next_chunk()).await;
+        let now = Instant::now();
+        match piece {
+            Err(_) => break,
+            Ok(Ok(Some(b))) => {
+                if res.ttfb.is_none() {
+                    res.ttfb = Some(now - t0);
+                } else {
+                    res.max_gap = res.max_gap.max(now - last);
+                }
+                last = now;
+                // Every byte at a 188 multiple of the body must be the sync byte.
+                let first = ((188 - offset % 188) % 188) as usize;
+                let mut i = first;
+                while i < b.len() {
+                    if b[i] != 0x47 {
+                        res.misaligned += 1;
+                    }
+                    i += 188;
+                }
+                offset += b.len() as u64;
+                if now >= window_from {
+                    res.window_bytes += b.len() as u64;
+                }
+            }
+            Ok(_) => {
+                res.disconnected = true;
+                break;
+            }
+        }
+    }
+    if now_after(end) {
+        res.max_gap = res.max_gap.max(Instant::now() - last);
+    }
+    res
+}
+
+pub fn now_after(t: Instant) -> bool {
+    Instant::now() >= t
+}
+
+#[derive(Serialize, Clone, Default)]
+pub struct Report {
+    pub scenario: String,
+    pub target: String,
+    pub run: u32,
+    pub clients: usize,
+    pub bitrate_bps: u64,
+    pub aggregate_mbps: f64,
+    pub client_min_mbps: f64,
+    pub client_median_mbps: f64,
+    pub kept_up: usize,
+    pub stalled: usize,
+    pub disconnected: usize,
+    pub misaligned: u64,
+    pub ttfb_p50_ms: f64,
+    pub ttfb_p99_ms: f64,
+    pub cpu_percent: f64,
+    pub rss_start_mib: f64,
+    pub rss_peak_mib: f64,
+    pub rss_end_mib: f64,
+    pub note: String,
+}
+
+pub fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+pub struct Load {
+    pub target: Target,
+    pub addr: SocketAddr,
+    pub pid: u32,
+    pub ids: Vec<String>,
+    pub per_id: usize,
+    pub bitrate: u64,
+    pub ramp: Duration,
+    pub warmup: Duration,
+    pub measure: Duration,
+}
+
+impl Load {
+    /// A streaming load with the standard timings: 2 s ramp, 3 s warm-up, 10 s window.
+    pub fn streaming(
+        target: Target,
+        addr: SocketAddr,
+        pid: u32,
+        ids: Vec<String>,
+        per_id: usize,
+        bitrate: u64,
+    ) -> Load {
+        Load {
+            target,
+            addr,
+            pid,
+            ids,
+            per_id,
+            bitrate,
+            ramp: Duration::from_secs(2),
+            warmup: Duration::from_secs(3),
+            measure: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Prints a row and keeps it for the JSON file.
+pub fn record(out: &mut Vec<Report>, r: Report) {
+    print_row(&r);
+    out.push(r);
+}
+
+pub async fn run_load(scenario: &str, run: u32, l: Load) -> Report {
+    let n = l.ids.len() * l.per_id;
+    let t_start = Instant::now() + Duration::from_millis(200);
+    let window_from = t_start + l.ramp + l.warmup;
+    let end = window_from + l.measure;
+    let (stop, sampler) = rss_sampler(l.pid);
+    let mut tasks = Vec::with_capacity(n);
+    let mut k = 0;
+    for id in &l.ids {
+        for _ in 0..l.per_id {
+            let at = t_start + l.ramp.mul_f64(k as f64 / n.max(1) as f64);
+            tasks.push(tokio::spawn(run_client(
+                l.target,
+                l.addr,
+                id.clone(),
+                at,
+                window_from,
+                end,
+            )));
+            k += 1;
+        }
+    }
+    tokio::time::sleep_until(window_from.into()).await;
+    let cpu0 = cpu_ticks(l.pid);
+    let w0 = Instant::now();
+    tokio::time::sleep_until(end.into()).await;
+    let cpu1 = cpu_ticks(l.pid);
+    let secs = w0.elapsed().as_secs_f64();
+    let mut results = Vec::with_capacity(n);
+    for t in tasks {
+        results.push(t.await.unwrap_or_default());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (rss_start, rss_peak, rss_end) = sampler.join().unwrap();
+    let measure = l.measure.as_secs_f64();
+    let rates: Vec<f64> = results
+        .iter()
+        .map(|r| r.window_bytes as f64 * 8.0 / measure / 1e6)
+        .collect();
+    let aggregate: f64 = rates.iter().sum();
+    let need = l.bitrate as f64 * 0.95 / 1e6;
+    let kept_up = if l.bitrate == 0 {
+        0
+    } else {
+        rates.iter().filter(|r| **r >= need).count()
+    };
+    let mut ttfb: Vec<f64> = results
+        .iter()
+        .filter_map(|r| r.ttfb)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    let median = percentile(&mut rates.clone(), 0.5);
+    Report {
+        scenario: scenario.into(),
+        target: match l.target {
+            Target::Proxy => "proxy",
+            Target::Direct => "direct",
+        }
+        .into(),
+        run,
+        clients: n,
+        bitrate_bps: l.bitrate,
+        aggregate_mbps: aggregate,
+        client_min_mbps: rates.iter().cloned().fold(f64::INFINITY, f64::min),
+        client_median_mbps: median,
+        kept_up,
+        stalled: results
+            .iter()
+            .filter(|r| r.max_gap > Duration::from_secs(2))
+            .count(),
+        disconnected: results
+            .iter()
+            .filter(|r| r.disconnected || r.status != 200)
+            .count(),
+        misaligned: results.iter().map(|r| r.misaligned).sum(),
+        ttfb_p50_ms: percentile(&mut ttfb.clone(), 0.5),
+        ttfb_p99_ms: percentile(&mut ttfb, 0.99),
+        cpu_percent: (cpu1 - cpu0) as f64 / clk_tck() / secs * 100.0,
+        rss_start_mib: rss_start,
+        rss_peak_mib: rss_peak,
+        rss_end_mib: rss_end,
+        note: String::new(),
+    }
+}

@@ -1,0 +1,334 @@
+//! The benchmark scenarios, each run side by side (proxy vs the simulator serving directly) where
+//! that comparison means something.
+
+use super::load::*;
+use super::procs::*;
+use acestream_edge::http1::{self, Response};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+// === scenarios ===
+
+pub struct Opts {
+    pub quick: bool,
+    pub runs: u32,
+}
+
+pub async fn fanout(o: &Opts, out: &mut Vec<Report>) {
+    // BENCH_FANOUT_N=1000 runs one N, through the proxy only (for profiling).
+    let only_n: Option<usize> = std::env::var("BENCH_FANOUT_N")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let all = if o.quick {
+        vec![100]
+    } else {
+        vec![100, 500, 1000, 2000]
+    };
+    let bitrate = 4_000_000;
+    for run in 1..=o.runs {
+        for &n in only_n.as_ref().map(std::slice::from_ref).unwrap_or(&all) {
+            for target in [Target::Direct, Target::Proxy] {
+                if only_n.is_some() && matches!(target, Target::Direct) {
+                    continue;
+                }
+                let sim = start_sim(bitrate);
+                let proxy = matches!(target, Target::Proxy).then(|| start_proxy(sim.addr, ""));
+                let load = match &proxy {
+                    // One id, N viewers through the proxy.
+                    Some(p) => {
+                        Load::streaming(target, p.addr, p.pid(), vec![content_id(1)], n, bitrate)
+                    }
+                    // The floor: N viewers, each its own engine session.
+                    None => Load::streaming(
+                        target,
+                        sim.addr,
+                        sim.pid(),
+                        (0..n as u32).map(content_id).collect(),
+                        1,
+                        bitrate,
+                    ),
+                };
+                record(out, run_load("fanout", run, load).await);
+            }
+        }
+    }
+}
+
+pub async fn many_sessions(o: &Opts, out: &mut Vec<Report>) {
+    let (ids, per) = if o.quick { (10, 10) } else { (100, 10) };
+    let bitrate = 2_000_000;
+    for run in 1..=o.runs {
+        let sim = start_sim(bitrate);
+        let p = start_proxy(sim.addr, "");
+        let ids = (0..ids).map(|i| content_id(1000 + i)).collect();
+        let load = Load {
+            ramp: Duration::from_secs(3),
+            ..Load::streaming(Target::Proxy, p.addr, p.pid(), ids, per, bitrate)
+        };
+        record(out, run_load("sessions", run, load).await);
+    }
+}
+
+/// Opens `/ace/getstream?id=` on the proxy and waits (bounded) for its first piece of body.
+pub async fn watch(addr: SocketAddr, id: &str) -> Response {
+    let mut r = http1::get(
+        addr,
+        &format!("/ace/getstream?id={id}"),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("proxy answers");
+    let _ = tokio::time::timeout(Duration::from_secs(10), r.next_chunk()).await;
+    r
+}
+
+pub async fn ttfb_of(addr: SocketAddr, id: &str) -> f64 {
+    let t = Instant::now();
+    drop(watch(addr, id).await);
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+pub async fn start_times(o: &Opts, out: &mut Vec<Report>) {
+    let samples = if o.quick { 5 } else { 20 };
+    for run in 1..=o.runs {
+        let sim = start_sim(4_000_000);
+        let p = start_proxy(sim.addr, "  stream_idle_timeout: 30\n");
+        // The engine's own first byte, asked directly (JSON + playback + redirect).
+        let mut engine = Vec::new();
+        let mut cold = Vec::new();
+        let mut warm = Vec::new();
+        let mut rejoin = Vec::new();
+        for i in 0..samples {
+            let t = Instant::now();
+            let mut r = open(Target::Direct, sim.addr, &content_id(5000 + i))
+                .await
+                .unwrap();
+            let _ = r.next_chunk().await;
+            engine.push(t.elapsed().as_secs_f64() * 1000.0);
+            drop(r);
+            let id = content_id(6000 + i + run * 100);
+            cold.push(ttfb_of(p.addr, &id).await);
+            // A warm join: someone is watching.
+            let holder = watch(p.addr, &id).await;
+            warm.push(ttfb_of(p.addr, &id).await);
+            drop(holder);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Everyone left; the session lingers: a rejoin.
+            rejoin.push(ttfb_of(p.addr, &id).await);
+        }
+        for (name, mut v) in [
+            ("start-engine-direct", engine),
+            ("start-cold", cold),
+            ("start-warm-join", warm),
+            ("start-rejoin", rejoin),
+        ] {
+            let r = Report {
+                scenario: name.into(),
+                target: if name.contains("direct") {
+                    "direct"
+                } else {
+                    "proxy"
+                }
+                .into(),
+                run,
+                clients: v.len(),
+                ttfb_p50_ms: percentile(&mut v.clone(), 0.5),
+                ttfb_p99_ms: percentile(&mut v, 0.99),
+                ..Report::default()
+            };
+            record(out, r);
+        }
+    }
+}
+
+/// Raw throughput: one very fast stream to many fast clients. A real engine never outruns its
+/// bitrate, and the proxy's policy disconnects a client that falls a whole ring behind, so an
+/// unthrottled source would only measure disconnects; the source is throttled to a high rate
+/// instead: 10 clients at 1000 Mbit/s, 100 clients at 250 Mbit/s (25 Gbit/s delivered).
+pub async fn raw(o: &Opts, out: &mut Vec<Report>) {
+    let cases: &[(usize, u64)] = if o.quick {
+        &[(10, 1_000_000_000)]
+    } else {
+        &[(10, 1_000_000_000), (100, 250_000_000)]
+    };
+    for run in 1..=o.runs {
+        for &(n, bitrate) in cases {
+            for target in [Target::Direct, Target::Proxy] {
+                let sim = start_sim(bitrate);
+                let proxy = matches!(target, Target::Proxy)
+                    .then(|| start_proxy(sim.addr, "  stream_buffer_size: 67108864\n"));
+                let (addr, pid, ids, per) = match &proxy {
+                    Some(p) => (p.addr, p.pid(), vec![content_id(9)], n),
+                    None => (
+                        sim.addr,
+                        sim.pid(),
+                        (0..n as u32).map(content_id).collect(),
+                        1,
+                    ),
+                };
+                let load = Load {
+                    ramp: Duration::ZERO,
+                    warmup: Duration::from_secs(2),
+                    measure: Duration::from_secs(5),
+                    ..Load::streaming(target, addr, pid, ids, per, bitrate)
+                };
+                record(out, run_load("raw", run, load).await);
+            }
+        }
+    }
+}
+
+/// A source faster than every client and without a clock (null packets, unlimited rate), and
+/// N equal clients reading as fast as they can: reader-paced ingest must keep all of them.
+pub async fn clockless(o: &Opts, out: &mut Vec<Report>) {
+    let ns: &[usize] = if o.quick { &[10] } else { &[10, 100] };
+    for run in 1..=o.runs {
+        for &n in ns {
+            let sim = start_sim_with(0, &["--null-stream"]);
+            let p = start_proxy(sim.addr, "");
+            let load = Load {
+                ramp: Duration::ZERO,
+                warmup: Duration::from_secs(2),
+                measure: Duration::from_secs(5),
+                ..Load::streaming(
+                    Target::Proxy,
+                    p.addr,
+                    p.pid(),
+                    vec![content_id(40000)],
+                    n,
+                    0,
+                )
+            };
+            let mut r = run_load("clockless", run, load).await;
+            r.note = "null packets at line speed; kept = not disconnected".into();
+            record(out, r);
+        }
+    }
+}
+
+pub async fn churn(o: &Opts, out: &mut Vec<Report>) {
+    let cycles = if o.quick { 500 } else { 5000 };
+    for run in 1..=o.runs {
+        let sim = start_sim(2_000_000);
+        let p = start_proxy(sim.addr, "  stream_idle_timeout: 0.5\n");
+        let before = rss_kib(p.pid()) as f64 / 1024.0;
+        let t = Instant::now();
+        let cpu0 = cpu_ticks(p.pid());
+        for i in 0..cycles {
+            watch(p.addr, &content_id(20000 + i % 50)).await;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let cpu = (cpu_ticks(p.pid()) - cpu0) as f64 / clk_tck() / secs * 100.0;
+        let peak = rss_kib(p.pid()) as f64 / 1024.0;
+        tokio::time::sleep(Duration::from_secs(2)).await; // idle timers run out
+        let mut status = http1::get(p.addr, "/proxy/status", Duration::from_secs(5))
+            .await
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&status.read_to_end(1 << 20).await.unwrap()).unwrap();
+        let after = rss_kib(p.pid()) as f64 / 1024.0;
+        let r = Report {
+            scenario: "churn".into(),
+            target: "proxy".into(),
+            run,
+            clients: cycles as usize,
+            cpu_percent: cpu,
+            rss_start_mib: before,
+            rss_peak_mib: peak,
+            rss_end_mib: after,
+            note: format!(
+                "{} sessions left, {:.0} cycles/s",
+                v["sessions"].as_array().map(|a| a.len()).unwrap_or(0),
+                cycles as f64 / secs
+            ),
+            ..Report::default()
+        };
+        record(out, r);
+    }
+}
+
+/// 100 clients that never read (tiny receive buffers) next to one normal client: the proxy's
+/// memory must stay at rings + a constant, and the normal client must keep its bitrate.
+pub async fn slow_clients(o: &Opts, out: &mut Vec<Report>) {
+    let slow_n = if o.quick { 20 } else { 100 };
+    for run in 1..=o.runs {
+        let sim = start_sim(4_000_000);
+        let p = start_proxy(sim.addr, "");
+        let id = content_id(30000);
+        let (stop, sampler) = rss_sampler(p.pid());
+        let mut normal = watch(p.addr, &id).await;
+        let mut slow = Vec::new();
+        for _ in 0..slow_n {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.set_recv_buffer_size(4096).unwrap();
+            let stream = sock.connect(p.addr).await.unwrap();
+            slow.push(
+                http1::get_on(
+                    stream,
+                    "x",
+                    &format!("/ace/getstream?id={id}"),
+                    &Default::default(),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        let t = Instant::now();
+        let mut bytes = 0u64;
+        while t.elapsed() < Duration::from_secs(20) {
+            if let Ok(Ok(Some(b))) =
+                tokio::time::timeout(Duration::from_millis(500), normal.next_chunk()).await
+            {
+                bytes += b.len() as u64;
+            }
+        }
+        let rate = bytes as f64 * 8.0 / t.elapsed().as_secs_f64() / 1e6;
+        let mut m = http1::get(p.addr, "/metrics", Duration::from_secs(5))
+            .await
+            .unwrap();
+        let text = String::from_utf8(m.read_to_end(1 << 20).await.unwrap()).unwrap();
+        let drops = text
+            .lines()
+            .find_map(|l| l.strip_prefix("acestream_edge_slow_client_drops_total "))
+            .unwrap_or("?")
+            .to_string();
+        stop.store(true, Ordering::Relaxed);
+        let (a, b, c) = sampler.join().unwrap();
+        drop(slow);
+        let r = Report {
+            scenario: "slow-clients".into(),
+            target: "proxy".into(),
+            run,
+            clients: slow_n + 1,
+            bitrate_bps: 4_000_000,
+            aggregate_mbps: rate,
+            client_min_mbps: rate,
+            client_median_mbps: rate,
+            kept_up: usize::from(rate >= 3.8),
+            rss_start_mib: a,
+            rss_peak_mib: b,
+            rss_end_mib: c,
+            note: format!("{slow_n} never-reading clients, {drops} dropped; ring 15 s"),
+            ..Report::default()
+        };
+        record(out, r);
+    }
+}
+
+/// `BENCH_ATTACH=addr,pid,n,bitrate` — clients against an already running proxy (for
+/// profiling and tuning experiments); one 10 s measurement.
+pub async fn attach(out: &mut Vec<Report>) {
+    let Ok(spec) = std::env::var("BENCH_ATTACH") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(',').collect();
+    let (addr, pid, n, bitrate) = (
+        parts[0].parse().unwrap(),
+        parts[1].parse().unwrap(),
+        parts[2].parse().unwrap(),
+        parts[3].parse().unwrap(),
+    );
+    let load = Load::streaming(Target::Proxy, addr, pid, vec![content_id(77)], n, bitrate);
+    record(out, run_load("attach", 1, load).await);
+}

@@ -1,0 +1,282 @@
+//! Operator endpoints: `/proxy/status`, `/proxy/sessions`, `/proxy/sessions/{ace_id}`,
+//! `/proxy/engines` (JSON) and `/metrics` (Prometheus text), behind the optional admin token.
+//!
+//! Field names and types follow the seed's status API exactly (README, "Endpoints"); what operators need beyond the seed
+//! (bytes, first-byte time, engine score, per-client lag) is added next to them.
+
+use super::{write_error, write_json, Route};
+use crate::engines::EnginePool;
+use crate::error::EdgeError;
+use crate::metrics::Metrics;
+use crate::streams::{Phase, Session, Sessions};
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session as HttpSession;
+use serde::Serialize;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+use subtle::ConstantTimeEq;
+
+/// What the admin endpoints read.
+pub struct Admin {
+    /// Sessions to report.
+    pub sessions: Arc<Sessions>,
+    /// Engines to report.
+    pub engines: Arc<EnginePool>,
+    /// Metrics to render.
+    pub metrics: Arc<Metrics>,
+    /// Required bearer token, if any.
+    pub token: Option<String>,
+}
+
+/// True for paths this module answers.
+pub fn is_admin_path(path: &str) -> bool {
+    path == "/metrics" || path == "/proxy" || path.starts_with("/proxy/")
+}
+
+impl Admin {
+    /// `Authorization: Bearer <token>` compared in constant time; always true without a token.
+    fn authorized(&self, s: &HttpSession) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let given = s
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+    }
+
+    /// Answers an admin route (after the token check).
+    pub async fn serve(
+        &self,
+        s: &mut HttpSession,
+        route: Route,
+        path: &str,
+    ) -> pingora::Result<()> {
+        if !self.authorized(s) {
+            return write_error(s, &EdgeError::Unauthorized).await;
+        }
+        match route {
+            Route::Metrics => self.write_metrics(s).await,
+            Route::ProxyStatus => write_value(s, &self.status()).await,
+            Route::ProxySessions => {
+                let sessions = self.sessions.list();
+                let sessions = sessions.iter().map(|x| SessionView::of(x)).collect();
+                write_value(s, &SessionsView { sessions }).await
+            }
+            Route::ProxySession => {
+                let id = path
+                    .trim_start_matches("/proxy/sessions/")
+                    .to_ascii_lowercase();
+                match self.sessions.get(&id) {
+                    Some(x) => write_value(s, &SessionView::of(&x)).await,
+                    None => {
+                        write_error(s, &EdgeError::NotFound(format!("no session for {id}"))).await
+                    }
+                }
+            }
+            Route::ProxyEngines => write_value(s, &self.engines_view()).await,
+            _ => write_error(s, &EdgeError::NotFound(format!("no route {path}"))).await,
+        }
+    }
+
+    fn status(&self) -> StatusView {
+        let sessions = self.sessions.list();
+        StatusView {
+            running: true,
+            total_sessions: self.sessions.started_total(),
+            active_sessions: sessions.iter().filter(|x| is_active(x)).count(),
+            total_clients: sessions.iter().map(|x| x.client_count()).sum(),
+            sessions: sessions.iter().map(|x| SessionView::of(x)).collect(),
+        }
+    }
+
+    fn engines_view(&self) -> EnginesView {
+        let engines = self
+            .engines
+            .status()
+            .into_iter()
+            .map(|e| EngineView {
+                address: e.addr.to_string(),
+                host: e.meta.host,
+                port: e.meta.port,
+                healthy: e.healthy,
+                forwarded: e.meta.forwarded,
+                container_id: e.meta.container_id,
+                from_orchestrator: e.meta.from_orchestrator,
+                active_streams: e.proxy_streams,
+                orchestrator_streams: e.meta.orchestrator_streams,
+                recently_failed: e.recently_failed,
+                score: e.score,
+            })
+            .collect();
+        EnginesView { engines }
+    }
+
+    async fn write_metrics(&self, s: &mut HttpSession) -> pingora::Result<()> {
+        // Engine gauges are a snapshot of the pool, taken now.
+        let m = &self.metrics;
+        m.engine_healthy.reset();
+        m.engine_active_streams.reset();
+        m.engine_score.reset();
+        for e in self.engines.status() {
+            let label = e.addr.to_string();
+            m.engine_healthy
+                .with_label_values(&[&label])
+                .set(e.healthy as i64);
+            m.engine_active_streams
+                .with_label_values(&[&label])
+                .set(e.proxy_streams as i64);
+            m.engine_score.with_label_values(&[&label]).set(e.score);
+        }
+        let body = m.render();
+        let mut h = ResponseHeader::build(200, Some(3))?;
+        h.insert_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")?;
+        h.insert_header("Content-Length", body.len().to_string())?;
+        s.write_response_header(Box::new(h), false).await?;
+        s.write_response_body(Some(Bytes::from(body)), true).await
+    }
+}
+
+async fn write_value(s: &mut HttpSession, v: &impl Serialize) -> pingora::Result<()> {
+    write_json(s, 200, serde_json::to_vec(v).unwrap_or_default()).await
+}
+
+fn is_active(x: &Session) -> bool {
+    matches!(
+        x.phase(),
+        Phase::Starting | Phase::Connected | Phase::Streaming
+    )
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// `GET /proxy/status`: the seed's fields.
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    running: bool,
+    total_sessions: u64,
+    active_sessions: usize,
+    total_clients: usize,
+    sessions: Vec<SessionView>,
+}
+
+/// `GET /proxy/sessions`.
+#[derive(Debug, Serialize)]
+pub struct SessionsView {
+    sessions: Vec<SessionView>,
+}
+
+/// `GET /proxy/engines`.
+#[derive(Debug, Serialize)]
+pub struct EnginesView {
+    engines: Vec<EngineView>,
+}
+
+/// One engine of the pool.
+#[derive(Debug, Serialize)]
+pub struct EngineView {
+    host: String,
+    port: u16,
+    address: String,
+    healthy: bool,
+    forwarded: bool,
+    container_id: Option<String>,
+    from_orchestrator: bool,
+    active_streams: usize,
+    orchestrator_streams: Option<usize>,
+    recently_failed: bool,
+    score: i64,
+}
+
+/// One session as `/proxy/sessions` shows it: the seed's fields (same names and types), then
+/// what operators need beyond them.
+#[derive(Debug, Serialize)]
+pub struct SessionView {
+    stream_id: String,
+    ace_id: String,
+    engine_host: Option<String>,
+    engine_port: Option<u16>,
+    container_id: Option<String>,
+    playback_session_id: Option<String>,
+    is_live: bool,
+    is_active: bool,
+    client_count: usize,
+    created_at: String,
+    started_at: Option<String>,
+    ended_at: Option<String>,
+    error: Option<String>,
+    idle_seconds: f64,
+    bytes_in: u64,
+    bytes_out: u64,
+    first_byte_ms: Option<u64>,
+    engine_score: Option<i64>,
+    bitrate_bps: Option<u64>,
+    ingest_lead_seconds: Option<f64>,
+    buffer_seconds: f64,
+    buffer_bytes: usize,
+    clients: Vec<ClientView>,
+}
+
+/// One client of a session.
+#[derive(Debug, Serialize)]
+pub struct ClientView {
+    address: Option<String>,
+    connected_seconds: f64,
+    bytes_sent: u64,
+    lag_bytes: u64,
+    lag_seconds: f64,
+}
+
+impl SessionView {
+    /// A snapshot of `x`.
+    pub fn of(x: &Session) -> SessionView {
+        let published = x.ring.published_bytes();
+        let clients = x
+            .clients()
+            .iter()
+            .map(|c| ClientView {
+                address: c.addr.map(|a| a.to_string()),
+                connected_seconds: c.joined.elapsed().as_secs_f64(),
+                bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+                lag_bytes: published.saturating_sub(c.offset.load(Ordering::Relaxed)),
+                lag_seconds: x.ring.lag_seconds(c.cursor.load(Ordering::Relaxed)),
+            })
+            .collect();
+        let st = x.state();
+        let engine = st.engine.as_ref();
+        let es = st.engine_session.as_ref();
+        SessionView {
+            stream_id: x.content_id.clone(),
+            ace_id: x.content_id.clone(),
+            engine_host: engine.map(|e| e.endpoint.host.clone()),
+            engine_port: engine.map(|e| e.endpoint.port),
+            container_id: engine.and_then(|e| e.container_id.clone()),
+            playback_session_id: es.and_then(|e| e.playback_session_id.clone()),
+            is_live: es.is_some_and(|e| e.is_live),
+            is_active: is_active(x),
+            client_count: x.client_count(),
+            created_at: rfc3339(x.created_at),
+            started_at: st.started_at.map(rfc3339),
+            ended_at: st.ended_at.map(rfc3339),
+            error: st.error.clone(),
+            idle_seconds: st.idle_since.map_or(0.0, |t| t.elapsed().as_secs_f64()),
+            bytes_in: x.bytes_in.load(Ordering::Relaxed),
+            bytes_out: x.bytes_out.load(Ordering::Relaxed),
+            first_byte_ms: st.first_byte_ms,
+            engine_score: engine.map(|e| e.score),
+            bitrate_bps: x.ring.bitrate_bps().map(|b| b.round() as u64),
+            ingest_lead_seconds: x.ingest_lead_seconds(),
+            buffer_seconds: x.ring.lag_seconds(x.ring.first_seq()),
+            buffer_bytes: x.ring.held_bytes(),
+            clients,
+        }
+    }
+}

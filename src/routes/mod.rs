@@ -1,0 +1,115 @@
+//! What the proxy serves itself (named `routes`, not `http`, so it never shadows the `http`
+//! crate): `/ace/getstream`, the admin JSON and metrics, and the one JSON error renderer.
+
+pub mod admin;
+pub mod getstream;
+
+/// Every route the proxy knows, decided from the path alone. Its label is the `route` label of
+/// `acestream_edge_http_responses_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/ace/getstream`.
+    GetStream,
+    /// `/ace/manifest.m3u8`.
+    Manifest,
+    /// `/proxy/status`.
+    ProxyStatus,
+    /// `/proxy/sessions`.
+    ProxySessions,
+    /// `/proxy/sessions/{ace_id}`.
+    ProxySession,
+    /// `/proxy/engines`.
+    ProxyEngines,
+    /// `/metrics`.
+    Metrics,
+    /// Engine API paths passed through to an engine (`/webui/*`, `/server/api*`, other `/ace/*`).
+    Passthrough,
+    /// Anything else.
+    NotFound,
+}
+
+impl Route {
+    /// The route of a request path.
+    pub fn of(path: &str) -> Route {
+        match path {
+            "/ace/getstream" => Route::GetStream,
+            "/ace/manifest.m3u8" => Route::Manifest,
+            "/metrics" => Route::Metrics,
+            "/proxy/status" => Route::ProxyStatus,
+            "/proxy/sessions" => Route::ProxySessions,
+            "/proxy/engines" => Route::ProxyEngines,
+            p if p.len() > "/proxy/sessions/".len() && p.starts_with("/proxy/sessions/") => {
+                Route::ProxySession
+            }
+            p if p.starts_with("/webui/") || p.starts_with("/server/api") => Route::Passthrough,
+            p if p.starts_with("/ace/") => Route::Passthrough,
+            _ => Route::NotFound,
+        }
+    }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::GetStream => "getstream",
+            Route::Manifest => "manifest",
+            Route::ProxyStatus => "proxy_status",
+            Route::ProxySessions => "proxy_sessions",
+            Route::ProxySession => "proxy_session",
+            Route::ProxyEngines => "proxy_engines",
+            Route::Metrics => "metrics",
+            Route::Passthrough => "passthrough",
+            Route::NotFound => "not_found",
+        }
+    }
+}
+
+use crate::error::EdgeError;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+/// Writes a complete JSON response with a Content-Length.
+pub async fn write_json(s: &mut Session, status: u16, body: Vec<u8>) -> pingora::Result<()> {
+    let mut h = ResponseHeader::build(status, Some(4))?;
+    h.insert_header("Content-Type", "application/json")?;
+    h.insert_header("Content-Length", body.len().to_string())?;
+    h.insert_header("Cache-Control", "no-store")?;
+    s.write_response_header(Box::new(h), false).await?;
+    s.write_response_body(Some(Bytes::from(body)), true).await
+}
+
+/// Writes an [`EdgeError`] as `{"error": "..."}` with its status.
+pub async fn write_error(s: &mut Session, e: &EdgeError) -> pingora::Result<()> {
+    write_json(s, e.status(), e.json_body()).await
+}
+
+/// The one JSON error renderer: `{"error": text}` with `status` (also used for Pingora's own
+/// failures in `fail_to_proxy`).
+pub async fn write_error_text(s: &mut Session, status: u16, text: &str) -> pingora::Result<()> {
+    write_json(s, status, crate::error::error_json(text)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Route;
+
+    /// Paths map to routes; unknown `/proxy/*` paths are not found, engine API paths pass.
+    #[test]
+    fn routes_of_paths() {
+        for (path, route) in [
+            ("/ace/getstream", Route::GetStream),
+            ("/ace/manifest.m3u8", Route::Manifest),
+            ("/proxy/sessions/abc", Route::ProxySession),
+            ("/proxy/sessions/", Route::NotFound),
+            ("/proxy/nope", Route::NotFound),
+            ("/webui/api/service", Route::Passthrough),
+            ("/server/api", Route::Passthrough),
+            ("/ace/r/x/y", Route::Passthrough),
+            ("/", Route::NotFound),
+            ("/metrics", Route::Metrics),
+        ] {
+            assert_eq!(Route::of(path), route, "{path}");
+        }
+        assert_eq!(Route::ProxyEngines.label(), "proxy_engines");
+    }
+}

@@ -1,0 +1,136 @@
+//! Bootstrap: builds the Pingora [`Server`] with the proxy service and the session reaper, and
+//! runs it either from `main` (signals) or in-process for tests (`RunningServer`, feature
+//! `test-support`).
+
+use crate::config::{Config, LoadedConfig};
+use crate::engines::{self, EnginePool};
+use crate::metrics::Metrics;
+use crate::proxy::EdgeProxy;
+use crate::streams::Sessions;
+use async_trait::async_trait;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
+use pingora::server::configuration::Opt;
+use pingora::server::{Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use std::sync::Arc;
+
+/// Per-connection read buffer: requests are tiny, and Pingora's 64 KiB default costs 64 MiB per
+/// thousand viewers (a downstream connection keeps its read buffer for its whole life).
+const DOWNSTREAM_READ_BUFFER: usize = 4096;
+/// Grace period when the file sets none. Pingora's own default (300 s) would keep a stopping proxy
+/// alive for five minutes; our streams end by themselves when shutdown starts.
+const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 1;
+
+/// The shared state of a running proxy.
+pub struct Edge {
+    /// The sessions registry.
+    pub sessions: Arc<Sessions>,
+    /// The engine pool.
+    pub engines: Arc<EnginePool>,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Builds the server: Pingora's settings, the proxy service on every `acestream.listen` address,
+/// and the background session reaper.
+pub fn build(opt: Option<Opt>, loaded: LoadedConfig) -> (Server, Edge) {
+    let LoadedConfig {
+        server: mut conf,
+        acestream,
+    } = loaded;
+    conf.grace_period_seconds
+        .get_or_insert(DEFAULT_GRACE_PERIOD_SECONDS);
+    let config = Arc::new(acestream);
+    let server = Server::new_with_opt_and_conf(opt, conf);
+    build_services(server, config)
+}
+
+fn build_services(mut server: Server, config: Arc<Config>) -> (Server, Edge) {
+    let (lb, meta) = engines::load_balancer(&config);
+    let lb_service = background_service("engine pool", lb);
+    let pool = Arc::new(EnginePool::new(lb_service.task(), meta, &config));
+    server.add_service(lb_service);
+    let metrics = Arc::new(Metrics::new());
+    let sessions = Arc::new(Sessions::new(config.clone(), pool.clone(), metrics.clone()));
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        EdgeProxy::new(
+            sessions.clone(),
+            pool.clone(),
+            metrics.clone(),
+            config.clone(),
+        ),
+        "acestream-edge",
+    );
+    for addr in &config.listen {
+        let buffers = L4BufferSettings {
+            read: Some(DOWNSTREAM_READ_BUFFER),
+            write: None,
+        };
+        let mut socket = TcpSocketOptions::default();
+        socket.tcp_snd_buf = Some(config.client_send_buffer).filter(|n| *n > 0);
+        proxy.add_listener(
+            ListenerConfig::tcp(addr.to_string())
+                .l4_buffer(buffers)
+                .tcp_socket_options(socket),
+        );
+    }
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "session reaper",
+        Reaper {
+            sessions: sessions.clone(),
+        },
+    ));
+    (
+        server,
+        Edge {
+            sessions,
+            engines: pool,
+            metrics,
+        },
+    )
+}
+
+/// Ends every session when shutdown starts (each sends its stop). Idle sessions end themselves.
+struct Reaper {
+    sessions: Arc<Sessions>,
+}
+
+#[async_trait]
+impl BackgroundService for Reaper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        log::info!("shutdown: ending {} sessions", self.sessions.list().len());
+        self.sessions.shutdown();
+    }
+}
+
+/// SIGTERM and SIGINT both shut down gracefully (sessions send their stops); SIGQUIT hands the
+/// listening sockets to a new process (`-u`) first, as in Pingora.
+pub struct SignalWatch;
+
+#[async_trait]
+impl ShutdownSignalWatch for SignalWatch {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            log::error!("cannot install signal handlers; shutting down");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = term.recv() => { log::info!("SIGTERM: graceful shutdown"); ShutdownSignal::GracefulTerminate }
+            _ = int.recv() => { log::info!("SIGINT: graceful shutdown"); ShutdownSignal::GracefulTerminate }
+            _ = quit.recv() => { log::info!("SIGQUIT: graceful upgrade"); ShutdownSignal::GracefulUpgrade }
+        }
+    }
+}
+
+#[cfg(feature = "test-support")]
+mod running;
+#[cfg(feature = "test-support")]
+pub use running::RunningServer;
