@@ -6,15 +6,6 @@ use common::harness::{knobs, Harness};
 use common::*;
 use std::time::Duration;
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// 2,000 sequential connect/disconnect cycles across 20 ids: no session leaks, and memory comes
 /// back to where it was (this process holds the proxy, the engines and the clients).
 #[tokio::test(flavor = "multi_thread")]

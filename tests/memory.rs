@@ -7,15 +7,6 @@ use acestream_edge::sim::Knobs;
 use common::*;
 use std::time::Duration;
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// Opens `n` clients with a 4 KiB receive buffer that never read their body, and waits (bounded)
 /// until the proxy has dropped them all; returns the highest RSS seen meanwhile.
 async fn never_readers(

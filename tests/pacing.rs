@@ -243,19 +243,9 @@ async fn joiner_starts_on_a_keyframe_and_decodes_cleanly() {
     }
     // ffmpeg itself joining the running session: not one decode error.
     let url = format!("http://{}{path}", server.addr);
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("ffmpeg")
-            .args([
-                "-nostdin", "-v", "error", "-i", &url, "-t", "5", "-f", "null", "-",
-            ])
-            .output()
-            .expect("ffmpeg must be installed (make test installs it)")
-    })
-    .await
-    .unwrap();
-    let errors = String::from_utf8_lossy(&out.stderr);
+    let (ok, errors) = ffmpeg_play(url, 5).await;
     assert!(
-        out.status.success() && errors.trim().is_empty(),
+        ok && errors.trim().is_empty(),
         "ffmpeg joining a running session: {errors}"
     );
     drop(first);
@@ -265,19 +255,9 @@ async fn joiner_starts_on_a_keyframe_and_decodes_cleanly() {
         server.addr,
         content_id(1205)
     );
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("ffmpeg")
-            .args([
-                "-nostdin", "-v", "error", "-i", &url, "-t", "3", "-f", "null", "-",
-            ])
-            .output()
-            .expect("ffmpeg")
-    })
-    .await
-    .unwrap();
-    let errors = String::from_utf8_lossy(&out.stderr);
+    let (ok, errors) = ffmpeg_play(url, 3).await;
     assert!(
-        out.status.success() && errors.trim().is_empty(),
+        ok && errors.trim().is_empty(),
         "ffmpeg as the first client of a mid-GOP start: {errors}"
     );
 }

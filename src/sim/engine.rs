@@ -1,4 +1,5 @@
-//! The simulated AceStream engine: HTTP API per `docs/engine-api.md` §1–§9.
+//! The simulated AceStream engine (its session API; playback is in [`super::stream`], knobs in
+//! [`super::knobs`]): HTTP API per `docs/engine-api.md` §1–§9.
 //!
 //! Faithful where the proxy depends on it: errors as HTTP 200 + `error`, absolute URLs carrying the
 //! engine's own host, `playback_url` answering 302 to `/content/...`, a prebuffer delay, one reader per
@@ -6,152 +7,22 @@
 //! newest start for a content id wins", `method=stop` ending the reader, and an inactivity timeout.
 //! Everything it was asked is counted and served at `GET /sim/stats`, so black-box tests can assert
 //! what the engine saw.
+//!
+//! (About 500 lines: the session API handlers all share the engine's private state; playback
+//! and the stream live in [`super::stream`], the knobs in [`super::knobs`].)
 
-use super::ts::{TsLoop, PACKET};
+use super::stream::{playback, PlaybackKind};
+use super::Knobs;
 use crate::http1::{read_request_head, RequestHead};
-use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-
-/// Behaviour knobs of one simulated engine; change them live with [`SimEngine::set_knobs`] or
-/// `GET /sim/set?name=value`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Knobs {
-    /// Stream bitrate in bits per second; 0 = as fast as the socket takes it.
-    pub bitrate_bps: u64,
-    /// Delay between the playback request and the first TS byte.
-    pub prebuffer: Duration,
-    /// Send the response head at once and then prebuffer (true), or only after prebuffering.
-    pub headers_before_prebuffer: bool,
-    /// Latency of a successful `format=json` answer.
-    pub json_latency: Duration,
-    /// Latency of the `failed to load content` answer for ids that are not 40 hex.
-    pub unknown_latency: Duration,
-    /// If set, every getstream answers HTTP 200 `{"response": null, "error": <this>}`.
-    pub start_error: Option<String>,
-    /// If true, getstream answers HTTP 500 text/plain.
-    pub http_500: bool,
-    /// After this many stream bytes, stop sending but keep the socket open.
-    pub stall_after_bytes: Option<u64>,
-    /// After this many stream bytes, close the connection (no terminating chunk).
-    pub drop_after_bytes: Option<u64>,
-    /// After this many stream bytes, send non-TS bytes.
-    pub garbage_after_bytes: Option<u64>,
-    /// `playback_url` answers 302 to `/content/...` (true) or streams directly.
-    pub redirect_playback: bool,
-    /// Chunked transfer encoding (true) or close-delimited body.
-    pub chunked: bool,
-    /// `Content-Type` of the stream.
-    pub content_type: String,
-    /// Host:port written into returned URLs; default: the request's `Host` header.
-    pub public_host: Option<String>,
-    /// A session with no reader for this long ends by itself (not counted as a stop).
-    pub inactivity_timeout: Duration,
-    /// Bytes sent at line speed right after the prebuffer (a real engine dumps its live cache,
-    /// about 20 MB), before the stream settles at `bitrate_bps`.
-    pub burst_bytes: u64,
-    /// After this many stream bytes, stop sending for `pause` (peers starving), then catch up at
-    /// line speed to where the bitrate says the stream should be. Once per reader.
-    pub pause_after_bytes: Option<u64>,
-    /// Length of that pause.
-    pub pause: Duration,
-    /// Stream TS null packets only (a stream without a clock) instead of the looped fixture.
-    pub null_stream: bool,
-    /// Start each stream this many packets into the fixture (mid-GOP), as a real engine's
-    /// stream starts wherever its cache does.
-    pub start_packet: usize,
-}
-
-impl Knobs {
-    /// Sets one knob by its field name from text, as `GET /sim/set?name=value` does: numbers for
-    /// counts and sizes, `true`/`false` (or 1/0), durations as seconds or with a unit ("500ms",
-    /// "5s"), and `none` (or empty) to clear an optional one.
-    pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
-        let none = value.is_empty() || value == "none";
-        let num = || {
-            value
-                .parse::<u64>()
-                .map_err(|e| format!("{value:?} is not a number ({e})"))
-        };
-        let opt_num = || if none { Ok(None) } else { num().map(Some) };
-        let flag = || match value {
-            "1" | "true" => Ok(true),
-            "0" | "false" => Ok(false),
-            _ => Err(format!("{value:?} is not true or false")),
-        };
-        let duration = || {
-            value
-                .parse::<f64>()
-                .ok()
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(Duration::from_secs_f64)
-                .map_or_else(
-                    || humantime::parse_duration(value).map_err(|e| format!("{value:?}: {e}")),
-                    Ok,
-                )
-        };
-        let opt_text = || (!none).then(|| value.to_string());
-        match name {
-            "bitrate_bps" => self.bitrate_bps = num()?,
-            "prebuffer" => self.prebuffer = duration()?,
-            "headers_before_prebuffer" => self.headers_before_prebuffer = flag()?,
-            "json_latency" => self.json_latency = duration()?,
-            "unknown_latency" => self.unknown_latency = duration()?,
-            "start_error" => self.start_error = opt_text(),
-            "http_500" => self.http_500 = flag()?,
-            "stall_after_bytes" => self.stall_after_bytes = opt_num()?,
-            "drop_after_bytes" => self.drop_after_bytes = opt_num()?,
-            "garbage_after_bytes" => self.garbage_after_bytes = opt_num()?,
-            "redirect_playback" => self.redirect_playback = flag()?,
-            "chunked" => self.chunked = flag()?,
-            "content_type" => self.content_type = value.to_string(),
-            "public_host" => self.public_host = opt_text(),
-            "inactivity_timeout" => self.inactivity_timeout = duration()?,
-            "burst_bytes" => self.burst_bytes = num()?,
-            "pause_after_bytes" => self.pause_after_bytes = opt_num()?,
-            "pause" => self.pause = duration()?,
-            "null_stream" => self.null_stream = flag()?,
-            "start_packet" => self.start_packet = num()? as usize,
-            _ => return Err("unknown knob".into()),
-        }
-        Ok(())
-    }
-}
-
-impl Default for Knobs {
-    /// Fast defaults for tests; the binary's flags default to the spec's slower engine timings.
-    fn default() -> Self {
-        Knobs {
-            bitrate_bps: 4_000_000,
-            prebuffer: Duration::ZERO,
-            headers_before_prebuffer: true,
-            json_latency: Duration::ZERO,
-            unknown_latency: Duration::from_millis(100),
-            start_error: None,
-            http_500: false,
-            stall_after_bytes: None,
-            drop_after_bytes: None,
-            garbage_after_bytes: None,
-            redirect_playback: true,
-            chunked: true,
-            content_type: "video/mp2t".to_string(),
-            public_host: None,
-            inactivity_timeout: Duration::from_secs(60),
-            burst_bytes: 0,
-            pause_after_bytes: None,
-            pause: Duration::ZERO,
-            null_stream: false,
-            start_packet: 0,
-        }
-    }
-}
 
 /// What the engine was asked, as served at `/sim/stats`.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
@@ -184,24 +55,24 @@ pub struct SimStats {
     pub bytes_sent: u64,
 }
 
-struct SimSession {
-    content_id: String,
-    infohash: String,
-    playback_session_id: String,
-    readers: u64,
-    bytes_sent: u64,
-    ended: watch::Sender<bool>,
-    reader_epoch: u64,
+pub(super) struct SimSession {
+    pub(super) content_id: String,
+    pub(super) infohash: String,
+    pub(super) playback_session_id: String,
+    pub(super) readers: u64,
+    pub(super) bytes_sent: u64,
+    pub(super) ended: watch::Sender<bool>,
+    pub(super) reader_epoch: u64,
     /// `/content/...` paths handed out for this session.
-    content_paths: Vec<String>,
+    pub(super) content_paths: Vec<String>,
 }
 
 #[derive(Default)]
-struct State {
-    sessions: HashMap<String, SimSession>,
-    by_content: HashMap<String, String>,
-    content_paths: HashMap<String, String>,
-    stats: SimStats,
+pub(super) struct State {
+    pub(super) sessions: HashMap<String, SimSession>,
+    pub(super) by_content: HashMap<String, String>,
+    pub(super) content_paths: HashMap<String, String>,
+    pub(super) stats: SimStats,
 }
 
 impl State {
@@ -220,10 +91,10 @@ impl State {
     }
 }
 
-struct Shared {
-    knobs: Mutex<Knobs>,
-    state: Mutex<State>,
-    shutdown: watch::Sender<bool>,
+pub(super) struct Shared {
+    pub(super) knobs: Mutex<Knobs>,
+    pub(super) state: Mutex<State>,
+    pub(super) shutdown: watch::Sender<bool>,
 }
 
 /// A running simulated engine. Dropping the handle does not stop it; call [`SimEngine::shutdown`].
@@ -304,7 +175,7 @@ impl SimEngine {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -347,7 +218,12 @@ async fn handle_connection(
     }
 }
 
-async fn respond(sock: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) -> io::Result<()> {
+pub(super) async fn respond(
+    sock: &mut TcpStream,
+    status: u16,
+    ctype: &str,
+    body: &[u8],
+) -> io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status} {}\r\nServer: BaseHTTP/0.3 Python/2.7.18 (ace-engine-sim)\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         reason(status),
@@ -391,7 +267,7 @@ fn infohash_for(content_id: &str) -> String {
         .collect()
 }
 
-fn random_hex(len: usize) -> String {
+pub(super) fn random_hex(len: usize) -> String {
     let mut s = String::new();
     while s.len() < len {
         s.push_str(&uuid::Uuid::new_v4().simple().to_string());
@@ -515,7 +391,12 @@ async fn getstream(
 }
 
 /// Ends a session that has had no reader since `epoch` for `timeout`.
-fn spawn_inactivity_timer(shared: Arc<Shared>, token: String, epoch: u64, timeout: Duration) {
+pub(super) fn spawn_inactivity_timer(
+    shared: Arc<Shared>,
+    token: String,
+    epoch: u64,
+    timeout: Duration,
+) {
     tokio::spawn(async move {
         tokio::time::sleep(timeout).await;
         let mut st = lock(&shared.state);
@@ -528,7 +409,7 @@ fn spawn_inactivity_timer(shared: Arc<Shared>, token: String, epoch: u64, timeou
 }
 
 /// `/ace/<kind>/<infohash>/<token>`: the token, if the path has that shape.
-fn token_of(path: &str) -> Option<String> {
+pub(super) fn token_of(path: &str) -> Option<String> {
     let mut parts = path.trim_start_matches('/').split('/');
     let _ace = parts.next()?;
     let _kind = parts.next()?;
@@ -624,278 +505,4 @@ async fn set_knobs_from_query(
     }
     *lock(&shared.knobs) = k;
     respond_json(sock, serde_json::json!({"result": "ok"})).await
-}
-
-enum PlaybackKind {
-    Session,
-    Content,
-}
-
-async fn playback(
-    shared: &Arc<Shared>,
-    mut sock: TcpStream,
-    req: &RequestHead,
-    host: &str,
-    kind: PlaybackKind,
-) -> io::Result<()> {
-    let knobs = lock(&shared.knobs).clone();
-    let token = {
-        let mut st = lock(&shared.state);
-        st.stats.playback_requests += 1;
-        match kind {
-            PlaybackKind::Session => token_of(&req.path),
-            PlaybackKind::Content => st.content_paths.get(&req.path).cloned(),
-        }
-        .filter(|t| st.sessions.contains_key(t))
-    };
-    let Some(token) = token else {
-        // After stop, old playback URLs answer 500 (`docs/engine-api.md` §3).
-        return respond(
-            &mut sock,
-            500,
-            "text/plain",
-            b"Internal Server Error, unknown playback session",
-        )
-        .await;
-    };
-    if matches!(kind, PlaybackKind::Session) && knobs.redirect_playback {
-        let infohash = lock(&shared.state)
-            .sessions
-            .get(&token)
-            .map(|s| s.infohash.clone())
-            .unwrap_or_default();
-        let path = format!(
-            "/content/{infohash}/0.{}",
-            &random_hex(10)
-                .bytes()
-                .map(|b| (b % 10 + b'0') as char)
-                .collect::<String>()
-        );
-        {
-            let mut st = lock(&shared.state);
-            if let Some(s) = st.sessions.get_mut(&token) {
-                s.content_paths.push(path.clone());
-            }
-            st.content_paths.insert(path.clone(), token);
-        }
-        let head = format!("HTTP/1.1 302 Found\r\nLocation: http://{host}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        sock.write_all(head.as_bytes()).await?;
-        return sock.shutdown().await;
-    }
-    // Register the reader; a second concurrent reader gets the corrupt answer real engines send.
-    enum Admit {
-        Gone,
-        Second,
-        Reader(watch::Receiver<bool>),
-    }
-    let admit = {
-        let mut st = lock(&shared.state);
-        let state = &mut *st;
-        match state.sessions.get_mut(&token) {
-            None => Admit::Gone,
-            Some(s) if s.readers > 0 => {
-                state.stats.second_reader_violations += 1;
-                Admit::Second
-            }
-            Some(s) => {
-                s.readers += 1;
-                s.reader_epoch += 1;
-                state.stats.active_readers += 1;
-                state.stats.max_active_readers = state
-                    .stats
-                    .max_active_readers
-                    .max(state.stats.active_readers);
-                Admit::Reader(s.ended.subscribe())
-            }
-        }
-    };
-    let ended = match admit {
-        Admit::Gone => {
-            return respond(&mut sock, 500, "text/plain", b"Internal Server Error").await
-        }
-        Admit::Second => {
-            sock.write_all(b"HTTP/1.1 200 OK\r\nHTTP/1.1 200 OK\r\n\r\n")
-                .await?;
-            return sock.shutdown().await;
-        }
-        Admit::Reader(rx) => rx,
-    };
-    let result = stream_ts(shared, &mut sock, &token, &knobs, ended).await;
-    let idle_epoch = {
-        let mut st = lock(&shared.state);
-        st.stats.active_readers -= 1;
-        st.sessions.get_mut(&token).and_then(|s| {
-            s.readers -= 1;
-            (s.readers == 0).then_some(s.reader_epoch)
-        })
-    };
-    if let Some(epoch) = idle_epoch {
-        spawn_inactivity_timer(shared.clone(), token, epoch, knobs.inactivity_timeout);
-    }
-    result
-}
-
-/// Largest single write of stream data (5577 packets, about 1 MiB).
-const MAX_PACKETS_PER_WRITE: usize = 5577;
-
-/// What the stream loop does next, decided by the fault knobs.
-enum Next {
-    Send(Bytes),
-    Stall,
-    Drop(Bytes),
-}
-
-async fn stream_ts(
-    shared: &Arc<Shared>,
-    sock: &mut TcpStream,
-    token: &str,
-    knobs: &Knobs,
-    mut ended: watch::Receiver<bool>,
-) -> io::Result<()> {
-    let mut shutdown = shared.shutdown.subscribe();
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nServer: BaseHTTP/0.3 Python/2.7.18 (ace-engine-sim)\r\nContent-Type: {}\r\n{}Connection: close\r\n\r\n",
-        knobs.content_type,
-        if knobs.chunked { "Transfer-Encoding: chunked\r\n" } else { "" }
-    );
-    let wait_or_end =
-        |d: Duration, ended: &mut watch::Receiver<bool>, shutdown: &mut watch::Receiver<bool>| {
-            let (mut e, mut s) = (ended.clone(), shutdown.clone());
-            async move {
-                tokio::select! {
-                    _ = tokio::time::sleep(d) => false,
-                    _ = e.wait_for(|v| *v) => true,
-                    _ = s.wait_for(|v| *v) => true,
-                }
-            }
-        };
-    if knobs.headers_before_prebuffer {
-        sock.write_all(head.as_bytes()).await?;
-    }
-    if wait_or_end(knobs.prebuffer, &mut ended, &mut shutdown).await {
-        return Ok(());
-    }
-    if !knobs.headers_before_prebuffer {
-        sock.write_all(head.as_bytes()).await?;
-    }
-    let mut ts = TsLoop::with_bitrate(knobs.bitrate_bps).starting_at(knobs.start_packet);
-    let start = Instant::now();
-    let mut sent: u64 = 0;
-    let mut paused = false;
-    let tick = Duration::from_millis(20);
-    let mut garbage_seed: u32 = 0x1234_5678;
-    loop {
-        let live = lock(&shared.knobs).clone();
-        if !paused && live.pause_after_bytes.is_some_and(|at| sent >= at) {
-            paused = true;
-            if wait_or_end(live.pause, &mut ended, &mut shutdown).await {
-                break;
-            }
-        }
-        let due = if live.bitrate_bps == 0 {
-            sent + 64 * 1024
-        } else {
-            live.burst_bytes
-                + (start.elapsed().as_secs_f64() * live.bitrate_bps as f64 / 8.0) as u64
-        };
-        // At most ~1 MiB per write: a reader that cannot keep up gets the stream late, never an
-        // ever-growing buffer (the engine's memory stays flat).
-        let packets = ((due.saturating_sub(sent) as usize) / PACKET).min(MAX_PACKETS_PER_WRITE);
-        if packets == 0 {
-            if wait_or_end(tick, &mut ended, &mut shutdown).await {
-                break;
-            }
-            continue;
-        }
-        let mut data = BytesMut::new();
-        if live.null_stream {
-            for _ in 0..packets {
-                data.extend_from_slice(&crate::ts::NULL_PACKET);
-            }
-        } else {
-            ts.fill(&mut data, packets);
-        }
-        let next = decide(&live, sent, data, &mut garbage_seed);
-        let (data, last) = match next {
-            Next::Send(d) => (d, false),
-            Next::Drop(d) => (d, true),
-            Next::Stall => {
-                // Keep the socket, send nothing, until the session ends.
-                let (mut e, mut s) = (ended.clone(), shutdown.clone());
-                tokio::select! {
-                    _ = e.wait_for(|v| *v) => {}
-                    _ = s.wait_for(|v| *v) => {}
-                }
-                return Ok(());
-            }
-        };
-        if !data.is_empty() {
-            write_body(sock, &data, knobs.chunked).await?;
-            sent += data.len() as u64;
-            let mut st = lock(&shared.state);
-            st.stats.bytes_sent += data.len() as u64;
-            if let Some(s) = st.sessions.get_mut(token) {
-                s.bytes_sent += data.len() as u64;
-            }
-        }
-        if last {
-            // Abrupt close: no terminating chunk.
-            return Ok(());
-        }
-        if *ended.borrow() || *shutdown.borrow() {
-            break;
-        }
-        // Behind schedule (a capped write): write again at once instead of waiting a tick.
-        let behind = packets == MAX_PACKETS_PER_WRITE;
-        if live.bitrate_bps != 0 && !behind && wait_or_end(tick, &mut ended, &mut shutdown).await {
-            break;
-        }
-    }
-    if knobs.chunked {
-        sock.write_all(b"0\r\n\r\n").await?;
-    }
-    sock.shutdown().await
-}
-
-fn decide(k: &Knobs, sent: u64, mut data: BytesMut, seed: &mut u32) -> Next {
-    let len = data.len() as u64;
-    if let Some(limit) = k.drop_after_bytes {
-        if sent + len >= limit {
-            let keep = (limit.saturating_sub(sent) as usize) / PACKET * PACKET;
-            data.truncate(keep);
-            return Next::Drop(data.freeze());
-        }
-    }
-    if let Some(limit) = k.stall_after_bytes {
-        if sent >= limit {
-            return Next::Stall;
-        }
-        if sent + len > limit {
-            data.truncate(((limit - sent) as usize).div_ceil(PACKET) * PACKET);
-        }
-    }
-    if let Some(limit) = k.garbage_after_bytes {
-        if sent + len > limit {
-            let from = (limit.saturating_sub(sent)) as usize;
-            for b in data[from..].iter_mut() {
-                // xorshift: noise that never lines up as 0x47 sync every 188 bytes.
-                *seed ^= *seed << 13;
-                *seed ^= *seed >> 17;
-                *seed ^= *seed << 5;
-                *b = (*seed as u8) | 0x80;
-            }
-        }
-    }
-    Next::Send(data.freeze())
-}
-
-async fn write_body(sock: &mut TcpStream, data: &[u8], chunked: bool) -> io::Result<()> {
-    if !chunked {
-        return sock.write_all(data).await;
-    }
-    let mut out = BytesMut::with_capacity(data.len() + 16);
-    out.put_slice(format!("{:X}\r\n", data.len()).as_bytes());
-    out.put_slice(data);
-    out.put_slice(b"\r\n");
-    sock.write_all(&out).await
 }

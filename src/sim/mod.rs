@@ -4,6 +4,9 @@
 //! MPEG-TS ([`ts`]) and has fault knobs ([`Knobs`]) for every failure the proxy must survive.
 
 mod engine;
+mod knobs;
+mod stream;
 pub mod ts;
 
-pub use engine::{Knobs, SimEngine, SimStats};
+pub use engine::{SimEngine, SimStats};
+pub use knobs::Knobs;

@@ -8,10 +8,12 @@
 //! without any engine call.
 
 pub mod client;
+mod ingest;
 pub mod pacer;
 pub mod rechunk;
 pub mod ring;
 pub mod session;
+mod start;
 pub mod upstream;
 
 use crate::config::Config;

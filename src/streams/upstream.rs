@@ -3,28 +3,22 @@
 //! breaks, and stop the engine session exactly once on every way out.
 //!
 //! The task is the only owner of the engine session and the only writer of the ring. Clients come
-//! and go; the task only ends when the session is ended (idle timer, shutdown) or the upstream
-//! fails beyond its failover budget.
+//! and go; the task only ends when the session is ended (its linger, shutdown) or the upstream
+//! fails beyond its failover budget. Starting lives in [`super::start`], releasing chunks into the
+//! ring in [`super::ingest`].
 
-use super::pacer::{Admission, Pacer};
-use super::rechunk::{Chunk, Rechunker};
-use super::ring::MediaSpan;
+use super::ingest::Ingest;
+use super::rechunk::Rechunker;
 use super::session::{Phase, Session, StopReason, UpstreamFailure};
+use super::start::{start_outcome, start_within_deadline};
 use super::Sessions;
 use crate::config::Config;
-use crate::engines::{Engine, EngineStream, EngineTimeouts};
+use crate::engines::EngineStream;
 use crate::error::EdgeError;
-use crate::metrics::Metrics;
 use crate::ts::PACKET_SIZE;
-use bytes::Bytes;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-
-/// Reader-paced ingest re-checks the leading client at least this often, in case a wake-up was
-/// missed (a client that left between the check and the wait).
-const READER_PACE_RECHECK: Duration = Duration::from_millis(100);
 
 /// How the upstream task ended.
 enum Outcome {
@@ -246,33 +240,6 @@ async fn stream(sessions: &Sessions, session: &Arc<Session>, config: &Config) ->
     }
 }
 
-/// Starts (or restarts) the upstream within `empty_stream_timeout`.
-async fn start_within_deadline(
-    sessions: &Sessions,
-    session: &Arc<Session>,
-    config: &Config,
-    exclude: &[SocketAddr],
-) -> Result<(EngineStream, Bytes), EdgeError> {
-    let started = tokio::time::timeout(
-        config.empty_stream_timeout,
-        start_and_first_bytes(sessions, session, config, exclude),
-    )
-    .await;
-    match started {
-        Ok(r) => r,
-        Err(_) => {
-            if let Some(engine) = session.state().engine.clone() {
-                sessions
-                    .metrics()
-                    .engine_start_errors
-                    .with_label_values(&[&engine.addr.to_string(), "no_first_byte"])
-                    .inc();
-            }
-            Err(EdgeError::EmptyStream(config.empty_stream_timeout))
-        }
-    }
-}
-
 /// Moves bytes from the upstream into the ring, paced, until the upstream fails; returns how.
 async fn pump(
     config: &Config,
@@ -317,213 +284,6 @@ async fn pump(
             Ok(Ok(None)) => return UpstreamFailure::Ended,
             Ok(Err(e)) => return UpstreamFailure::ReadFailed(e.to_string()),
             Err(_) => return UpstreamFailure::Stalled(config.upstream_stall_timeout),
-        }
-    }
-}
-
-/// Releases chunks into the session's ring on the stream's clock (see [`super::pacer`]), or, for
-/// a stream without a clock, no faster than the most advanced client takes them.
-struct Ingest<'a> {
-    session: &'a Session,
-    metrics: &'a Metrics,
-    pacer: Pacer,
-    /// Reader-paced ingest keeps the ring at most this far ahead of its fastest reader
-    /// (`join_burst_bytes`, at least one chunk).
-    read_ahead: usize,
-}
-
-impl<'a> Ingest<'a> {
-    fn new(session: &'a Session, metrics: &'a Metrics, config: &Config) -> Self {
-        Ingest {
-            session,
-            metrics,
-            pacer: Pacer::new(config.live_lead),
-            read_ahead: config.join_burst_bytes.max(config.copy_chunk_size),
-        }
-    }
-
-    async fn release(&mut self, chunk: Chunk) {
-        let now = tokio::time::Instant::now();
-        let Chunk { data, found, .. } = chunk;
-        let a: Admission = self.pacer.admit(
-            now.into_std(),
-            data.len(),
-            found.last_pcr,
-            found.discontinuity,
-        );
-        if let Some(r) = a.reanchor {
-            self.metrics
-                .clock_reanchors
-                .with_label_values(&[r.label()])
-                .inc();
-            log::info!(
-                "session {}: stream clock re-anchored ({})",
-                self.session.content_id,
-                r.label()
-            );
-        }
-        let media = MediaSpan {
-            start: a.media_start,
-            end: a.media_end,
-            clocked: a.release_at.is_some(),
-        };
-        match a.release_at {
-            Some(at) => tokio::time::sleep_until(at.into()).await,
-            None => self.wait_for_leader(data.len(), media).await,
-        }
-        let ring = &self.session.ring;
-        if let Some(psi) = found.psi {
-            ring.set_psi(psi, found.has_video);
-        }
-        ring.add_keyframes(found.keyframes);
-        ring.publish(data, media);
-        let lead = self.pacer.has_clock().then(|| {
-            let now = tokio::time::Instant::now().into_std();
-            self.pacer.lead(now).as_secs_f64()
-        });
-        self.session.set_ingest_lead(lead);
-        if let Some(lead) = lead {
-            self.metrics.ingest_lead.observe(lead);
-        }
-    }
-
-    /// Reader-paced ingest: with clients attached, publish only once the most advanced client
-    /// has less than `read_ahead` bytes left to read (so the ring fills at the pace of its fastest
-    /// reader, and joiners, who start near the edge, start next to it), and never evict a chunk
-    /// that client has not taken. With no client attached, evict freely.
-    async fn wait_for_leader(&self, len: usize, media: MediaSpan) {
-        let ring = &self.session.ring;
-        loop {
-            let Some((leader_cursor, leader_offset)) = self.session.leader() else {
-                return;
-            };
-            let ahead = ring.published_bytes().saturating_sub(leader_offset);
-            let through = ring.evicts_through(len, media);
-            if ahead <= self.read_ahead as u64 && leader_cursor >= through {
-                return;
-            }
-            self.session
-                .wait_for_client_progress(READER_PACE_RECHECK)
-                .await;
-        }
-    }
-}
-
-/// The `outcome` label of a failed start.
-fn start_outcome(e: &EdgeError) -> &'static str {
-    match e {
-        EdgeError::NoEngine(_) => "no_engine",
-        EdgeError::EngineRefused { .. } => "engine_refused",
-        EdgeError::EngineUnreachable { .. } => "engine_unreachable",
-        EdgeError::EmptyStream(_) => "empty_stream",
-        _ => "error",
-    }
-}
-
-/// Starts the session on the best engine, and on a refusal or failure on the next-best one (each
-/// engine at most once), until one sends its first bytes.
-async fn start_and_first_bytes(
-    sessions: &Sessions,
-    session: &Arc<Session>,
-    config: &Config,
-    exclude: &[SocketAddr],
-) -> Result<(EngineStream, Bytes), EdgeError> {
-    let timeouts = EngineTimeouts {
-        connect: config.engine_connect_timeout,
-        read: config.engine_read_timeout,
-    };
-    let mut tried = exclude.to_vec();
-    let mut last_error = None;
-    loop {
-        let (engine, lease) = match sessions.engines().acquire(&tried).await {
-            Ok(v) => v,
-            // Every candidate failed: answer with the last engine's own reason.
-            Err(e) => return Err(last_error.unwrap_or(e)),
-        };
-        tried.push(engine.addr);
-        let label = engine.addr.to_string();
-        let metrics = sessions.metrics();
-        match start_on(session, &engine, timeouts).await {
-            Ok(started) => {
-                metrics
-                    .engine_selections
-                    .with_label_values(&[&label, "started"])
-                    .inc();
-                session.state().lease = Some(lease);
-                return Ok(started);
-            }
-            Err(e) => {
-                log::warn!("session {}: {e}", session.content_id);
-                metrics
-                    .engine_selections
-                    .with_label_values(&[&label, "failed"])
-                    .inc();
-                let reason = match &e {
-                    EdgeError::EngineRefused { .. } => "refused",
-                    _ => "unreachable",
-                };
-                metrics
-                    .engine_start_errors
-                    .with_label_values(&[&label, reason])
-                    .inc();
-                // A started engine session that failed before its first byte is stopped now,
-                // before trying the next engine.
-                let es = session.state().engine_session.take();
-                if let Some(cmd) = es.and_then(|es| es.command_path) {
-                    let _ = engine.endpoint.stop(&cmd, config.engine_stop_timeout).await;
-                }
-                session.state().engine = None;
-                last_error = Some(e);
-            }
-        }
-    }
-}
-
-async fn start_on(
-    session: &Arc<Session>,
-    engine: &Engine,
-    timeouts: EngineTimeouts,
-) -> Result<(EngineStream, Bytes), EdgeError> {
-    let es = engine
-        .endpoint
-        .start_session(&session.content_id, timeouts)
-        .await?;
-    {
-        // Recorded at once: from here on, every way out sends a stop.
-        let mut st = session.state();
-        st.engine = Some(engine.clone());
-        st.engine_session = Some(es.clone());
-    }
-    session.phase.send_if_modified(|p| {
-        let first_start = *p == Phase::Starting;
-        if first_start {
-            *p = Phase::Connected;
-        }
-        first_start
-    });
-    log::info!(
-        "session {} created on engine {} (playback_session_id={})",
-        session.content_id,
-        engine.endpoint,
-        es.playback_session_id.as_deref().unwrap_or("-")
-    );
-    let mut upstream = engine.endpoint.open_stream(&es, timeouts).await?;
-    loop {
-        match upstream.next_chunk().await {
-            Ok(Some(b)) if b.is_empty() => continue,
-            Ok(Some(b)) => return Ok((upstream, b)),
-            Ok(None) => {
-                return Err(EdgeError::EngineRefused {
-                    engine: engine.endpoint.to_string(),
-                    reason: "stream ended before its first byte".into(),
-                })
-            }
-            Err(e) => {
-                return Err(EdgeError::EngineUnreachable {
-                    engine: engine.endpoint.to_string(),
-                    reason: format!("stream failed before its first byte: {e}"),
-                })
-            }
         }
     }
 }

@@ -185,6 +185,42 @@ pub fn ffmpeg_decode(data: &[u8]) -> (bool, String) {
     )
 }
 
+/// `ffmpeg -v error -i URL -t SECONDS -f null -` as a real player: whether it exited
+/// successfully, and what it printed as errors.
+pub async fn ffmpeg_play(url: String, seconds: u32) -> (bool, String) {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("ffmpeg")
+            .args([
+                "-nostdin",
+                "-v",
+                "error",
+                "-i",
+                &url,
+                "-t",
+                &seconds.to_string(),
+            ])
+            .args(["-f", "null", "-"])
+            .output()
+            .expect("ffmpeg must be installed (make test installs it)")
+    })
+    .await
+    .expect("ffmpeg task");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// This process's resident memory, KiB (for tests that run alone in their binary).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("/proc/self/status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
 /// A fake orchestrator: serves `GET /engines` with whatever JSON it is given, and records the
 /// Authorization headers it saw.
 pub struct FakeOrchestrator {

@@ -1,0 +1,102 @@
+//! Releasing chunks into the ring: on the stream's clock ([`super::pacer`]) when it has one, else
+//! at the pace of its most advanced reader. Owned by the session's upstream task.
+
+use super::pacer::{Admission, Pacer};
+use super::rechunk::Chunk;
+use super::ring::MediaSpan;
+use super::session::Session;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use std::time::Duration;
+
+/// Reader-paced ingest re-checks the leading client at least this often, in case a wake-up was
+/// missed (a client that left between the check and the wait).
+const READER_PACE_RECHECK: Duration = Duration::from_millis(100);
+
+/// Releases chunks into the session's ring on the stream's clock (see [`super::pacer`]), or, for
+/// a stream without a clock, no faster than the most advanced client takes them.
+pub(crate) struct Ingest<'a> {
+    session: &'a Session,
+    metrics: &'a Metrics,
+    pub(crate) pacer: Pacer,
+    /// Reader-paced ingest keeps the ring at most this far ahead of its fastest reader
+    /// (`join_burst_bytes`, at least one chunk).
+    read_ahead: usize,
+}
+
+impl<'a> Ingest<'a> {
+    pub(crate) fn new(session: &'a Session, metrics: &'a Metrics, config: &Config) -> Self {
+        Ingest {
+            session,
+            metrics,
+            pacer: Pacer::new(config.live_lead),
+            read_ahead: config.join_burst_bytes.max(config.copy_chunk_size),
+        }
+    }
+
+    pub(crate) async fn release(&mut self, chunk: Chunk) {
+        let now = tokio::time::Instant::now();
+        let Chunk { data, found, .. } = chunk;
+        let a: Admission = self.pacer.admit(
+            now.into_std(),
+            data.len(),
+            found.last_pcr,
+            found.discontinuity,
+        );
+        if let Some(r) = a.reanchor {
+            self.metrics
+                .clock_reanchors
+                .with_label_values(&[r.label()])
+                .inc();
+            log::info!(
+                "session {}: stream clock re-anchored ({})",
+                self.session.content_id,
+                r.label()
+            );
+        }
+        let media = MediaSpan {
+            start: a.media_start,
+            end: a.media_end,
+            clocked: a.release_at.is_some(),
+        };
+        match a.release_at {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => self.wait_for_leader(data.len(), media).await,
+        }
+        let ring = &self.session.ring;
+        if let Some(psi) = found.psi {
+            ring.set_psi(psi, found.has_video);
+        }
+        ring.add_keyframes(found.keyframes);
+        ring.publish(data, media);
+        let lead = self.pacer.has_clock().then(|| {
+            let now = tokio::time::Instant::now().into_std();
+            self.pacer.lead(now).as_secs_f64()
+        });
+        self.session.set_ingest_lead(lead);
+        if let Some(lead) = lead {
+            self.metrics.ingest_lead.observe(lead);
+        }
+    }
+
+    /// Reader-paced ingest: with clients attached, publish only once the most advanced client
+    /// has less than `read_ahead` bytes left to read (so the ring fills at the pace of its fastest
+    /// reader, and joiners, who start near the edge, start next to it), and never evict a chunk
+    /// that client has not taken. With no client attached, evict freely.
+    async fn wait_for_leader(&self, len: usize, media: MediaSpan) {
+        let ring = &self.session.ring;
+        loop {
+            let Some((leader_cursor, leader_offset)) = self.session.leader() else {
+                return;
+            };
+            let ahead = ring.published_bytes().saturating_sub(leader_offset);
+            let through = ring.evicts_through(len, media);
+            if ahead <= self.read_ahead as u64 && leader_cursor >= through {
+                return;
+            }
+            self.session
+                .wait_for_client_progress(READER_PACE_RECHECK)
+                .await;
+        }
+    }
+}
