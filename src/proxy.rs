@@ -14,7 +14,7 @@ use crate::routes::{self, getstream, Route};
 use crate::streams::Sessions;
 use async_trait::async_trait;
 use pingora::prelude::*;
-use pingora::proxy::FailToProxy;
+use pingora::proxy::{FailToProxy, Session as HttpSession};
 use std::sync::Arc;
 
 /// The acestream-edge plugin for Pingora's HTTP proxy service.
@@ -67,7 +67,7 @@ impl ProxyHttp for EdgeProxy {
 
     /// Routes the request. Our routes are answered here (`Ok(true)`, also when the client went
     /// away, so disconnects never become error-level logs); engine API paths go upstream.
-    async fn request_filter(&self, s: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(&self, s: &mut HttpSession, ctx: &mut RequestCtx) -> Result<bool> {
         let path = s.req_header().uri.path().to_string();
         let route = Route::of(&path);
         ctx.route = Some(route);
@@ -89,7 +89,11 @@ impl ProxyHttp for EdgeProxy {
     }
 
     /// The best engine, by the same score as sessions use (nothing is reserved).
-    async fn upstream_peer(&self, _s: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _s: &mut HttpSession,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let engine = self
             .engines
             .best()
@@ -102,7 +106,7 @@ impl ProxyHttp for EdgeProxy {
     /// Engines see their own address as Host, as if called directly.
     async fn upstream_request_filter(
         &self,
-        _s: &mut Session,
+        _s: &mut HttpSession,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -113,7 +117,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     /// Counts every response by route and status.
-    async fn logging(&self, s: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, s: &mut HttpSession, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = s.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
         let route = ctx.route.map_or("unknown", Route::label);
         self.metrics
@@ -125,7 +129,7 @@ impl ProxyHttp for EdgeProxy {
     /// Proxy failures answer `{"error": ...}` like every other error of ours.
     async fn fail_to_proxy(
         &self,
-        s: &mut Session,
+        s: &mut HttpSession,
         e: &Error,
         _ctx: &mut RequestCtx,
     ) -> FailToProxy {

@@ -8,7 +8,7 @@ use super::{write_error, write_json, Route};
 use crate::engines::EnginePool;
 use crate::error::EdgeError;
 use crate::metrics::Metrics;
-use crate::streams::{Phase, Session, Sessions};
+use crate::streams::{Phase, Sessions, StreamSession};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session as HttpSession;
@@ -147,7 +147,7 @@ async fn write_value(s: &mut HttpSession, v: &impl Serialize) -> pingora::Result
     write_json(s, 200, serde_json::to_vec(v).unwrap_or_default()).await
 }
 
-fn is_active(x: &Session) -> bool {
+fn is_active(x: &StreamSession) -> bool {
     matches!(
         x.phase(),
         Phase::Starting | Phase::Connected | Phase::Streaming
@@ -237,7 +237,7 @@ pub struct ClientView {
 
 impl SessionView {
     /// A snapshot of `x`.
-    pub fn of(x: &Session) -> SessionView {
+    pub fn of(x: &StreamSession) -> SessionView {
         let published = x.ring.published_bytes();
         let clients = x
             .clients()

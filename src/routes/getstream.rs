@@ -12,7 +12,7 @@ use crate::streams::ClientHandle;
 use crate::streams::{Phase, Sessions};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::proxy::Session as HttpSession;
 use std::sync::Arc;
 
 /// The first value of `name` in a query string, percent-decoded.
@@ -52,7 +52,7 @@ enum End {
 }
 
 /// Serves one getstream request; always answers the client itself.
-pub async fn serve(s: &mut Session, sessions: &Arc<Sessions>) -> pingora::Result<()> {
+pub async fn serve(s: &mut HttpSession, sessions: &Arc<Sessions>) -> pingora::Result<()> {
     let id = match content_id(s.req_header().uri.query()) {
         Ok(id) => id,
         Err(e) => return write_error(s, &e).await,
@@ -197,7 +197,7 @@ fn lagged(sessions: &Sessions, client: &ClientHandle, id: &str, behind: u64) -> 
 }
 
 /// `200 video/mp2t`, chunked for HTTP/1.1, close-delimited for HTTP/1.0.
-fn stream_header(s: &mut Session) -> pingora::Result<ResponseHeader> {
+fn stream_header(s: &mut HttpSession) -> pingora::Result<ResponseHeader> {
     let mut h = ResponseHeader::build(200, Some(4))?;
     h.insert_header("Content-Type", "video/mp2t")?;
     h.insert_header("Cache-Control", "no-cache, no-store")?;
@@ -210,7 +210,7 @@ fn stream_header(s: &mut Session) -> pingora::Result<ResponseHeader> {
 }
 
 /// Answers `/ace/manifest.m3u8`: HLS is not served yet.
-pub async fn manifest(s: &mut Session) -> pingora::Result<()> {
+pub async fn manifest(s: &mut HttpSession) -> pingora::Result<()> {
     if let Err(e) = content_id(s.req_header().uri.query()) {
         return write_error(s, &e).await;
     }

@@ -66,10 +66,10 @@ impl Route {
 use crate::error::EdgeError;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::proxy::Session as HttpSession;
 
 /// Writes a complete JSON response with a Content-Length.
-pub async fn write_json(s: &mut Session, status: u16, body: Vec<u8>) -> pingora::Result<()> {
+pub async fn write_json(s: &mut HttpSession, status: u16, body: Vec<u8>) -> pingora::Result<()> {
     let mut h = ResponseHeader::build(status, Some(4))?;
     h.insert_header("Content-Type", "application/json")?;
     h.insert_header("Content-Length", body.len().to_string())?;
@@ -79,13 +79,13 @@ pub async fn write_json(s: &mut Session, status: u16, body: Vec<u8>) -> pingora:
 }
 
 /// Writes an [`EdgeError`] as `{"error": "..."}` with its status.
-pub async fn write_error(s: &mut Session, e: &EdgeError) -> pingora::Result<()> {
+pub async fn write_error(s: &mut HttpSession, e: &EdgeError) -> pingora::Result<()> {
     write_json(s, e.status(), e.json_body()).await
 }
 
 /// The one JSON error renderer: `{"error": text}` with `status` (also used for Pingora's own
 /// failures in `fail_to_proxy`).
-pub async fn write_error_text(s: &mut Session, status: u16, text: &str) -> pingora::Result<()> {
+pub async fn write_error_text(s: &mut HttpSession, status: u16, text: &str) -> pingora::Result<()> {
     write_json(s, status, crate::error::error_json(text)).await
 }
 

@@ -1,7 +1,7 @@
 //! One viewer of a session: its membership ([`ClientHandle`]) and its position in the ring.
 
 use super::ring::Read;
-use super::{Session, Sessions};
+use super::{Sessions, StreamSession};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,7 +38,7 @@ pub struct ClientStats {
 #[derive(Debug)]
 pub struct ClientHandle {
     sessions: Arc<Sessions>,
-    session: Arc<Session>,
+    session: Arc<StreamSession>,
     stats: Arc<ClientStats>,
     cursor: u64,
     /// Stream offset of the next byte this client gets (to measure lag).
@@ -66,7 +66,7 @@ pub enum Next {
 impl ClientHandle {
     pub(crate) fn new(
         sessions: Arc<Sessions>,
-        session: Arc<Session>,
+        session: Arc<StreamSession>,
         addr: Option<SocketAddr>,
     ) -> Self {
         let stats = Arc::new(ClientStats {
@@ -90,7 +90,7 @@ impl ClientHandle {
     }
 
     /// The session this client watches.
-    pub fn session(&self) -> &Arc<Session> {
+    pub fn session(&self) -> &Arc<StreamSession> {
         &self.session
     }
 

@@ -4,7 +4,7 @@
 use super::pacer::{Admission, Pacer};
 use super::rechunk::Chunk;
 use super::ring::MediaSpan;
-use super::session::Session;
+use super::session::StreamSession;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use std::time::Duration;
@@ -16,7 +16,7 @@ const READER_PACE_RECHECK: Duration = Duration::from_millis(100);
 /// Releases chunks into the session's ring on the stream's clock (see [`super::pacer`]), or, for
 /// a stream without a clock, no faster than the most advanced client takes them.
 pub(crate) struct Ingest<'a> {
-    session: &'a Session,
+    session: &'a StreamSession,
     metrics: &'a Metrics,
     pub(crate) pacer: Pacer,
     /// Reader-paced ingest keeps the ring at most this far ahead of its fastest reader
@@ -25,7 +25,7 @@ pub(crate) struct Ingest<'a> {
 }
 
 impl<'a> Ingest<'a> {
-    pub(crate) fn new(session: &'a Session, metrics: &'a Metrics, config: &Config) -> Self {
+    pub(crate) fn new(session: &'a StreamSession, metrics: &'a Metrics, config: &Config) -> Self {
         Ingest {
             session,
             metrics,

@@ -21,7 +21,7 @@ use crate::engines::EnginePool;
 use crate::error::EdgeError;
 use crate::metrics::Metrics;
 pub use client::{ClientHandle, ClientStats};
-pub use session::{Phase, Session, StopReason, UpstreamFailure};
+pub use session::{Phase, StopReason, StreamSession, UpstreamFailure};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub struct Sessions {
     config: Arc<Config>,
     engines: Arc<EnginePool>,
-    map: Mutex<HashMap<String, Arc<Session>>>,
+    map: Mutex<HashMap<String, Arc<StreamSession>>>,
     shutting_down: AtomicBool,
     started_total: AtomicU64,
     metrics: Arc<Metrics>,
@@ -56,7 +56,7 @@ impl Sessions {
         &self.metrics
     }
 
-    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Session>>> {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<StreamSession>>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -85,7 +85,7 @@ impl Sessions {
             let (session, created) = match map.get(content_id) {
                 Some(s) => (s.clone(), false),
                 None => {
-                    let s = Arc::new(Session::new(content_id.to_string(), &self.config));
+                    let s = Arc::new(StreamSession::new(content_id.to_string(), &self.config));
                     map.insert(content_id.to_string(), s.clone());
                     (s, true)
                 }
@@ -112,7 +112,7 @@ impl Sessions {
 
     /// Counts a client out; the last one starts the session's linger (its upstream task watches
     /// the count and ends the session after `stream_idle_timeout`).
-    fn detach(self: &Arc<Self>, session: &Arc<Session>, addr: Option<SocketAddr>) {
+    fn detach(self: &Arc<Self>, session: &Arc<StreamSession>, addr: Option<SocketAddr>) {
         self.metrics.client_leaves.inc();
         self.metrics.clients_active.dec();
         let clients = session.count_out();
@@ -125,7 +125,7 @@ impl Sessions {
 
     /// Takes `session` out of the registry if it still has no client; the linger's last check,
     /// under the map lock that attach takes too.
-    pub(crate) fn expire_if_idle(&self, session: &Arc<Session>) -> bool {
+    pub(crate) fn expire_if_idle(&self, session: &Arc<StreamSession>) -> bool {
         let mut map = self.map();
         if session.client_count() != 0 {
             return false;
@@ -136,15 +136,15 @@ impl Sessions {
 
     /// Removes `session` from the registry if it is still the registered one (called once, by the
     /// session's upstream task as it ends).
-    fn remove(&self, session: &Arc<Session>) {
+    fn remove(&self, session: &Arc<StreamSession>) {
         Self::unregister(&mut self.map(), session, &self.metrics);
     }
 
     /// Takes `session` out of the map if it is still the registered one; the session stops
     /// counting as active at that moment, whoever removes it (idle expiry or its own end).
     fn unregister(
-        map: &mut HashMap<String, Arc<Session>>,
-        session: &Arc<Session>,
+        map: &mut HashMap<String, Arc<StreamSession>>,
+        session: &Arc<StreamSession>,
         metrics: &Metrics,
     ) {
         if matches!(map.get(&session.content_id), Some(s) if Arc::ptr_eq(s, session)) {
@@ -156,19 +156,19 @@ impl Sessions {
     /// Refuses new sessions and ends every session (each sends its stop).
     pub fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
-        let all: Vec<Arc<Session>> = self.map().values().cloned().collect();
+        let all: Vec<Arc<StreamSession>> = self.map().values().cloned().collect();
         for s in all {
             s.end(StopReason::Shutdown);
         }
     }
 
     /// A snapshot of the live sessions.
-    pub fn list(&self) -> Vec<Arc<Session>> {
+    pub fn list(&self) -> Vec<Arc<StreamSession>> {
         self.map().values().cloned().collect()
     }
 
     /// The live session of a content id.
-    pub fn get(&self, content_id: &str) -> Option<Arc<Session>> {
+    pub fn get(&self, content_id: &str) -> Option<Arc<StreamSession>> {
         self.map().get(content_id).cloned()
     }
 

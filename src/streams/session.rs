@@ -4,6 +4,10 @@
 //! The session, not any client, owns the upstream task ([`super::upstream`]), which alone writes
 //! the ring and alone talks to the engine. Clients only read the ring and update their own
 //! [`ClientStats`]. The state here is what both sides and the status pages share.
+//!
+//! Three things are called a session; the names keep them apart: Pingora's HTTP session (one
+//! request, `HttpSession` where it appears), ours ([`StreamSession`]: one per content id, many
+//! clients) and the engine's ([`crate::engines::EngineSession`]: its playback and command URLs).
 
 use super::ring::{Retention, Ring};
 use super::ClientStats;
@@ -93,7 +97,7 @@ pub(crate) struct SessionState {
 
 /// One content id's shared stream.
 #[derive(Debug)]
-pub struct Session {
+pub struct StreamSession {
     /// The content id (lower-case 40 hex), as the clients asked for it.
     pub content_id: String,
     /// The chunks every client reads.
@@ -120,9 +124,9 @@ pub struct Session {
     clients: Mutex<Vec<Arc<ClientStats>>>,
 }
 
-impl Session {
+impl StreamSession {
     pub(crate) fn new(content_id: String, config: &Config) -> Self {
-        Session {
+        StreamSession {
             content_id,
             ring: Ring::new(Retention {
                 min_bytes: config.stream_buffer_size,
@@ -296,7 +300,7 @@ mod tests {
     /// client leaves; a client coming back within it restarts the linger from zero.
     #[tokio::test(start_paused = true)]
     async fn linger_and_rejoin() {
-        let session = Arc::new(Session::new("a".repeat(40), &Config::default()));
+        let session = Arc::new(StreamSession::new("a".repeat(40), &Config::default()));
         let idle = Duration::from_secs(300);
         session.count_in();
         let s = session.clone();
@@ -324,7 +328,7 @@ mod tests {
     /// An expiry the registry refuses (a client attached at that instant) keeps lingering.
     #[tokio::test(start_paused = true)]
     async fn refused_expiry_keeps_the_session() {
-        let session = Session::new("b".repeat(40), &Config::default());
+        let session = StreamSession::new("b".repeat(40), &Config::default());
         let tries = std::sync::atomic::AtomicUsize::new(0);
         let start = tokio::time::Instant::now();
         session

@@ -2,7 +2,7 @@
 //! open its stream and wait for the first bytes, trying the next-best engine on a refusal or
 //! failure (each engine once), all within `empty_stream_timeout`.
 
-use super::session::{Phase, Session};
+use super::session::{Phase, StreamSession};
 use super::Sessions;
 use crate::config::Config;
 use crate::engines::{Engine, EngineStream, EngineTimeouts};
@@ -14,7 +14,7 @@ use std::sync::Arc;
 /// Starts (or restarts) the upstream within `empty_stream_timeout`.
 pub(crate) async fn start_within_deadline(
     sessions: &Sessions,
-    session: &Arc<Session>,
+    session: &Arc<StreamSession>,
     config: &Config,
     exclude: &[SocketAddr],
 ) -> Result<(EngineStream, Bytes), EdgeError> {
@@ -53,7 +53,7 @@ pub(crate) fn start_outcome(e: &EdgeError) -> &'static str {
 /// engine at most once), until one sends its first bytes.
 async fn start_and_first_bytes(
     sessions: &Sessions,
-    session: &Arc<Session>,
+    session: &Arc<StreamSession>,
     config: &Config,
     exclude: &[SocketAddr],
 ) -> Result<(EngineStream, Bytes), EdgeError> {
@@ -109,7 +109,7 @@ async fn start_and_first_bytes(
 }
 
 async fn start_on(
-    session: &Arc<Session>,
+    session: &Arc<StreamSession>,
     engine: &Engine,
     timeouts: EngineTimeouts,
 ) -> Result<(EngineStream, Bytes), EdgeError> {

@@ -9,7 +9,7 @@
 
 use super::ingest::Ingest;
 use super::rechunk::Rechunker;
-use super::session::{Phase, Session, StopReason, UpstreamFailure};
+use super::session::{Phase, StopReason, StreamSession, UpstreamFailure};
 use super::start::{start_outcome, start_within_deadline};
 use super::Sessions;
 use crate::config::Config;
@@ -29,7 +29,7 @@ enum Outcome {
 }
 
 /// The session's upstream task: start, stream into the ring, stop. Runs until the session ends.
-pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<Session>) {
+pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<StreamSession>) {
     let config = sessions.config().clone();
     let mut cancel = session.cancel.subscribe();
     let outcome = tokio::select! {
@@ -130,7 +130,7 @@ impl FailoverBudget {
     }
 }
 
-async fn stream(sessions: &Sessions, session: &Arc<Session>, config: &Config) -> Outcome {
+async fn stream(sessions: &Sessions, session: &Arc<StreamSession>, config: &Config) -> Outcome {
     let (mut upstream, first) = match start_within_deadline(sessions, session, config, &[]).await {
         Ok(v) => v,
         Err(e) => return Outcome::StartFailed(e),
