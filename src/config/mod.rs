@@ -22,58 +22,63 @@ use crate::ts::PACKET_SIZE as TS_PACKET_SIZE;
 /// The validated settings of the proxy. Defaults are the seed's (README, "Configuration").
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Addresses serving getstream, admin and metrics.
+    /// Addresses serving getstream, admin and metrics. Default `127.0.0.1:8000`.
     pub listen: Vec<SocketAddr>,
-    /// If set, `/proxy/*` and `/metrics` require `Authorization: Bearer <token>`.
+    /// If set, `/proxy/*` and `/metrics` require `Authorization: Bearer <token>`. Default none.
     pub admin_token: Option<String>,
-    /// The static engine pool.
+    /// The static engine pool. Default empty.
     pub engines: Vec<EngineConfig>,
-    /// Optional orchestrator that lists engines at `GET <url>/engines`.
+    /// Optional orchestrator that lists engines at `GET <url>/engines`. Default none.
     pub orchestrator: Option<OrchestratorConfig>,
     /// Longest wait from session start (engine JSON call included) to its first upstream byte.
+    /// Default 30 s.
     pub empty_stream_timeout: Duration,
-    /// How long a session lives after its last client leaves.
+    /// How long a session lives after its last client leaves. Default 300 s.
     pub stream_idle_timeout: Duration,
-    /// How often client activity is checked. Accepted for the seed's compatibility; client
-    /// liveness is enforced per client (idle read, write errors, `client_timeout`), so nothing
-    /// polls on this interval.
+    /// How often client activity is checked (default 10 s). Accepted for the seed's
+    /// compatibility; client liveness is enforced per client (idle read, write errors,
+    /// `client_timeout`), so nothing polls on this interval.
     pub client_heartbeat_interval: Duration,
-    /// A client whose socket accepts nothing for this long is dropped.
+    /// A client whose socket accepts nothing for this long is dropped. Default 30 s.
     pub client_timeout: Duration,
-    /// Bytes of ring per session (join burst + slow-client slack).
+    /// Bytes the ring keeps at least (join burst + slow-client slack). Default 4 MiB.
     pub stream_buffer_size: usize,
-    /// Upstream read / fan-out unit, already rounded down to whole 188-byte packets.
+    /// Upstream read / fan-out unit in bytes, already rounded down to whole 188-byte packets.
+    /// Default 65536 (65424 after rounding).
     pub copy_chunk_size: usize,
-    /// Bytes of recent stream a joining client receives at once (rounded to whole chunks).
+    /// Bytes of recent stream within which a joiner's keyframe is looked for first (also how far
+    /// a clockless stream's ring runs ahead of its fastest reader). Default 256 KiB.
     pub join_burst_bytes: usize,
     /// A partial chunk is published after this long, so low bitrates do not wait for a full chunk.
+    /// Default 0.1 s.
     pub chunk_flush_interval: Duration,
-    /// Longest time to pick an engine (discovery fetch included).
+    /// Longest time to pick an engine (discovery fetch included). Default 5 s.
     pub engine_selection_timeout: Duration,
-    /// How long a fetched engine list is reused.
+    /// How long a fetched engine list is reused. Default 2 s, at least 0.1 s.
     pub engine_cache_ttl: Duration,
-    /// TCP connect timeout towards engines.
+    /// TCP connect timeout towards engines. Default 5 s, at least 0.2 s.
     pub engine_connect_timeout: Duration,
     /// Timeout of engine API answers (JSON calls, the playback response head). A live stream's
-    /// silence is judged by `upstream_stall_timeout`.
+    /// silence is judged by `upstream_stall_timeout`. Default 60 s.
     pub engine_read_timeout: Duration,
-    /// Engines with this many streams are not candidates.
+    /// Engines with this many streams are not candidates. Default 10.
     pub max_streams_per_engine: usize,
     /// Accepted for compatibility with the seed's configuration (seconds, default 60). Nothing
     /// polls on it: each session's own task watches its client count and ends it after
     /// `stream_idle_timeout`, so there is no timer to lose and nothing to reap.
     pub session_cleanup_interval: Duration,
-    /// Engine health probe period.
+    /// Engine health probe period. Default 5 s, at least 0.2 s.
     pub health_check_interval: Duration,
     /// Clients get a TS null packet at least this often while no stream bytes flow (prebuffer,
     /// stalls, failover), so players keep the socket. Zero disables keepalive (and headers then
-    /// wait for the first stream byte).
+    /// wait for the first stream byte). Default 1 s.
     pub keepalive_interval: Duration,
-    /// A live upstream silent for this long is failed over to another engine.
+    /// A live upstream silent for this long is failed over to another engine. Default 5 s.
     pub upstream_stall_timeout: Duration,
-    /// Most failovers of one session within a minute; then its clients' responses end.
+    /// Most failovers of one session within `failover_window`; then its clients' responses end.
+    /// Default 3.
     pub max_failovers: usize,
-    /// How long an engine that failed a live session scores lower.
+    /// How long an engine that failed a live session scores lower. Default 60 s.
     pub engine_failure_penalty: Duration,
     /// How far (in stream time) the ring's live edge may run ahead of the wall clock when the
     /// upstream can deliver faster than real time (an engine's cache burst, a catch-up). The rest

@@ -342,3 +342,47 @@ impl Drop for StreamLease {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reserved stream counts on its engine (the next choice moves on) until its lease is
+    /// dropped; no socket is opened (discovery of literal addresses, no health probe).
+    #[tokio::test]
+    async fn leases_count_until_dropped() {
+        let config = crate::config::load_str(
+            "acestream: {engines: [{host: 127.0.0.1, port: 1}, {host: 127.0.0.1, port: 2}]}",
+        )
+        .expect("valid")
+        .acestream;
+        let (lb, meta) = load_balancer(&config);
+        let pool = Arc::new(EnginePool::new(Arc::new(lb), meta, &config));
+        let (a, lease_a) = pool.acquire(&[]).await.expect("an engine");
+        let (b, lease_b) = pool.acquire(&[]).await.expect("an engine");
+        assert_ne!(
+            a.addr, b.addr,
+            "the first lease moves the next choice to the other engine"
+        );
+        let streams = |pool: &EnginePool, addr| {
+            pool.status()
+                .into_iter()
+                .find(|s| s.addr == addr)
+                .map(|s| s.proxy_streams)
+        };
+        assert_eq!(streams(&pool, a.addr), Some(1));
+        drop(lease_a);
+        assert_eq!(
+            streams(&pool, a.addr),
+            Some(0),
+            "dropping the lease releases it"
+        );
+        let (c, _lease_c) = pool.acquire(&[]).await.expect("an engine");
+        assert_eq!(
+            c.addr, a.addr,
+            "the released engine is the least loaded again"
+        );
+        drop(lease_b);
+        assert_eq!(streams(&pool, b.addr), Some(0));
+    }
+}
