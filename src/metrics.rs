@@ -53,6 +53,8 @@ pub struct Metrics {
     pub ingest_lead: Histogram,
     /// Clock re-anchors of paced ingest, by reason (`discontinuity`, `jump`, `splice`, `late`).
     pub clock_reanchors: IntCounterVec,
+    /// Failed orchestrator fetches (brought up to date at scrape time).
+    pub orchestrator_failures: IntCounter,
 }
 
 impl Default for Metrics {
@@ -205,6 +207,11 @@ impl Metrics {
                 "acestream_edge_clock_reanchors_total",
                 "Restarts of the paced-ingest clock, by reason",
                 &["reason"],
+            ),
+            orchestrator_failures: counter(
+                &r,
+                "acestream_edge_orchestrator_failures_total",
+                "Orchestrator engine-list fetches that failed (the last good list was kept)",
             ),
             registry: r,
         }

@@ -167,7 +167,14 @@ async fn orchestrator_engines_are_used_and_survive_its_outage() {
     assert_eq!(start_stream(&server, 301).await, 200);
     assert_eq!(active(&b).await, 1);
     orch.stop();
-    tokio::time::sleep(Duration::from_millis(600)).await; // several failed polls
+    // The signal: the pool has seen the orchestrator fail twice since it went down.
+    let failed_before = pool.orchestrator_failures();
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            pool.orchestrator_failures() >= failed_before + 2
+        })
+        .await
+    );
     assert_eq!(start_stream(&server, 302).await, 200);
     assert_eq!(active(&b).await, 2, "the last good list is kept");
 }

@@ -338,7 +338,15 @@ async fn matrix_orchestrator_down() {
     )
     .await;
     orch.stop();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The signal: the pool has seen the orchestrator fail twice since it went down.
+    let pool = h.server.edge.engines.clone();
+    let failed_before = pool.orchestrator_failures();
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            pool.orchestrator_failures() >= failed_before + 2
+        })
+        .await
+    );
     let mut r = get(h.addr(), &format!("/ace/getstream?id={}", content_id(7407))).await;
     assert_eq!(r.status, 200);
     assert!(

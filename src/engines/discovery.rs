@@ -5,7 +5,7 @@
 //! An orchestrator that is down or answers garbage never empties the pool: the last good list is
 //! kept, and the state change is logged once (not on every poll).
 
-use super::EngineMeta;
+use super::{Discovered, EngineMeta};
 use crate::config::{EngineConfig, OrchestratorConfig};
 use crate::http1::{self, GetOptions};
 use async_trait::async_trait;
@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The engine list's source, and the writer of the pool's engine metadata.
@@ -23,7 +23,7 @@ pub struct EngineDiscovery {
     statics: Vec<EngineConfig>,
     orchestrator: Option<OrchestratorConfig>,
     timeout: Duration,
-    meta: Arc<RwLock<HashMap<SocketAddr, EngineMeta>>>,
+    meta: Arc<Discovered>,
     last_good: Mutex<Option<Vec<EngineMeta>>>,
     orchestrator_up: Mutex<Option<bool>>,
 }
@@ -34,7 +34,7 @@ impl EngineDiscovery {
         statics: Vec<EngineConfig>,
         orchestrator: Option<OrchestratorConfig>,
         timeout: Duration,
-        meta: Arc<RwLock<HashMap<SocketAddr, EngineMeta>>>,
+        meta: Arc<Discovered>,
     ) -> Self {
         EngineDiscovery {
             statics,
@@ -53,6 +53,9 @@ impl EngineDiscovery {
             Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         };
         let up = fetched.is_ok();
+        if !up {
+            self.meta.orchestrator_failed();
+        }
         {
             let mut state = self
                 .orchestrator_up
@@ -121,7 +124,7 @@ impl ServiceDiscovery for EngineDiscovery {
                 ext: Default::default(),
             })
             .collect();
-        *self.meta.write().unwrap_or_else(|p| p.into_inner()) = by_addr;
+        self.meta.set_engines(by_addr);
         Ok((backends, HashMap::new()))
     }
 }

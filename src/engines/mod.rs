@@ -100,7 +100,7 @@ pub struct EngineStatus {
 /// The engine pool shared by every session.
 pub struct EnginePool {
     lb: Arc<LoadBalancer<RoundRobin>>,
-    meta: Arc<RwLock<HashMap<SocketAddr, EngineMeta>>>,
+    meta: Arc<Discovered>,
     load: Mutex<HashMap<SocketAddr, usize>>,
     rotation: AtomicUsize,
     max_streams: usize,
@@ -117,15 +117,35 @@ impl std::fmt::Debug for EnginePool {
     }
 }
 
-/// Builds the load balancer that the server runs as a background service, and the metadata map
+/// What discovery found, shared between it (the writer) and the pool (the reader).
+#[derive(Debug, Default)]
+pub struct Discovered {
+    engines: RwLock<HashMap<SocketAddr, EngineMeta>>,
+    orchestrator_failures: std::sync::atomic::AtomicU64,
+}
+
+impl Discovered {
+    /// A snapshot of the engines found, by resolved address.
+    pub fn engines(&self) -> HashMap<SocketAddr, EngineMeta> {
+        self.engines
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_engines(&self, engines: HashMap<SocketAddr, EngineMeta>) {
+        *self.engines.write().unwrap_or_else(|p| p.into_inner()) = engines;
+    }
+
+    pub(crate) fn orchestrator_failed(&self) {
+        self.orchestrator_failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Builds the load balancer that the server runs as a background service, and the shared state
 /// its discovery writes.
-pub fn load_balancer(
-    config: &Config,
-) -> (
-    LoadBalancer<RoundRobin>,
-    Arc<RwLock<HashMap<SocketAddr, EngineMeta>>>,
-) {
-    let meta = Arc::new(RwLock::new(HashMap::new()));
+pub fn load_balancer(config: &Config) -> (LoadBalancer<RoundRobin>, Arc<Discovered>) {
+    let meta = Arc::new(Discovered::default());
     let discovery = discovery::EngineDiscovery::new(
         config.engines.clone(),
         config.orchestrator.clone(),
@@ -149,11 +169,7 @@ pub fn load_balancer(
 
 impl EnginePool {
     /// A pool over a (running) load balancer and its discovery's metadata.
-    pub fn new(
-        lb: Arc<LoadBalancer<RoundRobin>>,
-        meta: Arc<RwLock<HashMap<SocketAddr, EngineMeta>>>,
-        config: &Config,
-    ) -> Self {
+    pub fn new(lb: Arc<LoadBalancer<RoundRobin>>, meta: Arc<Discovered>, config: &Config) -> Self {
         EnginePool {
             lb,
             meta,
@@ -201,9 +217,14 @@ impl EnginePool {
         }
     }
 
+    /// Failed orchestrator fetches since start (each keeps the last good list).
+    pub fn orchestrator_failures(&self) -> u64 {
+        self.meta.orchestrator_failures.load(Ordering::Relaxed)
+    }
+
     /// Every known engine with its live score.
     pub fn status(&self) -> Vec<EngineStatus> {
-        let meta = self.meta.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let meta = self.meta.engines();
         let load = self.lock_load().clone();
         self.snapshot(&meta, &load)
     }
@@ -252,7 +273,7 @@ impl EnginePool {
         exclude: &[SocketAddr],
     ) -> Result<(Engine, StreamLease), EdgeError> {
         self.ensure_discovered().await;
-        let meta = self.meta.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let meta = self.meta.engines();
         let mut load = self.lock_load();
         let engine = self.choose(&meta, &load, exclude)?;
         *load.entry(engine.addr).or_default() += 1;
@@ -267,7 +288,7 @@ impl EnginePool {
     /// The best engine now, without reserving anything (for passthrough requests).
     pub async fn best(&self) -> Result<Engine, EdgeError> {
         self.ensure_discovered().await;
-        let meta = self.meta.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let meta = self.meta.engines();
         let load = self.lock_load().clone();
         self.choose(&meta, &load, &[])
     }

@@ -121,6 +121,9 @@ impl Admin {
     async fn write_metrics(&self, s: &mut HttpSession) -> pingora::Result<()> {
         // Engine gauges are a snapshot of the pool, taken now.
         let m = &self.metrics;
+        let failures = self.engines.orchestrator_failures();
+        m.orchestrator_failures
+            .inc_by(failures.saturating_sub(m.orchestrator_failures.get()));
         m.engine_healthy.reset();
         m.engine_active_streams.reset();
         m.engine_score.reset();
