@@ -72,16 +72,23 @@ pub async fn open(target: Target, addr: SocketAddr, id: &str) -> std::io::Result
     }
 }
 
-/// One streaming client: connects at `start_at`, reads until `end`, counts bytes inside
-/// [`window_from`, `end`].
+/// When a client runs: it connects at `start_at`, reads until `end`, and counts the bytes inside
+/// [`from`, `end`].
+pub struct Window {
+    pub start_at: Instant,
+    pub from: Instant,
+    pub end: Instant,
+}
+
+/// One streaming client, reading at most `read_bps` (0: as fast as it can).
 pub async fn run_client(
     target: Target,
     addr: SocketAddr,
     id: String,
-    start_at: Instant,
-    window_from: Instant,
-    end: Instant,
+    w: Window,
+    read_bps: u64,
 ) -> ClientResult {
+    let (start_at, window_from, end) = (w.start_at, w.from, w.end);
     tokio::time::sleep_until(start_at.into()).await;
     let t0 = Instant::now();
     let mut res = ClientResult::default();
@@ -119,6 +126,13 @@ pub async fn run_client(
                 offset += b.len() as u64;
                 if now >= window_from {
                     res.window_bytes += b.len() as u64;
+                }
+                if read_bps > 0 {
+                    // A player's pace: a token bucket from the first byte on.
+                    let due = t0 + Duration::from_secs_f64(offset as f64 * 8.0 / read_bps as f64);
+                    if due > Instant::now() {
+                        tokio::time::sleep_until(due.min(end).into()).await;
+                    }
                 }
             }
             Ok(_) => {
@@ -179,6 +193,9 @@ pub struct Load {
     pub ramp: Duration,
     pub warmup: Duration,
     pub measure: Duration,
+    /// Each client reads at most this many bits per second, like a player at its own pace
+    /// (0 = as fast as it can).
+    pub read_bps: u64,
 }
 
 impl Load {
@@ -201,6 +218,7 @@ impl Load {
             ramp: Duration::from_secs(2),
             warmup: Duration::from_secs(3),
             measure: Duration::from_secs(10),
+            read_bps: 0,
         }
     }
 }
@@ -226,9 +244,12 @@ pub async fn run_load(scenario: &str, run: u32, l: Load) -> Report {
                 l.target,
                 l.addr,
                 id.clone(),
-                at,
-                window_from,
-                end,
+                Window {
+                    start_at: at,
+                    from: window_from,
+                    end,
+                },
+                l.read_bps,
             )));
             k += 1;
         }

@@ -179,29 +179,35 @@ pub async fn raw(o: &Opts, out: &mut Vec<Report>) {
     }
 }
 
-/// A source faster than every client and without a clock (null packets, unlimited rate), and
-/// N equal clients reading as fast as they can: reader-paced ingest must keep all of them.
+/// A source faster than every client and without a clock (null packets, unlimited rate), and N
+/// equal clients, each reading at the same player pace (200 Mbit/s for 10, 40 Mbit/s for 100):
+/// reader-paced ingest must keep all of them.
 pub async fn clockless(o: &Opts, out: &mut Vec<Report>) {
-    let ns: &[usize] = if o.quick { &[10] } else { &[10, 100] };
+    let cases: &[(usize, u64)] = if o.quick {
+        &[(10, 200_000_000)]
+    } else {
+        &[(10, 200_000_000), (100, 40_000_000)]
+    };
     for run in 1..=o.runs {
-        for &n in ns {
+        for &(n, read_bps) in cases {
             let sim = start_sim_with(0, &["--null-stream"]);
             let p = start_proxy(sim.addr, "");
             let load = Load {
                 ramp: Duration::ZERO,
                 warmup: Duration::from_secs(2),
                 measure: Duration::from_secs(5),
+                read_bps,
                 ..Load::streaming(
                     Target::Proxy,
                     p.addr,
                     p.pid(),
                     vec![content_id(40000)],
                     n,
-                    0,
+                    read_bps,
                 )
             };
             let mut r = run_load("clockless", run, load).await;
-            r.note = "null packets at line speed; kept = not disconnected".into();
+            r.note = "null packets at line speed; equal clients at the bitrate shown".into();
             record(out, r);
         }
     }

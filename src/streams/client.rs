@@ -100,8 +100,8 @@ impl ClientHandle {
     }
 
     /// Positions the client for its first read: a client that waited for the session's start gets
-    /// the stream from its first keyframe (keepalives until then; from its first byte if none
-    /// comes within `stream_buffer_size`); a joiner starts on a keyframe with the PAT and PMT in
+    /// the stream from its first keyframe (keepalives until then; if none can come, it starts as a
+    /// joiner does); a joiner starts on a keyframe with the PAT and PMT in
     /// front (see [`super::ring::Ring::join_point`]), its burst bounded by `join_burst_bytes` or
     /// one second of stream, whichever is smaller.
     pub fn position(&mut self, waited_for_start: bool) {
@@ -157,14 +157,13 @@ impl ClientHandle {
             } else if ring.is_closed()
                 || ring.is_evicted(self.cursor)
                 || ring.no_keyframe_to_wait_for()
+                || self.session.is_clockless()
                 || ring.edge_media() >= FIRST_KEYFRAME_WAIT_SECONDS
                 || ring.published_bytes() >= self.sessions.config().stream_buffer_size as u64
             {
-                // No keyframe to wait for (audio only, a GOP longer than the ring): as it comes.
-                let evicted = ring.is_evicted(self.cursor);
-                if evicted {
-                    self.join_now();
-                }
+                // No keyframe to wait for (audio only, no clock, a GOP longer than the wait):
+                // start like a joiner, near the live edge, rather than behind everyone.
+                self.join_now();
                 self.set_awaiting_keyframe(false);
             } else {
                 return Next::Wait;

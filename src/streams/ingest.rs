@@ -4,7 +4,7 @@
 use super::pacer::{Admission, Pacer};
 use super::rechunk::Chunk;
 use super::ring::MediaSpan;
-use super::session::StreamSession;
+use super::session::{Readers, StreamSession};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use std::time::Duration;
@@ -57,7 +57,8 @@ impl<'a> Ingest<'a> {
         let media = MediaSpan {
             start: a.media_start,
             end: a.media_end,
-            clocked: a.release_at.is_some(),
+            // Unscheduled chunks before a clock is known count as clockless for retention.
+            clocked: self.pacer.has_clock(),
         };
         match a.release_at {
             Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -82,17 +83,22 @@ impl<'a> Ingest<'a> {
     /// Reader-paced ingest: with clients attached, publish only once the most advanced client
     /// has less than `read_ahead` bytes left to read (so the ring fills at the pace of its fastest
     /// reader, and joiners, who start near the edge, start next to it), and never evict a chunk
-    /// that client has not taken. With no client attached, evict freely.
+    /// that client has not taken. While attached clients have not started reading, wait for
+    /// them. With no client attached, evict freely.
     async fn wait_for_leader(&self, len: usize, media: MediaSpan) {
+        self.session.set_clockless();
         let ring = &self.session.ring;
         loop {
-            let Some((leader_cursor, leader_offset)) = self.session.leader() else {
-                return;
-            };
-            let ahead = ring.published_bytes().saturating_sub(leader_offset);
-            let through = ring.evicts_through(len, media);
-            if ahead <= self.read_ahead as u64 && leader_cursor >= through {
-                return;
+            match self.session.readers() {
+                Readers::None => return,
+                Readers::Leader { cursor, offset } => {
+                    let ahead = ring.published_bytes().saturating_sub(offset);
+                    if ahead <= self.read_ahead as u64 && cursor >= ring.evicts_through(len, media)
+                    {
+                        return;
+                    }
+                }
+                Readers::Starting => {}
             }
             self.session
                 .wait_for_client_progress(READER_PACE_RECHECK)

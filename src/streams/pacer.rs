@@ -47,6 +47,11 @@ pub const CLOCK_JUMP: Duration = Duration::from_secs(10);
 /// 100 ms PCR interval even at 80 Mbit/s.
 pub const CLOCK_LOST_BYTES: u64 = 10 << 20;
 
+/// A stream (or a spliced-in upstream) that shows no PCR in its first this many bytes has no
+/// clock; before that, chunks pass unscheduled. Fixed: two 100 ms PCR intervals at 80 Mbit/s,
+/// many at usual bitrates, so a real clock is always found first.
+pub const CLOCK_FIRST_BYTES: u64 = 2 << 20;
+
 /// Why the clock was restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reanchor {
@@ -98,6 +103,8 @@ pub struct Pacer {
     media: f64,
     last_admit: Option<Instant>,
     splice_pending: bool,
+    /// No PCR seen yet since the start or a splice, and fewer than [`CLOCK_FIRST_BYTES`].
+    first_clock_pending: bool,
 }
 
 impl Pacer {
@@ -111,6 +118,7 @@ impl Pacer {
             media: 0.0,
             last_admit: None,
             splice_pending: false,
+            first_clock_pending: true,
         }
     }
 
@@ -118,6 +126,13 @@ impl Pacer {
     pub fn splice(&mut self) {
         self.last_pcr = None;
         self.splice_pending = true;
+        self.first_clock_pending = true;
+        self.bytes_since_pcr = 0;
+    }
+
+    /// True once the stream showed no clock: its ingest is paced by its readers.
+    pub fn clockless(&self) -> bool {
+        !self.has_clock() && !self.first_clock_pending
     }
 
     /// True while the stream has a usable clock.
@@ -171,6 +186,7 @@ impl Pacer {
                     self.due = None;
                 }
                 self.splice_pending = false;
+                self.first_clock_pending = false;
                 self.last_pcr = Some(sample.pcr);
             }
             None => {
@@ -182,6 +198,19 @@ impl Pacer {
             }
         }
         let media_start = self.media;
+        if !self.has_clock() && self.first_clock_pending {
+            if self.bytes_since_pcr <= CLOCK_FIRST_BYTES {
+                // Not known yet whether the stream has a clock (its first chunk may hold no
+                // PCR): let it through unscheduled.
+                return Admission {
+                    release_at: Some(now),
+                    media_start,
+                    media_end: media_start,
+                    reanchor,
+                };
+            }
+            self.first_clock_pending = false;
+        }
         if !self.has_clock() {
             // No clock: media time follows the wall clock; readers pace the ingest.
             self.media += since_last.as_secs_f64();
@@ -328,13 +357,18 @@ mod tests {
         assert!((a.media_end - 0.1).abs() < 1e-3);
     }
 
-    /// Without PCRs the stream has no clock: no schedule, media time on the wall clock.
+    /// Without PCRs the stream has no clock: no schedule, media time on the wall clock. Its
+    /// first chunks pass unscheduled until CLOCK_FIRST_BYTES show no PCR.
     #[test]
     fn no_pcr_means_reader_paced() {
         let t0 = Instant::now();
         let mut p = Pacer::new(LEAD);
-        let a = p.admit(t0, 65_424, None, false);
+        let first = p.admit(t0, 65_424, None, false);
+        assert_eq!(first.release_at, Some(t0), "not known yet: unscheduled");
+        assert!(!p.clockless());
+        let a = p.admit(t0, CLOCK_FIRST_BYTES as usize, None, false);
         assert_eq!(a.release_at, None);
+        assert!(p.clockless());
         let b = p.admit(t0 + Duration::from_millis(500), 65_424, None, false);
         assert_eq!(b.release_at, None);
         assert!((b.media_end - 0.5).abs() < 1e-9);

@@ -277,6 +277,11 @@ impl Ring {
         self.lock().video == Some(false)
     }
 
+    /// Wakes every waiter without publishing (something they wait on changed elsewhere).
+    pub fn wake(&self) {
+        self.head.send_modify(|_| {});
+    }
+
     /// Marks the end of the stream and wakes every waiter.
     pub fn close(&self) {
         self.lock().closed = true;

@@ -34,6 +34,22 @@ pub enum Phase {
     Ended(StopReason),
 }
 
+/// Who paces a stream without a clock (see [`StreamSession::readers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Readers {
+    /// No client attached.
+    None,
+    /// Clients attached, none reading yet.
+    Starting,
+    /// The reading client furthest ahead.
+    Leader {
+        /// Its ring cursor.
+        cursor: u64,
+        /// Its stream offset.
+        offset: u64,
+    },
+}
+
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StopReason {
@@ -116,6 +132,8 @@ pub struct StreamSession {
     ingest_waiting: AtomicBool,
     /// Signalled by clients that advanced while the upstream task waits for them.
     client_progress: Notify,
+    /// Set once the stream showed no clock.
+    clockless: AtomicBool,
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) cancel: watch::Sender<Option<StopReason>>,
     /// Clients attached now; the session's linger watches it.
@@ -140,6 +158,7 @@ impl StreamSession {
             ingest_lead: AtomicU64::new(f64::NAN.to_bits()),
             ingest_waiting: AtomicBool::new(false),
             client_progress: Notify::new(),
+            clockless: AtomicBool::new(false),
             phase: watch::channel(Phase::Starting).0,
             cancel: watch::channel(None).0,
             attached: watch::channel(0).0,
@@ -166,9 +185,12 @@ impl StreamSession {
         self.client_list().clone()
     }
 
-    /// The cursor and stream offset of the reading client furthest ahead, if any.
-    pub(crate) fn leader(&self) -> Option<(u64, u64)> {
-        self.client_list()
+    /// Who paces a stream without a clock: nobody (no client: evict freely), the clients still
+    /// waiting for their start (wait for them), or the reading client furthest ahead (its cursor
+    /// and stream offset).
+    pub(crate) fn readers(&self) -> Readers {
+        let clients = self.client_list();
+        let leader = clients
             .iter()
             .filter(|c| c.reading.load(Ordering::Relaxed))
             .map(|c| {
@@ -177,7 +199,25 @@ impl StreamSession {
                     c.offset.load(Ordering::Relaxed),
                 )
             })
-            .max()
+            .max();
+        match leader {
+            Some((cursor, offset)) => Readers::Leader { cursor, offset },
+            None if clients.is_empty() => Readers::None,
+            None => Readers::Starting,
+        }
+    }
+
+    /// Marks the stream as having no clock (from then on its readers pace it) and wakes the
+    /// clients waiting for a keyframe: none will be found to wait for on a clock's schedule.
+    pub(crate) fn set_clockless(&self) {
+        if !self.clockless.swap(true, Ordering::Relaxed) {
+            self.ring.wake();
+        }
+    }
+
+    /// True once the stream showed no clock.
+    pub fn is_clockless(&self) -> bool {
+        self.clockless.load(Ordering::Relaxed)
     }
 
     /// Called by a client after it advanced (or left): wakes the upstream task if it waits for
