@@ -61,7 +61,13 @@ impl<'a> Ingest<'a> {
             clocked: self.pacer.has_clock(),
         };
         match a.release_at {
-            Some(at) => tokio::time::sleep_until(at.into()).await,
+            Some(at) => {
+                if self.session.is_clockless() && self.pacer.has_clock() {
+                    // The clock came back: the retention decides alone again.
+                    self.session.ring.keep_from(None);
+                }
+                tokio::time::sleep_until(at.into()).await
+            }
             None => self.wait_for_leader(data.len(), media).await,
         }
         let ring = &self.session.ring;
@@ -83,15 +89,25 @@ impl<'a> Ingest<'a> {
     /// Reader-paced ingest: with clients attached, publish only once the most advanced client
     /// has less than `read_ahead` bytes left to read (so the ring fills at the pace of its fastest
     /// reader, and joiners, who start near the edge, start next to it), and never evict a chunk
-    /// that client has not taken. While attached clients have not started reading, wait for
-    /// them. With no client attached, evict freely.
+    /// that client has not taken. Slower readers are kept what they still need, up to
+    /// `stream_buffer_max_bytes`: equal readers drift apart, and none is held back by another.
+    /// While attached clients have not started reading, wait for them. With no client attached,
+    /// evict freely.
     async fn wait_for_leader(&self, len: usize, media: MediaSpan) {
         self.session.set_clockless();
         let ring = &self.session.ring;
         loop {
             match self.session.readers() {
-                Readers::None => return,
-                Readers::Leader { cursor, offset } => {
+                Readers::None => {
+                    ring.keep_from(None);
+                    return;
+                }
+                Readers::Leader {
+                    cursor,
+                    offset,
+                    slowest,
+                } => {
+                    ring.keep_from(Some(slowest));
                     let ahead = ring.published_bytes().saturating_sub(offset);
                     if ahead <= self.read_ahead as u64 && cursor >= ring.evicts_through(len, media)
                     {

@@ -118,6 +118,9 @@ struct State {
     psi: Option<Bytes>,
     /// Whether that PMT names a video stream with findable keyframes (`None` before any PMT).
     video: Option<bool>,
+    /// Chunks from this sequence on are kept (up to the byte cap) although the retention would
+    /// let them go: a stream without a clock keeps what its slowest reading client still needs.
+    keep_from: Option<u64>,
 }
 
 impl State {
@@ -135,6 +138,9 @@ impl State {
         }
         if self.held > r.max_bytes {
             return true;
+        }
+        if self.keep_from.is_some_and(|k| self.first_seq >= k) {
+            return false;
         }
         let bytes_after = self.held - front.data.len();
         let next = &self.entries[1].media;
@@ -235,6 +241,9 @@ impl Ring {
                 i += 1;
                 continue;
             }
+            if s.keep_from.is_some_and(|k| s.first_seq + i as u64 >= k) {
+                break;
+            }
             let next = s.entries.get(i + 1).map(|e| e.media).unwrap_or(media);
             let time_ok = !next.clocked || media.end - next.start >= r.min_seconds;
             if held - front >= r.min_bytes && time_ok {
@@ -245,6 +254,13 @@ impl Ring {
             }
         }
         s.first_seq + i as u64
+    }
+
+    /// Keeps chunks from `seq` on (up to the byte cap) although the retention would let them go;
+    /// `None` lets the retention alone decide. Set before each publish of a clockless stream to
+    /// the slowest reading client's cursor.
+    pub fn keep_from(&self, seq: Option<u64>) {
+        self.lock().keep_from = seq;
     }
 
     /// Records keyframe marks found upstream (offsets before the ring's tail are ignored). The
@@ -606,6 +622,33 @@ mod tests {
         assert_eq!(j.lead_in[0], psi(1));
         assert_eq!((j.cursor, j.offset), (3, 300));
         assert_eq!(small.first_keyframe_join(), None);
+    }
+
+    /// A kept sequence holds chunks past the byte minimum, but never past the byte cap.
+    #[test]
+    fn keep_from_holds_chunks_up_to_the_cap() {
+        let ring = Ring::new(Retention {
+            min_bytes: 200,
+            min_seconds: 0.0,
+            max_bytes: 500,
+        });
+        ring.keep_from(Some(1));
+        for i in 0..4 {
+            ring.publish_bytes(chunk(100, i));
+        }
+        assert_eq!(
+            (ring.first_seq(), ring.held_bytes()),
+            (1, 300),
+            "chunk 1 on is kept"
+        );
+        assert_eq!(ring.evicts_through(100, MediaSpan::default()), 1);
+        for i in 4..8 {
+            ring.publish_bytes(chunk(100, i));
+        }
+        assert_eq!(ring.held_bytes(), 500, "the cap wins");
+        ring.keep_from(None);
+        ring.publish_bytes(chunk(100, 8));
+        assert_eq!(ring.held_bytes(), 200);
     }
 
     /// After close, readers drain what is left and then see Closed.

@@ -41,12 +41,14 @@ pub(crate) enum Readers {
     None,
     /// Clients attached, none reading yet.
     Starting,
-    /// The reading client furthest ahead.
+    /// The reading client furthest ahead, and the slowest one's cursor.
     Leader {
         /// Its ring cursor.
         cursor: u64,
         /// Its stream offset.
         offset: u64,
+        /// The cursor of the reading client furthest behind.
+        slowest: u64,
     },
 }
 
@@ -190,7 +192,7 @@ impl StreamSession {
     /// and stream offset).
     pub(crate) fn readers(&self) -> Readers {
         let clients = self.client_list();
-        let leader = clients
+        let reading = clients
             .iter()
             .filter(|c| c.reading.load(Ordering::Relaxed))
             .map(|c| {
@@ -198,10 +200,19 @@ impl StreamSession {
                     c.cursor.load(Ordering::Relaxed),
                     c.offset.load(Ordering::Relaxed),
                 )
-            })
-            .max();
+            });
+        let mut leader: Option<(u64, u64)> = None;
+        let mut slowest = u64::MAX;
+        for (cursor, offset) in reading {
+            slowest = slowest.min(cursor);
+            leader = leader.max(Some((cursor, offset)));
+        }
         match leader {
-            Some((cursor, offset)) => Readers::Leader { cursor, offset },
+            Some((cursor, offset)) => Readers::Leader {
+                cursor,
+                offset,
+                slowest,
+            },
             None if clients.is_empty() => Readers::None,
             None => Readers::Starting,
         }
