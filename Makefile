@@ -25,9 +25,9 @@ run: deps
 	@echo ""
 	@echo "  simulator on http://$(SIM_ADDR) (like a real engine: 3 s prebuffer, then a 20 MB burst, then 4 Mbit/s),"
 	@echo "  proxy with $(CONF). Try:"
-	@echo "    curl -o /tmp/a.ts 'http://127.0.0.1:8000/ace/getstream?id=$(ID)'"
+	@echo "    curl --max-time 10 -o /tmp/a.ts 'http://127.0.0.1:8000/ace/getstream?id=$(ID)'"
 	@echo "    mpv 'http://127.0.0.1:8000/ace/getstream?id=$(ID)'"
-	@echo "    ffplay 'http://127.0.0.1:8000/ace/getstream?id=$(ID)'"
+	@echo "    vlc 'http://127.0.0.1:8000/ace/getstream?id=$(ID)'"
 	@echo "  Ctrl-C stops both."
 	@echo ""
 	@./target/release/ace-engine-sim --listen $(SIM_ADDR) --prebuffer 3s --burst-bytes 20000000 & SIM=$$!; \

@@ -1,19 +1,68 @@
-//! `acestream-edge`: the proxy server. Takes Pingora's standard options (`-c FILE`, `-t`, `-d`, `-u`).
+//! `acestream-edge`: the proxy server. Its own command line (`-c FILE`, `-t`, `-d`, `-u`,
+//! `--help`, `--version`) maps onto Pingora's options.
 
 use acestream_edge::{config, server};
+use clap::Parser;
 use pingora::server::configuration::Opt;
 use pingora::server::RunArgs;
 use std::process::ExitCode;
 
+/// The version line: the crate version and the git commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ACESTREAM_EDGE_COMMIT"),
+    ")"
+);
+
+/// acestream-edge: an edge proxy on Pingora in front of a pool of AceStream engines. Players ask
+/// for /ace/getstream?id=<content id>; one engine session per content id is fanned out to every
+/// viewer, read on the stream's own clock.
+#[derive(Parser, Debug)]
+#[command(
+    name = "acestream-edge",
+    version = VERSION,
+    after_help = "Configuration, routes, metrics and logging (RUST_LOG=info by default; debug for \
+        engine choices): see README.md. Example: acestream-edge -t -c conf/acestream-edge.yaml"
+)]
+struct Cli {
+    /// The YAML configuration: Pingora's keys at the top level, the proxy's under `acestream:`.
+    /// Without it: built-in defaults (listen on 127.0.0.1:8000, no engines).
+    #[arg(short = 'c', long = "conf", value_name = "FILE")]
+    conf: Option<String>,
+    /// Validate the configuration, print `ok` or every problem with its key path, and exit.
+    #[arg(short = 't', long = "test")]
+    test: bool,
+    /// Run in the background (Pingora's daemon mode; set `pid_file` and `error_log`).
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// Take over the listening sockets of the running instance (Pingora's graceful upgrade,
+    /// through `upgrade_sock`).
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let opt = Opt::parse_args();
-    let loaded = match &opt.conf {
+    let cli = Cli::parse();
+    // The file is read here, once; Pingora is handed the parsed settings, not the path (it would
+    // warn that it ignores it).
+    let opt = Opt {
+        upgrade: cli.upgrade,
+        daemon: cli.daemon,
+        test: cli.test,
+        ..Opt::default()
+    };
+    let loaded = match &cli.conf {
         Some(path) => config::load_file(std::path::Path::new(path)),
         None => Ok(config::defaults()),
     };
     if opt.test {
         return match loaded {
+            Ok(_) if cli.conf.is_none() => {
+                println!("ok (no -c given: the built-in defaults were checked)");
+                ExitCode::SUCCESS
+            }
             Ok(_) => {
                 println!("ok");
                 ExitCode::SUCCESS

@@ -71,16 +71,22 @@ impl ProxyHttp for EdgeProxy {
         let path = s.req_header().uri.path().to_string();
         let route = Route::of(&path);
         ctx.route = Some(route);
-        let result = match route {
-            Route::GetStream => getstream::serve(s, &self.sessions).await,
-            Route::Manifest => getstream::manifest(s).await,
-            Route::Passthrough => return Ok(false),
-            // Unknown /proxy/* paths are admin paths too: the token is checked before the 404.
-            Route::NotFound if !admin::is_admin_path(&path) => {
-                let e = EdgeError::NotFound(format!("no route {path}"));
-                routes::write_error(s, &e).await
+        let own_route = !matches!(route, Route::Passthrough | Route::NotFound);
+        let result = if own_route && !routes::method_allowed(s) {
+            // Nothing is started for a POST, PUT, DELETE...
+            routes::write_method_not_allowed(s).await
+        } else {
+            match route {
+                Route::GetStream => getstream::serve(s, &self.sessions).await,
+                Route::Manifest => getstream::manifest(s).await,
+                Route::Passthrough => return Ok(false),
+                // Unknown /proxy/* paths are admin paths too: the token is checked before the 404.
+                Route::NotFound if !admin::is_admin_path(&path) => {
+                    let e = EdgeError::NotFound(format!("no route {path}"));
+                    routes::write_error(s, &e).await
+                }
+                admin_route => self.admin.serve(s, admin_route, &path).await,
             }
-            admin_route => self.admin.serve(s, admin_route, &path).await,
         };
         if let Err(e) = result {
             log::debug!("{path}: response not completed: {e}");

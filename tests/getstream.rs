@@ -442,3 +442,31 @@ async fn head_probe_starts_nothing() {
     assert_eq!(sessions(&server), 0);
     let _: &SimEngine = &e;
 }
+
+/// Any method but GET and HEAD on the proxy's own routes is a 405 with `Allow`, and starts
+/// nothing at the engine.
+#[tokio::test(flavor = "multi_thread")]
+async fn other_methods_are_405_and_start_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(&[&e], ""));
+    for (method, path) in [
+        ("POST", format!("/ace/getstream?id={}", content_id(20))),
+        ("DELETE", format!("/ace/getstream?id={}", content_id(20))),
+        ("PUT", "/proxy/status".to_string()),
+    ] {
+        let mut sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        sock.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut answer)).await;
+        let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 405"), "{method} {path}: {text}");
+        assert!(text.contains("allow: get, head"), "{text}");
+        assert!(text.contains("\"error\""), "{text}");
+    }
+    assert_eq!(sim_stats(&e).await.getstream_total, 0, "nothing started");
+    assert_eq!(sessions(&server), 0);
+}

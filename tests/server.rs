@@ -54,6 +54,34 @@ fn test_flag_validates_with_key_paths() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.yaml"));
 }
 
+/// Our own `--help` (what acestream-edge is and its flags) and `--version` (with the commit).
+#[test]
+fn help_and_version_are_our_own() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for needle in [
+        "acestream-edge",
+        "AceStream engines",
+        "-c, --conf",
+        "-t, --test",
+        "-d, --daemon",
+        "-u, --upgrade",
+        "README",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}: {help}");
+    }
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        version.starts_with(&format!("acestream-edge {}", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    assert!(version.contains("commit "), "{version}");
+    let out = Command::new(BIN).arg("-t").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("built-in defaults"));
+}
+
 /// The in-process server starts, answers unknown routes with a JSON 404, and stops cleanly
 /// (its thread returns; nothing calls process::exit).
 #[tokio::test(flavor = "multi_thread")]
@@ -97,11 +125,13 @@ async fn binary_serves_and_shuts_down_on_sigterm() {
         e.addr().port()
     )
     .unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(BIN)
         .arg("-c")
         .arg(f.path())
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log.reopen().unwrap())
         .spawn()
         .unwrap();
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -115,6 +145,21 @@ async fn binary_serves_and_shuts_down_on_sigterm() {
     assert_eq!(r.status, 200);
     let (data, _) = read_for(&mut r, Duration::from_secs(5), 188 * 50).await;
     assert!(data.len() >= 188 * 50);
+    // A second client watches a little and closes its connection, as a player does.
+    let mut other = get(addr, &format!("/ace/getstream?id={}", content_id(9))).await;
+    read_for(&mut other, Duration::from_secs(5), 188 * 10).await;
+    let other_addr = other.into_stream().local_addr().unwrap();
+    let left = format!("client {other_addr} left session");
+    let log_path = log.path().to_path_buf();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let found = text.contains(&left);
+            async move { found }
+        })
+        .await,
+        "no '{left}' line in the log"
+    );
     let t0 = Instant::now();
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -140,4 +185,11 @@ async fn binary_serves_and_shuts_down_on_sigterm() {
     // ... and the engine got exactly one stop for the session.
     let s = sim_stats(&e).await;
     assert_eq!(s.stop_calls.get(&content_id(9)), Some(&1));
+    // The log reads right: the closing client left (not dropped), no `Some(` around addresses,
+    // and Pingora's false warning about the ignored configuration path is gone.
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let line = text.lines().find(|l| l.contains(&left)).unwrap();
+    assert!(!line.contains("dropped"), "{line}");
+    assert!(!text.contains("Some("), "{text}");
+    assert!(!text.contains("Ignoring command line argument"), "{text}");
 }

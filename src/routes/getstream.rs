@@ -123,12 +123,12 @@ pub async fn serve(s: &mut HttpSession, sessions: &Arc<Sessions>) -> pingora::Re
                             if e.etype() == &pingora::ErrorType::WriteTimedout {
                                 sessions.metrics().slow_client_drops.inc();
                                 sessions.metrics().client_lag_at_drop.observe(client.lag_seconds());
-                                format!("accepted nothing for {:?}", config.client_timeout)
+                                Leaving::Dropped(format!("accepted nothing for {:?}", config.client_timeout))
                             } else {
-                                e.to_string()
+                                Leaving::Closed(e.to_string())
                             }
                         }),
-                        behind = client.fell_off(&mut ring_changed) => Err(lagged(sessions, &client, &id, behind)),
+                        behind = client.fell_off(&mut ring_changed) => Err(Leaving::Dropped(lagged(sessions, &client, &id, behind))),
                     };
                     match outcome {
                         Ok(()) => client.wrote(&chunk),
@@ -138,8 +138,8 @@ pub async fn serve(s: &mut HttpSession, sessions: &Arc<Sessions>) -> pingora::Re
                         }
                     }
                 }
-                if let Some(e) = stop {
-                    log::info!("client {:?} of {id} dropped: {e}", client.addr());
+                if let Some(leaving) = stop {
+                    leaving.log(&client, &id);
                     break End::Dropped;
                 }
             }
@@ -150,7 +150,7 @@ pub async fn serve(s: &mut HttpSession, sessions: &Arc<Sessions>) -> pingora::Re
                     _ = s.read_body_or_idle(true) => break End::Dropped,
                     _ = tokio::time::sleep_until(keepalive_due), if keepalive => {
                         if let Err(e) = s.write_response_body(Some(Bytes::from_static(&crate::ts::NULL_PACKET)), false).await {
-                            log::info!("client {:?} of {id} dropped during keepalive: {e}", client.addr());
+                            Leaving::Closed(e.to_string()).log(&client, &id);
                             break End::Dropped;
                         }
                     }
@@ -158,7 +158,7 @@ pub async fn serve(s: &mut HttpSession, sessions: &Arc<Sessions>) -> pingora::Re
             }
             Next::Lagged(behind) => {
                 let why = lagged(sessions, &client, &id, behind);
-                log::info!("client {:?} of {id} dropped: {why}", client.addr());
+                Leaving::Dropped(why).log(&client, &id);
                 break End::Dropped;
             }
             Next::End => break End::Finished,
@@ -175,6 +175,26 @@ pub async fn serve(s: &mut HttpSession, sessions: &Arc<Sessions>) -> pingora::Re
     Ok(())
 }
 
+/// Why a client's stream ended before the stream did.
+enum Leaving {
+    /// The client closed its connection (or it broke): it left. The session logs the leave.
+    Closed(String),
+    /// The proxy dropped it (too slow, accepted nothing), with the reason in words.
+    Dropped(String),
+}
+
+impl Leaving {
+    fn log(&self, client: &ClientHandle, id: &str) {
+        let addr = client.addr_text();
+        match self {
+            Leaving::Closed(how) => {
+                log::debug!("client {addr} of {id} closed its connection: {how}")
+            }
+            Leaving::Dropped(why) => log::info!("client {addr} of {id} dropped: {why}"),
+        }
+    }
+}
+
 /// Logs and counts a slow-client drop (one warning line, lag in bytes and stream seconds) and
 /// returns the reason.
 fn lagged(sessions: &Sessions, client: &ClientHandle, id: &str, behind: u64) -> String {
@@ -188,8 +208,8 @@ fn lagged(sessions: &Sessions, client: &ClientHandle, id: &str, behind: u64) -> 
     let seconds = client.lag_seconds().max(by_bytes);
     metrics.client_lag_at_drop.observe(seconds);
     log::warn!(
-        "slow client {:?} of {id} dropped: {behind} bytes ({seconds:.1} s of stream) behind the live edge (ring {} bytes, {:.1} s)",
-        client.addr(),
+        "slow client {} of {id} dropped: {behind} bytes ({seconds:.1} s of stream) behind the live edge (ring {} bytes, {:.1} s)",
+        client.addr_text(),
         ring.held_bytes(),
         ring.lag_seconds(ring.first_seq()),
     );

@@ -70,7 +70,35 @@ use pingora::proxy::Session as HttpSession;
 
 /// Writes a complete JSON response with a Content-Length.
 pub async fn write_json(s: &mut HttpSession, status: u16, body: Vec<u8>) -> pingora::Result<()> {
-    let mut h = ResponseHeader::build(status, Some(4))?;
+    write_json_with(s, status, body, None).await
+}
+
+/// True for the methods the proxy's own routes serve (GET, and HEAD).
+pub fn method_allowed(s: &HttpSession) -> bool {
+    matches!(
+        s.req_header().method,
+        http::Method::GET | http::Method::HEAD
+    )
+}
+
+/// `405` with `Allow: GET, HEAD`, for any other method on the proxy's own routes (nothing is
+/// started).
+pub async fn write_method_not_allowed(s: &mut HttpSession) -> pingora::Result<()> {
+    let method = s.req_header().method.to_string();
+    let body = crate::error::error_json(&format!("method {method} not allowed; use GET or HEAD"));
+    write_json_with(s, 405, body, Some("GET, HEAD")).await
+}
+
+async fn write_json_with(
+    s: &mut HttpSession,
+    status: u16,
+    body: Vec<u8>,
+    allow: Option<&str>,
+) -> pingora::Result<()> {
+    let mut h = ResponseHeader::build(status, Some(5))?;
+    if let Some(allow) = allow {
+        h.insert_header("Allow", allow)?;
+    }
     h.insert_header("Content-Type", "application/json")?;
     h.insert_header("Content-Length", body.len().to_string())?;
     h.insert_header("Cache-Control", "no-store")?;

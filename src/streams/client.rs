@@ -99,6 +99,13 @@ impl ClientHandle {
         self.stats.addr
     }
 
+    /// The client's address for log lines (`-` when unknown).
+    pub fn addr_text(&self) -> String {
+        self.stats
+            .addr
+            .map_or_else(|| "-".into(), |a| a.to_string())
+    }
+
     /// Positions the client for its first read: a client that waited for the session's start gets
     /// the stream from its first keyframe (keepalives until then; if none can come, it starts as a
     /// joiner does); a joiner starts on a keyframe with the PAT and PMT in
