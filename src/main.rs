@@ -57,6 +57,11 @@ fn main() -> ExitCode {
         Some(path) => config::load_file(std::path::Path::new(path)),
         None => Ok(config::defaults()),
     };
+    if let Ok(l) = &loaded {
+        for w in &l.warnings {
+            log::warn!("configuration: {w}");
+        }
+    }
     if opt.test {
         return match loaded {
             Ok(_) if cli.conf.is_none() => {

@@ -54,6 +54,74 @@ fn test_flag_validates_with_key_paths() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.yaml"));
 }
 
+/// Six different mistakes in one file: `-t` reports all six, each with its key path and its
+/// line; an empty file and a file without an engine source fail naming `acestream.engines`; a
+/// top-level typo Pingora would ignore is warned about.
+#[test]
+fn test_flag_reports_every_mistake_with_key_and_line() {
+    let yaml = "version: 1
+threads: two
+acestream:
+  listen: [\"localhost:8000\"]
+  engines:
+    - {host: 127.0.0.1, port: 99999}
+  client_timeout: soon
+  max_streams_per_engine: -3
+  idle_timeot: 5
+";
+    let (ok, _, err) = check(yaml);
+    assert!(!ok);
+    let expected = [
+        ("threads", 2),
+        ("acestream.engines", 6),
+        ("acestream.client_timeout", 7),
+        ("acestream.max_streams_per_engine", 8),
+        ("acestream.idle_timeot", 9),
+        ("acestream.listen[0]", 4),
+    ];
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 6, "{err}");
+    for (path, line) in expected {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(path) && l.contains(&format!("(line {line})"))),
+            "no message for {path} on line {line}: {err}"
+        );
+    }
+    assert!(err.contains("1–65535"), "a port in words: {err}");
+    assert!(
+        err.contains("127.0.0.1:8000"),
+        "a hint for localhost: {err}"
+    );
+    assert!(
+        !err.contains("acestream:\n"),
+        "the file is not printed back: {err}"
+    );
+    for text in ["", "acestream: {listen: [\"127.0.0.1:8000\"]}\n"] {
+        let (ok, _, err) = check(text);
+        assert!(!ok, "{text:?}");
+        assert!(
+            err.contains("acestream.engines") && err.contains("orchestrator"),
+            "{err}"
+        );
+    }
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(b"thread: 2\nacestream: {engines: [{host: 127.0.0.1, port: 6878}]}\n")
+        .unwrap();
+    let out = Command::new(BIN)
+        .args(["-t", "-c"])
+        .arg(f.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("thread") && stderr.contains("line 1"),
+        "{stderr}"
+    );
+}
+
 /// Our own `--help` (what acestream-edge is and its flags) and `--version` (with the commit).
 #[test]
 fn help_and_version_are_our_own() {

@@ -139,11 +139,16 @@ pub struct ConfigProblem {
     pub path: String,
     /// What is wrong, in words.
     pub reason: String,
+    /// The line of the file it is on, when it can be told.
+    pub line: Option<usize>,
 }
 
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.reason)
+        match self.line {
+            Some(line) => write!(f, "{} (line {line}): {}", self.path, self.reason),
+            None => write!(f, "{}: {}", self.path, self.reason),
+        }
     }
 }
 
@@ -172,6 +177,7 @@ impl ConfigError {
             problems: vec![ConfigProblem {
                 path: path.into(),
                 reason: reason.into(),
+                line: None,
             }],
         }
     }
@@ -184,31 +190,213 @@ pub struct LoadedConfig {
     pub server: ServerConf,
     /// Our `acestream:` section, validated.
     pub acestream: Config,
+    /// Things that are not errors but are probably mistakes (a top-level key Pingora does not
+    /// know, which it would silently ignore).
+    pub warnings: Vec<ConfigProblem>,
 }
 
-/// Reads and validates a configuration file.
+/// Reads and validates a configuration file. A file must name an engine source
+/// (`acestream.engines` or `acestream.orchestrator`): an empty file, or one without either, is
+/// an error (running without `-c` uses the defaults, which have none, on purpose).
 pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::one(path.display().to_string(), e.to_string()))?;
-    load_str(&text)
+    let loaded = load_str(&text)?;
+    let c = &loaded.acestream;
+    if c.engines.is_empty() && c.orchestrator.is_none() {
+        let reason = if text.trim().is_empty() {
+            "the file is empty: add `acestream: {engines: [{host: 127.0.0.1, port: 6878}]}` (or an `orchestrator: {url: ...}`)"
+        } else {
+            "no engine source: list engines (`engines: [{host: 127.0.0.1, port: 6878}]`) or set `acestream.orchestrator.url`"
+        };
+        return Err(ConfigError::one("acestream.engines", reason));
+    }
+    Ok(loaded)
 }
 
-/// Validates configuration text (the content of a YAML file).
+/// Most problems collected from one file before giving up (each pass drops the key at fault).
+const MAX_PROBLEMS: usize = 64;
+
+/// Validates configuration text (the content of a YAML file), reporting every problem at once,
+/// each with its key path, its line and a reason in words.
 pub fn load_str(text: &str) -> Result<LoadedConfig, ConfigError> {
-    // Our section first: its errors carry precise key paths.
-    let de = serde_yaml::Deserializer::from_str(text);
-    let file: FileWire = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        ConfigError::one(
-            describe_path(&path, &inner),
-            strip_path_prefix(&inner, &path),
-        )
-    })?;
-    let acestream = validate(file.acestream)?;
-    let server = ServerConf::from_yaml(text)
-        .map_err(|e| ConfigError::one("(pingora server settings)", e.to_string()))?;
-    Ok(LoadedConfig { server, acestream })
+    let mut doc: serde_yaml::Value = if text.trim().is_empty() {
+        serde_yaml::Value::Null
+    } else {
+        serde_yaml::from_str(text).map_err(|e| {
+            let mut err = ConfigError::one("(document)", strip_location(&e.to_string()));
+            err.problems[0].line = e.location().map(|l| l.line());
+            err
+        })?
+    };
+    if doc.is_null() {
+        doc = serde_yaml::Value::Mapping(Default::default());
+    }
+    let mut problems = Vec::new();
+    // Our section: every serde error, one per key. Each pass records the error and drops the
+    // key at fault (so its default applies), then tries again.
+    let acestream = loop {
+        match serde_path_to_error::deserialize::<_, FileWire>(doc.clone()) {
+            Ok(file) => break Some(file.acestream),
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                let key_path = describe_path(&path, &inner);
+                let reason = humanize(&key_path, &strip_path_prefix(&inner, &path));
+                problems.push(ConfigProblem {
+                    line: line_of(text, &key_path),
+                    path: key_path.clone(),
+                    reason,
+                });
+                if problems.len() >= MAX_PROBLEMS || !drop_key(&mut doc, &key_path) {
+                    break None;
+                }
+            }
+        }
+    };
+    let acestream = acestream.and_then(|a| match validate(a) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            problems.extend(e.problems.into_iter().map(|mut p| {
+                p.line = line_of(text, &p.path);
+                p
+            }));
+            None
+        }
+    });
+    // Pingora's half: its keys at the top level, read from the same document (so an error names
+    // the key and line instead of printing the whole file).
+    let mut pingora_doc = doc.clone();
+    if let serde_yaml::Value::Mapping(m) = &mut pingora_doc {
+        m.remove("acestream");
+    }
+    let server = match serde_path_to_error::deserialize::<_, ServerConf>(pingora_doc) {
+        Ok(conf) => Some(conf),
+        Err(e) => {
+            let path = e.path().to_string();
+            problems.push(ConfigProblem {
+                line: line_of(text, &path),
+                reason: humanize(
+                    &path,
+                    &strip_path_prefix(&e.into_inner().to_string(), &path),
+                ),
+                path,
+            });
+            None
+        }
+    };
+    match (acestream, server) {
+        (Some(acestream), Some(server)) if problems.is_empty() => Ok(LoadedConfig {
+            warnings: unknown_top_level_keys(&doc, text),
+            server,
+            acestream,
+        }),
+        _ => Err(ConfigError { problems }),
+    }
+}
+
+/// Top-level keys neither Pingora nor we know: Pingora would ignore them silently.
+fn unknown_top_level_keys(doc: &serde_yaml::Value, text: &str) -> Vec<ConfigProblem> {
+    let known: Vec<String> = match serde_yaml::to_value(ServerConf::default()) {
+        Ok(serde_yaml::Value::Mapping(m)) => m
+            .keys()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let serde_yaml::Value::Mapping(m) = doc else {
+        return Vec::new();
+    };
+    m.keys()
+        .filter_map(|k| k.as_str())
+        .filter(|k| *k != "acestream" && !known.iter().any(|n| n == k))
+        .map(|k| ConfigProblem {
+            path: k.to_string(),
+            reason: "not a Pingora setting and not `acestream`: ignored (a typo?)".into(),
+            line: line_of(text, k),
+        })
+        .collect()
+}
+
+/// Removes the key a problem is about, at the level right under `acestream` (or the top level),
+/// so the next pass gets further. False if there is nothing left to remove.
+fn drop_key(doc: &mut serde_yaml::Value, key_path: &str) -> bool {
+    let mut parts = key_path.split(['.', '[']);
+    let first = parts.next().unwrap_or("");
+    let serde_yaml::Value::Mapping(top) = doc else {
+        return false;
+    };
+    if first != "acestream" {
+        return top.remove(first).is_some();
+    }
+    match parts.next() {
+        Some(key) => match top.get_mut("acestream") {
+            Some(serde_yaml::Value::Mapping(ace)) => ace.remove(key).is_some(),
+            _ => top.remove("acestream").is_some(),
+        },
+        None => top.remove("acestream").is_some(),
+    }
+}
+
+/// The line (1-based) a key path is on, found by walking its keys down the text: each key is
+/// looked for after the line of its parent. `None` when the text does not show it plainly.
+fn line_of(text: &str, key_path: &str) -> Option<usize> {
+    let keys: Vec<&str> = key_path
+        .split('.')
+        .map(|k| k.split('[').next().unwrap_or(k))
+        .filter(|k| !k.is_empty() && !k.starts_with('('))
+        .collect();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut from = 0;
+    let mut found = None;
+    for key in keys {
+        let at = (from..lines.len()).find(|&i| {
+            let l = lines[i];
+            let pattern = format!("{key}:");
+            l.match_indices(&pattern).any(|(pos, _)| {
+                pos == 0
+                    || l[..pos]
+                        .chars()
+                        .last()
+                        .is_some_and(|c| c.is_whitespace() || c == '{' || c == ',' || c == '-')
+            })
+        })?;
+        found = Some(at + 1);
+        from = at;
+    }
+    found
+}
+
+/// serde_yaml's messages end with their own location; the problem carries the line already.
+fn strip_location(reason: &str) -> String {
+    match reason.find(" at line ") {
+        Some(i) => reason[..i].to_string(),
+        None => reason.to_string(),
+    }
+}
+
+/// Serde's words for types, in a user's words.
+fn humanize(key_path: &str, reason: &str) -> String {
+    let reason = strip_location(reason);
+    if key_path.ends_with("port") && reason.contains("u16") {
+        return "a port is a whole number 1–65535".to_string() + &got(&reason);
+    }
+    reason
+        .replace("expected u16", "expected a whole number 0–65535")
+        .replace("expected u64", "expected a whole number (0 or more)")
+        .replace("expected usize", "expected a whole number (0 or more)")
+        .replace("expected u32", "expected a whole number (0 or more)")
+        .replace("expected a sequence", "expected a list (`[a, b]`)")
+        .replace("expected a boolean", "expected true or false")
+}
+
+/// ", got X" from a serde "invalid value: integer `X`" message.
+fn got(reason: &str) -> String {
+    reason
+        .split('`')
+        .nth(1)
+        .map(|v| format!(", got {v}"))
+        .unwrap_or_default()
 }
 
 /// Default settings when no file is given: Pingora's defaults and ours.
@@ -216,6 +404,7 @@ pub fn defaults() -> LoadedConfig {
     LoadedConfig {
         server: ServerConf::default(),
         acestream: Config::default(),
+        warnings: Vec::new(),
     }
 }
 
@@ -231,6 +420,9 @@ fn describe_path(path: &str, reason: &str) -> String {
             let key = &rest[..end];
             return if base.is_empty() {
                 key.to_string()
+            } else if base == key || base.ends_with(&format!(".{key}")) {
+                // Some deserializers already put the unknown key in the path.
+                base
             } else {
                 format!("{base}.{key}")
             };
@@ -254,7 +446,13 @@ fn strip_path_prefix(reason: &str, path: &str) -> String {
 
 fn validate(w: AceWire) -> Result<Config, ConfigError> {
     let mut problems = Vec::new();
-    let mut bad = |path: String, reason: String| problems.push(ConfigProblem { path, reason });
+    let mut bad = |path: String, reason: String| {
+        problems.push(ConfigProblem {
+            path,
+            reason,
+            line: None,
+        })
+    };
 
     if w.listen.is_empty() {
         bad(
@@ -272,7 +470,14 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
             Ok(addr) => listen.push(addr),
             Err(e) => bad(
                 format!("acestream.listen[{i}]"),
-                format!("{a:?} is not an ip:port address ({e})"),
+                if a.starts_with("localhost") {
+                    format!(
+                        "{a:?}: names are not resolved; use 127.0.0.1{} (or [::1]:PORT)",
+                        a.trim_start_matches("localhost")
+                    )
+                } else {
+                    format!("{a:?} is not an ip:port address ({e})")
+                },
             ),
         }
     }

@@ -37,6 +37,7 @@ pub fn build(opt: Option<Opt>, loaded: LoadedConfig) -> (Server, Edge) {
     let LoadedConfig {
         server: mut conf,
         acestream,
+        ..
     } = loaded;
     conf.grace_period_seconds
         .get_or_insert(DEFAULT_GRACE_PERIOD_SECONDS);

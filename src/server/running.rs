@@ -73,6 +73,7 @@ impl RunningServer {
             LoadedConfig {
                 server: conf,
                 acestream: config,
+                warnings: Vec::new(),
             },
         );
         let edge = Arc::new(edge);
