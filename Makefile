@@ -30,8 +30,12 @@ run: deps
 	@echo "    vlc 'http://127.0.0.1:8000/ace/getstream?id=$(ID)'"
 	@echo "  Ctrl-C stops both."
 	@echo ""
-	@./target/release/ace-engine-sim --listen $(SIM_ADDR) --prebuffer 3s --burst-bytes 20000000 & SIM=$$!; \
+	@# The simulator runs in its own session (setsid), so Ctrl-C reaches the proxy alone: it stops its
+	@# engine sessions first, then the trap stops the simulator. The proxy starts a second later, so
+	@# its first health probe finds the simulator listening.
+	@setsid ./target/release/ace-engine-sim --listen $(SIM_ADDR) --prebuffer 3s --burst-bytes 20000000 & SIM=$$!; \
 	  trap 'kill $$SIM 2>/dev/null' EXIT INT TERM; \
+	  sleep 1; \
 	  ./target/release/acestream-edge -c $(CONF)
 
 check-conf:

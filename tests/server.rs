@@ -122,6 +122,36 @@ acestream:
     );
 }
 
+/// The example configuration lists every key of the `acestream:` section (the list comes from the
+/// loader itself: an unknown key's error names every key it knows).
+#[test]
+fn example_config_lists_every_key() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/conf/acestream-edge.yaml"
+    ))
+    .unwrap();
+    let err = acestream_edge::config::load_str("acestream: {no_such_key: 1}")
+        .expect_err("unknown key")
+        .to_string();
+    let known: Vec<&str> = err
+        .split("expected one of ")
+        .nth(1)
+        .expect("the known keys")
+        .split(", ")
+        .map(|k| k.trim().trim_matches('`'))
+        .collect();
+    assert!(known.len() >= 30, "{known:?}");
+    let missing: Vec<&&str> = known
+        .iter()
+        .filter(|k| !example.contains(&format!("  {k}:")) && !example.contains(&format!("# {k}:")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "conf/acestream-edge.yaml lacks {missing:?}"
+    );
+}
+
 /// Our own `--help` (what acestream-edge is and its flags) and `--version` (with the commit).
 #[test]
 fn help_and_version_are_our_own() {

@@ -276,6 +276,11 @@ impl EnginePool {
         let meta = self.meta.engines();
         let mut load = self.lock_load();
         let engine = self.choose(&meta, &load, exclude)?;
+        log::info!(
+            "engine {} chosen for a session (score {})",
+            engine.addr,
+            engine.score
+        );
         *load.entry(engine.addr).or_default() += 1;
         drop(load);
         let lease = StreamLease {
@@ -326,8 +331,8 @@ impl EnginePool {
             e => EdgeError::NoEngine(e.to_string()),
         })?;
         let s = &status[i];
-        log::info!(
-            "engine {} chosen (score {}, {} streams here)",
+        log::debug!(
+            "engine {} best (score {}, {} streams here)",
             s.addr,
             s.score,
             s.proxy_streams
