@@ -11,7 +11,8 @@ proptest! {
     /// Any query string: no panic; accepted ids are exactly 40 lower-case hex characters.
     #[test]
     fn content_id_never_panics(query in ".{0,120}") {
-        if let Ok(id) = content_id(Some(&query)) {
+        if let Ok(key) = content_id(Some(&query)) {
+            let id = key.value;
             prop_assert_eq!(id.len(), 40);
             prop_assert!(id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         }
@@ -21,7 +22,7 @@ proptest! {
     #[test]
     fn valid_ids_are_accepted(id in "[0-9a-fA-F]{40}", junk in "x[a-z]{0,7}=[a-z0-9]{0,8}") {
         let q = format!("{junk}&id={id}");
-        prop_assert_eq!(content_id(Some(&q)).unwrap(), id.to_ascii_lowercase());
+        prop_assert_eq!(content_id(Some(&q)).unwrap().value, id.to_ascii_lowercase());
     }
 
     /// Any text as a config file: no panic, either a config or errors that name a path.

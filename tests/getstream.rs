@@ -470,3 +470,31 @@ async fn other_methods_are_405_and_start_nothing() {
     assert_eq!(sim_stats(&e).await.getstream_total, 0, "nothing started");
     assert_eq!(sessions(&server), 0);
 }
+
+/// `infohash=` is forwarded to the engine as `infohash=` (a different key from a content id), and
+/// an infohash and a content id with the same hex never share a session.
+#[tokio::test(flavor = "multi_thread")]
+async fn infohash_is_its_own_key() {
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(&[&e], ""));
+    let hex = content_id(21);
+    let mut by_id = get(server.addr, &format!("/ace/getstream?id={hex}")).await;
+    let mut by_hash = get(server.addr, &format!("/ace/getstream?infohash={hex}")).await;
+    assert_eq!((by_id.status, by_hash.status), (200, 200));
+    let (a, b) = tokio::join!(
+        read_for(&mut by_id, Duration::from_secs(5), 100_000),
+        read_for(&mut by_hash, Duration::from_secs(5), 100_000)
+    );
+    assert!(a.0.len() >= 100_000 && b.0.len() >= 100_000);
+    assert_eq!(sessions(&server), 2, "two sessions, not one");
+    let s = sim_stats(&e).await;
+    assert_eq!(s.getstream_params.get("id"), Some(&1));
+    assert_eq!(s.getstream_params.get("infohash"), Some(&1));
+    assert_eq!(
+        s.sessions_active, 2,
+        "neither start ended the other at the engine"
+    );
+    let (status, v) = get_json(server.addr, &format!("/proxy/sessions/{hex}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["ace_id"], hex.as_str());
+}

@@ -92,6 +92,55 @@ impl From<EngineError> for EdgeError {
     }
 }
 
+/// What a client asked to play: a content id (`id=`) or a torrent infohash (`infohash=`). The
+/// engine treats them as different keys (`docs/engine-api.md` §2), so the proxy forwards each as
+/// it came and never lets a content id and an infohash share a session.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ContentKey {
+    /// Which key it is.
+    pub kind: ContentKind,
+    /// 40 hex characters, lower case.
+    pub value: String,
+}
+
+/// The kind of a [`ContentKey`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ContentKind {
+    /// `id=` (the content id; `content_id=` on newer engines).
+    ContentId,
+    /// `infohash=`.
+    Infohash,
+}
+
+impl ContentKey {
+    /// A content id.
+    pub fn content_id(value: impl Into<String>) -> Self {
+        ContentKey {
+            kind: ContentKind::ContentId,
+            value: value.into(),
+        }
+    }
+
+    /// The query parameter the engine is asked with.
+    pub fn param(&self) -> &'static str {
+        match self.kind {
+            ContentKind::ContentId => "id",
+            ContentKind::Infohash => "infohash",
+        }
+    }
+}
+
+/// A content id shows as itself, an infohash as `infohash:<hex>` (the registry key and the name in
+/// log lines).
+impl std::fmt::Display for ContentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            ContentKind::ContentId => f.write_str(&self.value),
+            ContentKind::Infohash => write!(f, "infohash:{}", self.value),
+        }
+    }
+}
+
 /// An engine's address as dialled.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EngineEndpoint {
@@ -236,14 +285,19 @@ impl EngineEndpoint {
         })
     }
 
-    /// Starts a session: `GET /ace/getstream?format=json&id=<id>&pid=<fresh uuid>`.
+    /// Starts a session: `GET /ace/getstream?format=json&id=<id>&pid=<fresh uuid>` (or
+    /// `infohash=<hash>`, as the client asked).
     pub async fn start_session(
         &self,
-        content_id: &str,
+        content: &ContentKey,
         t: EngineTimeouts,
     ) -> Result<EngineSession, EngineError> {
         let pid = uuid::Uuid::new_v4().to_string();
-        let path = format!("/ace/getstream?format=json&id={content_id}&pid={pid}");
+        let path = format!(
+            "/ace/getstream?format=json&{}={}&pid={pid}",
+            content.param(),
+            content.value
+        );
         let value = self.get_json(&path, t).await?;
         let envelope: Envelope =
             serde_json::from_value(value).map_err(|source| EngineError::BadJson {

@@ -14,7 +14,10 @@ pub mod score;
 
 use crate::config::Config;
 use crate::error::EdgeError;
-pub use client::{EngineEndpoint, EngineError, EngineSession, EngineStream, EngineTimeouts};
+pub use client::{
+    ContentKey, ContentKind, EngineEndpoint, EngineError, EngineSession, EngineStream,
+    EngineTimeouts,
+};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backends, LoadBalancer};
 use score::{Candidate, NoCandidate};

@@ -73,7 +73,7 @@ impl Admin {
                 let id = path
                     .trim_start_matches("/proxy/sessions/")
                     .to_ascii_lowercase();
-                match self.sessions.get(&id) {
+                match self.sessions.find(&id) {
                     Some(x) => write_value(s, &SessionView::of(&x)).await,
                     None => {
                         write_error(s, &EdgeError::NotFound(format!("no session for {id}"))).await
@@ -257,8 +257,8 @@ impl SessionView {
         let engine = st.engine.as_ref();
         let es = st.engine_session.as_ref();
         SessionView {
-            stream_id: x.content_id.clone(),
-            ace_id: x.content_id.clone(),
+            stream_id: x.content.value.clone(),
+            ace_id: x.content.value.clone(),
             engine_host: engine.map(|e| e.endpoint.host.clone()),
             engine_port: engine.map(|e| e.endpoint.port),
             container_id: engine.and_then(|e| e.container_id.clone()),

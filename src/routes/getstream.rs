@@ -6,6 +6,7 @@
 //! drops it too. Neither ever slows the session or another client.
 
 use super::write_error;
+use crate::engines::{ContentKey, ContentKind};
 use crate::error::EdgeError;
 use crate::streams::client::Next;
 use crate::streams::ClientHandle;
@@ -22,12 +23,13 @@ fn query_param(query: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// The content id of a request: `id`, else `infohash`; 40 hex characters, returned in lower case.
-pub fn content_id(query: Option<&str>) -> Result<String, EdgeError> {
+/// What a request asks to play: `id`, else `infohash`; 40 hex characters, in lower case, with
+/// the kind kept (an infohash is forwarded to the engine as `infohash=`).
+pub fn content_id(query: Option<&str>) -> Result<ContentKey, EdgeError> {
     let query = query.unwrap_or("");
-    let (name, value) = match (query_param(query, "id"), query_param(query, "infohash")) {
-        (Some(id), _) => ("id", id),
-        (None, Some(ih)) => ("infohash", ih),
+    let (kind, name, value) = match (query_param(query, "id"), query_param(query, "infohash")) {
+        (Some(id), _) => (ContentKind::ContentId, "id", id),
+        (None, Some(ih)) => (ContentKind::Infohash, "infohash", ih),
         (None, None) => {
             return Err(EdgeError::BadRequest(
                 "missing query parameter 'id' (the 40-hex AceStream content id)".into(),
@@ -40,7 +42,10 @@ pub fn content_id(query: Option<&str>) -> Result<String, EdgeError> {
             value.chars().count()
         )));
     }
-    Ok(value.to_ascii_lowercase())
+    Ok(ContentKey {
+        kind,
+        value: value.to_ascii_lowercase(),
+    })
 }
 
 /// What ended a client's stream.
@@ -53,10 +58,11 @@ enum End {
 
 /// Serves one getstream request; always answers the client itself.
 pub async fn serve(s: &mut HttpSession, sessions: &Arc<Sessions>) -> pingora::Result<()> {
-    let id = match content_id(s.req_header().uri.query()) {
-        Ok(id) => id,
+    let content = match content_id(s.req_header().uri.query()) {
+        Ok(c) => c,
         Err(e) => return write_error(s, &e).await,
     };
+    let id = content.to_string();
     if let Some(range) = s.req_header().headers.get(http::header::RANGE) {
         // A live stream has no byte positions: `bytes=0-` (what players send to probe) is the
         // stream itself, anything else cannot be satisfied.
@@ -73,7 +79,7 @@ pub async fn serve(s: &mut HttpSession, sessions: &Arc<Sessions>) -> pingora::Re
         return s.write_response_header(Box::new(h), true).await;
     }
     let addr = s.client_addr().and_then(|a| a.as_inet()).copied();
-    let mut client = match sessions.attach(&id, addr) {
+    let mut client = match sessions.attach(&content, addr) {
         Ok(c) => c,
         Err(e) => return write_error(s, &e).await,
     };
@@ -249,16 +255,25 @@ mod tests {
     fn content_id_rules() {
         assert_eq!(
             content_id(Some(&format!("id={ID}"))).unwrap(),
-            ID.to_ascii_lowercase()
+            ContentKey::content_id(ID.to_ascii_lowercase())
+        );
+        let ih = content_id(Some(&format!("infohash={ID}&x=1"))).unwrap();
+        assert_eq!(
+            (ih.kind, ih.value.as_str(), ih.param()),
+            (
+                ContentKind::Infohash,
+                ID.to_ascii_lowercase().as_str(),
+                "infohash"
+            )
         );
         assert_eq!(
-            content_id(Some(&format!("infohash={ID}&x=1"))).unwrap(),
-            ID.to_ascii_lowercase()
+            ih.to_string(),
+            format!("infohash:{}", ID.to_ascii_lowercase())
         );
         let other = "f".repeat(40);
         assert_eq!(
             content_id(Some(&format!("infohash={other}&id={ID}"))).unwrap(),
-            ID.to_ascii_lowercase()
+            ContentKey::content_id(ID.to_ascii_lowercase())
         );
         for bad in [
             "id=zz",

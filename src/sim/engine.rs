@@ -31,6 +31,9 @@ pub struct SimStats {
     pub getstream_calls: BTreeMap<String, u64>,
     /// All getstream calls.
     pub getstream_total: u64,
+    /// Getstream calls by the parameter that named the content (`id`, `infohash`, ...).
+    #[serde(default)]
+    pub getstream_params: BTreeMap<String, u64>,
     /// Sessions created (successful starts).
     pub sessions_started: u64,
     /// Sessions not yet stopped or expired.
@@ -56,6 +59,8 @@ pub struct SimStats {
 }
 
 pub(super) struct SimSession {
+    /// `id` value or `infohash:<value>`: the key "the newest start wins" applies to.
+    pub(super) start_key: String,
     pub(super) content_id: String,
     pub(super) infohash: String,
     pub(super) playback_session_id: String,
@@ -80,8 +85,8 @@ impl State {
     fn end_session(&mut self, token: &str) -> Option<SimSession> {
         let s = self.sessions.remove(token)?;
         s.ended.send_replace(true);
-        if self.by_content.get(&s.content_id).map(String::as_str) == Some(token) {
-            self.by_content.remove(&s.content_id);
+        if self.by_content.get(&s.start_key).map(String::as_str) == Some(token) {
+            self.by_content.remove(&s.start_key);
         }
         for path in &s.content_paths {
             self.content_paths.remove(path);
@@ -282,20 +287,30 @@ async fn getstream(
     req: &RequestHead,
     host: &str,
 ) -> io::Result<()> {
-    let content = ["content_id", "id", "infohash", "url", "magnet"]
+    let asked = ["content_id", "id", "infohash", "url", "magnet"]
         .iter()
-        .find_map(|k| req.query_param(k));
+        .find_map(|k| req.query_param(k).map(|v| (*k, v)));
     let knobs = lock(&shared.knobs).clone();
     {
         let mut st = lock(&shared.state);
         st.stats.getstream_total += 1;
-        if let Some(id) = &content {
+        if let Some((param, id)) = &asked {
             *st.stats
                 .getstream_calls
                 .entry(id.to_ascii_lowercase())
                 .or_default() += 1;
+            *st.stats
+                .getstream_params
+                .entry(param.to_string())
+                .or_default() += 1;
         }
     }
+    // A content id and an infohash are different keys to the engine, even with the same hex.
+    let key_kind = match asked.as_ref().map(|a| a.0) {
+        Some("infohash") => "infohash:",
+        _ => "",
+    };
+    let content = asked.map(|a| a.1);
     let Some(content) = content else {
         return respond(
             sock,
@@ -336,13 +351,15 @@ async fn getstream(
     {
         let mut st = lock(&shared.state);
         // The newest start for the same content wins: the previous session ends.
-        if let Some(old) = st.by_content.get(&content).cloned() {
+        let start_key = format!("{key_kind}{content}");
+        if let Some(old) = st.by_content.get(&start_key).cloned() {
             st.end_session(&old);
         }
-        st.by_content.insert(content.clone(), token.clone());
+        st.by_content.insert(start_key.clone(), token.clone());
         st.sessions.insert(
             token.clone(),
             SimSession {
+                start_key,
                 content_id: content.clone(),
                 infohash: infohash.clone(),
                 playback_session_id: playback_session_id.clone(),

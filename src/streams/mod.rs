@@ -17,7 +17,7 @@ mod start;
 pub mod upstream;
 
 use crate::config::Config;
-use crate::engines::EnginePool;
+use crate::engines::{ContentKey, EnginePool};
 use crate::error::EdgeError;
 use crate::metrics::Metrics;
 pub use client::{ClientHandle, ClientStats};
@@ -74,9 +74,11 @@ impl Sessions {
     /// there is none. Must run inside a tokio runtime.
     pub fn attach(
         self: &Arc<Self>,
-        content_id: &str,
+        content: &ContentKey,
         addr: Option<SocketAddr>,
     ) -> Result<ClientHandle, EdgeError> {
+        let content_id = content.to_string();
+        let content_id = content_id.as_str();
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(EdgeError::NoEngine("the proxy is shutting down".into()));
         }
@@ -85,7 +87,7 @@ impl Sessions {
             let (session, created) = match map.get(content_id) {
                 Some(s) => (s.clone(), false),
                 None => {
-                    let s = Arc::new(StreamSession::new(content_id.to_string(), &self.config));
+                    let s = Arc::new(StreamSession::new(content.clone(), &self.config));
                     map.insert(content_id.to_string(), s.clone());
                     (s, true)
                 }
@@ -170,6 +172,14 @@ impl Sessions {
     /// The live session of a content id.
     pub fn get(&self, content_id: &str) -> Option<Arc<StreamSession>> {
         self.map().get(content_id).cloned()
+    }
+
+    /// The live session of a 40-hex value: as a content id, else as an infohash.
+    pub fn find(&self, value: &str) -> Option<Arc<StreamSession>> {
+        let map = self.map();
+        map.get(value)
+            .or_else(|| map.get(&format!("infohash:{value}")))
+            .cloned()
     }
 
     /// Sessions created since start.

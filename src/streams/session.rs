@@ -12,7 +12,7 @@
 use super::ring::{Retention, Ring};
 use super::ClientStats;
 use crate::config::Config;
-use crate::engines::{Engine, EngineSession, StreamLease};
+use crate::engines::{ContentKey, Engine, EngineSession, StreamLease};
 use crate::error::EdgeError;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -118,6 +118,8 @@ pub(crate) struct SessionState {
 pub struct StreamSession {
     /// The content id (lower-case 40 hex), as the clients asked for it.
     pub content_id: String,
+    /// What the clients asked to play (a content id or an infohash), as the engine is asked.
+    pub content: ContentKey,
     /// The chunks every client reads.
     pub ring: Ring,
     /// Monotonic creation time.
@@ -145,9 +147,10 @@ pub struct StreamSession {
 }
 
 impl StreamSession {
-    pub(crate) fn new(content_id: String, config: &Config) -> Self {
+    pub(crate) fn new(content: ContentKey, config: &Config) -> Self {
         StreamSession {
-            content_id,
+            content_id: content.to_string(),
+            content,
             ring: Ring::new(Retention {
                 min_bytes: config.stream_buffer_size,
                 min_seconds: config.stream_buffer_seconds.as_secs_f64(),
@@ -351,7 +354,10 @@ mod tests {
     /// client leaves; a client coming back within it restarts the linger from zero.
     #[tokio::test(start_paused = true)]
     async fn linger_and_rejoin() {
-        let session = Arc::new(StreamSession::new("a".repeat(40), &Config::default()));
+        let session = Arc::new(StreamSession::new(
+            ContentKey::content_id("a".repeat(40)),
+            &Config::default(),
+        ));
         let idle = Duration::from_secs(300);
         session.count_in();
         let s = session.clone();
@@ -379,7 +385,8 @@ mod tests {
     /// An expiry the registry refuses (a client attached at that instant) keeps lingering.
     #[tokio::test(start_paused = true)]
     async fn refused_expiry_keeps_the_session() {
-        let session = StreamSession::new("b".repeat(40), &Config::default());
+        let session =
+            StreamSession::new(ContentKey::content_id("b".repeat(40)), &Config::default());
         let tries = std::sync::atomic::AtomicUsize::new(0);
         let start = tokio::time::Instant::now();
         session

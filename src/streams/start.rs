@@ -115,7 +115,7 @@ async fn start_on(
 ) -> Result<(EngineStream, Bytes), EdgeError> {
     let es = engine
         .endpoint
-        .start_session(&session.content_id, timeouts)
+        .start_session(&session.content, timeouts)
         .await?;
     {
         // Recorded at once: from here on, every way out sends a stop.
