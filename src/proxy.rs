@@ -125,6 +125,10 @@ impl ProxyHttp for EdgeProxy {
     /// Counts every response by route and status.
     async fn logging(&self, s: &mut HttpSession, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = s.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        if ctx.route == Some(Route::GetStream) && status == 200 {
+            // Counted when its headers went out (a stream's response ends much later).
+            return;
+        }
         let route = ctx.route.map_or("unknown", Route::label);
         self.metrics
             .http_responses

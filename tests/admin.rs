@@ -231,3 +231,42 @@ async fn admin_token_guards_admin_routes_only() {
         .0
         .is_empty());
 }
+
+/// A stream's response is counted when its headers go out, while it is still streaming.
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_responses_count_when_headers_go_out() {
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(&[&e], ""));
+    let mut r = get(
+        server.addr,
+        &format!("/ace/getstream?id={}", content_id(90)),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    read_for(&mut r, Duration::from_secs(5), 188 * 100).await;
+    let m = scrape(server.addr, None).await;
+    let counted = metric(
+        &m,
+        "acestream_edge_http_responses_total",
+        &[("route", "getstream"), ("status", "200")],
+    );
+    assert_eq!(counted, 1.0, "counted while streaming");
+    drop(r);
+    let sessions = server.edge.sessions.clone();
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            sessions.list().iter().all(|s| s.client_count() == 0)
+        })
+        .await
+    );
+    let m = scrape(server.addr, None).await;
+    assert_eq!(
+        metric(
+            &m,
+            "acestream_edge_http_responses_total",
+            &[("route", "getstream"), ("status", "200")]
+        ),
+        1.0,
+        "and not again when it ends"
+    );
+}

@@ -5,7 +5,7 @@
 //! (`client_timeout`) drops a client whose socket accepts nothing, and falling off the ring's tail
 //! drops it too. Neither ever slows the session or another client.
 
-use super::write_error;
+use super::{write_error, Route};
 use crate::engines::{ContentKey, ContentKind};
 use crate::error::EdgeError;
 use crate::streams::client::Next;
@@ -117,6 +117,13 @@ pub async fn serve(s: &mut HttpSession, sessions: &Arc<Sessions>) -> pingora::Re
     s.set_write_timeout(Some(config.client_timeout));
     let h = stream_header(s)?;
     s.write_response_header(Box::new(h), false).await?;
+    // A stream's response counts when its headers go out, not hours later when it ends (the
+    // logging hook skips it then).
+    sessions
+        .metrics()
+        .http_responses
+        .with_label_values(&[Route::GetStream.label(), "200"])
+        .inc();
     let mut ring_changed = session.ring.subscribe();
     let end = loop {
         ring_changed.borrow_and_update();
