@@ -279,11 +279,8 @@ impl EnginePool {
         let meta = self.meta.engines();
         let mut load = self.lock_load();
         let engine = self.choose(&meta, &load, exclude)?;
-        log::info!(
-            "engine {} chosen for a session (score {})",
-            engine.addr,
-            engine.score
-        );
+        let status = self.snapshot(&meta, &load);
+        log::info!("{}", choice_line(&engine, &status, exclude));
         *load.entry(engine.addr).or_default() += 1;
         drop(load);
         let lease = StreamLease {
@@ -353,6 +350,58 @@ impl EnginePool {
     }
 }
 
+/// The log line of a choice: the winner's score and its parts, and what the others scored.
+fn choice_line(engine: &Engine, status: &[EngineStatus], exclude: &[SocketAddr]) -> String {
+    let parts = |s: &EngineStatus| {
+        let c = &s.candidate;
+        let mut p = Vec::new();
+        if c.forwarded {
+            p.push(format!("forwarded +{}", score::FORWARDED_BONUS));
+        }
+        p.push(format!(
+            "{} streams −{}",
+            c.active_streams,
+            c.active_streams as i64 * score::STREAM_COST
+        ));
+        if !c.healthy {
+            p.push(format!("unhealthy −{}", score::UNHEALTHY_PENALTY));
+        }
+        if c.recently_failed {
+            p.push(format!("recently failed −{}", score::FAILURE_PENALTY));
+        }
+        p.join(", ")
+    };
+    let winner = status
+        .iter()
+        .find(|s| s.addr == engine.addr)
+        .map(parts)
+        .unwrap_or_default();
+    let others: Vec<String> = status
+        .iter()
+        .filter(|s| s.addr != engine.addr)
+        .map(|s| {
+            let note = if exclude.contains(&s.addr) {
+                " (already tried)"
+            } else if !s.healthy {
+                " (unhealthy)"
+            } else {
+                ""
+            };
+            format!("{} {}{note}", s.addr, s.score)
+        })
+        .collect();
+    format!(
+        "engine {} chosen for a session: score {} ({winner}); others: {}",
+        engine.addr,
+        engine.score,
+        if others.is_empty() {
+            "none".to_string()
+        } else {
+            others.join(", ")
+        }
+    )
+}
+
 /// One stream reserved on an engine; counts towards its score until dropped.
 #[derive(Debug)]
 pub struct StreamLease {
@@ -375,6 +424,46 @@ impl Drop for StreamLease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The choice line says why: the winner's score and its parts, and what the others scored.
+    #[test]
+    fn choice_line_says_why() {
+        let status = |port: u16, forwarded: bool, streams: usize, healthy: bool| {
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let candidate = Candidate {
+                addr,
+                forwarded,
+                healthy,
+                active_streams: streams,
+                recently_failed: false,
+            };
+            EngineStatus {
+                meta: EngineMeta::default(),
+                addr,
+                healthy,
+                proxy_streams: streams,
+                score: score::score(&candidate),
+                recently_failed: false,
+                candidate,
+            }
+        };
+        let all = vec![status(1, true, 1, true), status(2, false, 0, false)];
+        let engine = Engine {
+            endpoint: EngineEndpoint {
+                host: "127.0.0.1".into(),
+                port: 1,
+            },
+            addr: all[0].addr,
+            forwarded: true,
+            container_id: None,
+            score: all[0].score,
+        };
+        let line = choice_line(&engine, &all, &[]);
+        assert_eq!(
+            line,
+            "engine 127.0.0.1:1 chosen for a session: score 990 (forwarded +1000, 1 streams −10); others: 127.0.0.1:2 -1000 (unhealthy)"
+        );
+    }
 
     /// A reserved stream counts on its engine (the next choice moves on) until its lease is
     /// dropped; no socket is opened (discovery of literal addresses, no health probe).
