@@ -84,9 +84,9 @@ pub struct Config {
     /// upstream can deliver faster than real time (an engine's cache burst, a catch-up). The rest
     /// stays in the engine. Default 2 s.
     pub live_lead: Duration,
-    /// Stream time the ring keeps at least (with `stream_buffer_size` bytes at least, capped by
-    /// `stream_buffer_max_bytes`): how far behind the live edge a client may fall before it is
-    /// dropped. Default 15 s.
+    /// How far behind the live edge, in stream time, a client may fall before it is dropped: the
+    /// ring keeps that much past `stream_buffer_size` while a reading client needs it (capped by
+    /// `stream_buffer_max_bytes`). Default 15 s.
     pub stream_buffer_seconds: Duration,
     /// Hard cap on one session's ring, in bytes, whatever `stream_buffer_seconds` asks. Default
     /// 64 MiB.

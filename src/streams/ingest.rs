@@ -62,11 +62,9 @@ impl<'a> Ingest<'a> {
         };
         match a.release_at {
             Some(at) => {
-                if self.session.is_clockless() && self.pacer.has_clock() {
-                    // The clock came back: the retention decides alone again.
-                    self.session.ring.keep_from(None);
-                }
-                tokio::time::sleep_until(at.into()).await
+                tokio::time::sleep_until(at.into()).await;
+                let needed = self.session.readers().slowest();
+                self.session.ring.needed_from(needed);
             }
             None => self.wait_for_leader(data.len(), media).await,
         }
@@ -99,7 +97,7 @@ impl<'a> Ingest<'a> {
         loop {
             match self.session.readers() {
                 Readers::None => {
-                    ring.keep_from(None);
+                    ring.needed_from(None);
                     return;
                 }
                 Readers::Leader {
@@ -107,7 +105,7 @@ impl<'a> Ingest<'a> {
                     offset,
                     slowest,
                 } => {
-                    ring.keep_from(Some(slowest));
+                    ring.needed_from(Some(slowest));
                     let ahead = ring.published_bytes().saturating_sub(offset);
                     if ahead <= self.read_ahead as u64 && cursor >= ring.evicts_through(len, media)
                     {

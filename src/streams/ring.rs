@@ -10,9 +10,13 @@
 //! reference count; no client copy exists. A chunk is freed when it leaves the ring and the last
 //! client that took it has written it.
 //!
-//! **Retention.** The ring keeps at least [`Retention::min_seconds`] of stream time *and* at least
-//! [`Retention::min_bytes`], and never more than [`Retention::max_bytes`] (always the newest
-//! chunk). The publisher never waits for a client here; the upstream task decides beforehand
+//! **Retention.** The ring always keeps at least [`Retention::min_bytes`] (enough for joins), and
+//! never more than [`Retention::max_bytes`] (always the newest chunk). Past the byte minimum it
+//! keeps only what a reading client still needs ([`Ring::needed_from`]): for [`Retention::min_seconds`]
+//! of stream time behind the edge on a clocked stream, up to the byte cap on one without a clock.
+//! So a client may fall that far behind before it is dropped, and the memory for it is spent only
+//! while someone is that far behind: with every client at the edge the ring holds the byte
+//! minimum. The publisher never waits for a client here; the upstream task decides beforehand
 //! whether a publish may evict ([`Ring::evicts_through`]). A client whose cursor points at an
 //! evicted chunk has fallen off the tail: [`Ring::read`] answers [`Read::Lagged`] and the caller
 //! disconnects it. Nothing is skipped silently: a player would rather reconnect than decode a
@@ -118,9 +122,39 @@ struct State {
     psi: Option<Bytes>,
     /// Whether that PMT names a video stream with findable keyframes (`None` before any PMT).
     video: Option<bool>,
-    /// Chunks from this sequence on are kept (up to the byte cap) although the retention would
-    /// let them go: a stream without a clock keeps what its slowest reading client still needs.
-    keep_from: Option<u64>,
+    /// The slowest reading client's cursor: chunks from here on are still needed by someone and
+    /// are kept past the byte minimum (see the module docs). `None`: nobody reads.
+    needed_from: Option<u64>,
+}
+
+/// The oldest chunk as the retention rule sees it: one rule for [`Ring::publish`] and for the
+/// forecast in [`Ring::evicts_through`].
+struct Evictable {
+    /// Its sequence number.
+    seq: u64,
+    /// Bytes held with it.
+    held: usize,
+    /// Its length.
+    front: usize,
+    /// The span of the chunk after it (the new tail if it goes).
+    next: MediaSpan,
+    /// Media time at the live edge.
+    edge: f64,
+}
+
+impl Evictable {
+    fn evictable(&self, r: &Retention, needed_from: Option<u64>) -> bool {
+        if self.held > r.max_bytes {
+            return true;
+        }
+        if self.held - self.front < r.min_bytes {
+            return false;
+        }
+        let needed = needed_from.is_some_and(|k| self.seq >= k);
+        // A needed chunk stays while the stream time behind the edge is under the minimum; on a
+        // stream without a clock, time says nothing, so it stays up to the byte cap.
+        !needed || (self.next.clocked && self.edge - self.next.start >= r.min_seconds)
+    }
 }
 
 impl State {
@@ -130,22 +164,17 @@ impl State {
 
     /// True if the oldest entry should go, given the retention (the newest always stays).
     fn should_evict(&self, r: &Retention) -> bool {
-        let Some(front) = self.entries.front() else {
-            return false;
-        };
         if self.entries.len() < 2 {
             return false;
         }
-        if self.held > r.max_bytes {
-            return true;
-        }
-        if self.keep_from.is_some_and(|k| self.first_seq >= k) {
-            return false;
-        }
-        let bytes_after = self.held - front.data.len();
-        let next = &self.entries[1].media;
-        let seconds_after = self.edge_media() - next.start;
-        bytes_after >= r.min_bytes && (!next.clocked || seconds_after >= r.min_seconds)
+        let after = Evictable {
+            seq: self.first_seq,
+            held: self.held,
+            front: self.entries[0].data.len(),
+            next: self.entries[1].media,
+            edge: self.edge_media(),
+        };
+        after.evictable(r, self.needed_from)
     }
 
     fn evict_front(&mut self) {
@@ -233,34 +262,28 @@ impl Ring {
         let r = &self.retention;
         let mut held = s.held + len;
         let mut i = 0;
-        // The same rule as `should_evict`, on the entries plus the new one.
         while i < s.entries.len() {
             let front = s.entries[i].data.len();
-            if held > r.max_bytes {
-                held -= front;
-                i += 1;
-                continue;
-            }
-            if s.keep_from.is_some_and(|k| s.first_seq + i as u64 >= k) {
+            let oldest = Evictable {
+                seq: s.first_seq + i as u64,
+                held,
+                front,
+                next: s.entries.get(i + 1).map(|e| e.media).unwrap_or(media),
+                edge: media.end,
+            };
+            if !oldest.evictable(r, s.needed_from) {
                 break;
             }
-            let next = s.entries.get(i + 1).map(|e| e.media).unwrap_or(media);
-            let time_ok = !next.clocked || media.end - next.start >= r.min_seconds;
-            if held - front >= r.min_bytes && time_ok {
-                held -= front;
-                i += 1;
-            } else {
-                break;
-            }
+            held -= front;
+            i += 1;
         }
         s.first_seq + i as u64
     }
 
-    /// Keeps chunks from `seq` on (up to the byte cap) although the retention would let them go;
-    /// `None` lets the retention alone decide. Set before each publish of a clockless stream to
-    /// the slowest reading client's cursor.
-    pub fn keep_from(&self, seq: Option<u64>) {
-        self.lock().keep_from = seq;
+    /// Tells the ring the slowest reading client's cursor (`None`: nobody reads): chunks from
+    /// there on are kept past the byte minimum (see the module docs). Set before each publish.
+    pub fn needed_from(&self, seq: Option<u64>) {
+        self.lock().needed_from = seq;
     }
 
     /// Records keyframe marks found upstream (offsets before the ring's tail are ignored). The
@@ -505,8 +528,9 @@ mod tests {
         }
     }
 
-    /// The time rule keeps more than the byte minimum when the stream time asks for it, the byte
-    /// cap wins over both, and `evicts_through` predicts exactly what a publish evicts.
+    /// The time rule keeps more than the byte minimum when the stream time asks for it (for a
+    /// reader that needs it), the byte cap wins over both, and `evicts_through` predicts exactly
+    /// what a publish evicts.
     #[test]
     fn retention_in_time_and_bytes() {
         let ring = Ring::new(Retention {
@@ -514,6 +538,7 @@ mod tests {
             min_seconds: 5.0,
             max_bytes: 1000,
         });
+        ring.needed_from(Some(0));
         // 100-byte chunks of 1 s each: 5 s of stream needs 500 bytes, more than the 200 minimum.
         for i in 0..8 {
             let t = i as f64;
@@ -530,17 +555,19 @@ mod tests {
             min_seconds: 0.15,
             max_bytes: 1000,
         });
+        ring.needed_from(Some(0));
         for i in 0..10 {
             let t = i as f64 / 10.0;
             ring.publish(chunk(100, i as u8), span(t, t + 0.1));
         }
         assert_eq!(ring.held_bytes(), 200);
-        // The cap: 10 s per chunk would keep everything, but 1000 bytes is the most.
+        // The cap: 10 s per chunk would keep everything, but 300 bytes is the most.
         let ring = Ring::new(Retention {
             min_bytes: 100,
             min_seconds: 100.0,
             max_bytes: 300,
         });
+        ring.needed_from(Some(0));
         for i in 0..10 {
             let t = i as f64 * 10.0;
             let predicted = ring.evicts_through(100, span(t, t + 10.0));
@@ -548,6 +575,47 @@ mod tests {
             assert_eq!(ring.first_seq(), predicted);
         }
         assert_eq!(ring.held_bytes(), 300);
+    }
+
+    /// The time floor holds only what a reader still needs: with every reader at the edge (or
+    /// none) the ring shrinks to the byte minimum, and a reader behind keeps its chunks until it
+    /// is `min_seconds` behind.
+    #[test]
+    fn time_floor_holds_only_needed_chunks() {
+        let ring = Ring::new(Retention {
+            min_bytes: 200,
+            min_seconds: 5.0,
+            max_bytes: 1000,
+        });
+        let publish = |i: u64| {
+            let t = i as f64;
+            let predicted = ring.evicts_through(100, span(t, t + 1.0));
+            ring.publish(chunk(100, i as u8), span(t, t + 1.0));
+            assert_eq!(ring.first_seq(), predicted, "prediction at chunk {i}");
+        };
+        for i in 0..8 {
+            publish(i);
+        }
+        assert_eq!(ring.held_bytes(), 200, "nobody reads: the byte minimum");
+        // A reader at chunk 7 stops reading; the ring keeps its chunks until it is 5 s behind.
+        ring.needed_from(Some(7));
+        for i in 8..11 {
+            publish(i);
+        }
+        assert_eq!((ring.first_seq(), ring.held_bytes()), (7, 400));
+        for i in 11..15 {
+            publish(i);
+        }
+        assert_eq!(
+            ring.held_bytes(),
+            500,
+            "5 s of stream for the reader behind"
+        );
+        assert_eq!(ring.read(7, 1), Read::Lagged, "it fell off after 5 s");
+        // It caught up: what it read goes.
+        ring.needed_from(Some(14));
+        publish(15);
+        assert_eq!(ring.held_bytes(), 200);
     }
 
     /// A joiner gets the newest chunks up to the burst, and always at least one.
@@ -624,15 +692,16 @@ mod tests {
         assert_eq!(small.first_keyframe_join(), None);
     }
 
-    /// A kept sequence holds chunks past the byte minimum, but never past the byte cap.
+    /// On a stream without a clock, a needed chunk is kept past the byte minimum, but never past
+    /// the byte cap.
     #[test]
-    fn keep_from_holds_chunks_up_to_the_cap() {
+    fn clockless_needed_chunks_are_held_up_to_the_cap() {
         let ring = Ring::new(Retention {
             min_bytes: 200,
             min_seconds: 0.0,
             max_bytes: 500,
         });
-        ring.keep_from(Some(1));
+        ring.needed_from(Some(1));
         for i in 0..4 {
             ring.publish_bytes(chunk(100, i));
         }
@@ -646,7 +715,7 @@ mod tests {
             ring.publish_bytes(chunk(100, i));
         }
         assert_eq!(ring.held_bytes(), 500, "the cap wins");
-        ring.keep_from(None);
+        ring.needed_from(None);
         ring.publish_bytes(chunk(100, 8));
         assert_eq!(ring.held_bytes(), 200);
     }

@@ -34,7 +34,8 @@ pub enum Phase {
     Ended(StopReason),
 }
 
-/// Who paces a stream without a clock (see [`StreamSession::readers`]).
+/// Who reads a session's ring: who paces a stream without a clock, and what the ring must keep
+/// (see [`StreamSession::readers`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Readers {
     /// No client attached.
@@ -50,6 +51,16 @@ pub(crate) enum Readers {
         /// The cursor of the reading client furthest behind.
         slowest: u64,
     },
+}
+
+impl Readers {
+    /// The cursor of the reading client furthest behind: what the ring must still keep.
+    pub(crate) fn slowest(self) -> Option<u64> {
+        match self {
+            Readers::Leader { slowest, .. } => Some(slowest),
+            Readers::None | Readers::Starting => None,
+        }
+    }
 }
 
 /// Why a session ended.
