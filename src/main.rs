@@ -43,7 +43,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    acestream_edge::server::logging::init();
     let cli = Cli::parse();
     // The file is read here, once; Pingora is handed the parsed settings, not the path (it would
     // warn that it ignores it).

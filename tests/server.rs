@@ -214,6 +214,16 @@ async fn server_starts_routes_and_stops() {
 /// sends the engine its stop and exits 0 within the configured timeouts.
 #[tokio::test(flavor = "multi_thread")]
 async fn binary_serves_and_shuts_down_on_sigterm() {
+    serve_then_signal("TERM").await;
+}
+
+/// The same on SIGINT (Ctrl-C): a graceful shutdown too, and the log names SIGINT, never SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_shuts_down_gracefully_on_sigint() {
+    serve_then_signal("INT").await;
+}
+
+async fn serve_then_signal(signal: &str) {
     let e = sim(Knobs::default()).await;
     let port = free_port();
     let mut f = tempfile::NamedTempFile::new().unwrap();
@@ -260,7 +270,7 @@ async fn binary_serves_and_shuts_down_on_sigterm() {
     );
     let t0 = Instant::now();
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     // The stream ends (the proxy finishes the response) ...
@@ -268,7 +278,7 @@ async fn binary_serves_and_shuts_down_on_sigterm() {
         while let Ok(Some(_)) = r.next_chunk().await {}
     })
     .await;
-    assert!(ended.is_ok(), "stream did not end on SIGTERM");
+    assert!(ended.is_ok(), "stream did not end on SIG{signal}");
     // ... the process exits 0 within grace + shutdown timeout ...
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
@@ -290,4 +300,11 @@ async fn binary_serves_and_shuts_down_on_sigterm() {
     assert!(!line.contains("dropped"), "{line}");
     assert!(!text.contains("Some("), "{text}");
     assert!(!text.contains("Ignoring command line argument"), "{text}");
+    // The signal is named right (Pingora's own line says SIGTERM for any graceful terminate).
+    assert!(
+        text.contains(&format!("SIG{signal}: graceful shutdown")),
+        "{text}"
+    );
+    let other = if signal == "INT" { "SIGTERM" } else { "SIGINT" };
+    assert!(!text.contains(other), "{text}");
 }

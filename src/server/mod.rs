@@ -14,6 +14,8 @@ use pingora::server::{Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch
 use pingora::services::background::{background_service, BackgroundService};
 use std::sync::Arc;
 
+pub mod logging;
+
 /// Per-connection read buffer: requests are tiny, and Pingora's 64 KiB default costs 64 MiB per
 /// thousand viewers (a downstream connection keeps its read buffer for its whole life).
 const DOWNSTREAM_READ_BUFFER: usize = 4096;
@@ -125,7 +127,11 @@ impl ShutdownSignalWatch for SignalWatch {
         };
         tokio::select! {
             _ = term.recv() => { log::info!("SIGTERM: graceful shutdown"); ShutdownSignal::GracefulTerminate }
-            _ = int.recv() => { log::info!("SIGINT: graceful shutdown"); ShutdownSignal::GracefulTerminate }
+            _ = int.recv() => {
+                log::info!("SIGINT: graceful shutdown");
+                logging::note_sigint();
+                ShutdownSignal::GracefulTerminate
+            }
             _ = quit.recv() => { log::info!("SIGQUIT: graceful upgrade"); ShutdownSignal::GracefulUpgrade }
         }
     }
