@@ -70,6 +70,11 @@ fn assert_session_fields(s: &Value) {
     assert!(s["ended_at"].is_null() && s["error"].is_null());
     assert!(s["idle_seconds"].is_f64());
     assert!(s["bytes_in"].is_u64() && s["bytes_out"].is_u64() && s["first_byte_ms"].is_u64());
+    assert!(s["engine_score_at_start"].is_i64());
+    assert_eq!(
+        s["engine_score"], s["engine_score_at_start"],
+        "the old name"
+    );
     assert!(s["clients"].is_array());
 }
 
@@ -107,6 +112,12 @@ async fn status_and_metrics_follow_the_traffic() {
         (Some(2), Some(e.addr().port() as u64))
     );
     assert_eq!(s["clients"].as_array().unwrap().len(), 2);
+    // A's score is the one it was chosen with (no stream on the engine yet), not the engine's
+    // score now (two sessions on it).
+    let (_, engines) = get_json(server.addr, "/proxy/engines").await;
+    let now = engines["engines"][0]["score"].as_i64().unwrap();
+    let at_start = s["engine_score_at_start"].as_i64().unwrap();
+    assert!(at_start > now, "at start {at_start}, now {now}");
     assert!(s["clients"][0]["address"]
         .as_str()
         .unwrap()

@@ -220,6 +220,9 @@ pub struct SessionView {
     bytes_in: u64,
     bytes_out: u64,
     first_byte_ms: Option<u64>,
+    /// The engine's score when this session chose it (`engine_score` is the older name of the same
+    /// value, kept for existing readers; the engine's current score is in `/proxy/engines`).
+    engine_score_at_start: Option<i64>,
     engine_score: Option<i64>,
     bitrate_bps: Option<u64>,
     ingest_lead_seconds: Option<f64>,
@@ -274,6 +277,7 @@ impl SessionView {
             bytes_in: x.bytes_in.load(Ordering::Relaxed),
             bytes_out: x.bytes_out.load(Ordering::Relaxed),
             first_byte_ms: st.first_byte_ms,
+            engine_score_at_start: engine.map(|e| e.score),
             engine_score: engine.map(|e| e.score),
             bitrate_bps: x.ring.bitrate_bps().map(|b| b.round() as u64),
             ingest_lead_seconds: x.ingest_lead_seconds(),
