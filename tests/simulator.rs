@@ -280,3 +280,81 @@ async fn service_endpoints() {
     let (_, v) = get_json(e.addr(), "/server/api?api_version=3&method=get_status").await;
     assert_eq!(v["result"]["playlist_loaded"], true);
 }
+
+/// Three loops of the simulator's stream are one seamless stream: in ffprobe's packet list every
+/// audio and video timestamp follows the one before by exactly one frame (no gap, no overlap at
+/// the loop points), ffmpeg decodes it with no error, and mpv (when on PATH) reports no invalid
+/// timestamps.
+#[test]
+fn looped_fixture_is_seamless_for_audio_and_video() {
+    use acestream_edge::sim::ts::{TsLoop, FIXTURE, PACKET};
+    let data = TsLoop::default().next_packets(FIXTURE.len() / PACKET * 3);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("loops.ts");
+    std::fs::write(&path, &data).unwrap();
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "packet=stream_index,pts,duration",
+        ])
+        .args(["-of", "csv=p=0"])
+        .arg(&path)
+        .output()
+        .expect("ffprobe must be installed (make test installs ffmpeg)");
+    assert!(out.status.success());
+    let mut per_stream: std::collections::BTreeMap<u32, (Vec<i64>, i64)> = Default::default();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        let (Some(s), Some(pts), Some(dur)) = (
+            f.first().and_then(|v| v.parse().ok()),
+            f.get(1).and_then(|v| v.parse().ok()),
+            f.get(2).and_then(|v| v.parse().ok()),
+        ) else {
+            continue;
+        };
+        let e = per_stream.entry(s).or_default();
+        e.0.push(pts);
+        e.1 = dur;
+    }
+    assert_eq!(per_stream.len(), 2, "video and audio");
+    for (stream, (mut pts, frame)) in per_stream {
+        pts.sort_unstable();
+        assert!(pts.len() > 150, "stream {stream}: {} packets", pts.len());
+        let steps: Vec<(i64, i64)> = pts
+            .windows(2)
+            .map(|w| (w[0], w[1] - w[0]))
+            .filter(|&(_, d)| d != frame)
+            .collect();
+        assert!(
+            steps.is_empty(),
+            "stream {stream} (frame {frame}): uneven steps (pts, step) {steps:?}"
+        );
+    }
+    let (ok, errors) = ffmpeg_decode(&data);
+    assert!(ok && errors.is_empty(), "{errors}");
+    let mpv = std::process::Command::new("mpv")
+        .args([
+            "--no-config",
+            "--vo=null",
+            "--ao=null",
+            "--ao-null-untimed",
+            "--untimed",
+        ])
+        .arg("--msg-level=all=warn")
+        .arg(&path)
+        .output();
+    match mpv {
+        Ok(out) => {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "{text}");
+            assert!(!text.contains("Invalid"), "{text}");
+        }
+        Err(_) => eprintln!("SKIPPED mpv: not on PATH (apt-get install mpv)"),
+    }
+}

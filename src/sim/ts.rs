@@ -1,11 +1,13 @@
 //! An endless, valid MPEG-TS stream made by looping a short fixture.
 //!
-//! The fixture (`fixture.ts`: 4 s of H.264 + AAC made once with ffmpeg, see the README) is replayed
+//! The fixture (`fixture.ts`: 4.16 s of H.264 + AAC made once with ffmpeg, see the README; audio and video exactly as long) is replayed
 //! forever. A plain replay would be invalid TS at every loop point: continuity counters would jump
 //! and PCR/PTS/DTS would go back in time. So each loop adds a fixed offset to every PCR, PTS and DTS,
 //! and continuity counters are renumbered per PID across loops. A player (or ffprobe) sees one
 //! continuous live stream.
 
+use crate::ts::keyframe::Codec;
+use crate::ts::psi::{parse_pat, parse_pmt};
 use crate::ts::{
     continuity_counter, has_payload, payload, payload_unit_start, pes_header, pid,
     set_continuity_counter, shift_pcr, shift_pes_timestamps, NULL_PACKET, NULL_PID, PACKET_SIZE,
@@ -144,12 +146,29 @@ impl TsLoop {
     }
 }
 
-/// The loop period: the longest per-PID PTS span plus that PID's frame step, rounded up to whole
-/// 40 ms (25 fps) frames, so no timestamp of loop k+1 precedes one of loop k.
+/// The loop period: the video stream's PTS span plus one frame, so the first picture of loop k+1
+/// follows the last of loop k by exactly one frame. The video PID comes from the PMT; its PES
+/// each carry one picture, so the smallest PTS step is the frame duration. (Audio PES bundle
+/// several frames, so their steps say nothing about one frame; the fixture's audio is cut to the
+/// same span as its video, which the simulator test checks.) Without video, the longest per-PID
+/// span plus its last step.
 fn loop_period_90k(packets: &[u8]) -> u64 {
     use std::collections::HashMap;
     let mut pts: HashMap<u16, Vec<u64>> = HashMap::new();
+    let mut pmt_pid = None;
+    let mut video_pid = None;
     for pkt in packets.chunks_exact(PACKET) {
+        if pmt_pid.is_none() {
+            pmt_pid = parse_pat(pkt);
+        }
+        if video_pid.is_none() && Some(pid(pkt)) == pmt_pid {
+            video_pid = parse_pmt(pkt).and_then(|pmt| {
+                pmt.streams
+                    .iter()
+                    .find(|s| Codec::from_stream_type(s.stream_type).is_some())
+                    .map(|s| s.pid)
+            });
+        }
         if !payload_unit_start(pkt) {
             continue;
         }
@@ -157,18 +176,30 @@ fn loop_period_90k(packets: &[u8]) -> u64 {
             pts.entry(pid(pkt)).or_default().push(t);
         }
     }
-    let mut period = 0;
-    for (_, mut v) in pts {
+    let span = |v: &mut Vec<u64>, step: fn(&[u64]) -> u64| -> u64 {
         v.sort_unstable();
         v.dedup();
         if v.len() < 2 {
-            continue;
+            return 0;
         }
-        let step = v[v.len() - 1] - v[v.len() - 2];
-        period = period.max(v[v.len() - 1] - v[0] + step);
+        v[v.len() - 1] - v[0] + step(v)
+    };
+    let smallest_step = |v: &[u64]| v.windows(2).map(|w| w[1] - w[0]).min().unwrap_or(0);
+    let last_step = |v: &[u64]| v[v.len() - 1] - v[v.len() - 2];
+    if let Some(v) = video_pid.and_then(|p| pts.get_mut(&p)) {
+        let period = span(v, smallest_step);
+        if period > 0 {
+            return period;
+        }
     }
+    let longest = pts
+        .values_mut()
+        .map(|v| span(v, last_step))
+        .max()
+        .unwrap_or(0);
+    // Whole 40 ms (25 fps) frames, so no timestamp of loop k+1 precedes one of loop k.
     let frame = 3600;
-    period.div_ceil(frame).max(1) * frame
+    longest.div_ceil(frame).max(1) * frame
 }
 
 #[cfg(test)]
