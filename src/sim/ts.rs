@@ -1,7 +1,7 @@
 //! An endless, valid MPEG-TS stream made by looping a short fixture.
 //!
-//! The fixture (`fixture.ts`: 4.16 s of H.264 + AAC made once with ffmpeg, see the README; audio and video exactly as long) is replayed
-//! forever. A plain replay would be invalid TS at every loop point: continuity counters would jump
+//! The fixture (`fixture.ts`: 4.16 s of H.264 + AAC, audio and video exactly as long, made once
+//! with ffmpeg, see the README) is replayed forever. A plain replay would be invalid TS at every loop point: continuity counters would jump
 //! and PCR/PTS/DTS would go back in time. So each loop adds a fixed offset to every PCR, PTS and DTS,
 //! and continuity counters are renumbered per PID across loops. A player (or ffprobe) sees one
 //! continuous live stream.
