@@ -104,6 +104,11 @@ pub struct Config {
     /// Timeout of the stop sent to a failed upstream before failing over; it delays the
     /// failover, while clients get keepalives. Default 1 s.
     pub failover_stop_timeout: Duration,
+    /// How long a session lingers after its last client left when no stream byte ever reached a
+    /// client (aborted requests, probes): long enough for a player that probes and reconnects,
+    /// short enough that requests nobody watches cannot hold engine slots. Sessions that were
+    /// watched linger `stream_idle_timeout`. Default 5 s.
+    pub unwatched_linger: Duration,
 }
 
 /// One statically configured engine.
@@ -628,6 +633,7 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         failover_window: w.failover_window.0,
         engine_stop_timeout: w.engine_stop_timeout.0,
         failover_stop_timeout: w.failover_stop_timeout.0,
+        unwatched_linger: w.unwatched_linger.0,
     })
 }
 

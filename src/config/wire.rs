@@ -51,6 +51,7 @@ pub struct AceWire {
     pub failover_window: DurationWire,
     pub engine_stop_timeout: DurationWire,
     pub failover_stop_timeout: DurationWire,
+    pub unwatched_linger: DurationWire,
 }
 
 impl Default for AceWire {
@@ -87,6 +88,7 @@ impl Default for AceWire {
             failover_window: secs(60.0),
             engine_stop_timeout: secs(3.0),
             failover_stop_timeout: secs(1.0),
+            unwatched_linger: secs(5.0),
         }
     }
 }

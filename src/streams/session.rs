@@ -63,6 +63,24 @@ impl Readers {
     }
 }
 
+/// How long a session without clients lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Linger {
+    /// After a client got stream bytes (`stream_idle_timeout`).
+    pub(crate) watched: std::time::Duration,
+    /// When no stream byte ever reached a client (`unwatched_linger`).
+    pub(crate) unwatched: std::time::Duration,
+}
+
+impl Linger {
+    pub(crate) fn of(config: &Config) -> Self {
+        Linger {
+            watched: config.stream_idle_timeout,
+            unwatched: config.unwatched_linger,
+        }
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StopReason {
@@ -300,15 +318,21 @@ impl StreamSession {
         left
     }
 
-    /// Resolves once the session has had no client for `idle` and `expire` agreed to end it
+    /// Resolves once the session has had no client for its linger and `expire` agreed to end it
     /// (the registry's last check under its lock: a client attaching at that moment keeps the
-    /// session). A client arriving during the linger restarts it from zero.
-    pub(crate) async fn linger(&self, idle: std::time::Duration, expire: impl Fn() -> bool) {
+    /// session). The linger is `watched` if a stream byte ever reached a client, else
+    /// `unwatched`. A client arriving during the linger restarts it from zero.
+    pub(crate) async fn linger(&self, linger: Linger, expire: impl Fn() -> bool) {
         let mut attached = self.attached.subscribe();
         loop {
             if attached.wait_for(|n| *n == 0).await.is_err() {
                 return std::future::pending().await;
             }
+            let idle = if self.bytes_out.load(Ordering::Relaxed) > 0 {
+                linger.watched
+            } else {
+                linger.unwatched
+            };
             tokio::select! {
                 _ = tokio::time::sleep(idle) => {
                     if expire() {
@@ -361,16 +385,22 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// With the clock paused: a session lingers exactly `stream_idle_timeout` after its last
-    /// client leaves; a client coming back within it restarts the linger from zero.
+    const LINGER: Linger = Linger {
+        watched: Duration::from_secs(300),
+        unwatched: Duration::from_secs(5),
+    };
+
+    /// With the clock paused: a watched session lingers exactly `stream_idle_timeout` after its
+    /// last client leaves; a client coming back within it restarts the linger from zero.
     #[tokio::test(start_paused = true)]
     async fn linger_and_rejoin() {
         let session = Arc::new(StreamSession::new(
             ContentKey::content_id("a".repeat(40)),
             &Config::default(),
         ));
-        let idle = Duration::from_secs(300);
+        let idle = LINGER;
         session.count_in();
+        session.bytes_out.store(188, Ordering::Relaxed);
         let s = session.clone();
         let start = tokio::time::Instant::now();
         let lingering = tokio::spawn(async move {
@@ -401,11 +431,30 @@ mod tests {
         let tries = std::sync::atomic::AtomicUsize::new(0);
         let start = tokio::time::Instant::now();
         session
-            .linger(Duration::from_secs(5), || {
-                tries.fetch_add(1, Ordering::Relaxed) == 2
-            })
+            .linger(LINGER, || tries.fetch_add(1, Ordering::Relaxed) == 2)
             .await;
         assert_eq!(tries.load(Ordering::Relaxed), 3);
-        assert_eq!(start.elapsed(), Duration::from_secs(15));
+        assert_eq!(start.elapsed(), Duration::from_secs(15), "3 × unwatched");
+    }
+
+    /// A session no byte of which reached a client lingers `unwatched_linger`; once a client got
+    /// bytes, the next linger is `stream_idle_timeout`.
+    #[tokio::test(start_paused = true)]
+    async fn unwatched_sessions_linger_briefly() {
+        let session = Arc::new(StreamSession::new(
+            ContentKey::content_id("c".repeat(40)),
+            &Config::default(),
+        ));
+        let start = tokio::time::Instant::now();
+        session.count_in();
+        session.count_out();
+        session.linger(LINGER, || true).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        session.count_in();
+        session.bytes_out.store(188, Ordering::Relaxed);
+        session.count_out();
+        let start = tokio::time::Instant::now();
+        session.linger(LINGER, || true).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(300));
     }
 }

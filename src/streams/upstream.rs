@@ -9,7 +9,7 @@
 
 use super::ingest::Ingest;
 use super::rechunk::Rechunker;
-use super::session::{Phase, StopReason, StreamSession, UpstreamFailure};
+use super::session::{Linger, Phase, StopReason, StreamSession, UpstreamFailure};
 use super::start::{start_outcome, start_within_deadline};
 use super::Sessions;
 use crate::config::Config;
@@ -34,7 +34,7 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<StreamSes
     let mut cancel = session.cancel.subscribe();
     let outcome = tokio::select! {
         outcome = stream(&sessions, &session, &config) => outcome,
-        _ = session.linger(config.stream_idle_timeout, || sessions.expire_if_idle(&session)) => {
+        _ = session.linger(Linger::of(&config), || sessions.expire_if_idle(&session)) => {
             Outcome::Stopped(StopReason::IdleTimeout)
         }
         reason = cancel.wait_for(|r| r.is_some()) => {
