@@ -47,6 +47,18 @@ pub enum EdgeError {
     /// The engine started a session but sent no stream byte in time.
     #[error("no stream data from the engine within {0:?}")]
     EmptyStream(Duration),
+    /// The client hit one of the viewer limits; nothing was started.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What the client is told.
+        message: String,
+        /// When to retry.
+        retry_after: Duration,
+    },
+    /// The client may not use this route (an admin route from outside loopback without a
+    /// configured token, a passthrough prefix not opened).
+    #[error("{0}")]
+    Forbidden(String),
     /// Anything else: a bug or an unexpected condition.
     #[error("internal error: {0}")]
     Internal(String),
@@ -61,12 +73,22 @@ impl EdgeError {
             EdgeError::NotFound(_) => 404,
             EdgeError::RangeNotSatisfiable(_) => 416,
             EdgeError::NotImplemented(_) => 501,
+            EdgeError::TooManyRequests { .. } => 429,
+            EdgeError::Forbidden(_) => 403,
             // Every upstream-side failure is "try again later" for a player: 503.
             EdgeError::NoEngine(_)
             | EdgeError::EngineRefused { .. }
             | EdgeError::EngineUnreachable { .. }
             | EdgeError::EmptyStream(_) => 503,
             EdgeError::Internal(_) => 500,
+        }
+    }
+
+    /// How long the client should wait before retrying (`Retry-After`), if the error says.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            EdgeError::TooManyRequests { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 

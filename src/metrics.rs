@@ -55,6 +55,9 @@ pub struct Metrics {
     pub clock_reanchors: IntCounterVec,
     /// Failed orchestrator fetches (brought up to date at scrape time).
     pub orchestrator_failures: IntCounter,
+    /// Requests refused with 429, by the limit they hit (`clients_per_ip`, `sessions_per_ip`,
+    /// `session_starts_per_ip`, `clients`, `sessions`).
+    pub limit_rejections: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -212,6 +215,12 @@ impl Metrics {
                 &r,
                 "acestream_edge_orchestrator_failures_total",
                 "Orchestrator engine-list fetches that failed (the last good list was kept)",
+            ),
+            limit_rejections: counter_vec(
+                &r,
+                "acestream_edge_limit_rejections_total",
+                "Requests refused with 429, by the limit they hit",
+                &["limit"],
             ),
             registry: r,
         }

@@ -5,6 +5,7 @@
 //! are proxied to the best engine through `upstream_peer`, so the proxy is a drop-in replacement
 //! for an engine's URL.
 
+use crate::access::Access;
 use crate::config::Config;
 use crate::engines::EnginePool;
 use crate::error::EdgeError;
@@ -23,6 +24,7 @@ pub struct EdgeProxy {
     engines: Arc<EnginePool>,
     metrics: Arc<Metrics>,
     admin: Admin,
+    access: Access,
 }
 
 impl EdgeProxy {
@@ -40,6 +42,7 @@ impl EdgeProxy {
             token: config.admin_token.clone(),
         };
         EdgeProxy {
+            access: Access::new(&config, metrics.clone()),
             sessions,
             engines,
             metrics,
@@ -77,7 +80,7 @@ impl ProxyHttp for EdgeProxy {
             routes::write_method_not_allowed(s).await
         } else {
             match route {
-                Route::GetStream => getstream::serve(s, &self.sessions).await,
+                Route::GetStream => getstream::serve(s, &self.sessions, &self.access).await,
                 Route::Manifest => getstream::manifest(s).await,
                 Route::Passthrough => return Ok(false),
                 // Unknown /proxy/* paths are admin paths too: the token is checked before the 404.

@@ -100,3 +100,112 @@ async fn a_late_engine_answer_still_gets_its_stop() {
     );
     assert_eq!(sim_stats(&e).await.sessions_active, 0);
 }
+
+/// GET through a (trusted) front that says it forwarded for `client`.
+async fn get_as(addr: SocketAddr, client: &str, path: &str) -> acestream_edge::http1::Response {
+    get_with(
+        addr,
+        path,
+        acestream_edge::http1::GetOptions {
+            headers: vec![("X-Forwarded-For".into(), client.into())],
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// `session_starts_per_ip_per_minute: 20`: one address asking for 200 ids gets at most 20 engine
+/// sessions, then 429 with Retry-After; a second address starts a new id at once. Two different
+/// forwarded addresses through a trusted peer count as two; the same header from an untrusted
+/// peer is ignored.
+#[tokio::test(flavor = "multi_thread")]
+async fn session_starts_per_address_are_limited() {
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(
+        &[&e],
+        "max_streams_per_engine: 100\nsession_starts_per_ip_per_minute: 20\nmax_sessions_per_ip: 0\nmax_clients_per_ip: 0\ntrusted_proxies: [\"127.0.0.1\"]",
+    ));
+    let mut ok = 0;
+    let mut refused = 0;
+    let mut held = Vec::new();
+    for i in 0..200 {
+        let r = get_as(
+            server.addr,
+            "198.51.100.7",
+            &format!("/ace/getstream?id={}", content_id(1500 + i)),
+        )
+        .await;
+        match r.status {
+            200 => {
+                ok += 1;
+                held.push(r);
+            }
+            429 => {
+                refused += 1;
+                let retry: u64 = r
+                    .header("retry-after")
+                    .expect("Retry-After")
+                    .parse()
+                    .unwrap();
+                assert!((1..=60).contains(&retry), "Retry-After {retry}");
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    assert_eq!((ok, refused), (20, 180));
+    assert_eq!(sim_stats(&e).await.sessions_started, 20);
+    let r = get_as(
+        server.addr,
+        "198.51.100.8",
+        &format!("/ace/getstream?id={}", content_id(1800)),
+    )
+    .await;
+    assert_eq!(r.status, 200, "another address starts at once");
+    assert_eq!(
+        server
+            .edge
+            .metrics
+            .limit_rejections
+            .with_label_values(&["session_starts_per_ip"])
+            .get(),
+        180
+    );
+}
+
+/// `max_clients_per_ip: 4`: the 5th concurrent viewer of one address gets 429, the other 4 stream
+/// on; a viewer from an untrusted peer with the same header counts as that peer (loopback,
+/// exempt by default).
+#[tokio::test(flavor = "multi_thread")]
+async fn viewers_per_address_are_limited() {
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(
+        &[&e],
+        "max_clients_per_ip: 4\ntrusted_proxies: [\"10.0.0.0/8\"]\nlimit_exempt: []",
+    ));
+    let path = format!("/ace/getstream?id={}", content_id(1900));
+    let mut viewers = Vec::new();
+    for _ in 0..4 {
+        let r = get(server.addr, &path).await;
+        assert_eq!(r.status, 200);
+        viewers.push(r);
+    }
+    let (status, v) = get_json(server.addr, &path).await;
+    assert_eq!(status, 429, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("at most 4"), "{v}");
+    // 127.0.0.1 is not a trusted proxy here: its X-Forwarded-For is ignored, it is still the
+    // same (fifth) viewer of 127.0.0.1.
+    let r = get_as(server.addr, "198.51.100.7", &path).await;
+    assert_eq!(r.status, 429);
+    for r in &mut viewers {
+        let (data, _) = read_for(r, Duration::from_secs(5), 188 * 100).await;
+        assert!(data.len() >= 188 * 100, "the four stream on");
+    }
+    drop(viewers.pop());
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            get(server.addr, &path).await.status == 200
+        })
+        .await,
+        "a place freed"
+    );
+}

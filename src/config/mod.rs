@@ -10,6 +10,7 @@
 
 mod wire;
 
+use crate::access::cidr::Cidr;
 use pingora::server::configuration::ServerConf;
 use std::fmt;
 use std::net::SocketAddr;
@@ -109,6 +110,25 @@ pub struct Config {
     /// short enough that requests nobody watches cannot hold engine slots. Sessions that were
     /// watched linger `stream_idle_timeout`. Default 5 s.
     pub unwatched_linger: Duration,
+    /// Peers whose `X-Forwarded-For` names the client (a reverse proxy, HAProxy, a CDN). Default
+    /// none: the client is the socket peer.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Addresses the per-address limits do not apply to. Default loopback (`127.0.0.0/8`,
+    /// `::1`): a local player, a reverse proxy on the same host not yet listed in
+    /// `trusted_proxies`, the project's own load tests.
+    pub limit_exempt: Vec<Cidr>,
+    /// Concurrent viewers of one address (0: no limit). Default 16: a household behind one NAT
+    /// with several players, each with a probe.
+    pub max_clients_per_ip: usize,
+    /// Distinct content ids one address watches at once (0: no limit). Default 8.
+    pub max_sessions_per_ip: usize,
+    /// New engine sessions one address may start per minute (0: no limit). Default 30: zapping
+    /// through channels, not walking an id list.
+    pub session_starts_per_ip_per_minute: usize,
+    /// Concurrent viewers in all (0: no limit, the default; `max_connections` bounds them).
+    pub max_clients: usize,
+    /// Sessions in all (0: no limit, the default; engines × `max_streams_per_engine` bound them).
+    pub max_sessions: usize,
 }
 
 /// One statically configured engine.
@@ -599,6 +619,18 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
             "must be at least 1".into(),
         );
     }
+    let mut ranges = |key: &str, list: &[String]| -> Vec<Cidr> {
+        let mut out = Vec::new();
+        for (i, r) in list.iter().enumerate() {
+            match r.parse::<Cidr>() {
+                Ok(c) => out.push(c),
+                Err(e) => bad(format!("acestream.{key}[{i}]"), e.to_string()),
+            }
+        }
+        out
+    };
+    let trusted_proxies = ranges("trusted_proxies", &w.trusted_proxies);
+    let limit_exempt = ranges("limit_exempt", &w.limit_exempt);
     if !problems.is_empty() {
         return Err(ConfigError { problems });
     }
@@ -634,6 +666,13 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         engine_stop_timeout: w.engine_stop_timeout.0,
         failover_stop_timeout: w.failover_stop_timeout.0,
         unwatched_linger: w.unwatched_linger.0,
+        trusted_proxies,
+        limit_exempt,
+        max_clients_per_ip: w.max_clients_per_ip as usize,
+        max_sessions_per_ip: w.max_sessions_per_ip as usize,
+        session_starts_per_ip_per_minute: w.session_starts_per_ip_per_minute as usize,
+        max_clients: w.max_clients as usize,
+        max_sessions: w.max_sessions as usize,
     })
 }
 

@@ -52,6 +52,13 @@ pub struct AceWire {
     pub engine_stop_timeout: DurationWire,
     pub failover_stop_timeout: DurationWire,
     pub unwatched_linger: DurationWire,
+    pub trusted_proxies: Vec<String>,
+    pub limit_exempt: Vec<String>,
+    pub max_clients_per_ip: u64,
+    pub max_sessions_per_ip: u64,
+    pub session_starts_per_ip_per_minute: u64,
+    pub max_clients: u64,
+    pub max_sessions: u64,
 }
 
 impl Default for AceWire {
@@ -89,6 +96,13 @@ impl Default for AceWire {
             engine_stop_timeout: secs(3.0),
             failover_stop_timeout: secs(1.0),
             unwatched_linger: secs(5.0),
+            trusted_proxies: Vec::new(),
+            limit_exempt: vec!["127.0.0.0/8".into(), "::1".into()],
+            max_clients_per_ip: 16,
+            max_sessions_per_ip: 8,
+            session_starts_per_ip_per_minute: 30,
+            max_clients: 0,
+            max_sessions: 0,
         }
     }
 }

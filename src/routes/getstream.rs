@@ -6,6 +6,7 @@
 //! drops it too. Neither ever slows the session or another client.
 
 use super::{write_error, Route};
+use crate::access::Access;
 use crate::engines::{ContentKey, ContentKind};
 use crate::error::EdgeError;
 use crate::streams::client::Next;
@@ -57,7 +58,11 @@ enum End {
 }
 
 /// Serves one getstream request; always answers the client itself.
-pub async fn serve(s: &mut HttpSession, sessions: &Arc<Sessions>) -> pingora::Result<()> {
+pub async fn serve(
+    s: &mut HttpSession,
+    sessions: &Arc<Sessions>,
+    access: &Access,
+) -> pingora::Result<()> {
     let content = match content_id(s.req_header().uri.query()) {
         Ok(c) => c,
         Err(e) => return write_error(s, &e).await,
@@ -78,7 +83,13 @@ pub async fn serve(s: &mut HttpSession, sessions: &Arc<Sessions>) -> pingora::Re
         let h = stream_header(s)?;
         return s.write_response_header(Box::new(h), true).await;
     }
-    let addr = s.client_addr().and_then(|a| a.as_inet()).copied();
+    let addr = access.client_of(s);
+    let starts_session = sessions.get(&id).is_none();
+    // Held while the client streams: dropping it frees the client's place.
+    let _permit = match access.admit_viewer(addr, &id, starts_session, sessions.count()) {
+        Ok(p) => p,
+        Err(e) => return write_error(s, &e).await,
+    };
     let mut client = match sessions.attach(&content, addr) {
         Ok(c) => c,
         Err(e) => return write_error(s, &e).await,

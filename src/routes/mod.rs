@@ -70,7 +70,7 @@ use pingora::proxy::Session as HttpSession;
 
 /// Writes a complete JSON response with a Content-Length.
 pub async fn write_json(s: &mut HttpSession, status: u16, body: Vec<u8>) -> pingora::Result<()> {
-    write_json_with(s, status, body, None).await
+    write_json_with(s, status, body, &[]).await
 }
 
 /// True for the methods the proxy's own routes serve (GET, and HEAD).
@@ -86,18 +86,18 @@ pub fn method_allowed(s: &HttpSession) -> bool {
 pub async fn write_method_not_allowed(s: &mut HttpSession) -> pingora::Result<()> {
     let method = s.req_header().method.to_string();
     let body = crate::error::error_json(&format!("method {method} not allowed; use GET or HEAD"));
-    write_json_with(s, 405, body, Some("GET, HEAD")).await
+    write_json_with(s, 405, body, &[("Allow", "GET, HEAD".into())]).await
 }
 
 async fn write_json_with(
     s: &mut HttpSession,
     status: u16,
     body: Vec<u8>,
-    allow: Option<&str>,
+    extra: &[(&'static str, String)],
 ) -> pingora::Result<()> {
     let mut h = ResponseHeader::build(status, Some(5))?;
-    if let Some(allow) = allow {
-        h.insert_header("Allow", allow)?;
+    for (name, value) in extra {
+        h.insert_header(*name, value.as_str())?;
     }
     h.insert_header("Content-Type", "application/json")?;
     h.insert_header("Content-Length", body.len().to_string())?;
@@ -106,9 +106,15 @@ async fn write_json_with(
     s.write_response_body(Some(Bytes::from(body)), true).await
 }
 
-/// Writes an [`EdgeError`] as `{"error": "..."}` with its status.
+/// Writes an [`EdgeError`] as `{"error": "..."}` with its status (and `Retry-After` when the error
+/// says when to retry).
 pub async fn write_error(s: &mut HttpSession, e: &EdgeError) -> pingora::Result<()> {
-    write_json(s, e.status(), e.json_body()).await
+    let extra: Vec<(&'static str, String)> = e
+        .retry_after()
+        .map(|d| ("Retry-After", d.as_secs().max(1).to_string()))
+        .into_iter()
+        .collect();
+    write_json_with(s, e.status(), e.json_body(), &extra).await
 }
 
 /// The one JSON error renderer: `{"error": text}` with `status` (also used for Pingora's own

@@ -2,8 +2,8 @@
 
 use super::ring::Read;
 use super::{Sessions, StreamSession};
+use crate::access::ClientAddr;
 use bytes::Bytes;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,7 +20,7 @@ const FIRST_KEYFRAME_WAIT_SECONDS: f64 = 10.0;
 #[derive(Debug)]
 pub struct ClientStats {
     /// The client's address.
-    pub addr: Option<SocketAddr>,
+    pub addr: Option<ClientAddr>,
     /// When it joined.
     pub joined: Instant,
     /// Bytes written to it.
@@ -67,7 +67,7 @@ impl ClientHandle {
     pub(crate) fn new(
         sessions: Arc<Sessions>,
         session: Arc<StreamSession>,
-        addr: Option<SocketAddr>,
+        addr: Option<ClientAddr>,
     ) -> Self {
         let stats = Arc::new(ClientStats {
             addr,
@@ -95,7 +95,7 @@ impl ClientHandle {
     }
 
     /// The client's address.
-    pub fn addr(&self) -> Option<SocketAddr> {
+    pub fn addr(&self) -> Option<ClientAddr> {
         self.stats.addr
     }
 

@@ -16,6 +16,7 @@ pub mod session;
 mod start;
 pub mod upstream;
 
+use crate::access::ClientAddr;
 use crate::config::Config;
 use crate::engines::{ContentKey, EnginePool};
 use crate::error::EdgeError;
@@ -23,7 +24,6 @@ use crate::metrics::Metrics;
 pub use client::{ClientHandle, ClientStats};
 pub use session::{Phase, StopReason, StreamSession, UpstreamFailure};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -75,7 +75,7 @@ impl Sessions {
     pub fn attach(
         self: &Arc<Self>,
         content: &ContentKey,
-        addr: Option<SocketAddr>,
+        addr: Option<ClientAddr>,
     ) -> Result<ClientHandle, EdgeError> {
         let content_id = content.to_string();
         let content_id = content_id.as_str();
@@ -114,7 +114,7 @@ impl Sessions {
 
     /// Counts a client out; the last one starts the session's linger (its upstream task watches
     /// the count and ends the session after `stream_idle_timeout`).
-    fn detach(self: &Arc<Self>, session: &Arc<StreamSession>, addr: Option<SocketAddr>) {
+    fn detach(self: &Arc<Self>, session: &Arc<StreamSession>, addr: Option<ClientAddr>) {
         self.metrics.client_leaves.inc();
         self.metrics.clients_active.dec();
         let clients = session.count_out();
@@ -167,6 +167,11 @@ impl Sessions {
     /// A snapshot of the live sessions.
     pub fn list(&self) -> Vec<Arc<StreamSession>> {
         self.map().values().cloned().collect()
+    }
+
+    /// How many sessions are live.
+    pub fn count(&self) -> usize {
+        self.map().len()
     }
 
     /// The live session of a content id.

@@ -1,0 +1,199 @@
+//! Who a client is, and what it may do: the client address (the socket peer, or what a trusted
+//! proxy says it forwarded), the per-address and global viewer limits, and who may read the
+//! admin routes.
+//!
+//! Owned by the proxy plugin ([`crate::proxy::EdgeProxy`]); a route asks it before it starts
+//! anything. Nothing here touches a session: a [`limits::ViewerPermit`] is held by the route for
+//! as long as its client streams.
+
+pub mod cidr;
+pub mod limits;
+
+use crate::config::Config;
+use crate::error::EdgeError;
+use crate::metrics::Metrics;
+use cidr::{any_contains, Cidr};
+use limits::{LimitSettings, Limits, ViewerPermit};
+use pingora::proxy::Session as HttpSession;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// Client identity and viewer limits, for every route.
+#[derive(Debug)]
+pub struct Access {
+    trusted_proxies: Vec<Cidr>,
+    limits: Arc<Limits>,
+    metrics: Arc<Metrics>,
+}
+
+impl Access {
+    /// Identity and limits as `config` sets them.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        Access {
+            trusted_proxies: config.trusted_proxies.clone(),
+            limits: Arc::new(Limits::new(LimitSettings::of(config))),
+            metrics,
+        }
+    }
+
+    /// The client of a request: the socket peer, or what a trusted proxy forwarded for
+    /// (`None` only for a peer that is not an IP socket, such as a Unix socket).
+    pub fn client_of(&self, s: &HttpSession) -> Option<ClientAddr> {
+        let peer = *s.client_addr()?.as_inet()?;
+        let headers: Vec<&str> = s
+            .req_header()
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        Some(client_addr(peer, &headers, &self.trusted_proxies))
+    }
+
+    /// Admits a viewer of `content` (see [`Limits::admit`]); a refusal is counted, logged at most
+    /// once a minute per address, and answered as `429`.
+    pub fn admit_viewer(
+        &self,
+        client: Option<ClientAddr>,
+        content: &str,
+        starts_session: bool,
+        sessions_now: usize,
+    ) -> Result<Option<ViewerPermit>, EdgeError> {
+        let Some(client) = client else {
+            return Ok(None);
+        };
+        match self
+            .limits
+            .admit(client.ip, content, starts_session, sessions_now)
+        {
+            Ok(permit) => Ok(Some(permit)),
+            Err(r) => {
+                self.metrics
+                    .limit_rejections
+                    .with_label_values(&[r.limit.label()])
+                    .inc();
+                let message = r.limit.describe(r.max);
+                if self.limits.should_log(client.ip, std::time::Instant::now()) {
+                    log::warn!(
+                        "client {} refused ({}): {message} (further refusals of this address are not logged for a minute)",
+                        client.ip,
+                        r.limit.label()
+                    );
+                }
+                Err(EdgeError::TooManyRequests {
+                    message,
+                    retry_after: r.retry_after,
+                })
+            }
+        }
+    }
+}
+
+/// A client's address as every limit, log line and status field sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientAddr {
+    /// The client's IP address.
+    pub ip: IpAddr,
+    /// Its port, when the address is the socket peer's (a forwarded address has none).
+    pub port: Option<u16>,
+}
+
+impl From<SocketAddr> for ClientAddr {
+    fn from(a: SocketAddr) -> Self {
+        ClientAddr {
+            ip: a.ip().to_canonical(),
+            port: Some(a.port()),
+        }
+    }
+}
+
+impl fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(port) => SocketAddr::new(self.ip, port).fmt(f),
+            None => self.ip.fmt(f),
+        }
+    }
+}
+
+/// The client behind a connection from `peer`: the peer itself, or, when the peer is a trusted
+/// proxy, the right-most address of `X-Forwarded-For` that is not itself a trusted proxy (the
+/// entries left of it were written by the client and prove nothing). An unparsable entry ends
+/// the walk there: the peer (the last trusted hop) stays the answer.
+pub fn client_addr(peer: SocketAddr, forwarded_for: &[&str], trusted: &[Cidr]) -> ClientAddr {
+    let peer = ClientAddr::from(peer);
+    if !any_contains(trusted, peer.ip) {
+        return peer;
+    }
+    let mut client = peer;
+    for header in forwarded_for.iter().rev() {
+        for entry in header.rsplit(',') {
+            let Some(ip) = parse_forwarded_ip(entry) else {
+                return client;
+            };
+            client = ClientAddr { ip, port: None };
+            if !any_contains(trusted, ip) {
+                return client;
+            }
+        }
+    }
+    client
+}
+
+/// An `X-Forwarded-For` entry: `1.2.3.4`, `2001:db8::1`, `[2001:db8::1]:443` or `1.2.3.4:80`.
+fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
+    let e = entry.trim();
+    if let Ok(ip) = e.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    e.parse::<SocketAddr>().ok().map(|a| a.ip().to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidrs(v: &[&str]) -> Vec<Cidr> {
+        v.iter().map(|c| c.parse().unwrap()).collect()
+    }
+
+    /// Only a trusted peer's header counts, and only up to the first untrusted hop from the right.
+    #[test]
+    fn forwarded_for_from_trusted_peers_only() {
+        let peer: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        let trusted = cidrs(&["10.0.0.0/8"]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            client_addr(peer, &["198.51.100.7"], &trusted).ip,
+            ip("198.51.100.7")
+        );
+        assert_eq!(client_addr(peer, &["198.51.100.7"], &trusted).port, None);
+        // The client wrote the left entry itself: the right-most untrusted one wins.
+        assert_eq!(
+            client_addr(peer, &["1.1.1.1, 198.51.100.7, 10.0.0.9"], &trusted).ip,
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_addr(peer, &["1.1.1.1", "198.51.100.8"], &trusted).ip,
+            ip("198.51.100.8"),
+            "several headers read as one list"
+        );
+        // An untrusted peer's header is ignored.
+        let outsider: SocketAddr = "203.0.113.1:5000".parse().unwrap();
+        assert_eq!(
+            client_addr(outsider, &["198.51.100.7"], &trusted),
+            ClientAddr::from(outsider)
+        );
+        // Garbage ends the walk at the last trusted hop.
+        assert_eq!(
+            client_addr(peer, &["nonsense"], &trusted),
+            ClientAddr::from(peer)
+        );
+        assert_eq!(
+            client_addr(peer, &["[2001:db8::1]:443"], &trusted).ip,
+            ip("2001:db8::1")
+        );
+        assert_eq!(ClientAddr::from(peer).to_string(), "10.0.0.5:4000");
+    }
+}
