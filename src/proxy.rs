@@ -40,6 +40,7 @@ impl EdgeProxy {
             engines: engines.clone(),
             metrics: metrics.clone(),
             token: config.admin_token.clone(),
+            status_cache: Default::default(),
         };
         EdgeProxy {
             access: Access::new(&config, metrics.clone()),
@@ -88,7 +89,10 @@ impl ProxyHttp for EdgeProxy {
                     let e = EdgeError::NotFound(format!("no route {path}"));
                     routes::write_error(s, &e).await
                 }
-                admin_route => self.admin.serve(s, admin_route, &path).await,
+                admin_route => {
+                    let client = self.access.client_of(s);
+                    self.admin.serve(s, admin_route, &path, client).await
+                }
             }
         };
         if let Err(e) = result {

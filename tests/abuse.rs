@@ -209,3 +209,38 @@ async fn viewers_per_address_are_limited() {
         "a place freed"
     );
 }
+
+/// With an empty `admin_token`, the admin routes answer loopback clients only: a client a trusted
+/// proxy forwarded for gets 403 with a JSON reason, 127.0.0.1 gets 200. With a token set, the
+/// token decides.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_routes_are_loopback_only_without_a_token() {
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(&[&e], "trusted_proxies: [\"127.0.0.1\"]"));
+    for path in ["/proxy/status", "/proxy/engines", "/metrics", "/proxy/nope"] {
+        let mut r = get_as(server.addr, "198.51.100.7", path).await;
+        assert_eq!(r.status, 403, "{path}");
+        let body = r.read_to_end(1 << 16).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("admin_token"), "{v}");
+    }
+    let (status, _) = get_json(server.addr, "/proxy/status").await;
+    assert_eq!(status, 200, "loopback");
+    let server = start_proxy(proxy_config(
+        &[&e],
+        "trusted_proxies: [\"127.0.0.1\"]\nadmin_token: s3cret",
+    ));
+    let r = get_with(
+        server.addr,
+        "/proxy/status",
+        acestream_edge::http1::GetOptions {
+            headers: vec![
+                ("X-Forwarded-For".into(), "198.51.100.7".into()),
+                ("Authorization".into(), "Bearer s3cret".into()),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(r.status, 200, "a token opens them from anywhere");
+}

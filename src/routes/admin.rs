@@ -5,6 +5,7 @@
 //! (bytes, first-byte time, engine score, per-client lag) is added next to them.
 
 use super::{write_error, write_json, Route};
+use crate::access::ClientAddr;
 use crate::engines::EnginePool;
 use crate::error::EdgeError;
 use crate::metrics::Metrics;
@@ -15,7 +16,7 @@ use pingora::proxy::Session as HttpSession;
 use serde::Serialize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 use subtle::ConstantTimeEq;
 
 /// What the admin endpoints read.
@@ -28,7 +29,14 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// Required bearer token, if any.
     pub token: Option<String>,
+    /// The last `/proxy/status` body and when it was rendered (see [`STATUS_MAX_AGE`]).
+    pub status_cache: std::sync::Mutex<Option<(Instant, Vec<u8>)>>,
 }
+
+/// `/proxy/status` is rendered at most this often and shared between callers: with hundreds of
+/// viewers one rendering is tens of kilobytes, and a client polling it in a loop must not take
+/// CPU from streaming. A quarter second is fresher than any dashboard needs.
+pub const STATUS_MAX_AGE: Duration = Duration::from_millis(250);
 
 /// True for paths this module answers.
 pub fn is_admin_path(path: &str) -> bool {
@@ -51,19 +59,30 @@ impl Admin {
         bool::from(given.as_bytes().ct_eq(token.as_bytes()))
     }
 
-    /// Answers an admin route (after the token check).
+    /// Answers an admin route (after the token check). Without a token, only loopback clients
+    /// are answered: the routes show every viewer's address and every engine's.
     pub async fn serve(
         &self,
         s: &mut HttpSession,
         route: Route,
         path: &str,
+        client: Option<ClientAddr>,
     ) -> pingora::Result<()> {
+        if self.token.is_none() && !client.is_some_and(|c| c.ip.is_loopback()) {
+            let e = EdgeError::Forbidden(
+                "the admin routes answer only loopback clients while acestream.admin_token is empty; set it to reach them from elsewhere".into(),
+            );
+            return write_error(s, &e).await;
+        }
         if !self.authorized(s) {
             return write_error(s, &EdgeError::Unauthorized).await;
         }
         match route {
             Route::Metrics => self.write_metrics(s).await,
-            Route::ProxyStatus => write_value(s, &self.status()).await,
+            Route::ProxyStatus => {
+                let body = self.status_body(Instant::now());
+                write_json(s, 200, body).await
+            }
             Route::ProxySessions => {
                 let sessions = self.sessions.list();
                 let sessions = sessions.iter().map(|x| SessionView::of(x)).collect();
@@ -83,6 +102,20 @@ impl Admin {
             Route::ProxyEngines => write_value(s, &self.engines_view()).await,
             _ => write_error(s, &EdgeError::NotFound(format!("no route {path}"))).await,
         }
+    }
+
+    /// The `/proxy/status` body, rendered again only when the last one is older than
+    /// [`STATUS_MAX_AGE`].
+    fn status_body(&self, now: Instant) -> Vec<u8> {
+        let mut cache = self.status_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, body)) = cache.as_ref() {
+            if now.duration_since(*at) < STATUS_MAX_AGE {
+                return body.clone();
+            }
+        }
+        let body = serde_json::to_vec(&self.status()).unwrap_or_default();
+        *cache = Some((now, body.clone()));
+        body
     }
 
     fn status(&self) -> StatusView {

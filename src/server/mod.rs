@@ -66,6 +66,16 @@ fn build_services(mut server: Server, config: Arc<Config>) -> (Server, Edge) {
         "acestream-edge",
     );
     for addr in &config.listen {
+        if !addr.ip().is_loopback() {
+            log::warn!(
+                "listening on {addr}: the network can reach the streams; the admin routes {}",
+                if config.admin_token.is_some() {
+                    "need the admin token"
+                } else {
+                    "answer only loopback clients until acestream.admin_token is set"
+                }
+            );
+        }
         let buffers = L4BufferSettings {
             read: Some(DOWNSTREAM_READ_BUFFER),
             write: None,
