@@ -92,9 +92,55 @@ impl EdgeError {
         }
     }
 
-    /// `{"error": "<text>"}`.
+    /// `{"error": "<text>"}` for the client: [`EdgeError::public_text`].
     pub fn json_body(&self) -> Vec<u8> {
-        error_json(&self.to_string())
+        error_json(&self.public_text())
+    }
+
+    /// What a client is told. Names no engine address and repeats at most a short, printable
+    /// part of an engine's own words; the whole story (`Display`) goes to the log and to
+    /// `/proxy/*`.
+    pub fn public_text(&self) -> String {
+        match self {
+            EdgeError::EngineRefused { reason, .. } => {
+                format!("the engine refused the stream: {}", sanitize(reason))
+            }
+            EdgeError::EngineUnreachable { .. } => "the engine could not be reached".into(),
+            EdgeError::NoEngine(why) => format!("no engine available: {}", sanitize(why)),
+            EdgeError::Internal(_) => "internal error (see the proxy's log)".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Engine text shown to clients is cut to this many characters: enough for "content not
+/// found" or "no peers", too little to reflect a page of someone else's text.
+const PUBLIC_REASON_CHARS: usize = 120;
+
+/// `text` with control characters dropped, engine addresses (`host:port`) masked, cut to
+/// [`PUBLIC_REASON_CHARS`].
+fn sanitize(text: &str) -> String {
+    let words: Vec<String> = text
+        .split_whitespace()
+        .map(|w| {
+            let bare = w.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+            let looks_like_addr = bare
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                || w.contains("://");
+            if looks_like_addr {
+                "<engine>".to_string()
+            } else {
+                w.chars().filter(|c| !c.is_control()).collect()
+            }
+        })
+        .collect();
+    let joined = words.join(" ");
+    if joined.chars().count() > PUBLIC_REASON_CHARS {
+        let cut: String = joined.chars().take(PUBLIC_REASON_CHARS).collect();
+        format!("{cut}…")
+    } else {
+        joined
     }
 }
 
@@ -119,5 +165,37 @@ mod tests {
         let body: serde_json::Value =
             serde_json::from_slice(&EdgeError::NotFound("no route /x".into()).json_body()).unwrap();
         assert_eq!(body["error"], "no route /x");
+    }
+
+    /// Clients never see an engine's address or more than a short part of its text.
+    #[test]
+    fn public_text_hides_engines() {
+        let refused = EdgeError::EngineRefused {
+            engine: "10.1.2.3:6878".into(),
+            reason: format!(
+                "boom at http://10.1.2.3:6878/x from 10.1.2.3:6878 {}",
+                "y".repeat(100_000)
+            ),
+        };
+        let text = refused.public_text();
+        assert!(text.chars().count() < 200, "{}", text.len());
+        assert!(!text.contains("10.1.2.3"), "{text}");
+        assert!(
+            refused.to_string().contains("10.1.2.3:6878"),
+            "the log keeps it"
+        );
+        let gone = EdgeError::EngineUnreachable {
+            engine: "10.1.2.3:6878".into(),
+            reason: "connection refused".into(),
+        };
+        assert!(!gone.public_text().contains("10.1.2.3"));
+        assert_eq!(
+            EdgeError::EngineRefused {
+                engine: "e:1".into(),
+                reason: "content not found".into()
+            }
+            .public_text(),
+            "the engine refused the stream: content not found"
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! are proxied to the best engine through `upstream_peer`, so the proxy is a drop-in replacement
 //! for an engine's URL.
 
+use crate::access::passthrough::{self, PassthroughRule};
 use crate::access::Access;
 use crate::config::Config;
 use crate::engines::EnginePool;
@@ -25,6 +26,7 @@ pub struct EdgeProxy {
     metrics: Arc<Metrics>,
     admin: Admin,
     access: Access,
+    passthrough: Vec<PassthroughRule>,
 }
 
 impl EdgeProxy {
@@ -44,6 +46,7 @@ impl EdgeProxy {
         };
         EdgeProxy {
             access: Access::new(&config, metrics.clone()),
+            passthrough: config.passthrough.clone(),
             sessions,
             engines,
             metrics,
@@ -59,6 +62,20 @@ pub struct RequestCtx {
     engine_host: Option<String>,
     /// The route of this request, for the responses metric.
     route: Option<Route>,
+}
+
+impl EdgeProxy {
+    /// Whether a passthrough request may reach an engine (see [`crate::access::passthrough`]).
+    fn passthrough_allowed(&self, s: &HttpSession) -> std::result::Result<(), EdgeError> {
+        let uri = &s.req_header().uri;
+        passthrough::check(
+            &self.passthrough,
+            uri.path(),
+            uri.query(),
+            self.admin.token.is_some(),
+            self.admin.authorized(s),
+        )
+    }
 }
 
 #[async_trait]
@@ -83,7 +100,10 @@ impl ProxyHttp for EdgeProxy {
             match route {
                 Route::GetStream => getstream::serve(s, &self.sessions, &self.access).await,
                 Route::Manifest => getstream::manifest(s).await,
-                Route::Passthrough => return Ok(false),
+                Route::Passthrough => match self.passthrough_allowed(s) {
+                    Ok(()) => return Ok(false),
+                    Err(e) => routes::write_error(s, &e).await,
+                },
                 // Unknown /proxy/* paths are admin paths too: the token is checked before the 404.
                 Route::NotFound if !admin::is_admin_path(&path) => {
                     let e = EdgeError::NotFound(format!("no route {path}"));
@@ -107,11 +127,10 @@ impl ProxyHttp for EdgeProxy {
         _s: &mut HttpSession,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let engine = self
-            .engines
-            .best()
-            .await
-            .map_err(|e| Error::explain(ErrorType::HTTPStatus(e.status()), e.to_string()))?;
+        let engine = self.engines.best().await.map_err(|e| {
+            log::warn!("passthrough: {e}");
+            Error::explain(ErrorType::HTTPStatus(e.status()), e.public_text())
+        })?;
         ctx.engine_host = Some(engine.endpoint.to_string());
         Ok(Box::new(HttpPeer::new(engine.addr, false, String::new())))
     }
@@ -126,6 +145,9 @@ impl ProxyHttp for EdgeProxy {
         if let Some(host) = &ctx.engine_host {
             upstream_request.insert_header("Host", host.as_str())?;
         }
+        // The client's credentials are for this proxy, never for an engine.
+        upstream_request.remove_header(&http::header::AUTHORIZATION);
+        upstream_request.remove_header(&http::header::COOKIE);
         Ok(())
     }
 
@@ -159,11 +181,23 @@ impl ProxyHttp for EdgeProxy {
             },
         };
         if code > 0 {
-            let text = e
-                .context
-                .as_ref()
-                .map(|c| c.as_str().to_string())
-                .unwrap_or_else(|| e.etype().as_str().to_string());
+            // Our own errors carry their public text; Pingora's upstream errors name the engine's
+            // address, which clients are not told (the log has it).
+            let text = match e.etype() {
+                ErrorType::HTTPStatus(_) => e
+                    .context
+                    .as_ref()
+                    .map(|c| c.as_str().to_string())
+                    .unwrap_or_else(|| e.etype().as_str().to_string()),
+                _ => {
+                    log::warn!("passthrough failed: {e}");
+                    if code == 502 {
+                        "the engine could not be reached".to_string()
+                    } else {
+                        "internal error (see the proxy's log)".to_string()
+                    }
+                }
+            };
             if let Err(err) = routes::write_error_text(s, code, &text).await {
                 log::debug!("could not send the error response: {err}");
             }

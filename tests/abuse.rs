@@ -244,3 +244,65 @@ async fn admin_routes_are_loopback_only_without_a_token() {
     .await;
     assert_eq!(r.status, 200, "a token opens them from anywhere");
 }
+
+/// Engine control never passes without the token: `method=stop` on a command path answers 401 (token configured) or 403 (none), the engine sees no stop and the
+/// viewer streams on; `..` paths are refused; the open service call still passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn engine_control_is_not_public() {
+    let e = sim(Knobs::default()).await;
+    let id = content_id(1950);
+    for (extra, status) in [("admin_token: s3cret", 401), ("", 403)] {
+        let server = start_proxy(proxy_config(&[&e], extra));
+        let mut viewer = get(server.addr, &format!("/ace/getstream?id={id}")).await;
+        assert_eq!(viewer.status, 200);
+        read_for(&mut viewer, Duration::from_secs(5), 188 * 10).await;
+        // Any command path: the simulator counts every `method=stop` that reaches it.
+        let cmd = format!("/ace/cmd/{id}/0123456789abcdef0123456789abcdef");
+        let stops_before = sim_stats(&e).await.stop_total;
+        let (got, v) = get_json(server.addr, &format!("{cmd}?method=stop")).await;
+        assert_eq!(got, status, "{v}");
+        assert!(v["error"].is_string());
+        for p in ["/webui/../ace/cmd/x?method=stop", "/webui/%2e%2e/ace/cmd/x"] {
+            let (got, _) = get_json(server.addr, p).await;
+            assert_eq!(got, 400, "{p}");
+        }
+        assert_eq!(
+            sim_stats(&e).await.stop_total,
+            stops_before,
+            "no stop reached the engine"
+        );
+        let (got, v) = get_json(server.addr, "/webui/api/service?method=get_version").await;
+        assert_eq!(
+            (got, v["result"]["version"].as_str()),
+            (200, Some("3.1.70"))
+        );
+        let (data, _) = read_for(&mut viewer, Duration::from_secs(3), 188 * 100).await;
+        assert!(data.len() >= 188 * 100, "the viewer streams on");
+    }
+}
+
+/// An engine's error text is not reflected: a 100 KB refusal becomes a short 503 that names no
+/// engine address; the status page keeps the whole reason for the operator.
+#[tokio::test(flavor = "multi_thread")]
+async fn engine_errors_are_not_reflected() {
+    let e = sim(Knobs {
+        start_error: Some(format!("{} at 127.0.0.1:{}", "x".repeat(100_000), 6878)),
+        ..Knobs::default()
+    })
+    .await;
+    let server = start_proxy(proxy_config(&[&e], ""));
+    let mut r = get(
+        server.addr,
+        &format!("/ace/getstream?id={}", content_id(1960)),
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    let body = r.read_to_end(1 << 20).await.unwrap();
+    assert!(body.len() < 300, "{} bytes", body.len());
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        !text.contains(&e.addr().to_string()) && !text.contains("127.0.0.1"),
+        "{text}"
+    );
+    assert!(text.contains("refused"), "{text}");
+}

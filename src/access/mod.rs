@@ -8,6 +8,7 @@
 
 pub mod cidr;
 pub mod limits;
+pub mod passthrough;
 
 use crate::config::Config;
 use crate::error::EdgeError;

@@ -11,6 +11,7 @@
 mod wire;
 
 use crate::access::cidr::Cidr;
+use crate::access::passthrough::PassthroughRule;
 use pingora::server::configuration::ServerConf;
 use std::fmt;
 use std::net::SocketAddr;
@@ -129,6 +130,10 @@ pub struct Config {
     pub max_clients: usize,
     /// Sessions in all (0: no limit, the default; engines × `max_streams_per_engine` bound them).
     pub max_sessions: usize,
+    /// Engine API calls passed through without the admin token: path prefixes, each optionally
+    /// with `?method=<name>`. Default: only `get_version` and `get_status` of
+    /// `/webui/api/service`. Anything else needs the token; `/ace/cmd/*` always does.
+    pub passthrough: Vec<PassthroughRule>,
 }
 
 /// One statically configured engine.
@@ -631,6 +636,13 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
     };
     let trusted_proxies = ranges("trusted_proxies", &w.trusted_proxies);
     let limit_exempt = ranges("limit_exempt", &w.limit_exempt);
+    let mut passthrough = Vec::new();
+    for (i, r) in w.passthrough.iter().enumerate() {
+        match PassthroughRule::parse(r) {
+            Ok(rule) => passthrough.push(rule),
+            Err(e) => bad(format!("acestream.passthrough[{i}]"), e),
+        }
+    }
     if !problems.is_empty() {
         return Err(ConfigError { problems });
     }
@@ -673,6 +685,7 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         session_starts_per_ip_per_minute: w.session_starts_per_ip_per_minute as usize,
         max_clients: w.max_clients as usize,
         max_sessions: w.max_sessions as usize,
+        passthrough,
     })
 }
 

@@ -59,6 +59,7 @@ pub struct AceWire {
     pub session_starts_per_ip_per_minute: u64,
     pub max_clients: u64,
     pub max_sessions: u64,
+    pub passthrough: Vec<String>,
 }
 
 impl Default for AceWire {
@@ -103,6 +104,7 @@ impl Default for AceWire {
             session_starts_per_ip_per_minute: 30,
             max_clients: 0,
             max_sessions: 0,
+            passthrough: crate::access::passthrough::default_rules(),
         }
     }
 }

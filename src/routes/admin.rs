@@ -45,7 +45,7 @@ pub fn is_admin_path(path: &str) -> bool {
 
 impl Admin {
     /// `Authorization: Bearer <token>` compared in constant time; always true without a token.
-    fn authorized(&self, s: &HttpSession) -> bool {
+    pub fn authorized(&self, s: &HttpSession) -> bool {
         let Some(token) = &self.token else {
             return true;
         };
