@@ -58,6 +58,9 @@ pub struct Metrics {
     /// Requests refused with 429, by the limit they hit (`clients_per_ip`, `sessions_per_ip`,
     /// `session_starts_per_ip`, `clients`, `sessions`).
     pub limit_rejections: IntCounterVec,
+    /// Connections closed at once: over `max_connections`, or without the PROXY header that
+    /// `proxy_protocol` requires.
+    pub connections_refused: IntCounter,
 }
 
 impl Default for Metrics {
@@ -221,6 +224,11 @@ impl Metrics {
                 "acestream_edge_limit_rejections_total",
                 "Requests refused with 429, by the limit they hit",
                 &["limit"],
+            ),
+            connections_refused: counter(
+                &r,
+                "acestream_edge_connections_refused_total",
+                "Connections closed at once (over max_connections, or no PROXY header where required)",
             ),
             registry: r,
         }

@@ -134,6 +134,21 @@ pub struct Config {
     /// with `?method=<name>`. Default: only `get_version` and `get_status` of
     /// `/webui/api/service`. Anything else needs the token; `/ace/cmd/*` always does.
     pub passthrough: Vec<PassthroughRule>,
+    /// Time to receive a whole request head, from the connection's start (or, on a kept-alive
+    /// connection, from the head's first byte). Default 10 s.
+    pub request_header_timeout: Duration,
+    /// Idle time allowed between requests on a kept-alive connection. Default 60 s.
+    pub keepalive_timeout: Duration,
+    /// Largest request head accepted, in bytes; no route needs more. Default 16 KiB.
+    pub max_request_head_bytes: usize,
+    /// Connections open at once; more are closed as they arrive. 0 (the default): the file
+    /// descriptor limit (raised to its hard limit at start) minus a reserve for engine
+    /// connections and health probes.
+    pub max_connections: usize,
+    /// Every connection starts with a PROXY protocol v1 or v2 header (HAProxy `send-proxy`)
+    /// whose source is the client. Default false. Only for listeners that the front alone can
+    /// reach: the header is believed.
+    pub proxy_protocol: bool,
 }
 
 /// One statically configured engine.
@@ -583,6 +598,8 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         ("failover_window", w.failover_window),
         ("engine_stop_timeout", w.engine_stop_timeout),
         ("failover_stop_timeout", w.failover_stop_timeout),
+        ("request_header_timeout", w.request_header_timeout),
+        ("keepalive_timeout", w.keepalive_timeout),
     ];
     for (key, d) in positive {
         if d.0.is_zero() {
@@ -617,6 +634,12 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
                 format!("must be at least {min} s ({why})"),
             );
         }
+    }
+    if w.max_request_head_bytes < 1024 {
+        bad(
+            "acestream.max_request_head_bytes".into(),
+            "must be at least 1024 (a player's request head is a few hundred bytes)".into(),
+        );
     }
     if w.max_streams_per_engine == 0 {
         bad(
@@ -686,6 +709,11 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         max_clients: w.max_clients as usize,
         max_sessions: w.max_sessions as usize,
         passthrough,
+        request_header_timeout: w.request_header_timeout.0,
+        keepalive_timeout: w.keepalive_timeout.0,
+        max_request_head_bytes: w.max_request_head_bytes as usize,
+        max_connections: w.max_connections as usize,
+        proxy_protocol: w.proxy_protocol,
     })
 }
 

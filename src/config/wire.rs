@@ -60,6 +60,11 @@ pub struct AceWire {
     pub max_clients: u64,
     pub max_sessions: u64,
     pub passthrough: Vec<String>,
+    pub request_header_timeout: DurationWire,
+    pub keepalive_timeout: DurationWire,
+    pub max_request_head_bytes: u64,
+    pub max_connections: u64,
+    pub proxy_protocol: bool,
 }
 
 impl Default for AceWire {
@@ -105,6 +110,11 @@ impl Default for AceWire {
             max_clients: 0,
             max_sessions: 0,
             passthrough: crate::access::passthrough::default_rules(),
+            request_header_timeout: secs(10.0),
+            keepalive_timeout: secs(60.0),
+            max_request_head_bytes: 16 * 1024,
+            max_connections: 0,
+            proxy_protocol: false,
         }
     }
 }

@@ -14,6 +14,17 @@ pub struct EngineHealthCheck {
     pub timeout: Duration,
 }
 
+/// True for errors of this host, not of the engine: out of file descriptors (`EMFILE`,
+/// `ENFILE`), buffers (`ENOBUFS`) or memory (`ENOMEM`).
+pub fn is_local_failure(e: &std::io::Error) -> bool {
+    // Linux errno values.
+    const ENOMEM: i32 = 12;
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    const ENOBUFS: i32 = 105;
+    matches!(e.raw_os_error(), Some(ENOMEM | ENFILE | EMFILE | ENOBUFS))
+}
+
 #[async_trait]
 impl HealthCheck for EngineHealthCheck {
     async fn check(&self, target: &Backend) -> pingora::Result<()> {
@@ -26,10 +37,27 @@ impl HealthCheck for EngineHealthCheck {
             let body = r.read_to_end(64 * 1024).await?;
             Ok::<_, std::io::Error>((r.status, body))
         };
-        let (status, body) = tokio::time::timeout(self.timeout, probe)
+        let (status, body) = match tokio::time::timeout(self.timeout, probe)
             .await
             .map_err(|_| Error::explain(ErrorType::ConnectTimedout, "health probe timed out"))?
-            .map_err(|e| Error::because(ErrorType::ConnectError, "health probe failed", e))?;
+        {
+            Ok(answer) => answer,
+            // Out of file descriptors or buffers here says nothing about the engine: the probe
+            // counts as passed (Pingora's health check has no "unknown"), and the log says why.
+            Err(e) if is_local_failure(&e) => {
+                log::warn!(
+                    "health probe of engine {addr} could not run here ({e}); its state is not changed for it"
+                );
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(Error::because(
+                    ErrorType::ConnectError,
+                    "health probe failed",
+                    e,
+                ))
+            }
+        };
         if status != 200 {
             return Error::e_explain(ErrorType::HTTPStatus(status), "health probe status");
         }
@@ -61,5 +89,21 @@ impl HealthCheck for EngineHealthCheck {
     /// that answers again is usable at once.
     fn health_threshold(&self, _success: bool) -> usize {
         1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_failures_are_told_apart() {
+        assert!(is_local_failure(&std::io::Error::from_raw_os_error(24)));
+        assert!(is_local_failure(&std::io::Error::from_raw_os_error(105)));
+        assert!(
+            !is_local_failure(&std::io::Error::from_raw_os_error(111)),
+            "ECONNREFUSED"
+        );
+        assert!(!is_local_failure(&std::io::Error::other("x")));
     }
 }

@@ -8,13 +8,17 @@ use crate::metrics::Metrics;
 use crate::proxy::EdgeProxy;
 use crate::streams::Sessions;
 use async_trait::async_trait;
+use guard::{ConnectionLimits, GuardedApp};
 use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora::server::configuration::Opt;
 use pingora::server::{Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 use std::sync::Arc;
 
+pub mod guard;
 pub mod logging;
+pub mod proxy_protocol;
 
 /// Per-connection read buffer: requests are tiny, and Pingora's 64 KiB default costs 64 MiB per
 /// thousand viewers (a downstream connection keeps its read buffer for its whole life).
@@ -55,7 +59,7 @@ fn build_services(mut server: Server, config: Arc<Config>) -> (Server, Edge) {
     server.add_service(lb_service);
     let metrics = Arc::new(Metrics::new());
     let sessions = Arc::new(Sessions::new(config.clone(), pool.clone(), metrics.clone()));
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let app = pingora::proxy::http_proxy(
         &server.configuration,
         EdgeProxy::new(
             sessions.clone(),
@@ -63,8 +67,9 @@ fn build_services(mut server: Server, config: Arc<Config>) -> (Server, Edge) {
             metrics.clone(),
             config.clone(),
         ),
-        "acestream-edge",
     );
+    let guarded = GuardedApp::new(app, connection_limits(&config), metrics.clone());
+    let mut proxy = Service::new("acestream-edge".to_string(), guarded);
     for addr in &config.listen {
         if !addr.ip().is_loopback() {
             log::warn!(
@@ -103,6 +108,34 @@ fn build_services(mut server: Server, config: Arc<Config>) -> (Server, Edge) {
             metrics,
         },
     )
+}
+
+/// The connection guard's settings; `max_connections: 0` is derived from the file-descriptor
+/// limit, raised to its hard limit first.
+fn connection_limits(config: &Config) -> ConnectionLimits {
+    let max_connections = if config.max_connections > 0 {
+        config.max_connections
+    } else {
+        let fds = match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(n) => n,
+            Err(e) => {
+                log::warn!("cannot read or raise the file-descriptor limit: {e}");
+                1024
+            }
+        };
+        // A tenth (at least 256) stays free for engine connections, health probes and logs.
+        let reserve = (fds / 10).max(256);
+        let n = fds.saturating_sub(reserve).max(64) as usize;
+        log::info!("file-descriptor limit {fds}: max_connections {n}");
+        n
+    };
+    ConnectionLimits {
+        request_header_timeout: config.request_header_timeout,
+        keepalive_timeout: config.keepalive_timeout,
+        max_request_head_bytes: config.max_request_head_bytes,
+        max_connections,
+        proxy_protocol: config.proxy_protocol,
+    }
 }
 
 /// Ends every session when shutdown starts (each sends its stop). Idle sessions end themselves.
