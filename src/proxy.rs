@@ -27,6 +27,8 @@ pub struct EdgeProxy {
     admin: Admin,
     access: Access,
     passthrough: Vec<PassthroughRule>,
+    /// `keepalive_timeout` in Pingora's unit (whole seconds, at least 1).
+    keepalive_secs: u64,
 }
 
 impl EdgeProxy {
@@ -47,6 +49,7 @@ impl EdgeProxy {
         EdgeProxy {
             access: Access::new(&config, metrics.clone()),
             passthrough: config.passthrough.clone(),
+            keepalive_secs: config.keepalive_timeout.as_secs().max(1),
             sessions,
             engines,
             metrics,
@@ -89,6 +92,8 @@ impl ProxyHttp for EdgeProxy {
     /// Routes the request. Our routes are answered here (`Ok(true)`, also when the client went
     /// away, so disconnects never become error-level logs); engine API paths go upstream.
     async fn request_filter(&self, s: &mut HttpSession, ctx: &mut RequestCtx) -> Result<bool> {
+        // The idle time before this connection's next request (streams turn keepalive off).
+        s.set_keepalive(Some(self.keepalive_secs));
         let path = s.req_header().uri.path().to_string();
         let route = Route::of(&path);
         ctx.route = Some(route);

@@ -306,3 +306,232 @@ async fn engine_errors_are_not_reflected() {
     );
     assert!(text.contains("refused"), "{text}");
 }
+
+/// Reads from `s` until it is closed (EOF or error) or `limit` passes; returns how long it
+/// stayed open, or `None` if it was still open at the limit.
+async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let t = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((t + limit).into(), s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(t.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Slowloris and idlers: 200 heads dripped a byte every 300 ms and 100 kept-alive connections
+/// after one request are each closed within their timeout + 1 s; a 1 MiB head is refused at
+/// 16 KiB; a viewer streams at full rate throughout, and memory comes back near its baseline.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_heads_and_idle_connections_are_cut() {
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(
+        &[&e],
+        "request_header_timeout: 2\nkeepalive_timeout: 2",
+    ));
+    let addr = server.addr;
+    let mut viewer = get(addr, &format!("/ace/getstream?id={}", content_id(1970))).await;
+    assert_eq!(viewer.status, 200);
+    read_for(&mut viewer, Duration::from_secs(5), 188 * 100).await;
+    let baseline = rss_kib();
+    // Dripped heads.
+    let mut drippers = Vec::new();
+    for _ in 0..200 {
+        drippers.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let t = Instant::now();
+            let head =
+                b"GET /proxy/status HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+            for b in head {
+                if s.write_all(&[*b]).await.is_err() {
+                    return Some(t.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            None // the whole head went through: not cut
+        }));
+    }
+    // Kept-alive idlers: one request each, then silence.
+    let mut idlers = Vec::new();
+    for _ in 0..100 {
+        idlers.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /proxy/engines HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            closed_within(&mut s, Duration::from_secs(10)).await
+        }));
+    }
+    // A 1 MiB head is refused once it passes 16 KiB: a 17 KiB head without its end is closed
+    // at once, while a 15 KiB one is still waited for (until request_header_timeout).
+    let partial_head = |n: usize| {
+        let mut head = b"GET /proxy/status HTTP/1.1\r\nX-Big: ".to_vec();
+        head.resize(n, b'a');
+        head
+    };
+    let mut big = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut small = tokio::net::TcpStream::connect(addr).await.unwrap();
+    big.write_all(&partial_head(17 * 1024)).await.unwrap();
+    small.write_all(&partial_head(15 * 1024)).await.unwrap();
+    let closed = closed_within(&mut big, Duration::from_secs(1)).await;
+    assert!(closed.is_some(), "a head over 16 KiB is refused at once");
+    assert!(
+        closed_within(&mut small, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "a head under 16 KiB is still being waited for"
+    );
+    let mut mib = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = mib.write_all(&partial_head(1 << 20)).await;
+    assert!(
+        closed_within(&mut mib, Duration::from_secs(1))
+            .await
+            .is_some(),
+        "a 1 MiB head is refused"
+    );
+    for d in drippers {
+        let cut = d.await.unwrap().expect("a dripped head is cut");
+        assert!(
+            cut <= Duration::from_secs(3) + Duration::from_millis(300),
+            "cut after {cut:?}"
+        );
+    }
+    for i in idlers {
+        let closed = i
+            .await
+            .unwrap()
+            .expect("an idle kept-alive connection is closed");
+        assert!(closed <= Duration::from_secs(3), "closed after {closed:?}");
+    }
+    // The viewer kept its rate: 2 s of stream at 4 Mbit/s.
+    let (data, _) = read_for(&mut viewer, Duration::from_secs(2), usize::MAX).await;
+    assert!(
+        data.len() >= 800_000,
+        "the viewer got {} bytes in 2 s",
+        data.len()
+    );
+    let after = rss_kib();
+    eprintln!("RSS {baseline} KiB before, {after} KiB after");
+    assert!(after < baseline + 20 * 1024, "RSS {baseline} → {after} KiB");
+}
+
+/// A connection flood up to `max_connections`: connections over it are closed at once (and
+/// counted), the engine stays healthy, and a viewer already streaming is unaffected.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_flood_is_refused_early() {
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(
+        &[&e],
+        "max_connections: 40\nhealth_check_interval: 0.5",
+    ));
+    let addr = server.addr;
+    let mut viewer = get(addr, &format!("/ace/getstream?id={}", content_id(1980))).await;
+    assert_eq!(viewer.status, 200);
+    read_for(&mut viewer, Duration::from_secs(5), 188 * 100).await;
+    let mut checks = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        checks.spawn(async move {
+            let closed = closed_within(&mut s, Duration::from_millis(500))
+                .await
+                .is_some();
+            (closed, s)
+        });
+    }
+    let mut closed = 0;
+    let mut flood = Vec::new();
+    while let Some(r) = checks.join_next().await {
+        let (was_closed, s) = r.unwrap();
+        closed += was_closed as usize;
+        flood.push(s);
+    }
+    // 39 places were free (the viewer holds one): the other 61 are closed at once.
+    assert_eq!(closed, 61, "connections over the limit closed at once");
+    assert_eq!(server.edge.metrics.connections_refused.get(), 61);
+    tokio::time::sleep(Duration::from_secs(1)).await; // two health probes
+    assert!(
+        server.edge.engines.status().iter().all(|e| e.healthy),
+        "the engine stays healthy"
+    );
+    let (data, _) = read_for(&mut viewer, Duration::from_secs(2), usize::MAX).await;
+    assert!(
+        data.len() >= 800_000,
+        "the viewer got {} bytes in 2 s",
+        data.len()
+    );
+    drop(flood);
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+                && get_json(addr, "/proxy/status").await.0 == 200
+        })
+        .await,
+        "places free again once the flood is gone"
+    );
+}
+
+/// Sends `prefix` and then a GET of `path` on one connection; returns the status (0 if the
+/// connection closed without an answer).
+async fn status_after(addr: SocketAddr, prefix: &[u8], path: &str) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = prefix.to_vec();
+    req.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    if s.write_all(&req).await.is_err() {
+        return 0;
+    }
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 12];
+    match tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await {
+        // "HTTP/1.1 200"
+        Ok(Ok(_)) => std::str::from_utf8(&buf[9..12])
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// With `proxy_protocol: true` the PROXY v1/v2 source is the client (a non-loopback source gets
+/// 403 on the admin routes, a loopback one 200) and a connection without the header is closed;
+/// where it is off, a PROXY header is a bad request.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_protocol_names_the_client_where_enabled() {
+    use acestream_edge::server::proxy_protocol::{v1_header, v2_header};
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(&[&e], "proxy_protocol: true"));
+    let dst: SocketAddr = server.addr;
+    let outside: SocketAddr = "198.51.100.7:50000".parse().unwrap();
+    let local: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+    let v4 = |a: SocketAddr| match a {
+        SocketAddr::V4(v) => v,
+        SocketAddr::V6(_) => unreachable!("test addresses are IPv4"),
+    };
+    assert_eq!(
+        status_after(dst, &v1_header(outside, dst), "/proxy/status").await,
+        403
+    );
+    assert_eq!(
+        status_after(dst, &v1_header(local, dst), "/proxy/status").await,
+        200
+    );
+    assert_eq!(
+        status_after(dst, &v2_header(v4(outside), v4(dst)), "/proxy/status").await,
+        403
+    );
+    assert_eq!(
+        status_after(dst, &v2_header(v4(local), v4(dst)), "/proxy/status").await,
+        200
+    );
+    assert_eq!(
+        status_after(dst, b"", "/proxy/status").await,
+        0,
+        "no header: closed"
+    );
+    assert!(server.edge.metrics.connections_refused.get() >= 1);
+    let plain = start_proxy(proxy_config(&[&e], ""));
+    let got = status_after(plain.addr, &v1_header(local, plain.addr), "/proxy/status").await;
+    assert!(got == 400 || got == 0, "not enabled: refused, got {got}");
+}

@@ -10,11 +10,13 @@
 //! - with `proxy_protocol: true`, the PROXY v1/v2 header is read first and its source address
 //!   becomes the connection's peer address (what `Session::client_addr` returns);
 //! - the request head must arrive within `request_header_timeout` of the connection's start (or
-//!   of its first byte on a kept-alive connection) and be at most `max_request_head_bytes`;
-//! - a kept-alive connection idle for `keepalive_timeout` between requests is closed.
+//!   of its first byte on a kept-alive connection) and be at most `max_request_head_bytes`.
 //!
-//! [`GuardedStream`] enforces the last two on the bytes Pingora reads; once a head is complete
-//! (a blank line) it stands aside until the connection comes back for its next request.
+//! [`GuardedStream`] enforces the last on the bytes Pingora reads; once a head is complete (a
+//! blank line) it stands aside until a response was written and the client sends again (its next
+//! request on a kept-alive connection). Pingora 0.9.1 keeps a connection's keepalive loop inside
+//! its HTTP app, so the idle time between requests (`keepalive_timeout`) is Pingora's own
+//! per-session keepalive, which the proxy sets on every request.
 
 use super::proxy_protocol;
 use crate::metrics::Metrics;
@@ -144,7 +146,8 @@ enum Phase {
     /// Receiving a head: bytes so far, and the last two bytes (to find the blank line).
     Head { bytes: usize, last: [u8; 2] },
     /// The head is complete: reads are the request's body, or the idle read of a stream.
-    Body,
+    /// Once a response was written, the client's next bytes start its next request's head.
+    Body { responded: bool },
 }
 
 /// An accepted connection under the guard (see the module docs).
@@ -199,12 +202,19 @@ impl GuardedStream {
         self.deadline = Some(Box::pin(sleep(self.keepalive_timeout)));
     }
 
+    /// A response is being written: the client's next bytes are its next request.
+    fn responded(&mut self) {
+        if let Phase::Body { responded } = &mut self.phase {
+            *responded = true;
+        }
+    }
+
     /// Accounts bytes read in the current phase.
     fn saw(&mut self, data: &[u8]) -> io::Result<()> {
         if data.is_empty() {
             return Ok(());
         }
-        if matches!(self.phase, Phase::Idle) {
+        if matches!(self.phase, Phase::Idle | Phase::Body { responded: true }) {
             self.phase = Phase::Head {
                 bytes: 0,
                 last: [0; 2],
@@ -221,7 +231,7 @@ impl GuardedStream {
             last[1] = b;
             if end {
                 *bytes += i + 1;
-                self.phase = Phase::Body;
+                self.phase = Phase::Body { responded: false };
                 self.deadline = None;
                 return Ok(());
             }
@@ -246,8 +256,10 @@ impl AsyncRead for GuardedStream {
         let this = self.get_mut();
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            // Once the head is complete, reads pass untouched.
-            Poll::Ready(Ok(())) if matches!(this.phase, Phase::Body) => Poll::Ready(Ok(())),
+            // A request's body (or a stream's idle read) passes untouched.
+            Poll::Ready(Ok(())) if matches!(this.phase, Phase::Body { responded: false }) => {
+                Poll::Ready(Ok(()))
+            }
             Poll::Ready(Ok(())) => {
                 let got = buf.filled()[before..].to_vec();
                 Poll::Ready(this.saw(&got))
@@ -277,6 +289,7 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.responded();
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -293,6 +306,7 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.responded();
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

@@ -24,7 +24,7 @@ pub struct RunningServer {
 /// True once `addr` answers a probe the way this proxy does. A bare connect is not enough: on
 /// loopback a connect to a port nobody listens on can connect to itself, and a port released
 /// for us may have been taken by another server.
-fn answers_as_edge(addr: SocketAddr) -> bool {
+fn answers_as_edge(addr: SocketAddr, proxy_protocol: bool) -> bool {
     use std::io::{Read, Write};
     const PROBE: &str = "/__acestream_edge_ready";
     let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
@@ -34,9 +34,15 @@ fn answers_as_edge(addr: SocketAddr) -> bool {
         return false; // a self-connect
     }
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(format!("GET {PROBE} HTTP/1.0\r\nHost: probe\r\n\r\n").as_bytes())
-        .is_err()
-    {
+    let mut probe = Vec::new();
+    if proxy_protocol {
+        // A listener behind a front expects the front's PROXY header first.
+        if let Ok(local) = s.local_addr() {
+            probe = super::proxy_protocol::v1_header(local, addr);
+        }
+    }
+    probe.extend_from_slice(format!("GET {PROBE} HTTP/1.0\r\nHost: probe\r\n\r\n").as_bytes());
+    if s.write_all(&probe).is_err() {
         return false;
     }
     let mut answer = Vec::new();
@@ -68,6 +74,7 @@ impl RunningServer {
             .listen
             .first()
             .ok_or_else(|| std::io::Error::other("no listen address"))?;
+        let proxy_protocol = config.proxy_protocol;
         let (mut server, edge) = build(
             None,
             LoadedConfig {
@@ -86,7 +93,7 @@ impl RunningServer {
             });
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !answers_as_edge(addr) {
+        while !answers_as_edge(addr, proxy_protocol) {
             if std::time::Instant::now() > deadline {
                 return Err(std::io::Error::other(format!(
                     "the proxy did not answer on {addr} (not listening, or the port is another server's)"
