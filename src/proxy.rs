@@ -45,6 +45,10 @@ impl EdgeProxy {
             metrics: metrics.clone(),
             token: config.admin_token.clone(),
             status_cache: Default::default(),
+            tokens: config
+                .stream_token_secret
+                .as_deref()
+                .map(crate::access::token::StreamTokens::new),
         };
         EdgeProxy {
             access: Access::new(&config, metrics.clone()),

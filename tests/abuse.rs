@@ -535,3 +535,43 @@ async fn proxy_protocol_names_the_client_where_enabled() {
     let got = status_after(plain.addr, &v1_header(local, plain.addr), "/proxy/status").await;
     assert!(got == 400 || got == 0, "not enabled: refused, got {got}");
 }
+
+/// Signed URLs: a minted token opens its id (200); expired, tampered and missing tokens are 403,
+/// and a token for id A does not open id B.
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_stream_urls() {
+    use acestream_edge::access::token::{unix_now, StreamTokens};
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(&[&e], "stream_token_secret: s3cret"));
+    let (a, b) = (content_id(1990), content_id(1991));
+    let (status, v) = get_json(server.addr, &format!("/proxy/token?id={a}&ttl=60")).await;
+    assert_eq!(status, 200, "{v}");
+    let url = v["url"].as_str().unwrap().to_string();
+    let expires = v["expires"].as_u64().unwrap();
+    assert!(expires > unix_now() && expires <= unix_now() + 60);
+    let mut r = get(server.addr, &url).await;
+    assert_eq!(r.status, 200, "a valid token");
+    read_for(&mut r, Duration::from_secs(5), 188 * 10).await;
+    let token = v["token"].as_str().unwrap();
+    let signer = StreamTokens::new("s3cret");
+    let expired = signer.sign(&a, unix_now() - 1);
+    let tampered = token.replacen(&expires.to_string(), &(expires + 1000).to_string(), 1);
+    for (what, path) in [
+        ("expired", format!("/ace/getstream?id={a}&token={expired}")),
+        (
+            "tampered",
+            format!("/ace/getstream?id={a}&token={tampered}"),
+        ),
+        ("missing", format!("/ace/getstream?id={a}")),
+        ("another id", format!("/ace/getstream?id={b}&token={token}")),
+    ] {
+        let (status, v) = get_json(server.addr, &path).await;
+        assert_eq!(status, 403, "{what}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("token"), "{v}");
+    }
+    assert_eq!(
+        sim_stats(&e).await.sessions_started,
+        1,
+        "only the valid one started"
+    );
+}

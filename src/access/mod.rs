@@ -9,6 +9,7 @@
 pub mod cidr;
 pub mod limits;
 pub mod passthrough;
+pub mod token;
 
 use crate::config::Config;
 use crate::error::EdgeError;
@@ -26,6 +27,8 @@ pub struct Access {
     trusted_proxies: Vec<Cidr>,
     limits: Arc<Limits>,
     metrics: Arc<Metrics>,
+    /// Set when stream URLs must be signed.
+    pub tokens: Option<token::StreamTokens>,
 }
 
 impl Access {
@@ -35,6 +38,10 @@ impl Access {
             trusted_proxies: config.trusted_proxies.clone(),
             limits: Arc::new(Limits::new(LimitSettings::of(config))),
             metrics,
+            tokens: config
+                .stream_token_secret
+                .as_deref()
+                .map(token::StreamTokens::new),
         }
     }
 
@@ -50,6 +57,19 @@ impl Access {
             .filter_map(|v| v.to_str().ok())
             .collect();
         Some(client_addr(peer, &headers, &self.trusted_proxies))
+    }
+
+    /// Checks a stream request's `token` for content `id` when stream URLs must be signed.
+    pub fn check_stream_token(&self, id: &str, query: Option<&str>) -> Result<(), EdgeError> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(());
+        };
+        let token = query.and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "token")
+                .map(|(_, v)| v.into_owned())
+        });
+        tokens.check(id, token.as_deref(), token::unix_now())
     }
 
     /// Admits a viewer of `content` (see [`Limits::admit`]); a refusal is counted, logged at most

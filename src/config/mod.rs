@@ -149,6 +149,9 @@ pub struct Config {
     /// whose source is the client. Default false. Only for listeners that the front alone can
     /// reach: the header is believed.
     pub proxy_protocol: bool,
+    /// With a secret, stream requests need `token=<expiry>.<signature>` (see
+    /// [`crate::access::token`]). Default none: streams are open.
+    pub stream_token_secret: Option<String>,
 }
 
 /// One statically configured engine.
@@ -714,6 +717,7 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         max_request_head_bytes: w.max_request_head_bytes as usize,
         max_connections: w.max_connections as usize,
         proxy_protocol: w.proxy_protocol,
+        stream_token_secret: Some(w.stream_token_secret).filter(|s| !s.is_empty()),
     })
 }
 

@@ -65,6 +65,7 @@ pub struct AceWire {
     pub max_request_head_bytes: u64,
     pub max_connections: u64,
     pub proxy_protocol: bool,
+    pub stream_token_secret: String,
 }
 
 impl Default for AceWire {
@@ -115,6 +116,7 @@ impl Default for AceWire {
             max_request_head_bytes: 16 * 1024,
             max_connections: 0,
             proxy_protocol: false,
+            stream_token_secret: String::new(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! (bytes, first-byte time, engine score, per-client lag) is added next to them.
 
 use super::{write_error, write_json, Route};
+use crate::access::token::StreamTokens;
 use crate::access::ClientAddr;
 use crate::engines::EnginePool;
 use crate::error::EdgeError;
@@ -29,8 +30,23 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// Required bearer token, if any.
     pub token: Option<String>,
+    /// Signs stream URLs (`stream_token_secret`), if set.
+    pub tokens: Option<StreamTokens>,
     /// The last `/proxy/status` body and when it was rendered (see [`STATUS_MAX_AGE`]).
     pub status_cache: std::sync::Mutex<Option<(Instant, Vec<u8>)>>,
+}
+
+/// A minted token lives this long unless `ttl` says otherwise (seconds).
+const DEFAULT_TOKEN_TTL: u64 = 3600;
+/// The longest `ttl` minted: a week, so a leaked URL does not open a stream for ever.
+const MAX_TOKEN_TTL: u64 = 7 * 24 * 3600;
+
+/// `GET /proxy/token`'s answer.
+#[derive(Debug, Serialize)]
+pub struct TokenView {
+    token: String,
+    expires: u64,
+    url: String,
 }
 
 /// `/proxy/status` is rendered at most this often and shared between callers: with hundreds of
@@ -100,8 +116,47 @@ impl Admin {
                 }
             }
             Route::ProxyEngines => write_value(s, &self.engines_view()).await,
+            Route::ProxyToken => match self.mint(s.req_header().uri.query()) {
+                Ok(v) => write_value(s, &v).await,
+                Err(e) => write_error(s, &e).await,
+            },
             _ => write_error(s, &EdgeError::NotFound(format!("no route {path}"))).await,
         }
+    }
+
+    /// `GET /proxy/token?id=<40 hex>&ttl=<seconds>`: a signed stream URL.
+    fn mint(&self, query: Option<&str>) -> Result<TokenView, EdgeError> {
+        let Some(tokens) = &self.tokens else {
+            return Err(EdgeError::NotFound(
+                "stream URLs are not signed here (acestream.stream_token_secret is empty)".into(),
+            ));
+        };
+        let content = super::getstream::content_id(query)?;
+        let ttl = match query.and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "ttl")
+                .map(|(_, v)| v.into_owned())
+        }) {
+            None => DEFAULT_TOKEN_TTL,
+            Some(t) => t
+                .parse::<u64>()
+                .ok()
+                .filter(|t| (1..=MAX_TOKEN_TTL).contains(t))
+                .ok_or_else(|| {
+                    EdgeError::BadRequest(format!("ttl must be 1–{MAX_TOKEN_TTL} seconds"))
+                })?,
+        };
+        let expires = crate::access::token::unix_now() + ttl;
+        let token = tokens.sign(&content.value, expires);
+        let param = match content.kind {
+            crate::engines::ContentKind::ContentId => "id",
+            crate::engines::ContentKind::Infohash => "infohash",
+        };
+        Ok(TokenView {
+            url: format!("/ace/getstream?{param}={}&token={token}", content.value),
+            token,
+            expires,
+        })
     }
 
     /// The `/proxy/status` body, rendered again only when the last one is older than

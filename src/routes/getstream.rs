@@ -68,6 +68,9 @@ pub async fn serve(
         Err(e) => return write_error(s, &e).await,
     };
     let id = content.to_string();
+    if let Err(e) = access.check_stream_token(&content.value, s.req_header().uri.query()) {
+        return write_error(s, &e).await;
+    }
     if let Some(range) = s.req_header().headers.get(http::header::RANGE) {
         // A live stream has no byte positions: `bytes=0-` (what players send to probe) is the
         // stream itself, anything else cannot be satisfied.

@@ -22,6 +22,8 @@ pub enum Route {
     ProxyEngines,
     /// `/metrics`.
     Metrics,
+    /// `/proxy/token`: mints a signed stream URL.
+    ProxyToken,
     /// Engine API paths passed through to an engine (`/webui/*`, `/server/api*`, other `/ace/*`).
     Passthrough,
     /// Anything else.
@@ -38,6 +40,7 @@ impl Route {
             "/proxy/status" => Route::ProxyStatus,
             "/proxy/sessions" => Route::ProxySessions,
             "/proxy/engines" => Route::ProxyEngines,
+            "/proxy/token" => Route::ProxyToken,
             p if p.len() > "/proxy/sessions/".len() && p.starts_with("/proxy/sessions/") => {
                 Route::ProxySession
             }
@@ -57,6 +60,7 @@ impl Route {
             Route::ProxySession => "proxy_session",
             Route::ProxyEngines => "proxy_engines",
             Route::Metrics => "metrics",
+            Route::ProxyToken => "proxy_token",
             Route::Passthrough => "passthrough",
             Route::NotFound => "not_found",
         }
