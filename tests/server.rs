@@ -237,7 +237,7 @@ async fn serve_then_signal(signal: &str) {
     let mut child = Command::new(BIN)
         .arg("-c")
         .arg(f.path())
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info,acestream_edge::streams=debug")
         .stdout(Stdio::null())
         .stderr(log.reopen().unwrap())
         .spawn()
@@ -305,6 +305,8 @@ async fn serve_then_signal(signal: &str) {
         text.contains(&format!("SIG{signal}: graceful shutdown")),
         "{text}"
     );
+    // Per-client lines are debug; the session's summary at info counts them.
+    assert!(text.contains("clients_peak=2 joins=2"), "{text}");
     let other = if signal == "INT" { "SIGTERM" } else { "SIGINT" };
     assert!(!text.contains(other), "{text}");
 }

@@ -105,7 +105,11 @@ impl Sessions {
             log::info!("session {content_id} created");
             tokio::spawn(upstream::run_upstream(self.clone(), session.clone()));
         }
-        log::info!(
+        session.joins.fetch_add(1, Ordering::Relaxed);
+        session
+            .peak_clients
+            .fetch_max(clients as u64, Ordering::Relaxed);
+        log::debug!(
             "client {} joined session {content_id}: clients now {clients}",
             addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
         );
@@ -118,7 +122,8 @@ impl Sessions {
         self.metrics.client_leaves.inc();
         self.metrics.clients_active.dec();
         let clients = session.count_out();
-        log::info!(
+        session.leaves.fetch_add(1, Ordering::Relaxed);
+        log::debug!(
             "client {} left session {}: clients now {clients}",
             addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
             session.content_id

@@ -159,6 +159,12 @@ pub struct StreamSession {
     pub bytes_in: AtomicU64,
     /// Bytes written to clients, all together.
     pub bytes_out: AtomicU64,
+    /// Clients that joined, over the session's life.
+    pub joins: AtomicU64,
+    /// Clients that left, over the session's life.
+    pub leaves: AtomicU64,
+    /// The most clients attached at once.
+    pub peak_clients: AtomicU64,
     /// How far the ring's edge runs ahead of real time, seconds (f64 bits; NaN without a clock).
     ingest_lead: AtomicU64,
     /// Set while the upstream task waits for the leading client (reader-paced ingest).
@@ -189,6 +195,9 @@ impl StreamSession {
             created_at: SystemTime::now(),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            joins: AtomicU64::new(0),
+            leaves: AtomicU64::new(0),
+            peak_clients: AtomicU64::new(0),
             ingest_lead: AtomicU64::new(f64::NAN.to_bits()),
             ingest_waiting: AtomicBool::new(false),
             client_progress: Notify::new(),

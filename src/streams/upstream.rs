@@ -75,7 +75,7 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<StreamSes
     session.phase.send_replace(phase);
     sessions.remove(&session);
     log::info!(
-        "session {} stopped: reason={reason:?} engine={} duration={:.1}s bytes_in={} bytes_out={}",
+        "session {} stopped: reason={reason:?} engine={} duration={:.1}s bytes_in={} bytes_out={} clients_peak={} joins={} leaves={}",
         session.content_id,
         engine
             .as_ref()
@@ -84,6 +84,9 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<StreamSes
         session.created.elapsed().as_secs_f64(),
         session.bytes_in.load(Ordering::Relaxed),
         session.bytes_out.load(Ordering::Relaxed),
+        session.peak_clients.load(Ordering::Relaxed),
+        session.joins.load(Ordering::Relaxed),
+        session.leaves.load(Ordering::Relaxed),
     );
     if let (Some(engine), Some(es)) = (engine, engine_session) {
         if let Some(cmd) = &es.command_path {
