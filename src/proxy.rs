@@ -98,6 +98,9 @@ impl ProxyHttp for EdgeProxy {
     async fn request_filter(&self, s: &mut HttpSession, ctx: &mut RequestCtx) -> Result<bool> {
         // The idle time before this connection's next request (streams turn keepalive off).
         s.set_keepalive(Some(self.keepalive_secs));
+        // A client that pipelines gets its requests answered in order (RFC 9112 §9.3.2), not the
+        // first answered and the rest dropped.
+        s.set_pipelining_enabled(true);
         let path = s.req_header().uri.path().to_string();
         let route = Route::of(&path);
         ctx.route = Some(route);

@@ -575,3 +575,91 @@ async fn signed_stream_urls() {
         "only the valid one started"
     );
 }
+
+/// Sends raw bytes and reads what comes back until the connection closes or 1.5 s pass (the
+/// proxy keeps a connection alive after a good answer). Returns the statuses of the responses seen.
+async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    text.match_indices("HTTP/1.")
+        .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
+        .collect()
+}
+
+/// Malformed and hostile HTTP: bad request lines, absurd versions, 300 headers, smuggling
+/// attempts, bare LFs and NULs each get a 4xx or a closed connection, never a 5xx of ours or a
+/// hang; pipelined requests are answered in order; and no session is left behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_http_is_refused_cleanly() {
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(
+        &[&e],
+        "request_header_timeout: 2\nstream_idle_timeout: 1\nunwatched_linger: 1",
+    ));
+    let id = content_id(1995);
+    let many_headers: String = (0..300).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage line", b"GARBAGE\r\n\r\n".to_vec()),
+        ("no path", b"GET\r\n\r\n".to_vec()),
+        ("HTTP/0.9", b"GET /\r\n".to_vec()),
+        ("absurd version", b"GET /proxy/status HTTP/9.9\r\nHost: x\r\n\r\n".to_vec()),
+        ("version garbage", b"GET /proxy/status HTTP/1.1.1\r\nHost: x\r\n\r\n".to_vec()),
+        (
+            "300 headers",
+            format!("GET /ace/getstream?id={id} HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(),
+        ),
+        (
+            "CL + TE smuggling",
+            b"POST /ace/getstream HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /proxy/status HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        (
+            "two Content-Lengths",
+            b"POST /webui/api/service HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".to_vec(),
+        ),
+        ("negative length", b"POST /proxy/status HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec()),
+        ("header without colon", b"GET /proxy/status HTTP/1.1\r\nBadHeader\r\n\r\n".to_vec()),
+        ("NUL in path", b"GET /ace/\0getstream HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("bare LF", format!("GET /ace/getstream?id=zz HTTP/1.1\nHost: x\n\n").into_bytes()),
+        ("CONNECT", b"CONNECT 127.0.0.1:6878 HTTP/1.1\r\nHost: 127.0.0.1:6878\r\n\r\n".to_vec()),
+        ("absolute URI to an engine", b"GET http://127.0.0.1:6878/ace/cmd/x?method=stop HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+    ];
+    for (what, bytes) in &cases {
+        let t = Instant::now();
+        let statuses = raw_exchange(server.addr, bytes).await;
+        assert!(
+            statuses.iter().all(|s| (400..500).contains(s) || *s == 200),
+            "{what}: {statuses:?}"
+        );
+        assert!(
+            statuses.first().is_none_or(|s| (400..500).contains(s)),
+            "{what}: the first answer is a refusal: {statuses:?}"
+        );
+        eprintln!("{what}: {statuses:?} in {:?}", t.elapsed());
+    }
+    // Pipelined requests are answered, in order.
+    let pipelined =
+        b"GET /proxy/status HTTP/1.1\r\nHost: x\r\n\r\nGET /proxy/nope HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(raw_exchange(server.addr, pipelined).await, vec![200, 404]);
+    assert_eq!(
+        sim_stats(&e).await.stop_total,
+        sim_stats(&e).await.sessions_started
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            server.edge.sessions.count() == 0
+        })
+        .await,
+        "no session left behind"
+    );
+}
