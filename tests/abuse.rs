@@ -630,7 +630,7 @@ async fn malformed_http_is_refused_cleanly() {
         ("negative length", b"POST /proxy/status HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec()),
         ("header without colon", b"GET /proxy/status HTTP/1.1\r\nBadHeader\r\n\r\n".to_vec()),
         ("NUL in path", b"GET /ace/\0getstream HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
-        ("bare LF", format!("GET /ace/getstream?id=zz HTTP/1.1\nHost: x\n\n").into_bytes()),
+        ("bare LF", b"GET /ace/getstream?id=zz HTTP/1.1\nHost: x\n\n".to_vec()),
         ("CONNECT", b"CONNECT 127.0.0.1:6878 HTTP/1.1\r\nHost: 127.0.0.1:6878\r\n\r\n".to_vec()),
         ("absolute URI to an engine", b"GET http://127.0.0.1:6878/ace/cmd/x?method=stop HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
     ];
