@@ -229,7 +229,7 @@ async fn serve_then_signal(signal: &str) {
     let mut f = tempfile::NamedTempFile::new().unwrap();
     write!(
         f,
-        "version: 1\nthreads: 2\npid_file: /tmp/ace-edge-test-{port}.pid\nupgrade_sock: /tmp/ace-edge-test-{port}.sock\ngrace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 2\nacestream:\n  listen: [\"127.0.0.1:{port}\"]\n  engines: [{{host: 127.0.0.1, port: {}}}]\n",
+        "version: 1\nthreads: 2\npid_file: /tmp/ace-edge-test-{port}.pid\nupgrade_sock: /tmp/ace-edge-test-{port}.sock\ngrace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 2\nacestream:\n  listen: [\"127.0.0.1:{port}\"]\n  engines: [{{host: 127.0.0.1, port: {}}}]\n  request_header_timeout: 1\n",
         e.addr().port()
     )
     .unwrap();
@@ -268,6 +268,19 @@ async fn serve_then_signal(signal: &str) {
         .await,
         "no '{left}' line in the log"
     );
+    // A client that never finishes its request head is cut at request_header_timeout; that is
+    // the client's doing, not an error line.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /proxy/status HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(3), slow.read_to_end(&mut answer)).await;
+        assert!(closed.is_ok(), "the unfinished head was cut");
+    }
     let t0 = Instant::now();
     Command::new("kill")
         .args([&format!("-{signal}"), &child.id().to_string()])
@@ -305,6 +318,7 @@ async fn serve_then_signal(signal: &str) {
         text.contains(&format!("SIG{signal}: graceful shutdown")),
         "{text}"
     );
+    assert!(!text.contains("Fail to proxy"), "{text}");
     // Per-client lines are debug; the session's summary at info counts them.
     assert!(text.contains("clients_peak=2 joins=2"), "{text}");
     let other = if signal == "INT" { "SIGTERM" } else { "SIGINT" };

@@ -1,9 +1,14 @@
-//! The process's logger: `env_logger` with `RUST_LOG` (default `info`), plus one correction.
+//! The process's logger: `env_logger` with `RUST_LOG` (default `info`), plus two corrections.
 //!
-//! Pingora logs "SIGTERM received, gracefully exiting" for every graceful terminate. We shut down
-//! gracefully on SIGINT too (sessions must send their engine stops, which Pingora's fast shutdown
-//! would skip), so after a SIGINT that line would be false: [`SignalWatch`](super::SignalWatch)
-//! logs the real signal and marks it here, and this logger drops Pingora's line.
+//! - Pingora logs "SIGTERM received, gracefully exiting" for every graceful terminate. We shut
+//!   down gracefully on SIGINT too (sessions must send their engine stops, which Pingora's fast
+//!   shutdown would skip), so after a SIGINT that line would be false:
+//!   [`SignalWatch`](super::SignalWatch) logs the real signal and marks it here, and this logger
+//!   drops Pingora's line.
+//! - Pingora logs every client that breaks off or botches its request ("Fail to proxy:
+//!   Downstream ...": a head cut by `request_header_timeout`, a malformed request) at error
+//!   level. Those are the client's doing, and an attacker could fill the log with them, so they
+//!   are logged at debug.
 
 use log::{Log, Metadata, Record};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,11 +29,22 @@ struct EdgeLogger {
     inner: env_logger::Logger,
 }
 
+/// Pingora's proxy module, and the start of its line for a request a client broke off.
+const PINGORA_PROXY_TARGET: &str = "pingora_proxy";
+const DOWNSTREAM_FAILURE: &str = "Fail to proxy: Downstream";
+
 impl EdgeLogger {
     fn is_false_sigterm_line(record: &Record) -> bool {
         SIGINT_RECEIVED.load(Ordering::Relaxed)
             && record.target() == PINGORA_SERVER_TARGET
             && record.args().as_str() == Some(PINGORA_TERM_LINE)
+    }
+
+    /// A client's failure that Pingora logs as an error: the level it is logged at instead.
+    fn is_client_failure(record: &Record) -> bool {
+        record.level() == log::Level::Error
+            && record.target().starts_with(PINGORA_PROXY_TARGET)
+            && record.args().to_string().starts_with(DOWNSTREAM_FAILURE)
     }
 }
 
@@ -38,9 +54,28 @@ impl Log for EdgeLogger {
     }
 
     fn log(&self, record: &Record) {
-        if self.inner.matches(record) && !Self::is_false_sigterm_line(record) {
-            self.inner.log(record);
+        if !self.inner.matches(record) || Self::is_false_sigterm_line(record) {
+            return;
         }
+        if Self::is_client_failure(record) {
+            let demoted = Metadata::builder()
+                .level(log::Level::Debug)
+                .target(record.target())
+                .build();
+            if self.inner.enabled(&demoted) {
+                self.inner.log(
+                    &Record::builder()
+                        .metadata(demoted)
+                        .args(*record.args())
+                        .module_path(record.module_path())
+                        .file(record.file())
+                        .line(record.line())
+                        .build(),
+                );
+            }
+            return;
+        }
+        self.inner.log(record);
     }
 
     fn flush(&self) {
