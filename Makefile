@@ -4,7 +4,7 @@ SIM_ADDR ?= 127.0.0.1:6878
 CONF ?= conf/acestream-edge.yaml
 ID ?= 0123456789abcdef0123456789abcdef01234567
 
-.PHONY: run test bench bench-quick lint check-conf deps deps-test
+.PHONY: run test bench bench-quick lint check-conf check-conf-built deps deps-test
 
 # Pingora's build needs cmake (libz-ng-sys); the tests use ffprobe/ffmpeg and mpv as real players.
 deps:
@@ -38,12 +38,29 @@ run: deps
 	  sleep 1; \
 	  ./target/release/acestream-edge -c $(CONF)
 
+# Every example config passes `-t` (with the binary the tests built; `make check-conf` alone
+# builds it first).
 check-conf:
 	$(CARGO) build --bin acestream-edge
-	@for f in conf/*.yaml; do echo "$$f: $$(./target/debug/acestream-edge -t -c $$f)" || exit 1; done
+	@$(MAKE) --no-print-directory check-conf-built
 
-test: deps-test check-conf
-	$(CARGO) test --all-targets
+check-conf-built:
+	@for f in conf/*.yaml; do \
+	  out=$$(./target/debug/acestream-edge -t -c $$f) || { echo "$$f: $$out"; exit 1; }; \
+	  echo "$$f: $$out"; done
+
+# The tests mostly wait on real time (streams at their bitrate, players at playback pace), so they
+# run 8 at a time under cargo-nextest (one process per test; the machine's toolchain has it);
+# without nextest, `cargo test` runs them. Benches are compiled, not run.
+TEST_THREADS ?= 8
+test: deps-test
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --lib --bins --tests --test-threads $(TEST_THREADS) --no-fail-fast && \
+	  $(CARGO) test --benches --no-run; \
+	else \
+	  $(CARGO) test --all-targets; \
+	fi
+	@$(MAKE) --no-print-directory check-conf-built
 
 # Side-by-side load benchmarks (release build; about 15 minutes) and criterion micro-benchmarks.
 # `make bench-quick` runs one small pass of each scenario.
