@@ -8,6 +8,7 @@
 //! without any engine call.
 
 pub mod client;
+pub mod hls;
 mod ingest;
 pub mod pacer;
 pub mod rechunk;

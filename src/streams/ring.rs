@@ -651,14 +651,17 @@ mod tests {
             KeyframeMark {
                 offset: 250,
                 psi: psi(1),
+                pts: None,
             },
             KeyframeMark {
                 offset: 650,
                 psi: psi(2),
+                pts: None,
             },
             KeyframeMark {
                 offset: 820,
                 psi: psi(3),
+                pts: None,
             },
         ]);
         // Within 400 bytes of the edge (1000): 650 and 820; the earliest wins.
@@ -677,6 +680,7 @@ mod tests {
         small.add_keyframes(vec![KeyframeMark {
             offset: 0,
             psi: psi(7),
+            pts: None,
         }]);
         for i in 1..5 {
             small.publish_bytes(chunk(100, i));

@@ -30,6 +30,8 @@ pub struct KeyframeMark {
     pub offset: u64,
     /// The PAT and PMT packets current at that point, to send in front of it.
     pub psi: Bytes,
+    /// The keyframe's presentation time (90 kHz, 33 bits), if its PES header has one.
+    pub pts: Option<u64>,
 }
 
 /// What a run of packets held.
@@ -55,6 +57,7 @@ const AU_SCAN_PACKETS: u8 = 32;
 #[derive(Debug)]
 struct AccessUnitScan {
     offset: u64,
+    pts: Option<u64>,
     es: Vec<u8>,
     packets: u8,
 }
@@ -153,6 +156,7 @@ impl Inspector {
             };
             self.scan = Some(AccessUnitScan {
                 offset,
+                pts: h.pts,
                 es: pl.get(h.data_offset..).unwrap_or(&[]).to_vec(),
                 packets: 1,
             });
@@ -171,6 +175,7 @@ impl Inspector {
                     found.keyframes.push(KeyframeMark {
                         offset: scan.offset,
                         psi,
+                        pts: scan.pts,
                     });
                 }
                 self.scan = None;

@@ -247,7 +247,7 @@ pub fn wrapping_delta(from: u64, to: u64, wrap: u64) -> i64 {
 /// Test packets cut from real streams, shared by the unit tests of this module and its users.
 #[cfg(test)]
 pub(crate) mod samples {
-    /// 4 s of H.264 + AAC made with ffmpeg (the simulator's fixture).
+    /// 4.16 s of H.264 + AAC made with ffmpeg (the simulator's fixture).
     pub const H264: &[u8] = include_bytes!("../sim/fixture.ts");
     /// 1 s of HEVC made with ffmpeg (`tests/data/README.md` has the command).
     pub const HEVC: &[u8] = include_bytes!("../../tests/data/hevc.ts");
