@@ -61,6 +61,10 @@ pub struct Metrics {
     /// Connections closed at once: over `max_connections`, or without the PROXY header that
     /// `proxy_protocol` requires.
     pub connections_refused: IntCounter,
+    /// HLS segments cut, by how (`keyframe`, `forced`: no keyframe within 2.5× the target).
+    pub hls_segments: IntCounterVec,
+    /// HLS viewers present now (they asked within the last three target durations).
+    pub hls_viewers: IntGauge,
 }
 
 impl Default for Metrics {
@@ -224,6 +228,17 @@ impl Metrics {
                 "acestream_edge_limit_rejections_total",
                 "Requests refused with 429, by the limit they hit",
                 &["limit"],
+            ),
+            hls_segments: counter_vec(
+                &r,
+                "acestream_edge_hls_segments_total",
+                "HLS segments cut, by cut (keyframe, or forced when no keyframe came in 2.5x the target)",
+                &["cut"],
+            ),
+            hls_viewers: gauge(
+                &r,
+                "acestream_edge_hls_viewers",
+                "HLS viewers present now (a request within the last three target durations)",
             ),
             connections_refused: counter(
                 &r,

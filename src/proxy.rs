@@ -12,7 +12,7 @@ use crate::engines::EnginePool;
 use crate::error::EdgeError;
 use crate::metrics::Metrics;
 use crate::routes::admin::{self, Admin};
-use crate::routes::{self, getstream, Route};
+use crate::routes::{self, getstream, hls, Route};
 use crate::streams::Sessions;
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -111,7 +111,8 @@ impl ProxyHttp for EdgeProxy {
         } else {
             match route {
                 Route::GetStream => getstream::serve(s, &self.sessions, &self.access).await,
-                Route::Manifest => getstream::manifest(s).await,
+                Route::Manifest => hls::manifest(s, &self.sessions, &self.access).await,
+                Route::HlsSegment => hls::segment(s, &self.sessions, &self.access, &path).await,
                 Route::Passthrough => match self.passthrough_allowed(s) {
                     Ok(()) => return Ok(false),
                     Err(e) => routes::write_error(s, &e).await,

@@ -195,8 +195,9 @@ async fn server_starts_routes_and_stops() {
         "/ace/manifest.m3u8?id=0123456789abcdef0123456789abcdef01234567",
     )
     .await;
-    assert_eq!(status, 501);
-    assert!(v["error"].as_str().unwrap().contains("HLS"));
+    // No engine: HLS answers like getstream.
+    assert_eq!(status, 503);
+    assert!(v["error"].as_str().unwrap().contains("no engine"), "{v}");
     let (status, _) = get_json(addr, "/ace/manifest.m3u8").await;
     assert_eq!(status, 400);
     let stopping = Instant::now();

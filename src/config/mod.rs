@@ -152,6 +152,10 @@ pub struct Config {
     /// With a secret, stream requests need `token=<expiry>.<signature>` (see
     /// [`crate::access::token`]). Default none: streams are open.
     pub stream_token_secret: Option<String>,
+    /// HLS segments are cut at the first keyframe at or after this much stream time. Default 4 s.
+    pub hls_segment_seconds: Duration,
+    /// Segments an HLS playlist lists (at least 3); as many more stay fetchable. Default 6.
+    pub hls_window_segments: usize,
 }
 
 /// One statically configured engine.
@@ -603,6 +607,7 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         ("failover_stop_timeout", w.failover_stop_timeout),
         ("request_header_timeout", w.request_header_timeout),
         ("keepalive_timeout", w.keepalive_timeout),
+        ("hls_segment_seconds", w.hls_segment_seconds),
     ];
     for (key, d) in positive {
         if d.0.is_zero() {
@@ -637,6 +642,12 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
                 format!("must be at least {min} s ({why})"),
             );
         }
+    }
+    if w.hls_window_segments < 3 {
+        bad(
+            "acestream.hls_window_segments".into(),
+            "must be at least 3 (a player starts three segments from the end)".into(),
+        );
     }
     if w.max_request_head_bytes < 1024 {
         bad(
@@ -718,6 +729,8 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         max_connections: w.max_connections as usize,
         proxy_protocol: w.proxy_protocol,
         stream_token_secret: Some(w.stream_token_secret).filter(|s| !s.is_empty()),
+        hls_segment_seconds: w.hls_segment_seconds.0,
+        hls_window_segments: w.hls_window_segments as usize,
     })
 }
 

@@ -66,6 +66,8 @@ pub struct AceWire {
     pub max_connections: u64,
     pub proxy_protocol: bool,
     pub stream_token_secret: String,
+    pub hls_segment_seconds: DurationWire,
+    pub hls_window_segments: u64,
 }
 
 impl Default for AceWire {
@@ -117,6 +119,8 @@ impl Default for AceWire {
             max_connections: 0,
             proxy_protocol: false,
             stream_token_secret: String::new(),
+            hls_segment_seconds: secs(4.0),
+            hls_window_segments: 6,
         }
     }
 }

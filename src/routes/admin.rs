@@ -316,6 +316,8 @@ pub struct SessionView {
     ingest_lead_seconds: Option<f64>,
     buffer_seconds: f64,
     buffer_bytes: usize,
+    /// Bytes the HLS segment window holds (shared with the ring where they overlap).
+    hls_bytes: usize,
     clients: Vec<ClientView>,
 }
 
@@ -323,6 +325,8 @@ pub struct SessionView {
 #[derive(Debug, Serialize)]
 pub struct ClientView {
     address: Option<String>,
+    /// `ts` or `hls`.
+    protocol: &'static str,
     connected_seconds: f64,
     bytes_sent: u64,
     lag_bytes: u64,
@@ -338,6 +342,7 @@ impl SessionView {
             .iter()
             .map(|c| ClientView {
                 address: c.addr.map(|a| a.to_string()),
+                protocol: c.protocol.label(),
                 connected_seconds: c.joined.elapsed().as_secs_f64(),
                 bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
                 lag_bytes: published.saturating_sub(c.offset.load(Ordering::Relaxed)),
@@ -371,6 +376,7 @@ impl SessionView {
             ingest_lead_seconds: x.ingest_lead_seconds(),
             buffer_seconds: x.ring.lag_seconds(x.ring.first_seq()),
             buffer_bytes: x.ring.held_bytes(),
+            hls_bytes: x.hls().map_or(0, |h| h.held_bytes()),
             clients,
         }
     }

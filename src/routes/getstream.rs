@@ -256,15 +256,6 @@ fn stream_header(s: &mut HttpSession) -> pingora::Result<ResponseHeader> {
     Ok(h)
 }
 
-/// Answers `/ace/manifest.m3u8`: HLS is not served yet.
-pub async fn manifest(s: &mut HttpSession) -> pingora::Result<()> {
-    if let Err(e) = content_id(s.req_header().uri.query()) {
-        return write_error(s, &e).await;
-    }
-    let e = EdgeError::NotImplemented("HLS is not implemented; use /ace/getstream".into());
-    write_error(s, &e).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

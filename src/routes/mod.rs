@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod getstream;
+pub mod hls;
 
 /// Every route the proxy knows, decided from the path alone. Its label is the `route` label of
 /// `acestream_edge_http_responses_total`.
@@ -12,6 +13,8 @@ pub enum Route {
     GetStream,
     /// `/ace/manifest.m3u8`.
     Manifest,
+    /// `/ace/hls/<generation>/<n>.ts`: an HLS segment.
+    HlsSegment,
     /// `/proxy/status`.
     ProxyStatus,
     /// `/proxy/sessions`.
@@ -44,6 +47,7 @@ impl Route {
             p if p.len() > "/proxy/sessions/".len() && p.starts_with("/proxy/sessions/") => {
                 Route::ProxySession
             }
+            p if p.starts_with("/ace/hls/") => Route::HlsSegment,
             p if p.starts_with("/webui/") || p.starts_with("/server/api") => Route::Passthrough,
             p if p.starts_with("/ace/") => Route::Passthrough,
             _ => Route::NotFound,
@@ -55,6 +59,7 @@ impl Route {
         match self {
             Route::GetStream => "getstream",
             Route::Manifest => "manifest",
+            Route::HlsSegment => "hls_segment",
             Route::ProxyStatus => "proxy_status",
             Route::ProxySessions => "proxy_sessions",
             Route::ProxySession => "proxy_session",

@@ -16,11 +16,32 @@ const READ_BATCH: usize = 16;
 /// stream whose keyframes cannot be found still starts.
 const FIRST_KEYFRAME_WAIT_SECONDS: f64 = 10.0;
 
+/// How a client watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// One long MPEG-TS response (`/ace/getstream`).
+    Ts,
+    /// Playlist and segment requests (`/ace/manifest.m3u8`); present while it keeps asking.
+    Hls,
+}
+
+impl Protocol {
+    /// The status field and metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Ts => "ts",
+            Protocol::Hls => "hls",
+        }
+    }
+}
+
 /// What status pages show of one client; shared between the client's task and the session.
 #[derive(Debug)]
 pub struct ClientStats {
     /// The client's address.
     pub addr: Option<ClientAddr>,
+    /// How it watches.
+    pub protocol: Protocol,
     /// When it joined.
     pub joined: Instant,
     /// Bytes written to it.
@@ -68,14 +89,17 @@ impl ClientHandle {
         sessions: Arc<Sessions>,
         session: Arc<StreamSession>,
         addr: Option<ClientAddr>,
+        protocol: Protocol,
     ) -> Self {
         let stats = Arc::new(ClientStats {
             addr,
+            protocol,
             joined: Instant::now(),
             bytes_sent: AtomicU64::new(0),
             offset: AtomicU64::new(0),
             cursor: AtomicU64::new(0),
-            reading: AtomicBool::new(true),
+            // An HLS viewer reads segments, not the ring: it never paces or holds the ring.
+            reading: AtomicBool::new(protocol == Protocol::Ts),
         });
         session.add_client_stats(stats.clone());
         ClientHandle {

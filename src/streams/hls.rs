@@ -21,10 +21,105 @@
 //! `#EXT-X-DISCONTINUITY-SEQUENCE` counts the ones that left the window. The playlist shows
 //! `hls_window_segments`; segments that left it stay fetchable for one more window.
 
+use super::ring::RingSnapshot;
 use crate::ts::{wrapping_delta, KeyframeMark, PTS_WRAP};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::sync::{Mutex, MutexGuard};
+use tokio::sync::watch;
+
+/// A session's HLS: its segmenter, and a signal for requests waiting for segments.
+#[derive(Debug)]
+pub struct Hls {
+    segmenter: Mutex<Segmenter>,
+    /// Segments cut so far.
+    produced: watch::Sender<u64>,
+}
+
+impl Hls {
+    /// HLS cutting at `target_seconds` with a playlist of `window` segments.
+    pub fn new(target_seconds: f64, window: usize) -> Self {
+        Hls {
+            segmenter: Mutex::new(Segmenter::new(target_seconds, window)),
+            produced: watch::channel(0).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Segmenter> {
+        self.segmenter.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Feeds a released chunk; returns the cuts it made.
+    pub fn feed(&self, chunk: FedChunk) -> Cuts {
+        let mut seg = self.lock();
+        let before = seg.cuts;
+        seg.feed(chunk);
+        let after = seg.cuts;
+        drop(seg);
+        let made = Cuts {
+            keyframe: after.keyframe - before.keyframe,
+            forced: after.forced - before.forced,
+        };
+        if made.keyframe + made.forced > 0 {
+            self.produced.send_replace(after.keyframe + after.forced);
+        }
+        made
+    }
+
+    /// Feeds what the ring still holds (for HLS starting on a running session). Chunks the
+    /// upstream task fed meanwhile are skipped by offset.
+    pub fn seed(&self, snap: RingSnapshot) -> Cuts {
+        let mut total = Cuts::default();
+        for (offset, data, media) in snap.chunks {
+            let end = offset + data.len() as u64;
+            let keyframes = snap
+                .keyframes
+                .iter()
+                .filter(|k| k.offset >= offset && k.offset < end)
+                .cloned()
+                .collect();
+            let made = self.feed(FedChunk {
+                data,
+                offset,
+                media: (media.start, media.end),
+                keyframes,
+                psi: snap.psi.clone(),
+                has_video: snap.has_video,
+                discontinuity: false,
+            });
+            total.keyframe += made.keyframe;
+            total.forced += made.forced;
+        }
+        total
+    }
+
+    /// Waits for segments: resolves with the count once it changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.produced.subscribe()
+    }
+
+    /// The playlist, once it lists at least [`MIN_PLAYLIST_SEGMENTS`] segments.
+    pub fn playlist(&self, uri: impl Fn(u64) -> String) -> Option<String> {
+        let seg = self.lock();
+        (seg.playlist_len() >= MIN_PLAYLIST_SEGMENTS).then(|| seg.playlist(uri))
+    }
+
+    /// A segment still held.
+    pub fn segment(&self, sequence: u64) -> Option<Segment> {
+        self.lock().segment(sequence).cloned()
+    }
+
+    /// Bytes the held segments take (shared with the ring while it holds the same chunks).
+    pub fn held_bytes(&self) -> usize {
+        self.lock().held_bytes()
+    }
+
+    /// `#EXT-X-TARGETDURATION`, in seconds.
+    pub fn target_duration(&self) -> u64 {
+        self.lock().target_duration()
+    }
+}
 
 /// A forced cut happens when a segment reaches this many targets without a keyframe.
 const FORCED_CUT_FACTOR: f64 = 2.5;

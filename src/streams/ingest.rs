@@ -1,7 +1,8 @@
 //! Releasing chunks into the ring: on the stream's clock ([`super::pacer`]) when it has one, else
 //! at the pace of its most advanced reader. Owned by the session's upstream task.
 
-use super::pacer::{Admission, Pacer};
+use super::hls::{Cuts, FedChunk};
+use super::pacer::{Admission, Pacer, Reanchor};
 use super::rechunk::Chunk;
 use super::ring::MediaSpan;
 use super::session::{Readers, StreamSession};
@@ -36,7 +37,11 @@ impl<'a> Ingest<'a> {
 
     pub(crate) async fn release(&mut self, chunk: Chunk) {
         let now = tokio::time::Instant::now();
-        let Chunk { data, found, .. } = chunk;
+        let Chunk {
+            data,
+            found,
+            offset,
+        } = chunk;
         let a: Admission = self.pacer.admit(
             now.into_std(),
             data.len(),
@@ -69,11 +74,25 @@ impl<'a> Ingest<'a> {
             None => self.wait_for_leader(data.len(), media).await,
         }
         let ring = &self.session.ring;
+        // HLS (if a request started it) gets the chunk right after the ring does.
+        let hls_chunk = self.session.hls().map(|_| FedChunk {
+            data: data.clone(),
+            offset,
+            media: (media.start, media.end),
+            keyframes: found.keyframes.clone(),
+            psi: found.psi.clone(),
+            has_video: found.has_video || ring.has_video(),
+            // A timestamp jump starts a new HLS timeline; a late upstream does not.
+            discontinuity: a.reanchor.is_some_and(|r| !matches!(r, Reanchor::Late)),
+        });
         if let Some(psi) = found.psi {
             ring.set_psi(psi, found.has_video);
         }
         ring.add_keyframes(found.keyframes);
         ring.publish(data, media);
+        if let (Some(hls), Some(c)) = (self.session.hls(), hls_chunk) {
+            record_cuts(self.metrics, hls.feed(c));
+        }
         let lead = self.pacer.has_clock().then(|| {
             let now = tokio::time::Instant::now().into_std();
             self.pacer.lead(now).as_secs_f64()
@@ -118,5 +137,21 @@ impl<'a> Ingest<'a> {
                 .wait_for_client_progress(READER_PACE_RECHECK)
                 .await;
         }
+    }
+}
+
+/// Counts HLS cuts in the metrics.
+pub(crate) fn record_cuts(metrics: &Metrics, cuts: Cuts) {
+    if cuts.keyframe > 0 {
+        metrics
+            .hls_segments
+            .with_label_values(&["keyframe"])
+            .inc_by(cuts.keyframe);
+    }
+    if cuts.forced > 0 {
+        metrics
+            .hls_segments
+            .with_label_values(&["forced"])
+            .inc_by(cuts.forced);
     }
 }

@@ -51,6 +51,19 @@ pub enum Read {
     Closed,
 }
 
+/// What [`Ring::snapshot`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct RingSnapshot {
+    /// Chunks held, oldest first: stream offset, bytes, media span.
+    pub chunks: Vec<(u64, Bytes, MediaSpan)>,
+    /// Keyframe marks inside them.
+    pub keyframes: Vec<KeyframeMark>,
+    /// The newest PAT + PMT.
+    pub psi: Option<Bytes>,
+    /// Whether the PMT names a video stream with findable keyframes.
+    pub has_video: bool,
+}
+
 /// How much stream the ring keeps.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Retention {
@@ -429,6 +442,34 @@ impl Ring {
                 .map(|e| e.data.clone())
                 .collect(),
         )
+    }
+
+    /// Everything the ring holds, for a segmenter starting late: each chunk with its stream
+    /// offset and media span, the keyframe marks inside, the newest PAT + PMT, and whether the
+    /// stream has video keyframes.
+    pub fn snapshot(&self) -> RingSnapshot {
+        let s = self.lock();
+        let mut offset = s.first_offset;
+        let chunks = s
+            .entries
+            .iter()
+            .map(|e| {
+                let c = (offset, e.data.clone(), e.media);
+                offset += e.data.len() as u64;
+                c
+            })
+            .collect();
+        RingSnapshot {
+            chunks,
+            keyframes: s.keyframes.iter().cloned().collect(),
+            psi: s.psi.clone(),
+            has_video: s.video.unwrap_or(false),
+        }
+    }
+
+    /// Whether the stream's PMT names a video stream with findable keyframes.
+    pub fn has_video(&self) -> bool {
+        self.lock().video.unwrap_or(false)
     }
 
     /// Whether the chunk at `cursor` has been evicted (a reader there fell off the tail).

@@ -151,6 +151,11 @@ pub struct StreamSession {
     pub content: ContentKey,
     /// The chunks every client reads.
     pub ring: Ring,
+    /// HLS for this session, from its first HLS request on.
+    hls: std::sync::OnceLock<Arc<super::hls::Hls>>,
+    /// `hls_segment_seconds` and `hls_window_segments`.
+    hls_settings: (f64, usize),
+    hls_seeded: AtomicBool,
     /// Monotonic creation time.
     pub created: Instant,
     /// Wall-clock creation time.
@@ -186,6 +191,12 @@ impl StreamSession {
         StreamSession {
             content_id: content.to_string(),
             content,
+            hls: std::sync::OnceLock::new(),
+            hls_seeded: AtomicBool::new(false),
+            hls_settings: (
+                config.hls_segment_seconds.as_secs_f64(),
+                config.hls_window_segments,
+            ),
             ring: Ring::new(Retention {
                 min_bytes: config.stream_buffer_size,
                 min_seconds: config.stream_buffer_seconds.as_secs_f64(),
@@ -351,6 +362,29 @@ impl StreamSession {
                 _ = attached.wait_for(|n| *n > 0) => {}
             }
         }
+    }
+
+    /// True once the session has ended (stopped or failed).
+    pub fn is_ended(&self) -> bool {
+        matches!(self.phase(), Phase::Ended(_) | Phase::Failed(_))
+    }
+
+    /// The session's HLS, if an HLS request asked for it.
+    pub fn hls(&self) -> Option<&Arc<super::hls::Hls>> {
+        self.hls.get()
+    }
+
+    /// The session's HLS, started now (and fed what the ring holds) if it was not yet.
+    pub fn start_hls(&self) -> (&Arc<super::hls::Hls>, super::hls::Cuts) {
+        let mut seeded = super::hls::Cuts::default();
+        let hls = self.hls.get_or_init(|| {
+            let (target, window) = self.hls_settings;
+            Arc::new(super::hls::Hls::new(target, window))
+        });
+        if !self.hls_seeded.swap(true, Ordering::AcqRel) {
+            seeded = hls.seed(self.ring.snapshot());
+        }
+        (hls, seeded)
     }
 
     /// Asks the upstream task to end the session (it stops the engine session and closes the ring).

@@ -1,0 +1,199 @@
+//! `GET /ace/manifest.m3u8?id=<content id>` and its segments `GET /ace/hls/<generation>/<n>.ts`:
+//! HLS cut from the same session TS clients read (see [`crate::streams::hls`]).
+//!
+//! A playlist request counts its viewer in (admitted by the limits like a TS client; keyed by
+//! address and User-Agent, present while it keeps asking), starts the session if needed, and
+//! answers once the playlist lists three segments (bounded by `empty_stream_timeout`, `503`
+//! after). Segment URIs are relative, carry the id (and the request's `token`, when stream URLs
+//! are signed) and the session's generation, so a cached segment of an ended session is never
+//! served for a new one.
+
+use super::getstream::content_id;
+use super::write_error;
+use crate::access::{Access, ClientAddr};
+use crate::engines::ContentKey;
+use crate::error::EdgeError;
+use crate::streams::{record_cuts, Phase, Sessions, StreamSession};
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session as HttpSession;
+use std::sync::Arc;
+
+/// Segments never change, so caches may keep them (a new session gets new URIs).
+const SEGMENT_CACHE_CONTROL: &str = "public, max-age=86400, immutable";
+
+/// The viewer key's second half.
+fn user_agent(s: &HttpSession) -> String {
+    s.req_header()
+        .headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The `token` query parameter, to carry into segment URIs.
+fn token_param(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A session's generation: its creation time in milliseconds since the epoch.
+fn generation(session: &StreamSession) -> u128 {
+    session
+        .created_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// Finds (or starts, for a playlist) the session of the request's viewer.
+fn viewer_session(
+    s: &HttpSession,
+    sessions: &Arc<Sessions>,
+    access: &Access,
+    content: &ContentKey,
+    start: bool,
+) -> Result<Arc<StreamSession>, EdgeError> {
+    let client: Option<ClientAddr> = access.client_of(s);
+    let id = content.to_string();
+    sessions.hls_viewer(content, client, &user_agent(s), start, |starts, n| {
+        let permit = access.admit_viewer(client, &id, starts, n)?;
+        Ok(permit.map(|p| Box::new(p) as Box<dyn std::any::Any + Send + Sync>))
+    })
+}
+
+/// Answers a playlist request.
+pub async fn manifest(
+    s: &mut HttpSession,
+    sessions: &Arc<Sessions>,
+    access: &Access,
+) -> pingora::Result<()> {
+    let query = s.req_header().uri.query().map(str::to_string);
+    let content = match content_id(query.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return write_error(s, &e).await,
+    };
+    if let Err(e) = access.check_stream_token(&content.value, query.as_deref()) {
+        return write_error(s, &e).await;
+    }
+    let session = match viewer_session(s, sessions, access, &content, true) {
+        Ok(x) => x,
+        Err(e) => return write_error(s, &e).await,
+    };
+    let (hls, seeded) = session.start_hls();
+    record_cuts(sessions.metrics(), seeded);
+    let gen = generation(&session);
+    let tail = match token_param(query.as_deref()) {
+        Some(t) => format!("&token={t}"),
+        None => String::new(),
+    };
+    let (param, value) = (content.param(), content.value.clone());
+    let uri = move |n: u64| format!("hls/{gen}/{n}.ts?{param}={value}{tail}");
+    let deadline = tokio::time::Instant::now() + sessions.config().empty_stream_timeout;
+    let mut produced = hls.subscribe();
+    let mut phase = session.watch_phase();
+    loop {
+        if let Some(text) = hls.playlist(&uri) {
+            return write_playlist(s, text).await;
+        }
+        let now = phase.borrow_and_update().clone();
+        match now {
+            Phase::Failed(e) => return write_error(s, &e).await,
+            Phase::Ended(reason) => {
+                let e = EdgeError::NoEngine(format!("session ended: {reason}"));
+                return write_error(s, &e).await;
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = produced.changed() => {}
+            _ = phase.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                let e = EdgeError::EmptyStream(sessions.config().empty_stream_timeout);
+                return write_error(s, &e).await;
+            }
+            _ = s.read_body_or_idle(true) => return Ok(()), // the player went away
+        }
+    }
+}
+
+async fn write_playlist(s: &mut HttpSession, text: String) -> pingora::Result<()> {
+    let mut h = ResponseHeader::build(200, Some(4))?;
+    h.insert_header("Content-Type", "application/vnd.apple.mpegurl")?;
+    h.insert_header("Content-Length", text.len().to_string())?;
+    h.insert_header("Cache-Control", "no-cache")?;
+    s.write_response_header(Box::new(h), false).await?;
+    s.write_response_body(Some(Bytes::from(text)), true).await
+}
+
+/// `<generation>/<sequence>` from `/ace/hls/<generation>/<sequence>.ts`.
+fn segment_path(path: &str) -> Option<(u128, u64)> {
+    let rest = path.strip_prefix("/ace/hls/")?.strip_suffix(".ts")?;
+    let (gen, seq) = rest.split_once('/')?;
+    Some((gen.parse().ok()?, seq.parse().ok()?))
+}
+
+/// Answers a segment request.
+pub async fn segment(
+    s: &mut HttpSession,
+    sessions: &Arc<Sessions>,
+    access: &Access,
+    path: &str,
+) -> pingora::Result<()> {
+    let not_found = |what: String| EdgeError::NotFound(what);
+    let Some((gen, seq)) = segment_path(path) else {
+        return write_error(s, &not_found(format!("no route {path}"))).await;
+    };
+    let query = s.req_header().uri.query().map(str::to_string);
+    let content = match content_id(query.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return write_error(s, &e).await,
+    };
+    if let Err(e) = access.check_stream_token(&content.value, query.as_deref()) {
+        return write_error(s, &e).await;
+    }
+    let session = match viewer_session(s, sessions, access, &content, false) {
+        Ok(x) if generation(&x) == gen => x,
+        Ok(_) => return write_error(s, &not_found("that session has ended".into())).await,
+        Err(e) => return write_error(s, &e).await,
+    };
+    let Some(segment) = session.hls().and_then(|h| h.segment(seq)) else {
+        let e = not_found(format!("segment {seq} is not held (gone, or not cut yet)"));
+        return write_error(s, &e).await;
+    };
+    let mut h = ResponseHeader::build(200, Some(4))?;
+    h.insert_header("Content-Type", "video/mp2t")?;
+    h.insert_header("Content-Length", segment.len.to_string())?;
+    h.insert_header("Cache-Control", SEGMENT_CACHE_CONTROL)?;
+    let head_only = s.req_header().method == http::Method::HEAD;
+    s.write_response_header(Box::new(h), head_only).await?;
+    if head_only {
+        return Ok(());
+    }
+    let last = segment.pieces.len().saturating_sub(1);
+    for (i, piece) in segment.pieces.into_iter().enumerate() {
+        s.write_response_body(Some(piece), i == last).await?;
+    }
+    // The session was watched (it lingers `stream_idle_timeout`, not `unwatched_linger`).
+    session
+        .bytes_out
+        .fetch_add(segment.len as u64, std::sync::atomic::Ordering::Relaxed);
+    sessions
+        .metrics()
+        .downstream_bytes
+        .inc_by(segment.len as u64);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_paths() {
+        assert_eq!(segment_path("/ace/hls/17/3.ts"), Some((17, 3)));
+        assert_eq!(segment_path("/ace/hls/17/x.ts"), None);
+        assert_eq!(segment_path("/ace/hls/3.ts"), None);
+    }
+}

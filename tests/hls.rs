@@ -1,0 +1,295 @@
+//! HLS cut from the shared session: playlist rules over reloads, segments that decode on their
+//! own, ffmpeg playing the playlist, TS and HLS viewers sharing one engine session, and a
+//! failover shown as one discontinuity.
+
+mod common;
+
+use acestream_edge::sim::Knobs;
+use acestream_edge::ts::keyframe::{classify, AccessUnit, Codec};
+use acestream_edge::ts::{payload, payload_unit_start, pes_header, pid};
+use common::*;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A parsed media playlist.
+#[derive(Debug, Default)]
+struct Playlist {
+    version: Option<u64>,
+    target: Option<u64>,
+    sequence: Option<u64>,
+    discontinuity_sequence: Option<u64>,
+    /// (duration, uri, discontinuity before it)
+    segments: Vec<(f64, String, bool)>,
+}
+
+fn parse(text: &str) -> Playlist {
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("#EXTM3U"), "{text}");
+    let mut p = Playlist::default();
+    let mut duration = None;
+    let mut disc = false;
+    let num = |l: &str, tag: &str| l.strip_prefix(tag).and_then(|v| v.parse().ok());
+    for l in lines {
+        if let Some(v) = num(l, "#EXT-X-VERSION:") {
+            p.version = Some(v);
+        } else if let Some(v) = num(l, "#EXT-X-TARGETDURATION:") {
+            p.target = Some(v);
+        } else if let Some(v) = num(l, "#EXT-X-MEDIA-SEQUENCE:") {
+            p.sequence = Some(v);
+        } else if let Some(v) = num(l, "#EXT-X-DISCONTINUITY-SEQUENCE:") {
+            p.discontinuity_sequence = Some(v);
+        } else if l == "#EXT-X-DISCONTINUITY" {
+            disc = true;
+        } else if let Some(d) = l.strip_prefix("#EXTINF:") {
+            duration = d.trim_end_matches(',').parse().ok();
+        } else if !l.starts_with('#') && !l.is_empty() {
+            p.segments.push((
+                duration.take().expect("EXTINF before a URI"),
+                l.to_string(),
+                disc,
+            ));
+            disc = false;
+        }
+    }
+    p
+}
+
+async fn playlist(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut r = get(addr, path).await;
+    let body = r.read_to_end(1 << 20).await.unwrap();
+    (r.status, String::from_utf8_lossy(&body).to_string())
+}
+
+/// The segment's sequence number from its URI (`hls/<generation>/<n>.ts?...`).
+fn uri_sequence(uri: &str) -> u64 {
+    uri.split('?')
+        .next()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .trim_end_matches(".ts")
+        .parse()
+        .unwrap()
+}
+
+async fn fetch(addr: SocketAddr, uri: &str) -> Vec<u8> {
+    let mut r = get(addr, &format!("/ace/{uri}")).await;
+    assert_eq!(r.status, 200, "{uri}");
+    assert_eq!(r.header("content-type"), Some("video/mp2t"));
+    let len: usize = r.header("content-length").unwrap().parse().unwrap();
+    let body = r.read_to_end(64 << 20).await.unwrap();
+    assert_eq!(body.len(), len);
+    body
+}
+
+/// Ten reloads over 30 s: version 3, a constant target duration that every EXTINF respects, a
+/// media sequence that never goes back and matches the URIs, the configured window. Every
+/// segment starts with PAT, PMT and a keyframe, and decodes on its own (video and audio).
+#[tokio::test(flavor = "multi_thread")]
+async fn playlist_rules_and_segments() {
+    let e = sim(Knobs {
+        bitrate_bps: 2_000_000,
+        ..Knobs::default()
+    })
+    .await;
+    let server = start_proxy(proxy_config(
+        &[&e],
+        "hls_segment_seconds: 1\nhls_window_segments: 5",
+    ));
+    let path = format!("/ace/manifest.m3u8?id={}", content_id(2100));
+    let mut target = None;
+    let mut last_sequence = 0;
+    let mut last = Playlist::default();
+    let start = Instant::now();
+    for reload in 0..10 {
+        let (status, text) = playlist(server.addr, &path).await;
+        assert_eq!(status, 200, "{text}");
+        let p = parse(&text);
+        assert_eq!(p.version, Some(3));
+        let t = p.target.expect("TARGETDURATION");
+        assert_eq!(*target.get_or_insert(t), t, "TARGETDURATION changed");
+        let seq = p.sequence.expect("MEDIA-SEQUENCE");
+        assert!(seq >= last_sequence, "MEDIA-SEQUENCE went back");
+        last_sequence = seq;
+        assert!(p.discontinuity_sequence.is_some());
+        // Served from 3 segments on; the window fills up to the configured 5.
+        assert!((3..=5).contains(&p.segments.len()), "the window: {text}");
+        for (i, (d, uri, _)) in p.segments.iter().enumerate() {
+            assert!(d.round() as u64 <= t, "EXTINF {d} > TARGETDURATION {t}");
+            assert_eq!(uri_sequence(uri), seq + i as u64, "{text}");
+        }
+        last = p;
+        if reload < 9 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    }
+    assert!(start.elapsed() >= Duration::from_secs(27));
+    assert!(last_sequence >= 20, "segments kept coming: {last_sequence}");
+    assert_eq!(last.segments.len(), 5, "the configured window");
+    for (d, uri, _) in &last.segments {
+        assert!(
+            (d - 1.04).abs() < 0.05,
+            "a 1 s target cuts every GOP (1.04 s): {d}"
+        );
+        let seg = fetch(server.addr, uri).await;
+        let packets: Vec<&[u8]> = seg.chunks(188).collect();
+        assert!(packets.iter().all(|p| p[0] == 0x47));
+        assert_eq!(pid(packets[0]), 0, "PAT first");
+        let video = packets[2];
+        assert!(payload_unit_start(video));
+        let pl = payload(video).unwrap();
+        let mut au = pl[pes_header(pl).unwrap().data_offset..].to_vec();
+        for p in packets[3..].iter().filter(|p| pid(p) == pid(video)).take(8) {
+            au.extend_from_slice(payload(p).unwrap());
+        }
+        assert_eq!(
+            classify(Codec::H264, &au),
+            AccessUnit::RandomAccess,
+            "{uri}"
+        );
+        let streams = ffprobe_streams(&seg);
+        assert!(
+            streams.contains(&"video".into()) && streams.contains(&"audio".into()),
+            "{streams:?}"
+        );
+        let (ok, errors) = ffmpeg_decode(&seg);
+        assert!(ok && errors.is_empty(), "{uri}: {errors}");
+    }
+}
+
+/// `ffmpeg -v error -i <playlist> -t 20 -f null -` exits 0, prints nothing, and decodes at
+/// least 19 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn ffmpeg_plays_the_playlist() {
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(&[&e], "hls_segment_seconds: 2"));
+    let url = format!(
+        "http://{}/ace/manifest.m3u8?id={}",
+        server.addr,
+        content_id(2200)
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-i", &url, "-t", "20"])
+            .args(["-f", "null", "-", "-progress", "pipe:1"])
+            .output()
+            .expect("ffmpeg must be installed (make test installs it)")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+    let decoded_us: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("out_time_us="))
+        .filter_map(|v| v.parse().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(decoded_us >= 19_000_000, "decoded {decoded_us} µs");
+}
+
+/// One TS client and two HLS viewers of one id share one engine session; the status shows their
+/// protocols; when all three leave, the engine gets exactly one stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn ts_and_hls_viewers_share_one_engine_session() {
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(
+        &[&e],
+        "hls_segment_seconds: 1\nstream_idle_timeout: 1",
+    ));
+    let id = content_id(2300);
+    let mut ts = get(server.addr, &format!("/ace/getstream?id={id}")).await;
+    assert_eq!(ts.status, 200);
+    read_for(&mut ts, Duration::from_secs(5), 188 * 10).await;
+    for agent in ["AppleCoreMedia/1.0", "hls.js"] {
+        let mut r = get_with(
+            server.addr,
+            &format!("/ace/manifest.m3u8?id={id}"),
+            acestream_edge::http1::GetOptions {
+                headers: vec![("User-Agent".into(), agent.into())],
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        r.read_to_end(1 << 20).await.unwrap();
+    }
+    let (_, v) = get_json(server.addr, &format!("/proxy/sessions/{id}")).await;
+    assert_eq!(v["client_count"], 3, "{v}");
+    let mut protocols: Vec<&str> = v["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["protocol"].as_str().unwrap())
+        .collect();
+    protocols.sort();
+    assert_eq!(protocols, ["hls", "hls", "ts"]);
+    assert!(v["hls_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(server.edge.metrics.hls_viewers.get(), 2);
+    assert_eq!(
+        sim_stats(&e).await.sessions_started,
+        1,
+        "one engine session"
+    );
+    drop(ts);
+    // HLS viewers stay present three target durations (3 × 3 s) after their last request, then
+    // the session lingers 1 s.
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            sim_stats(&e).await.stop_calls.get(&id) == Some(&1)
+        })
+        .await,
+        "the engine got its stop"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = sim_stats(&e).await;
+    assert_eq!((s.stop_total, s.sessions_started), (1, 1));
+    assert_eq!(server.edge.metrics.hls_viewers.get(), 0);
+}
+
+/// A failover while an HLS viewer plays: the playlist shows one discontinuity at the splice, and
+/// ffmpeg decodes across it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failover_is_one_discontinuity() {
+    let first = sim(Knobs {
+        drop_after_bytes: Some(2_500_000),
+        ..Knobs::default()
+    })
+    .await;
+    let second = sim(Knobs::default()).await;
+    let yaml = format!(
+        "acestream:\n  listen: [\"127.0.0.1:{}\"]\n  engines:\n    - {{host: 127.0.0.1, port: {}, forwarded: true}}\n    - {{host: 127.0.0.1, port: {}}}\n  upstream_stall_timeout: 1\n  hls_segment_seconds: 1\n  hls_window_segments: 10\n",
+        free_port(),
+        first.addr().port(),
+        second.addr().port()
+    );
+    let server = start_proxy(acestream_edge::config::load_str(&yaml).unwrap().acestream);
+    let id = content_id(2400);
+    let path = format!("/ace/manifest.m3u8?id={id}");
+    let url = format!("http://{}{path}", server.addr);
+    let player = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-i", &url, "-t", "12"])
+            .args(["-f", "null", "-"])
+            .output()
+            .expect("ffmpeg")
+    });
+    // The first engine drops after 2.5 MB (5 s at 4 Mbit/s); watch the playlist until the
+    // splice shows.
+    let mut seen = None;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (status, text) = playlist(server.addr, &path).await;
+        if status == 200 && text.contains("#EXT-X-DISCONTINUITY\n") {
+            seen = Some(text);
+            break;
+        }
+    }
+    let text = seen.expect("a discontinuity in the playlist");
+    assert_eq!(text.matches("#EXT-X-DISCONTINUITY\n").count(), 1, "{text}");
+    let out = player.await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(sim_stats(&second).await.sessions_started, 1, "failed over");
+}
