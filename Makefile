@@ -28,6 +28,7 @@ run: deps
 	@echo "    curl --max-time 10 -o /tmp/a.ts 'http://127.0.0.1:8000/ace/getstream?id=$(ID)'"
 	@echo "    mpv 'http://127.0.0.1:8000/ace/getstream?id=$(ID)'"
 	@echo "    vlc 'http://127.0.0.1:8000/ace/getstream?id=$(ID)'"
+	@echo "    mpv 'http://127.0.0.1:8000/ace/manifest.m3u8?id=$(ID)'   (HLS)"
 	@echo "  Ctrl-C stops both."
 	@echo ""
 	@# The simulator runs in its own session (setsid), so Ctrl-C reaches the proxy alone: it stops its

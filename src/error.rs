@@ -22,9 +22,6 @@ pub enum EdgeError {
     /// A `Range` the live stream cannot serve.
     #[error("{0}")]
     RangeNotSatisfiable(String),
-    /// A planned feature that does not exist yet.
-    #[error("{0}")]
-    NotImplemented(String),
     /// No engine is configured, healthy or below its stream limit.
     #[error("no engine available: {0}")]
     NoEngine(String),
@@ -72,7 +69,6 @@ impl EdgeError {
             EdgeError::Unauthorized => 401,
             EdgeError::NotFound(_) => 404,
             EdgeError::RangeNotSatisfiable(_) => 416,
-            EdgeError::NotImplemented(_) => 501,
             EdgeError::TooManyRequests { .. } => 429,
             EdgeError::Forbidden(_) => 403,
             // Every upstream-side failure is "try again later" for a player: 503.
