@@ -19,6 +19,9 @@ deps-test: deps
 	@command -v mpv >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y mpv; \
 	  else echo "mpv is missing (its test is skipped); run: sudo apt-get install -y mpv"; fi; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	  else echo "chromium is missing (the browser test is skipped); run: sudo apt-get install -y chromium"; fi; }
 
 run: deps
 	$(CARGO) build --release --bins --features sim

@@ -123,6 +123,7 @@ async fn write_playlist(s: &mut HttpSession, text: String) -> pingora::Result<()
     h.insert_header("Content-Type", "application/vnd.apple.mpegurl")?;
     h.insert_header("Content-Length", text.len().to_string())?;
     h.insert_header("Cache-Control", "no-cache")?;
+    h.insert_header("Access-Control-Allow-Origin", "*")?;
     s.write_response_header(Box::new(h), false).await?;
     s.write_response_body(Some(Bytes::from(text)), true).await
 }
@@ -166,6 +167,8 @@ pub async fn segment(
     h.insert_header("Content-Type", "video/mp2t")?;
     h.insert_header("Content-Length", segment.len.to_string())?;
     h.insert_header("Cache-Control", SEGMENT_CACHE_CONTROL)?;
+    // Browser players (hls.js) on another origin may read them, as any HLS server allows.
+    h.insert_header("Access-Control-Allow-Origin", "*")?;
     let head_only = s.req_header().method == http::Method::HEAD;
     s.write_response_header(Box::new(h), head_only).await?;
     if head_only {
