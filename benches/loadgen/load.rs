@@ -19,6 +19,9 @@ pub struct ClientResult {
     pub max_gap: Duration,
     pub misaligned: u64,
     pub disconnected: bool,
+    /// A gap longer than this between pieces is a stall (default 2 s; an HLS client gets a
+    /// segment every segment duration, so its limit is three of them).
+    pub stall_after: Option<Duration>,
 }
 
 /// How a client reaches the stream.
@@ -28,11 +31,13 @@ pub enum Target {
     Proxy,
     /// The engine API directly: JSON start, then the playback URL and its redirect.
     Direct,
+    /// `GET /ace/manifest.m3u8?id=` on the proxy, then its segments, as an HLS player.
+    Hls,
 }
 
 pub async fn open(target: Target, addr: SocketAddr, id: &str) -> std::io::Result<Response> {
     match target {
-        Target::Proxy => {
+        Target::Proxy | Target::Hls => {
             http1::get(
                 addr,
                 &format!("/ace/getstream?id={id}"),
@@ -78,6 +83,90 @@ pub struct Window {
     pub start_at: Instant,
     pub from: Instant,
     pub end: Instant,
+}
+
+/// How often an HLS client reloads its playlist (a player reloads about once a segment; the
+/// bench's segments are 2 s).
+const HLS_RELOAD: Duration = Duration::from_secs(1);
+/// The bench's HLS segment length (`hls_segment_seconds` in the `hls` scenario).
+pub const HLS_SEGMENT: Duration = Duration::from_secs(2);
+
+/// One HLS viewer (its own User-Agent, so each counts as one): reloads the playlist, fetches
+/// each new segment (starting three from the end, as players do), counts segment bytes.
+pub async fn run_hls_client(addr: SocketAddr, id: String, k: usize, w: Window) -> ClientResult {
+    tokio::time::sleep_until(w.start_at.into()).await;
+    let t0 = Instant::now();
+    let mut res = ClientResult {
+        stall_after: Some(3 * HLS_SEGMENT),
+        ..ClientResult::default()
+    };
+    let opts = http1::GetOptions {
+        headers: vec![("User-Agent".into(), format!("loadgen-hls/{k}"))],
+        ..Default::default()
+    };
+    let get = |path: String| {
+        let opts = opts.clone();
+        async move {
+            let s = tokio::net::TcpStream::connect(addr).await?;
+            http1::get_on(s, &addr.to_string(), &path, &opts).await
+        }
+    };
+    let mut next_seq: Option<u64> = None;
+    let mut last = Instant::now();
+    while !now_after(w.end) {
+        let Ok(mut r) = get(format!("/ace/manifest.m3u8?id={id}")).await else {
+            res.disconnected = true;
+            break;
+        };
+        res.status = r.status;
+        if r.status != 200 {
+            res.disconnected = true;
+            break;
+        }
+        let text =
+            String::from_utf8_lossy(&r.read_to_end(1 << 20).await.unwrap_or_default()).to_string();
+        let uris: Vec<(u64, String)> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let seq = l
+                    .split('?')
+                    .next()?
+                    .rsplit('/')
+                    .next()?
+                    .trim_end_matches(".ts")
+                    .parse()
+                    .ok()?;
+                Some((seq, l.to_string()))
+            })
+            .collect();
+        let from = *next_seq
+            .get_or_insert(uris.len().saturating_sub(3) as u64 + uris.first().map_or(0, |u| u.0));
+        for (seq, uri) in uris.into_iter().filter(|(s, _)| *s >= from) {
+            let Ok(mut seg) = get(format!("/ace/{uri}")).await else {
+                res.disconnected = true;
+                return res;
+            };
+            let body = seg.read_to_end(64 << 20).await.unwrap_or_default();
+            let now = Instant::now();
+            if seg.status != 200 {
+                continue; // left the window meanwhile: a player skips it
+            }
+            if res.ttfb.is_none() {
+                res.ttfb = Some(now - t0);
+            } else {
+                res.max_gap = res.max_gap.max(now - last);
+            }
+            last = now;
+            res.misaligned += body.chunks(188).filter(|p| p[0] != 0x47).count() as u64;
+            if now >= w.from && now <= w.end {
+                res.window_bytes += body.len() as u64;
+            }
+            next_seq = Some(seq + 1);
+        }
+        tokio::time::sleep(HLS_RELOAD.min(w.end.saturating_duration_since(Instant::now()))).await;
+    }
+    res
 }
 
 /// One streaming client, reading at most `read_bps` (0: as fast as it can).
@@ -240,17 +329,15 @@ pub async fn run_load(scenario: &str, run: u32, l: Load) -> Report {
     for id in &l.ids {
         for _ in 0..l.per_id {
             let at = t_start + l.ramp.mul_f64(k as f64 / n.max(1) as f64);
-            tasks.push(tokio::spawn(run_client(
-                l.target,
-                l.addr,
-                id.clone(),
-                Window {
-                    start_at: at,
-                    from: window_from,
-                    end,
-                },
-                l.read_bps,
-            )));
+            let w = Window {
+                start_at: at,
+                from: window_from,
+                end,
+            };
+            tasks.push(match l.target {
+                Target::Hls => tokio::spawn(run_hls_client(l.addr, id.clone(), k, w)),
+                _ => tokio::spawn(run_client(l.target, l.addr, id.clone(), w, l.read_bps)),
+            });
             k += 1;
         }
     }
@@ -289,6 +376,7 @@ pub async fn run_load(scenario: &str, run: u32, l: Load) -> Report {
         target: match l.target {
             Target::Proxy => "proxy",
             Target::Direct => "direct",
+            Target::Hls => "proxy (HLS)",
         }
         .into(),
         run,
@@ -300,7 +388,7 @@ pub async fn run_load(scenario: &str, run: u32, l: Load) -> Report {
         kept_up,
         stalled: results
             .iter()
-            .filter(|r| r.max_gap > Duration::from_secs(2))
+            .filter(|r| r.max_gap > r.stall_after.unwrap_or(Duration::from_secs(2)))
             .count(),
         disconnected: results
             .iter()

@@ -7,8 +7,8 @@
 //! `target/bench/`.
 //!
 //! Arguments (after `cargo bench --bench loadgen --`): `quick` runs one pass with small N;
-//! a scenario name (`fanout`, `sessions`, `start`, `raw`, `slow`, `churn`, `clockless`) runs only
-//! that one.
+//! a scenario name (`fanout`, `sessions`, `start`, `raw`, `slow`, `churn`, `clockless`, `hls`) runs
+//! only that one.
 
 mod load;
 mod procs;
@@ -115,6 +115,9 @@ fn main() {
         }
         if want("clockless") {
             scenarios::clockless(&o, &mut out).await;
+        }
+        if want("hls") {
+            scenarios::hls(&o, &mut out).await;
         }
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");

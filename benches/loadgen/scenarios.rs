@@ -338,3 +338,27 @@ pub async fn attach(out: &mut Vec<Report>) {
     let load = Load::streaming(Target::Proxy, addr, pid, vec![content_id(77)], n, bitrate);
     record(out, run_load("attach", 1, load).await);
 }
+
+/// N HLS viewers of one id against N TS clients of one id, each on a fresh proxy: the proxy's
+/// CPU and RSS side by side (2 s segments, playlists reloaded every second).
+pub async fn hls(o: &Opts, out: &mut Vec<Report>) {
+    let n = if o.quick { 50 } else { 200 };
+    let bitrate = 4_000_000;
+    for run in 1..=o.runs {
+        for target in [Target::Proxy, Target::Hls] {
+            let sim = start_sim(bitrate);
+            let p = start_proxy(
+                sim.addr,
+                &format!("  hls_segment_seconds: {}\n", HLS_SEGMENT.as_secs()),
+            );
+            let load = Load {
+                // HLS viewers wait for three segments before their first byte.
+                warmup: Duration::from_secs(8),
+                ..Load::streaming(target, p.addr, p.pid(), vec![content_id(9000)], n, bitrate)
+            };
+            let mut r = run_load("hls", run, load).await;
+            r.note = "one id; HLS: 2 s segments, playlist reloaded every 1 s".into();
+            record(out, r);
+        }
+    }
+}
