@@ -162,12 +162,30 @@ async fn playlist_rules_and_segments() {
 /// least 19 s.
 #[tokio::test(flavor = "multi_thread")]
 async fn ffmpeg_plays_the_playlist() {
-    let e = sim(Knobs::default()).await;
+    ffmpeg_plays(Knobs::default(), 2200).await;
+}
+
+/// The same with an HEVC source (the simulator's `hevc` knob): segments cut on IRAP pictures.
+#[tokio::test(flavor = "multi_thread")]
+async fn ffmpeg_plays_an_hevc_playlist() {
+    ffmpeg_plays(
+        Knobs {
+            hevc: true,
+            bitrate_bps: 1_000_000,
+            ..Knobs::default()
+        },
+        2210,
+    )
+    .await;
+}
+
+async fn ffmpeg_plays(knobs: Knobs, id: u32) {
+    let e = sim(knobs).await;
     let server = start_proxy(proxy_config(&[&e], "hls_segment_seconds: 2"));
     let url = format!(
         "http://{}/ace/manifest.m3u8?id={}",
         server.addr,
-        content_id(2200)
+        content_id(id)
     );
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("ffmpeg")
@@ -187,6 +205,16 @@ async fn ffmpeg_plays_the_playlist() {
         .max()
         .unwrap_or(0);
     assert!(decoded_us >= 19_000_000, "decoded {decoded_us} µs");
+    assert_eq!(
+        server
+            .edge
+            .metrics
+            .hls_segments
+            .with_label_values(&["forced"])
+            .get(),
+        0,
+        "every cut on a keyframe"
+    );
 }
 
 /// One TS client and two HLS viewers of one id share one engine session; the status shows their

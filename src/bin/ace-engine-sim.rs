@@ -69,6 +69,9 @@ struct Args {
     /// Start each stream this many packets into the fixture (mid-GOP, like a real engine).
     #[arg(long, default_value_t = 0)]
     start_packet: usize,
+    /// Stream the HEVC fixture (1 s of H.265 video) instead of H.264 + AAC.
+    #[arg(long)]
+    hevc: bool,
 }
 
 #[tokio::main]
@@ -94,6 +97,7 @@ async fn main() -> std::io::Result<()> {
         pause: a.pause,
         null_stream: a.null_stream,
         start_packet: a.start_packet,
+        hevc: a.hevc,
         ..Knobs::default()
     };
     let mut engines = Vec::new();

@@ -50,6 +50,8 @@ pub struct Knobs {
     /// Start each stream this many packets into the fixture (mid-GOP), as a real engine's
     /// stream starts wherever its cache does.
     pub start_packet: usize,
+    /// Stream the HEVC fixture (1 s of H.265 video, `tests/data/hevc.ts`) instead of H.264 + AAC.
+    pub hevc: bool,
 }
 
 impl Knobs {
@@ -102,6 +104,7 @@ impl Knobs {
             "pause" => self.pause = duration()?,
             "null_stream" => self.null_stream = flag()?,
             "start_packet" => self.start_packet = num()? as usize,
+            "hevc" => self.hevc = flag()?,
             _ => return Err("unknown knob".into()),
         }
         Ok(())
@@ -132,6 +135,7 @@ impl Default for Knobs {
             pause: Duration::ZERO,
             null_stream: false,
             start_packet: 0,
+            hevc: false,
         }
     }
 }

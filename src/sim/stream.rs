@@ -3,7 +3,7 @@
 //! itself: prebuffer, the burst, the bitrate, a pause, and the fault knobs.
 
 use super::engine::{lock, random_hex, respond, spawn_inactivity_timer, token_of, Shared};
-use super::ts::{TsLoop, PACKET};
+use super::ts::{TsLoop, FIXTURE, HEVC_FIXTURE, PACKET};
 use super::Knobs;
 use crate::http1::RequestHead;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -166,7 +166,8 @@ async fn stream_ts(
     if !knobs.headers_before_prebuffer {
         sock.write_all(head.as_bytes()).await?;
     }
-    let mut ts = TsLoop::with_bitrate(knobs.bitrate_bps).starting_at(knobs.start_packet);
+    let fixture = if knobs.hevc { HEVC_FIXTURE } else { FIXTURE };
+    let mut ts = TsLoop::of(fixture, knobs.bitrate_bps).starting_at(knobs.start_packet);
     let start = Instant::now();
     let mut sent: u64 = 0;
     let mut paused = false;

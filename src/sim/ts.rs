@@ -16,6 +16,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 /// The fixture the simulator streams.
 pub const FIXTURE: &[u8] = include_bytes!("fixture.ts");
+/// The HEVC fixture (the `hevc` knob): 1 s of H.265 video, one keyframe (`tests/data/README.md`).
+pub const HEVC_FIXTURE: &[u8] = include_bytes!("../../tests/data/hevc.ts");
 /// MPEG-TS packet size (re-exported for the simulator's writers).
 pub const PACKET: usize = PACKET_SIZE;
 
@@ -64,7 +66,12 @@ impl TsLoop {
     /// reader at that bitrate plays in real time. At or below the fixture's natural rate (about
     /// 1.6 Mbit/s) or with 0 (unlimited), no padding.
     pub fn with_bitrate(bitrate_bps: u64) -> Self {
-        let mut ts = Self::default();
+        Self::of(FIXTURE, bitrate_bps)
+    }
+
+    /// [`TsLoop::with_bitrate`] over another fixture.
+    pub fn of(data: &'static [u8], bitrate_bps: u64) -> Self {
+        let mut ts = Self::new(data);
         let fixture_packets = ts.packets.len() / PACKET;
         let period_s = ts.period_90k as f64 / 90_000.0;
         let wanted = (bitrate_bps as f64 / 8.0 * period_s / PACKET as f64).round() as usize;
