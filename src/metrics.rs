@@ -63,6 +63,15 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     /// HLS segments cut, by how (`keyframe`, `forced`: no keyframe within 2.5× the target).
     pub hls_segments: IntCounterVec,
+    /// Upstream failures, by reason (`ended`, `read_failed`, `not_ts`, `stalled`,
+    /// `unknown_session`, `livepos_stuck`, `prebuffering`).
+    pub upstream_failures: IntCounterVec,
+    /// Stat polls of engines that failed (the stream goes on).
+    pub engine_stat_errors: IntCounter,
+    /// Peers the engine reports, summed over this proxy's sessions on it (at scrape time).
+    pub engine_peers: IntGaugeVec,
+    /// Download speed the engine reports, KB/s, summed over this proxy's sessions on it.
+    pub engine_speed_down: IntGaugeVec,
     /// HLS viewers present now (they asked within the last three target durations).
     pub hls_viewers: IntGauge,
 }
@@ -234,6 +243,29 @@ impl Metrics {
                 "acestream_edge_hls_segments_total",
                 "HLS segments cut, by cut (keyframe, or forced when no keyframe came in 2.5x the target)",
                 &["cut"],
+            ),
+            upstream_failures: counter_vec(
+                &r,
+                "acestream_edge_upstream_failures_total",
+                "Upstream failures of live sessions, by reason (each failed over or ended the session)",
+                &["reason"],
+            ),
+            engine_stat_errors: counter(
+                &r,
+                "acestream_edge_engine_stat_errors_total",
+                "Engine stat polls that failed (the stream goes on)",
+            ),
+            engine_peers: gauge_vec(
+                &r,
+                "acestream_edge_engine_peers",
+                "Peers the engine reports, summed over this proxy's sessions on it",
+                &["engine"],
+            ),
+            engine_speed_down: gauge_vec(
+                &r,
+                "acestream_edge_engine_speed_down_kbps",
+                "Download speed the engine reports (KB/s), summed over this proxy's sessions on it",
+                &["engine"],
             ),
             hls_viewers: gauge(
                 &r,

@@ -72,6 +72,9 @@ struct Args {
     /// Stream the HEVC fixture (1 s of H.265 video) instead of H.264 + AAC.
     #[arg(long)]
     hevc: bool,
+    /// The stat URL's live position stands still (a frozen stream).
+    #[arg(long)]
+    freeze_livepos: bool,
 }
 
 #[tokio::main]
@@ -98,6 +101,7 @@ async fn main() -> std::io::Result<()> {
         null_stream: a.null_stream,
         start_packet: a.start_packet,
         hevc: a.hevc,
+        freeze_livepos: a.freeze_livepos,
         ..Knobs::default()
     };
     let mut engines = Vec::new();

@@ -156,6 +156,12 @@ pub struct Config {
     pub hls_segment_seconds: Duration,
     /// Segments an HLS playlist lists (at least 3); as many more stay fetchable. Default 6.
     pub hls_window_segments: usize,
+    /// How often a streaming session asks its engine for its stats (`stat_url`); 0 turns the
+    /// polling (and the stuck-stream detection it feeds) off. Default 2 s.
+    pub engine_stat_interval: Duration,
+    /// A stream whose engine reports `dl` but a `livepos` that does not advance for this long is
+    /// failed over. Default 30 s.
+    pub stuck_stream_timeout: Duration,
 }
 
 /// One statically configured engine.
@@ -608,6 +614,7 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         ("request_header_timeout", w.request_header_timeout),
         ("keepalive_timeout", w.keepalive_timeout),
         ("hls_segment_seconds", w.hls_segment_seconds),
+        ("stuck_stream_timeout", w.stuck_stream_timeout),
     ];
     for (key, d) in positive {
         if d.0.is_zero() {
@@ -731,6 +738,8 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         stream_token_secret: Some(w.stream_token_secret).filter(|s| !s.is_empty()),
         hls_segment_seconds: w.hls_segment_seconds.0,
         hls_window_segments: w.hls_window_segments as usize,
+        engine_stat_interval: w.engine_stat_interval.0,
+        stuck_stream_timeout: w.stuck_stream_timeout.0,
     })
 }
 

@@ -68,6 +68,8 @@ pub struct AceWire {
     pub stream_token_secret: String,
     pub hls_segment_seconds: DurationWire,
     pub hls_window_segments: u64,
+    pub engine_stat_interval: DurationWire,
+    pub stuck_stream_timeout: DurationWire,
 }
 
 impl Default for AceWire {
@@ -121,6 +123,8 @@ impl Default for AceWire {
             stream_token_secret: String::new(),
             hls_segment_seconds: secs(4.0),
             hls_window_segments: 6,
+            engine_stat_interval: secs(2.0),
+            stuck_stream_timeout: secs(30.0),
         }
     }
 }

@@ -365,6 +365,40 @@ impl EngineEndpoint {
         Err(self.refused("too many redirects from playback_url".into()))
     }
 
+    /// One stat sample of a session (`stat_url` with `skip_player_activity=1`). `Ok(None)`: the
+    /// engine does not know the session (it ended or was replaced).
+    pub async fn stat(
+        &self,
+        stat_path: &str,
+        timeout: Duration,
+    ) -> Result<Option<super::stat::EngineStat>, EngineError> {
+        let sep = if stat_path.contains('?') { '&' } else { '?' };
+        let path = format!("{stat_path}{sep}skip_player_activity=1");
+        let t = EngineTimeouts {
+            connect: timeout,
+            read: timeout,
+        };
+        let value = self.get_json(&path, t).await?;
+        match value.get("error") {
+            Some(e) if e.as_str() == Some(super::stat::UNKNOWN_SESSION) => return Ok(None),
+            None | Some(serde_json::Value::Null) => {}
+            Some(e) => return Err(self.refused(format!("stat: {e}"))),
+        }
+        let response = value.get("response").cloned().unwrap_or_default();
+        let response = if response.is_null() {
+            serde_json::json!({})
+        } else {
+            response
+        };
+        serde_json::from_value(response)
+            .map(Some)
+            .map_err(|source| EngineError::BadJson {
+                engine: self.to_string(),
+                what: "stat answer".into(),
+                source,
+            })
+    }
+
     /// `command_url?method=stop`, best effort. `unknown playback session id` counts as stopped.
     pub async fn stop(&self, command_path: &str, timeout: Duration) -> Result<(), EngineError> {
         let sep = if command_path.contains('?') { '&' } else { '?' };

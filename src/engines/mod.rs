@@ -11,6 +11,7 @@ pub mod client;
 pub mod discovery;
 pub mod health;
 pub mod score;
+pub mod stat;
 
 use crate::config::Config;
 use crate::error::EdgeError;

@@ -215,6 +215,20 @@ impl Admin {
         m.engine_healthy.reset();
         m.engine_active_streams.reset();
         m.engine_score.reset();
+        m.engine_peers.reset();
+        m.engine_speed_down.reset();
+        for x in self.sessions.list() {
+            let st = x.state();
+            if let (Some(e), Some((stat, _))) = (st.engine.as_ref(), st.engine_stats.as_ref()) {
+                let label = e.addr.to_string();
+                m.engine_peers
+                    .with_label_values(&[&label])
+                    .add(stat.peers.unwrap_or(0) as i64);
+                m.engine_speed_down
+                    .with_label_values(&[&label])
+                    .add(stat.speed_down.unwrap_or(0) as i64);
+            }
+        }
         for e in self.engines.status() {
             let label = e.addr.to_string();
             m.engine_healthy
@@ -316,9 +330,28 @@ pub struct SessionView {
     ingest_lead_seconds: Option<f64>,
     buffer_seconds: f64,
     buffer_bytes: usize,
+    /// The engine's last stat sample for the session (`null` before the first).
+    engine_stats: Option<EngineStatsView>,
     /// Bytes the HLS segment window holds (shared with the ring where they overlap).
     hls_bytes: usize,
     clients: Vec<ClientView>,
+}
+
+/// The engine's view of a session (`stat_url`), as last sampled.
+#[derive(Debug, Serialize)]
+pub struct EngineStatsView {
+    status: Option<String>,
+    peers: Option<u64>,
+    /// KB/s, as the engine reports it.
+    speed_down: Option<u64>,
+    /// KB/s.
+    speed_up: Option<u64>,
+    downloaded: Option<u64>,
+    uploaded: Option<u64>,
+    /// `livepos.live_last`, when the engine reports it.
+    live_last: Option<u64>,
+    /// When the sample was taken (RFC 3339).
+    sampled_at: String,
 }
 
 /// One client of a session.
@@ -377,6 +410,16 @@ impl SessionView {
             buffer_seconds: x.ring.lag_seconds(x.ring.first_seq()),
             buffer_bytes: x.ring.held_bytes(),
             hls_bytes: x.hls().map_or(0, |h| h.held_bytes()),
+            engine_stats: st.engine_stats.as_ref().map(|(s, at)| EngineStatsView {
+                status: s.status.clone(),
+                peers: s.peers,
+                speed_down: s.speed_down,
+                speed_up: s.speed_up,
+                downloaded: s.downloaded,
+                uploaded: s.uploaded,
+                live_last: s.live_last,
+                sampled_at: rfc3339(*at),
+            }),
             clients,
         }
     }

@@ -70,6 +70,8 @@ pub(super) struct SimSession {
     pub(super) reader_epoch: u64,
     /// `/content/...` paths handed out for this session.
     pub(super) content_paths: Vec<String>,
+    /// When it started: its live position advances from here in real time.
+    pub(super) started: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -368,6 +370,7 @@ async fn getstream(
                 ended,
                 reader_epoch: 0,
                 content_paths: Vec::new(),
+                started: std::time::Instant::now(),
             },
         );
         st.stats.sessions_started += 1;
@@ -440,17 +443,40 @@ async fn stat(shared: &Arc<Shared>, sock: &mut TcpStream, req: &RequestHead) -> 
         let mut st = lock(&shared.state);
         st.stats.stat_calls += 1;
         let token = token_of(&req.path).unwrap_or_default();
+        let knobs = lock(&shared.knobs).clone();
         match st.sessions.get(&token) {
+            Some(_) if knobs.stat_unknown => {
+                serde_json::json!({"response": null, "error": "unknown playback session id"})
+            }
             None => serde_json::json!({"response": null, "error": "unknown playback session id"}),
             Some(s) => {
                 let status = if s.bytes_sent > 0 { "dl" } else { "prebuf" };
-                serde_json::json!({"response": {
+                // The live position: the newest piece's time, advancing in real time from a
+                // fixed epoch (a frozen one stays where the session started).
+                const EPOCH: u64 = 1_700_000_000;
+                let live_last = if knobs.freeze_livepos {
+                    EPOCH
+                } else {
+                    EPOCH + s.started.elapsed().as_secs()
+                };
+                let mut response = serde_json::json!({
                     "status": status, "peers": 4, "speed_down": 512, "speed_up": 32,
                     "downloaded": s.bytes_sent, "uploaded": 0, "total_progress": 0,
                     "selected_stream_index": 0, "selected_file_index": -1, "stream_status": -1,
                     "client_session_id": -1, "playback_session_id": s.playback_session_id,
                     "infohash": s.infohash, "is_live": 1, "is_encrypted": 0,
-                }, "error": null})
+                });
+                if status == "dl" {
+                    // As strings, as engines send them; only while downloading.
+                    let first = EPOCH.saturating_sub(1800).to_string();
+                    let last = live_last.to_string();
+                    response["livepos"] = serde_json::json!({
+                        "pos": last, "last": last, "first_ts": first, "last_ts": last,
+                        "live_first": first, "live_last": last, "is_live": "1",
+                        "buffer_pieces": "30",
+                    });
+                }
+                serde_json::json!({"response": response, "error": null})
             }
         }
     };

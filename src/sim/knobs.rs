@@ -52,6 +52,10 @@ pub struct Knobs {
     pub start_packet: usize,
     /// Stream the HEVC fixture (1 s of H.265 video, `tests/data/hevc.ts`) instead of H.264 + AAC.
     pub hevc: bool,
+    /// The stat URL's `livepos.live_last` stands still (an engine whose stream froze).
+    pub freeze_livepos: bool,
+    /// The stat URL answers "unknown playback session id" for live sessions too.
+    pub stat_unknown: bool,
 }
 
 impl Knobs {
@@ -105,6 +109,8 @@ impl Knobs {
             "null_stream" => self.null_stream = flag()?,
             "start_packet" => self.start_packet = num()? as usize,
             "hevc" => self.hevc = flag()?,
+            "freeze_livepos" => self.freeze_livepos = flag()?,
+            "stat_unknown" => self.stat_unknown = flag()?,
             _ => return Err("unknown knob".into()),
         }
         Ok(())
@@ -136,6 +142,8 @@ impl Default for Knobs {
             null_stream: false,
             start_packet: 0,
             hevc: false,
+            freeze_livepos: false,
+            stat_unknown: false,
         }
     }
 }

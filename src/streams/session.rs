@@ -119,6 +119,30 @@ pub enum UpstreamFailure {
     /// No byte for `upstream_stall_timeout`.
     #[error("upstream stalled for {0:?}")]
     Stalled(std::time::Duration),
+    /// The engine's stats say it no longer knows the session.
+    #[error("the engine reports an unknown playback session")]
+    UnknownSession,
+    /// The engine reports `dl`, but its live position stood still this long.
+    #[error("the engine's live position stood still for {0:?}")]
+    LiveposStuck(std::time::Duration),
+    /// The engine went back to prebuffering for this long.
+    #[error("the engine prebuffered for {0:?}")]
+    Prebuffering(std::time::Duration),
+}
+
+impl UpstreamFailure {
+    /// The `reason` label of `acestream_edge_upstream_failures_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            UpstreamFailure::Ended => "ended",
+            UpstreamFailure::ReadFailed(_) => "read_failed",
+            UpstreamFailure::NotTs(_) => "not_ts",
+            UpstreamFailure::Stalled(_) => "stalled",
+            UpstreamFailure::UnknownSession => "unknown_session",
+            UpstreamFailure::LiveposStuck(_) => "livepos_stuck",
+            UpstreamFailure::Prebuffering(_) => "prebuffering",
+        }
+    }
 }
 
 /// Mutable bookkeeping, guarded by one short-lived lock.
@@ -130,6 +154,8 @@ pub(crate) struct SessionState {
     pub engine: Option<Engine>,
     /// The engine's session (URLs, ids), once started.
     pub engine_session: Option<EngineSession>,
+    /// The engine's last stat sample for this session, and when it was taken.
+    pub engine_stats: Option<(crate::engines::stat::EngineStat, SystemTime)>,
     /// Milliseconds from session start to the first upstream byte.
     pub first_byte_ms: Option<u64>,
     /// Wall-clock time of the first upstream byte.

@@ -13,6 +13,7 @@ use super::session::{Linger, Phase, StopReason, StreamSession, UpstreamFailure};
 use super::start::{start_outcome, start_within_deadline};
 use super::Sessions;
 use crate::config::Config;
+use crate::engines::stat::{Stuck, StuckDetector};
 use crate::engines::EngineStream;
 use crate::error::EdgeError;
 use crate::ts::PACKET_SIZE;
@@ -168,7 +169,14 @@ async fn stream(sessions: &Sessions, session: &Arc<StreamSession>, config: &Conf
     session.phase.send_replace(Phase::Streaming);
     let mut budget = FailoverBudget::new(config.max_failovers, config.failover_window);
     loop {
-        let reason = pump(config, &mut upstream, &mut chunker, &mut ingest, &count_in).await;
+        let reason = tokio::select! {
+            r = pump(config, &mut upstream, &mut chunker, &mut ingest, &count_in) => r,
+            r = watch_stats(session, config, metrics), if !config.engine_stat_interval.is_zero() => r,
+        };
+        metrics
+            .upstream_failures
+            .with_label_values(&[reason.label()])
+            .inc();
         while let Some(chunk) = chunker.next_flush() {
             ingest.release(chunk).await;
         }
@@ -180,6 +188,7 @@ async fn stream(sessions: &Sessions, session: &Arc<StreamSession>, config: &Conf
         let (old_engine, old_session) = {
             let mut st = session.state();
             st.lease = None;
+            st.engine_stats = None;
             (st.engine.take(), st.engine_session.take())
         };
         let mut exclude = Vec::new();
@@ -238,6 +247,52 @@ async fn stream(sessions: &Sessions, session: &Arc<StreamSession>, config: &Conf
                     failure: reason,
                     error,
                 })
+            }
+        }
+    }
+}
+
+/// A stat poll waits at most this long (the orchestrator's collectors use 3 s too).
+const STAT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Polls the session's `stat_url` every `engine_stat_interval`, keeps the last sample, and
+/// returns when the stats say the stream is stuck (or the engine no longer knows the session).
+/// A failed poll is counted, never fatal. Runs beside [`pump`] for one engine session.
+async fn watch_stats(
+    session: &StreamSession,
+    config: &Config,
+    metrics: &crate::metrics::Metrics,
+) -> UpstreamFailure {
+    let (endpoint, path) = {
+        let st = session.state();
+        let path = st
+            .engine_session
+            .as_ref()
+            .and_then(|es| es.stat_path.clone());
+        (st.engine.as_ref().map(|e| e.endpoint.clone()), path)
+    };
+    let (Some(endpoint), Some(path)) = (endpoint, path) else {
+        return std::future::pending().await;
+    };
+    let mut detector = StuckDetector::new(config.stuck_stream_timeout, config.empty_stream_timeout);
+    let mut tick = tokio::time::interval(config.engine_stat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match endpoint.stat(&path, STAT_TIMEOUT).await {
+            Ok(None) => return UpstreamFailure::UnknownSession,
+            Ok(Some(sample)) => {
+                let stuck = detector.observe(Instant::now(), &sample);
+                session.state().engine_stats = Some((sample, SystemTime::now()));
+                match stuck {
+                    Some(Stuck::Livepos(d)) => return UpstreamFailure::LiveposStuck(d),
+                    Some(Stuck::Prebuffering(d)) => return UpstreamFailure::Prebuffering(d),
+                    None => {}
+                }
+            }
+            Err(e) => {
+                metrics.engine_stat_errors.inc();
+                log::debug!("session {}: stat poll failed: {e}", session.content_id);
             }
         }
     }
