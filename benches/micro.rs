@@ -38,6 +38,7 @@ fn scoring(c: &mut Criterion) {
             addr: SocketAddr::from(([127, 0, 0, 1], 6000 + i)),
             forwarded: i % 4 == 0,
             healthy: i % 7 != 0,
+            eligible: i % 13 != 0,
             active_streams: (i % 5) as usize,
             recently_failed: i % 11 == 0,
         })
@@ -46,7 +47,7 @@ fn scoring(c: &mut Criterion) {
     c.bench_function("choose among 32 engines", |b| {
         b.iter(|| {
             rotation += 1;
-            choose(black_box(&pool), 10, rotation)
+            choose(black_box(&pool), 10, rotation, true)
         })
     });
 }

@@ -224,3 +224,56 @@ async fn engine_api_passes_through() {
     assert_eq!(status, 503);
     assert!(v["error"].as_str().unwrap().contains("no engine"), "{v}");
 }
+
+/// The proxy starts 0.1 s before its only engine listens, so the engine's first probe fails:
+/// the first request after the engine listens still streams (the least-bad engine is tried
+/// when none is healthy) and makes it healthy at once. With the engine really down, the answer
+/// is a fast 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_engine_that_comes_up_late_is_used_at_once() {
+    let (addr, holder) = dead_port();
+    let yaml = format!(
+        "acestream:\n  listen: [\"127.0.0.1:{}\"]\n  engines: [{{host: 127.0.0.1, port: {}}}]\n  health_check_interval: 30\n",
+        free_port(),
+        addr.port()
+    );
+    let server = start_proxy(acestream_edge::config::load_str(&yaml).unwrap().acestream);
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            server.edge.engines.status().iter().all(|e| !e.healthy)
+        })
+        .await,
+        "the first probe found nothing listening"
+    );
+    // Really down: a fast 503.
+    let t = std::time::Instant::now();
+    let (status, v) = get_json(
+        server.addr,
+        &format!("/ace/getstream?id={}", content_id(450)),
+    )
+    .await;
+    assert_eq!(status, 503, "{v}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    // The engine comes up; its next probe is 30 s away.
+    drop(holder);
+    let e = acestream_edge::sim::SimEngine::start(addr, Knobs::default())
+        .await
+        .unwrap();
+    let mut r = get(
+        server.addr,
+        &format!("/ace/getstream?id={}", content_id(451)),
+    )
+    .await;
+    assert_eq!(r.status, 200, "no 503 window");
+    let (data, _) = read_for(&mut r, Duration::from_secs(5), 188 * 100).await;
+    assert!(data.len() >= 188 * 100);
+    assert!(
+        server.edge.engines.status().iter().all(|e| e.healthy),
+        "an engine that answered is healthy at once"
+    );
+    assert_eq!(sim_stats(&e).await.sessions_started, 1);
+}

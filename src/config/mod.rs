@@ -162,6 +162,10 @@ pub struct Config {
     /// A stream whose engine reports `dl` but a `livepos` that does not advance for this long is
     /// failed over. Default 30 s.
     pub stuck_stream_timeout: Duration,
+    /// When no engine passes its health probe, try the least-bad ones anyway (a probe verdict
+    /// can be stale by up to `health_check_interval`); an engine that answers becomes healthy at
+    /// once. Default true.
+    pub panic_when_all_unhealthy: bool,
 }
 
 /// One statically configured engine.
@@ -740,6 +744,7 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         hls_window_segments: w.hls_window_segments as usize,
         engine_stat_interval: w.engine_stat_interval.0,
         stuck_stream_timeout: w.stuck_stream_timeout.0,
+        panic_when_all_unhealthy: w.panic_when_all_unhealthy,
     })
 }
 

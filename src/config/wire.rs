@@ -70,6 +70,7 @@ pub struct AceWire {
     pub hls_window_segments: u64,
     pub engine_stat_interval: DurationWire,
     pub stuck_stream_timeout: DurationWire,
+    pub panic_when_all_unhealthy: bool,
 }
 
 impl Default for AceWire {
@@ -125,6 +126,7 @@ impl Default for AceWire {
             hls_window_segments: 6,
             engine_stat_interval: secs(2.0),
             stuck_stream_timeout: secs(30.0),
+            panic_when_all_unhealthy: true,
         }
     }
 }

@@ -111,6 +111,11 @@ pub struct EnginePool {
     selection_timeout: Duration,
     failure_penalty: Duration,
     failed_until: Mutex<HashMap<SocketAddr, std::time::Instant>>,
+    /// Engines that answered a start although their last probe failed: healthy until the next
+    /// probe has had time to run.
+    proven_until: Mutex<HashMap<SocketAddr, std::time::Instant>>,
+    health_check_interval: Duration,
+    panic_when_all_unhealthy: bool,
 }
 
 impl std::fmt::Debug for EnginePool {
@@ -183,7 +188,27 @@ impl EnginePool {
             selection_timeout: config.engine_selection_timeout,
             failure_penalty: config.engine_failure_penalty,
             failed_until: Mutex::new(HashMap::new()),
+            proven_until: Mutex::new(HashMap::new()),
+            health_check_interval: config.health_check_interval,
+            panic_when_all_unhealthy: config.panic_when_all_unhealthy,
         }
+    }
+
+    /// An engine just answered a start: it counts as healthy now, whatever its last probe said
+    /// (until the next probe has run).
+    pub fn mark_working(&self, addr: SocketAddr) {
+        let until = std::time::Instant::now() + self.health_check_interval * 2;
+        self.proven_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr, until);
+    }
+
+    fn proven(&self) -> Vec<SocketAddr> {
+        let now = std::time::Instant::now();
+        let mut p = self.proven_until.lock().unwrap_or_else(|p| p.into_inner());
+        p.retain(|_, until| *until > now);
+        p.keys().copied().collect()
     }
 
     /// Marks an engine as having failed a live session: it scores lower for
@@ -240,18 +265,23 @@ impl EnginePool {
     ) -> Vec<EngineStatus> {
         let backends = self.lb.backends();
         let failed = self.recently_failed();
+        let proven = self.proven();
         let mut out: Vec<EngineStatus> = backends
             .get_backend()
             .iter()
             .filter_map(|b| {
                 let addr = *b.addr.as_inet()?;
                 let m = meta.get(&addr).cloned().unwrap_or_default();
-                let healthy = backends.ready(b) && m.orchestrator_healthy != Some(false);
+                let probe_ok = backends.ready(b) || proven.contains(&addr);
+                let healthy = probe_ok && m.orchestrator_healthy != Some(false);
                 let proxy_streams = load.get(&addr).copied().unwrap_or(0);
                 let candidate = Candidate {
                     addr,
                     forwarded: m.forwarded,
                     healthy,
+                    // The orchestrator's verdict rules an engine out; a failed probe of ours
+                    // does not, when every engine failed one (see `panic_when_all_unhealthy`).
+                    eligible: m.orchestrator_healthy != Some(false),
                     active_streams: proxy_streams + m.orchestrator_streams.unwrap_or(0),
                     recently_failed: failed.contains(&addr),
                 };
@@ -325,7 +355,13 @@ impl EnginePool {
                 .join(" ")
         );
         let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
-        let i = score::choose(&candidates, self.max_streams, rotation).map_err(|e| match e {
+        let i = score::choose(
+            &candidates,
+            self.max_streams,
+            rotation,
+            self.panic_when_all_unhealthy,
+        )
+        .map_err(|e| match e {
             NoCandidate::Empty if !exclude.is_empty() => {
                 EdgeError::NoEngine("every engine was tried".into())
             }
@@ -435,6 +471,7 @@ mod tests {
                 addr,
                 forwarded,
                 healthy,
+                eligible: true,
                 active_streams: streams,
                 recently_failed: false,
             };

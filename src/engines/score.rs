@@ -25,6 +25,8 @@ pub struct Candidate {
     pub forwarded: bool,
     /// The health check (and the orchestrator, if any) say it works.
     pub healthy: bool,
+    /// It may be chosen at all (not ruled out by the orchestrator).
+    pub eligible: bool,
     /// Streams on it: this proxy's sessions plus what the orchestrator reports.
     pub active_streams: usize,
     /// It failed a live session recently.
@@ -61,18 +63,27 @@ pub enum NoCandidate {
 }
 
 /// Index of the engine to use: the highest score among healthy engines below `max_streams`;
-/// among equal scores the `rotation`-th (mod their count), so equal engines take turns.
+/// among equal scores the `rotation`-th (mod their count), so equal engines take turns. With
+/// `panic` and no healthy engine, the eligible unhealthy ones are tried instead (a probe verdict
+/// can be stale: an engine that came up a second ago still reads "unhealthy" until its next
+/// probe, and answering 503 to everyone meanwhile would be a total outage).
 pub fn choose(
     candidates: &[Candidate],
     max_streams: usize,
     rotation: usize,
+    panic: bool,
 ) -> Result<usize, NoCandidate> {
     if candidates.is_empty() {
         return Err(NoCandidate::Empty);
     }
-    let healthy: Vec<usize> = (0..candidates.len())
+    let eligible = |i: &usize| candidates[*i].eligible;
+    let mut healthy: Vec<usize> = (0..candidates.len())
+        .filter(eligible)
         .filter(|&i| candidates[i].healthy)
         .collect();
+    if healthy.is_empty() && panic {
+        healthy = (0..candidates.len()).filter(eligible).collect();
+    }
     if healthy.is_empty() {
         return Err(NoCandidate::NoneHealthy(candidates.len()));
     }
@@ -101,6 +112,7 @@ mod tests {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             forwarded,
             healthy,
+            eligible: true,
             active_streams,
             recently_failed: false,
         }
@@ -115,7 +127,7 @@ mod tests {
             c(3, false, true, 0),
         ];
         for rotation in 0..4 {
-            let i = choose(&pool, 10, rotation).unwrap();
+            let i = choose(&pool, 10, rotation, false).unwrap();
             assert!(pool[i].forwarded);
         }
     }
@@ -124,7 +136,7 @@ mod tests {
     #[test]
     fn fewer_streams_win() {
         let pool = [c(1, true, true, 5), c(2, true, true, 2)];
-        assert_eq!(choose(&pool, 10, 0), Ok(1));
+        assert_eq!(choose(&pool, 10, 0, false), Ok(1));
         assert_eq!(score(&pool[0]), 950);
         assert_eq!(score(&pool[1]), 980);
     }
@@ -133,7 +145,7 @@ mod tests {
     #[test]
     fn health_beats_forwarding() {
         let pool = [c(1, true, false, 0), c(2, false, true, 0)];
-        assert_eq!(choose(&pool, 10, 0), Ok(1));
+        assert_eq!(choose(&pool, 10, 0, false), Ok(1));
         assert_eq!(score(&pool[0]), 0);
     }
 
@@ -143,16 +155,16 @@ mod tests {
         let mut failed = c(1, true, true, 0);
         failed.recently_failed = true;
         let pool = [failed, c(2, true, true, 3)];
-        assert_eq!(choose(&pool, 10, 0), Ok(1));
+        assert_eq!(choose(&pool, 10, 0, false), Ok(1));
     }
 
     /// Engines at the stream limit are not candidates.
     #[test]
     fn full_engines_are_skipped() {
         let pool = [c(1, true, true, 10), c(2, false, true, 3)];
-        assert_eq!(choose(&pool, 10, 0), Ok(1));
+        assert_eq!(choose(&pool, 10, 0, false), Ok(1));
         assert_eq!(
-            choose(&[c(1, true, true, 10)], 10, 0),
+            choose(&[c(1, true, true, 10)], 10, 0, false),
             Err(NoCandidate::AllFull(10))
         );
     }
@@ -165,16 +177,43 @@ mod tests {
             c(2, false, true, 1),
             c(3, false, true, 1),
         ];
-        let picks: Vec<usize> = (0..6).map(|r| choose(&pool, 10, r).unwrap()).collect();
+        let picks: Vec<usize> = (0..6)
+            .map(|r| choose(&pool, 10, r, false).unwrap())
+            .collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
+    }
+
+    /// With panic on and no healthy engine, the least-bad eligible one is tried; an engine the
+    /// orchestrator rules out never is.
+    #[test]
+    fn panic_tries_unhealthy_engines_when_none_is_healthy() {
+        let pool = [c(1, false, false, 3), c(2, false, false, 0)];
+        assert_eq!(choose(&pool, 10, 0, true), Ok(1), "the least loaded");
+        assert_eq!(
+            choose(&pool, 10, 0, false),
+            Err(NoCandidate::NoneHealthy(2))
+        );
+        let mut out = c(3, true, false, 0);
+        out.eligible = false;
+        assert_eq!(
+            choose(&[out.clone()], 10, 0, true),
+            Err(NoCandidate::NoneHealthy(1))
+        );
+        let mut pool = vec![out, c(4, false, true, 5)];
+        pool[0].healthy = true;
+        assert_eq!(
+            choose(&pool, 10, 0, true),
+            Ok(1),
+            "ineligible even when healthy"
+        );
     }
 
     /// An empty pool and an all-unhealthy pool are typed errors.
     #[test]
     fn no_engine_is_a_typed_error() {
-        assert_eq!(choose(&[], 10, 0), Err(NoCandidate::Empty));
+        assert_eq!(choose(&[], 10, 0, false), Err(NoCandidate::Empty));
         assert_eq!(
-            choose(&[c(1, true, false, 0)], 10, 0),
+            choose(&[c(1, true, false, 0)], 10, 0, false),
             Err(NoCandidate::NoneHealthy(1))
         );
     }

@@ -76,6 +76,8 @@ async fn start_and_first_bytes(
         let metrics = sessions.metrics();
         match start_on(session, &engine, timeouts, config.engine_stop_timeout).await {
             Ok(started) => {
+                // It answered: healthy now, whatever its last probe said.
+                sessions.engines().mark_working(engine.addr);
                 metrics
                     .engine_selections
                     .with_label_values(&[&label, "started"])
