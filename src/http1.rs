@@ -159,6 +159,8 @@ pub struct GetOptions {
     pub http10: bool,
     /// Send `HEAD` instead of `GET`.
     pub head: bool,
+    /// Send `POST` with this JSON body instead of `GET`.
+    pub json_body: Option<Vec<u8>>,
 }
 
 /// Connects to `addr` within `connect_timeout` and sends `GET path_and_query`.
@@ -187,7 +189,11 @@ pub async fn get_on(
     opts: &GetOptions,
 ) -> io::Result<Response> {
     stream.set_nodelay(true)?;
-    let method = if opts.head { "HEAD" } else { "GET" };
+    let method = match (&opts.json_body, opts.head) {
+        (Some(_), _) => "POST",
+        (None, true) => "HEAD",
+        (None, false) => "GET",
+    };
     let version = if opts.http10 { "1.0" } else { "1.1" };
     let mut req = format!(
         "{method} {path_and_query} HTTP/{version}\r\nHost: {host}\r\nAccept-Encoding: identity\r\nConnection: close\r\n"
@@ -195,8 +201,18 @@ pub async fn get_on(
     for (k, v) in &opts.headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if let Some(body) = &opts.json_body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
     req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).await?;
+    let mut bytes = req.into_bytes();
+    if let Some(body) = &opts.json_body {
+        bytes.extend_from_slice(body);
+    }
+    stream.write_all(&bytes).await?;
     read_response_head(stream, opts.head).await
 }
 

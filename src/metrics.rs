@@ -72,6 +72,9 @@ pub struct Metrics {
     pub engine_peers: IntGaugeVec,
     /// Download speed the engine reports, KB/s, summed over this proxy's sessions on it.
     pub engine_speed_down: IntGaugeVec,
+    /// Events for the orchestrator, by outcome (`sent`, `failed` after retries, `dropped` when
+    /// the queue was full).
+    pub orchestrator_events: IntCounterVec,
     /// HLS viewers present now (they asked within the last three target durations).
     pub hls_viewers: IntGauge,
 }
@@ -266,6 +269,12 @@ impl Metrics {
                 "acestream_edge_engine_speed_down_kbps",
                 "Download speed the engine reports (KB/s), summed over this proxy's sessions on it",
                 &["engine"],
+            ),
+            orchestrator_events: counter_vec(
+                &r,
+                "acestream_edge_orchestrator_events_total",
+                "stream_started/stream_ended events for the orchestrator, by outcome",
+                &["outcome"],
             ),
             hls_viewers: gauge(
                 &r,

@@ -277,3 +277,105 @@ async fn an_engine_that_comes_up_late_is_used_at_once() {
     );
     assert_eq!(sim_stats(&e).await.sessions_started, 1);
 }
+
+/// The orchestrator hears of every session exactly once when it starts and once when it ends,
+/// with the documented fields; with the orchestrator down, sessions start as fast as without
+/// one.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_orchestrator_hears_of_every_session() {
+    let e = sim(Knobs::default()).await;
+    let orch = FakeOrchestrator::start(serde_json::json!([
+        {"host": "127.0.0.1", "port": e.addr().port(), "container_id": "c1", "health_status": "healthy"}
+    ]))
+    .await;
+    let yaml = format!(
+        "acestream:\n  listen: [\"127.0.0.1:{}\"]\n  orchestrator: {{url: \"http://{}\", api_key: k}}\n  stream_idle_timeout: 0.5\n",
+        free_port(),
+        orch.addr
+    );
+    let server = start_proxy(acestream_edge::config::load_str(&yaml).unwrap().acestream);
+    let id = content_id(460);
+    let mut r = get(server.addr, &format!("/ace/getstream?id={id}")).await;
+    assert_eq!(r.status, 200);
+    read_for(&mut r, Duration::from_secs(5), 188 * 10).await;
+    drop(r);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            orch.events("/events/stream_ended").len() == 1
+        })
+        .await,
+        "stream_ended arrived"
+    );
+    let started = orch.events("/events/stream_started");
+    assert_eq!(started.len(), 1, "{started:?}");
+    let s = &started[0];
+    assert_eq!(s["container_id"], "c1");
+    assert_eq!(s["engine"]["port"], e.addr().port());
+    assert_eq!(s["stream"]["key_type"], "content_id");
+    assert_eq!(s["stream"]["key"], id.as_str());
+    assert!(s["session"]["playback_session_id"].is_string());
+    assert!(s["session"]["command_url"]
+        .as_str()
+        .unwrap()
+        .contains("/ace/cmd/"));
+    assert_eq!(s["session"]["is_live"], 1);
+    let ended = orch.events("/events/stream_ended");
+    assert_eq!(
+        (
+            &ended[0]["container_id"],
+            &ended[0]["stream_id"],
+            &ended[0]["reason"]
+        ),
+        (
+            &serde_json::json!("c1"),
+            &serde_json::json!(id),
+            &serde_json::json!("idle_timeout")
+        )
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        orch.events("/events/stream_started").len(),
+        1,
+        "exactly once"
+    );
+    assert_eq!(orch.events("/events/stream_ended").len(), 1, "exactly once");
+}
+
+/// An orchestrator that is down (events refused) delays no start: first bytes come as fast as
+/// with event reporting off.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_down_orchestrator_delays_nothing() {
+    let e = sim(Knobs::default()).await;
+    let (dead, _held) = dead_port();
+    let mut ttfb = Vec::new();
+    for report in [false, true] {
+        // Static engines; the orchestrator URL (down) is only there for its events.
+        let yaml = format!(
+            "acestream:\n  listen: [\"127.0.0.1:{}\"]\n  engines: [{{host: 127.0.0.1, port: {}}}]\n  orchestrator: {{url: \"http://{dead}\", report_events: {report}}}\n",
+            free_port(),
+            e.addr().port()
+        );
+        let server = start_proxy(acestream_edge::config::load_str(&yaml).unwrap().acestream);
+        let mut best = Duration::MAX;
+        for i in 0..5 {
+            let t = std::time::Instant::now();
+            let mut r = get(
+                server.addr,
+                &format!(
+                    "/ace/getstream?id={}",
+                    content_id(470 + i + 10 * report as u32)
+                ),
+            )
+            .await;
+            assert_eq!(r.status, 200);
+            read_for(&mut r, Duration::from_secs(5), 188).await;
+            best = best.min(t.elapsed());
+        }
+        ttfb.push(best);
+    }
+    eprintln!(
+        "best TTFB without events {:?}, with a down orchestrator {:?}",
+        ttfb[0], ttfb[1]
+    );
+    assert!(ttfb[1] < ttfb[0] + Duration::from_millis(200), "{ttfb:?}");
+}

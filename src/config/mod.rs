@@ -186,6 +186,8 @@ pub struct OrchestratorConfig {
     pub url: String,
     /// Sent as a Bearer token when set.
     pub api_key: Option<String>,
+    /// Send `stream_started` / `stream_ended` events for our sessions. Default true.
+    pub report_events: bool,
 }
 
 impl Default for Config {
@@ -574,6 +576,7 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
             Some(OrchestratorConfig {
                 url,
                 api_key: Some(o.api_key).filter(|k| !k.is_empty()),
+                report_events: o.report_events,
             })
         }
     };

@@ -148,6 +148,12 @@ pub struct OrchestratorWire {
     pub url: String,
     #[serde(default)]
     pub api_key: String,
+    #[serde(default = "yes")]
+    pub report_events: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A duration written as seconds (`30`, `0.5`) or with a unit (`"500ms"`, `"5m"`).

@@ -129,9 +129,14 @@ impl ServiceDiscovery for EngineDiscovery {
     }
 }
 
-/// `GET <url>/engines`, in either shape of `docs/engine-api.md` §12.
-async fn fetch_orchestrator(o: &OrchestratorConfig) -> Result<Vec<EngineMeta>, String> {
-    let uri: http::Uri = format!("{}/engines", o.url)
+/// A request to the orchestrator at `<url><path>` (with the API key as a Bearer token): a GET,
+/// or a POST of `json_body`. Returns the status and the body.
+pub async fn orchestrator_request(
+    o: &OrchestratorConfig,
+    path: &str,
+    json_body: Option<Vec<u8>>,
+) -> Result<(u16, Vec<u8>), String> {
+    let uri: http::Uri = format!("{}{path}", o.url)
         .parse()
         .map_err(|e| format!("bad url: {e}"))?;
     let authority = uri.authority().ok_or("url without host")?.clone();
@@ -141,7 +146,10 @@ async fn fetch_orchestrator(o: &OrchestratorConfig) -> Result<Vec<EngineMeta>, S
         .map_err(|e| format!("cannot resolve {authority}: {e}"))?
         .next()
         .ok_or("url resolves to nothing")?;
-    let mut opts = GetOptions::default();
+    let mut opts = GetOptions {
+        json_body,
+        ..GetOptions::default()
+    };
     if let Some(key) = &o.api_key {
         opts.headers
             .push(("Authorization".into(), format!("Bearer {key}")));
@@ -149,16 +157,19 @@ async fn fetch_orchestrator(o: &OrchestratorConfig) -> Result<Vec<EngineMeta>, S
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
-    let path = uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/engines");
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or(path);
     let mut resp = http1::get_on(stream, authority.as_str(), path, &opts)
         .await
         .map_err(|e| e.to_string())?;
     let body = resp.read_to_end(4 << 20).await.map_err(|e| e.to_string())?;
-    if resp.status != 200 {
-        return Err(format!("HTTP {}", resp.status));
+    Ok((resp.status, body))
+}
+
+/// `GET <url>/engines`, in either shape of `docs/engine-api.md` §12.
+async fn fetch_orchestrator(o: &OrchestratorConfig) -> Result<Vec<EngineMeta>, String> {
+    let (status, body) = orchestrator_request(o, "/engines", None).await?;
+    if status != 200 {
+        return Err(format!("HTTP {status}"));
     }
     parse_engine_list(&body)
 }

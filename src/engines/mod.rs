@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod discovery;
+pub mod events;
 pub mod health;
 pub mod score;
 pub mod stat;

@@ -61,11 +61,18 @@ pub struct Sessions {
     shutting_down: AtomicBool,
     started_total: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Events for the orchestrator about our engine sessions.
+    events: crate::engines::events::EventReporter,
 }
 
 impl Sessions {
     /// An empty registry.
     pub fn new(config: Arc<Config>, engines: Arc<EnginePool>, metrics: Arc<Metrics>) -> Self {
+        let events = crate::engines::events::EventReporter::new(
+            config.orchestrator.as_ref(),
+            crate::engines::events::EVENT_QUEUE,
+            metrics.clone(),
+        );
         Sessions {
             config,
             engines,
@@ -73,6 +80,7 @@ impl Sessions {
             hls_viewers: Mutex::new((HashMap::new(), false)),
             shutting_down: AtomicBool::new(false),
             started_total: AtomicU64::new(0),
+            events,
             metrics,
         }
     }
@@ -303,6 +311,50 @@ impl Sessions {
             };
             drop(gone); // counted out of their sessions here, outside the lock
         }
+    }
+
+    /// Tells the orchestrator (if it wants to know) that `engine` accepted `session`.
+    pub(crate) fn report_started(
+        &self,
+        session: &StreamSession,
+        engine: &crate::engines::Engine,
+        es: &crate::engines::EngineSession,
+    ) {
+        let key_type = match session.content.kind {
+            crate::engines::ContentKind::ContentId => "content_id",
+            crate::engines::ContentKind::Infohash => "infohash",
+        };
+        let url = |path: &Option<String>| {
+            path.as_ref()
+                .map(|p| format!("http://{}{p}", engine.endpoint))
+        };
+        self.events
+            .report(crate::engines::events::OrchestratorEvent::started(
+                engine.container_id.as_deref(),
+                &engine.endpoint.host,
+                engine.endpoint.port,
+                key_type,
+                &session.content.value,
+                es.playback_session_id.as_deref(),
+                url(&es.stat_path).as_deref(),
+                url(&es.command_path).as_deref(),
+                es.is_live,
+            ));
+    }
+
+    /// Tells the orchestrator that `session`'s engine session on `engine` ended, and why.
+    pub(crate) fn report_ended(
+        &self,
+        session: &StreamSession,
+        engine: &crate::engines::Engine,
+        reason: &str,
+    ) {
+        self.events
+            .report(crate::engines::events::OrchestratorEvent::ended(
+                engine.container_id.as_deref(),
+                &session.content.value,
+                reason,
+            ));
     }
 
     /// How many sessions are live.

@@ -104,6 +104,18 @@ pub enum StopReason {
     },
 }
 
+impl StopReason {
+    /// A short label (logs, the orchestrator's `stream_ended` reason).
+    pub fn label(&self) -> &'static str {
+        match self {
+            StopReason::IdleTimeout => "idle_timeout",
+            StopReason::Shutdown => "shutdown",
+            StopReason::Upstream(f) => f.label(),
+            StopReason::FailoverFailed { .. } => "failover_failed",
+        }
+    }
+}
+
 /// How a live upstream failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpstreamFailure {

@@ -78,6 +78,9 @@ async fn start_and_first_bytes(
             Ok(started) => {
                 // It answered: healthy now, whatever its last probe said.
                 sessions.engines().mark_working(engine.addr);
+                if let Some(es) = session.state().engine_session.clone() {
+                    sessions.report_started(session, &engine, &es);
+                }
                 metrics
                     .engine_selections
                     .with_label_values(&[&label, "started"])

@@ -54,6 +54,10 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<StreamSes
             .inc(),
         _ => {}
     }
+    let phase_label = match &outcome {
+        Outcome::Stopped(reason) => Some(reason.label()),
+        Outcome::StartFailed(_) => None,
+    };
     let (phase, reason) = match outcome {
         Outcome::Stopped(reason) => {
             let text = reason.to_string();
@@ -89,6 +93,9 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<StreamSes
         session.joins.load(Ordering::Relaxed),
         session.leaves.load(Ordering::Relaxed),
     );
+    if let (Some(engine), Some(_)) = (&engine, &engine_session) {
+        sessions.report_ended(&session, engine, phase_label.unwrap_or("start_failed"));
+    }
     if let (Some(engine), Some(es)) = (engine, engine_session) {
         if let Some(cmd) = &es.command_path {
             if let Err(e) = engine.endpoint.stop(cmd, config.engine_stop_timeout).await {
@@ -193,6 +200,7 @@ async fn stream(sessions: &Sessions, session: &Arc<StreamSession>, config: &Conf
         };
         let mut exclude = Vec::new();
         if let Some(engine) = old_engine {
+            sessions.report_ended(session, &engine, "failover");
             log::warn!(
                 "session {}: upstream on {} failed ({reason}); failing over",
                 session.content_id,

@@ -221,14 +221,46 @@ pub fn rss_kib() -> u64 {
         .expect("VmRSS")
 }
 
-/// A fake orchestrator: serves `GET /engines` with whatever JSON it is given, and records the
-/// Authorization headers it saw.
+/// A fake orchestrator: serves `GET /engines` with whatever JSON it is given, records the
+/// Authorization headers it saw, and records every `POST /events/...` (path, JSON body).
 pub struct FakeOrchestrator {
     /// Where it listens.
     pub addr: SocketAddr,
     body: std::sync::Arc<std::sync::Mutex<String>>,
     auth: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    events: std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// One request: its head (lower-case) and body, read by Content-Length.
+async fn read_request(sock: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).to_string();
+            let len = head
+                .to_ascii_lowercase()
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").map(str::to_string))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            while buf.len() < i + 4 + len {
+                let n = sock.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Some((head, buf[i + 4..i + 4 + len].to_vec()));
+        }
+        let n = sock.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 impl FakeOrchestrator {
@@ -238,25 +270,34 @@ impl FakeOrchestrator {
         let addr = listener.local_addr().unwrap();
         let body = std::sync::Arc::new(std::sync::Mutex::new(body.to_string()));
         let auth = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (b, a) = (body.clone(), auth.clone());
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (b, a, ev) = (body.clone(), auth.clone(), events.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut sock, _)) = listener.accept().await else {
                     return;
                 };
-                let (b, a) = (b.clone(), a.clone());
+                let (b, a, ev) = (b.clone(), a.clone(), ev.clone());
                 tokio::spawn(async move {
                     use tokio::io::AsyncWriteExt;
-                    let Ok(Some(req)) = acestream_edge::http1::read_request_head(&mut sock).await
-                    else {
+                    let Some((head, req_body)) = read_request(&mut sock).await else {
                         return;
                     };
-                    if let Some(h) = req.header("authorization") {
-                        a.lock().unwrap().push(h.to_string());
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    if let Some(h) = head.lines().find_map(|l| {
+                        l.split_once(':')
+                            .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                            .map(|(_, v)| v.trim().to_string())
+                    }) {
+                        a.lock().unwrap().push(h);
                     }
-                    let text = b.lock().unwrap().clone();
-                    let (status, text) = if req.path == "/engines" {
-                        ("200 OK", text)
+                    let (status, text) = if path == "/engines" {
+                        ("200 OK", b.lock().unwrap().clone())
+                    } else if path.starts_with("/events/") {
+                        if let Ok(v) = serde_json::from_slice(&req_body) {
+                            ev.lock().unwrap().push((path, v));
+                        }
+                        ("200 OK", "{}".to_string())
                     } else {
                         ("404 Not Found", "{}".into())
                     };
@@ -269,6 +310,7 @@ impl FakeOrchestrator {
             addr,
             body,
             auth,
+            events,
             task,
         }
     }
@@ -281,6 +323,17 @@ impl FakeOrchestrator {
     /// Authorization headers received.
     pub fn auth_seen(&self) -> Vec<String> {
         self.auth.lock().unwrap().clone()
+    }
+
+    /// The events received so far with this path.
+    pub fn events(&self, path: &str) -> Vec<serde_json::Value> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// Stops listening (the orchestrator goes down).
