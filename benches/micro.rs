@@ -41,6 +41,8 @@ fn scoring(c: &mut Criterion) {
             eligible: i % 13 != 0,
             active_streams: (i % 5) as usize,
             recently_failed: i % 11 == 0,
+            node_load: (i % 3) as usize,
+            last_assigned: None,
         })
         .collect();
     let mut rotation = 0usize;

@@ -45,6 +45,7 @@ impl EdgeProxy {
             metrics: metrics.clone(),
             token: config.admin_token.clone(),
             status_cache: Default::default(),
+            max_streams: config.max_streams_per_engine,
             tokens: config
                 .stream_token_secret
                 .as_deref()

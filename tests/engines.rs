@@ -379,3 +379,92 @@ async fn a_down_orchestrator_delays_nothing() {
     );
     assert!(ttfb[1] < ttfb[0] + Duration::from_millis(200), "{ttfb:?}");
 }
+
+/// Selection with the orchestrator's knowledge: of two equal engines on two VPN nodes, the one on
+/// the quieter node wins; a draining engine and one behind an unhealthy VPN are never chosen,
+/// even forwarded; `/proxy/engines` says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn selection_knows_vpn_nodes_and_draining() {
+    let (a, b, d, v) = (
+        sim(Knobs::default()).await,
+        sim(Knobs::default()).await,
+        sim(Knobs::default()).await,
+        sim(Knobs::default()).await,
+    );
+    let (busy, _held) = dead_port();
+    let orch = FakeOrchestrator::start(serde_json::json!({"engines": [
+        {"host": "127.0.0.1", "port": a.addr().port(), "container_id": "a", "vpn_container": "vpn1", "health_status": "healthy"},
+        {"host": "127.0.0.1", "port": b.addr().port(), "container_id": "b", "vpn_container": "vpn2", "health_status": "healthy"},
+        // vpn1 already carries three streams on another engine.
+        {"host": "127.0.0.1", "port": busy.port(), "container_id": "c", "vpn_container": "vpn1", "health_status": "healthy", "stream_count": 3},
+        {"host": "127.0.0.1", "port": d.addr().port(), "container_id": "d", "forwarded": true, "draining": true, "health_status": "healthy"},
+        {"host": "127.0.0.1", "port": v.addr().port(), "container_id": "v", "forwarded": true, "vpn_container": "vpn3", "vpn_health": "unhealthy", "health_status": "healthy"}
+    ], "total": 5}))
+    .await;
+    let yaml = format!(
+        "acestream:\n  listen: [\"127.0.0.1:{}\"]\n  orchestrator: {{url: \"http://{}\", report_events: false}}\n",
+        free_port(),
+        orch.addr
+    );
+    let server = start_proxy(acestream_edge::config::load_str(&yaml).unwrap().acestream);
+    let mut r = get(
+        server.addr,
+        &format!("/ace/getstream?id={}", content_id(480)),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    read_for(&mut r, Duration::from_secs(5), 188).await;
+    assert_eq!(
+        sim_stats(&b).await.sessions_started,
+        1,
+        "the quieter VPN node won"
+    );
+    assert_eq!(sim_stats(&a).await.sessions_started, 0);
+    for i in 0..6 {
+        let mut r = get(
+            server.addr,
+            &format!("/ace/getstream?id={}", content_id(481 + i)),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        read_for(&mut r, Duration::from_secs(5), 188).await;
+    }
+    assert_eq!(
+        sim_stats(&d).await.sessions_started,
+        0,
+        "a draining engine is never chosen"
+    );
+    assert_eq!(
+        sim_stats(&v).await.sessions_started,
+        0,
+        "nor one behind an unhealthy VPN"
+    );
+    let (_, engines) = get_json(server.addr, "/proxy/engines").await;
+    let why = |port: u16| {
+        engines["engines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["port"] == port)
+            .map(|e| e["not_candidate"].clone())
+            .unwrap()
+    };
+    assert!(
+        why(d.addr().port()).as_str().unwrap().contains("draining"),
+        "{engines}"
+    );
+    assert!(
+        why(v.addr().port()).as_str().unwrap().contains("VPN"),
+        "{engines}"
+    );
+    assert!(why(a.addr().port()).is_null(), "{engines}");
+    let node = engines["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["port"] == a.addr().port())
+        .unwrap()["node_load"]
+        .as_u64()
+        .unwrap();
+    assert!(node >= 3, "vpn1's load counts engine c's streams: {node}");
+}

@@ -196,6 +196,13 @@ struct OrchestratorEngine {
     container_id: Option<String>,
     vpn_container: Option<String>,
     health_status: Option<String>,
+    #[serde(default)]
+    draining: bool,
+    /// VPN health, where the orchestrator reports it (`vpn_health` / `vpn_status`:
+    /// `"unhealthy"`, or `vpn_healthy: false`).
+    #[serde(alias = "vpn_status")]
+    vpn_health: Option<String>,
+    vpn_healthy: Option<bool>,
     stream_count: Option<u64>,
     streams: Option<Vec<Value>>,
 }
@@ -231,6 +238,8 @@ pub fn parse_engine_list(body: &[u8]) -> Result<Vec<EngineMeta>, String> {
                 container_id: e.container_id,
                 vpn_container: e.vpn_container,
                 from_orchestrator: true,
+                draining: e.draining,
+                vpn_healthy: e.vpn_healthy.or(e.vpn_health.map(|s| s != "unhealthy")),
             }
         })
         .collect())

@@ -48,6 +48,10 @@ pub struct EngineMeta {
     pub orchestrator_streams: Option<usize>,
     /// Listed by the orchestrator (else static only).
     pub from_orchestrator: bool,
+    /// The orchestrator drains it (Go rewrite): no new sessions.
+    pub draining: bool,
+    /// The orchestrator's view of its VPN's health (`None`: no opinion).
+    pub vpn_healthy: Option<bool>,
 }
 
 impl EngineMeta {
@@ -65,6 +69,21 @@ impl EngineMeta {
         self.orchestrator_healthy = other.orchestrator_healthy.or(self.orchestrator_healthy);
         self.orchestrator_streams = other.orchestrator_streams.or(self.orchestrator_streams);
         self.from_orchestrator |= other.from_orchestrator;
+        self.draining |= other.draining;
+        self.vpn_healthy = other.vpn_healthy.or(self.vpn_healthy);
+    }
+
+    /// Why the orchestrator rules it out, if it does.
+    pub fn ruled_out(&self) -> Option<&'static str> {
+        if self.orchestrator_healthy == Some(false) {
+            Some("the orchestrator reports it unhealthy")
+        } else if self.vpn_healthy == Some(false) {
+            Some("the orchestrator reports its VPN unhealthy")
+        } else if self.draining {
+            Some("the orchestrator is draining it")
+        } else {
+            None
+        }
     }
 }
 
@@ -117,6 +136,8 @@ pub struct EnginePool {
     proven_until: Mutex<HashMap<SocketAddr, std::time::Instant>>,
     health_check_interval: Duration,
     panic_when_all_unhealthy: bool,
+    /// When each engine was last given a session (the last tie-break).
+    last_assigned: Mutex<HashMap<SocketAddr, std::time::Instant>>,
 }
 
 impl std::fmt::Debug for EnginePool {
@@ -192,6 +213,7 @@ impl EnginePool {
             proven_until: Mutex::new(HashMap::new()),
             health_check_interval: config.health_check_interval,
             panic_when_all_unhealthy: config.panic_when_all_unhealthy,
+            last_assigned: Mutex::new(HashMap::new()),
         }
     }
 
@@ -267,6 +289,11 @@ impl EnginePool {
         let backends = self.lb.backends();
         let failed = self.recently_failed();
         let proven = self.proven();
+        let assigned = self
+            .last_assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut out: Vec<EngineStatus> = backends
             .get_backend()
             .iter()
@@ -282,9 +309,11 @@ impl EnginePool {
                     healthy,
                     // The orchestrator's verdict rules an engine out; a failed probe of ours
                     // does not, when every engine failed one (see `panic_when_all_unhealthy`).
-                    eligible: m.orchestrator_healthy != Some(false),
+                    eligible: m.ruled_out().is_none(),
                     active_streams: proxy_streams + m.orchestrator_streams.unwrap_or(0),
                     recently_failed: failed.contains(&addr),
+                    node_load: 0,
+                    last_assigned: assigned.get(&addr).copied(),
                 };
                 Some(EngineStatus {
                     score: score::score(&candidate),
@@ -297,6 +326,19 @@ impl EnginePool {
                 })
             })
             .collect();
+        // The load of each engine's VPN node: the streams of every engine behind the same VPN.
+        let mut nodes: HashMap<String, usize> = HashMap::new();
+        for s in &out {
+            if let Some(vpn) = &s.meta.vpn_container {
+                *nodes.entry(vpn.clone()).or_default() += s.candidate.active_streams;
+            }
+        }
+        for s in &mut out {
+            s.candidate.node_load = match &s.meta.vpn_container {
+                Some(vpn) => nodes.get(vpn).copied().unwrap_or(0),
+                None => s.candidate.active_streams,
+            };
+        }
         out.sort_by_key(|s| s.addr);
         out
     }
@@ -315,6 +357,10 @@ impl EnginePool {
         log::info!("{}", choice_line(&engine, &status, exclude));
         *load.entry(engine.addr).or_default() += 1;
         drop(load);
+        self.last_assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(engine.addr, std::time::Instant::now());
         let lease = StreamLease {
             pool: self.clone(),
             addr: engine.addr,
@@ -475,6 +521,8 @@ mod tests {
                 eligible: true,
                 active_streams: streams,
                 recently_failed: false,
+                node_load: streams,
+                last_assigned: None,
             };
             EngineStatus {
                 meta: EngineMeta::default(),

@@ -31,6 +31,10 @@ pub struct Candidate {
     pub active_streams: usize,
     /// It failed a live session recently.
     pub recently_failed: bool,
+    /// Streams on every engine behind the same VPN (its own streams without a VPN).
+    pub node_load: usize,
+    /// When this proxy last gave it a session.
+    pub last_assigned: Option<std::time::Instant>,
 }
 
 /// The spec's score.
@@ -63,7 +67,8 @@ pub enum NoCandidate {
 }
 
 /// Index of the engine to use: the highest score among healthy engines below `max_streams`;
-/// among equal scores the `rotation`-th (mod their count), so equal engines take turns. With
+/// among equal scores the one on the least loaded VPN node, then the one given a session
+/// longest ago, then the `rotation`-th (mod their count), so equal engines take turns. With
 /// `panic` and no healthy engine, the eligible unhealthy ones are tried instead (a probe verdict
 /// can be stale: an engine that came up a second ago still reads "unhealthy" until its next
 /// probe, and answering 503 to everyone meanwhile would be a total outage).
@@ -96,10 +101,19 @@ pub fn choose(
         .map(|&i| score(&candidates[i]))
         .max()
         .ok_or(NoCandidate::AllFull(max_streams))?;
+    // Ties: the less loaded VPN node, then the engine given a session longest ago (as the Go
+    // orchestrator does), then take turns.
     let tied: Vec<usize> = open
         .into_iter()
         .filter(|&i| score(&candidates[i]) == best)
         .collect();
+    let key = |i: usize| (candidates[i].node_load, candidates[i].last_assigned);
+    let first = tied
+        .iter()
+        .map(|&i| key(i))
+        .min()
+        .ok_or(NoCandidate::AllFull(max_streams))?;
+    let tied: Vec<usize> = tied.into_iter().filter(|&i| key(i) == first).collect();
     Ok(tied[rotation % tied.len()])
 }
 
@@ -115,6 +129,8 @@ mod tests {
             eligible: true,
             active_streams,
             recently_failed: false,
+            node_load: active_streams,
+            last_assigned: None,
         }
     }
 
@@ -206,6 +222,30 @@ mod tests {
             Ok(1),
             "ineligible even when healthy"
         );
+    }
+
+    /// Equal scores: the engine on the less loaded VPN node wins, then the one assigned longest
+    /// ago.
+    #[test]
+    fn ties_go_to_the_quieter_vpn_node_then_the_oldest_assignment() {
+        let mut a = c(1, false, true, 0);
+        let mut b = c(2, false, true, 0);
+        a.node_load = 5; // its VPN already carries five streams on other engines
+        b.node_load = 1;
+        for r in 0..4 {
+            assert_eq!(choose(&[a.clone(), b.clone()], 10, r, false), Ok(1));
+        }
+        a.node_load = 1;
+        let now = std::time::Instant::now();
+        a.last_assigned = Some(now);
+        b.last_assigned = Some(now + std::time::Duration::from_secs(1));
+        for r in 0..4 {
+            assert_eq!(
+                choose(&[a.clone(), b.clone()], 10, r, false),
+                Ok(0),
+                "a was assigned earlier"
+            );
+        }
     }
 
     /// An empty pool and an all-unhealthy pool are typed errors.

@@ -30,6 +30,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// Required bearer token, if any.
     pub token: Option<String>,
+    /// `max_streams_per_engine`, to say which engines are full.
+    pub max_streams: usize,
     /// Signs stream URLs (`stream_token_secret`), if set.
     pub tokens: Option<StreamTokens>,
     /// The last `/proxy/status` body and when it was rendered (see [`STATUS_MAX_AGE`]).
@@ -190,6 +192,18 @@ impl Admin {
             .status()
             .into_iter()
             .map(|e| EngineView {
+                not_candidate: e
+                    .meta
+                    .ruled_out()
+                    .map(str::to_string)
+                    .or_else(|| (!e.healthy).then(|| "its health probe failed".to_string()))
+                    .or_else(|| {
+                        (e.candidate.active_streams >= self.max_streams)
+                            .then(|| "it is at max_streams_per_engine".to_string())
+                    }),
+                vpn_container: e.meta.vpn_container.clone(),
+                draining: e.meta.draining,
+                node_load: e.candidate.node_load,
                 address: e.addr.to_string(),
                 host: e.meta.host,
                 port: e.meta.port,
@@ -299,6 +313,14 @@ pub struct EngineView {
     orchestrator_streams: Option<usize>,
     recently_failed: bool,
     score: i64,
+    /// The orchestrator's VPN container of the engine.
+    vpn_container: Option<String>,
+    /// The orchestrator drains it.
+    draining: bool,
+    /// Streams on every engine behind the same VPN.
+    node_load: usize,
+    /// Why it would not be chosen now (`null`: it would be a candidate).
+    not_candidate: Option<String>,
 }
 
 /// One session as `/proxy/sessions` shows it: the seed's fields (same names and types), then
