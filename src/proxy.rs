@@ -29,6 +29,7 @@ pub struct EdgeProxy {
     passthrough: Vec<PassthroughRule>,
     /// `keepalive_timeout` in Pingora's unit (whole seconds, at least 1).
     keepalive_secs: u64,
+    checker: crate::routes::check::Checker,
 }
 
 impl EdgeProxy {
@@ -55,6 +56,7 @@ impl EdgeProxy {
             access: Access::new(&config, metrics.clone()),
             passthrough: config.passthrough.clone(),
             keepalive_secs: config.keepalive_timeout.as_secs().max(1),
+            checker: crate::routes::check::Checker::new(engines.clone(), config.clone()),
             sessions,
             engines,
             metrics,
@@ -114,6 +116,10 @@ impl ProxyHttp for EdgeProxy {
                 Route::GetStream => getstream::serve(s, &self.sessions, &self.access).await,
                 Route::Manifest => hls::manifest(s, &self.sessions, &self.access).await,
                 Route::HlsSegment => hls::segment(s, &self.sessions, &self.access, &path).await,
+                Route::Check => match self.admin.admit(s, self.access.client_of(s)) {
+                    Ok(()) => self.checker.serve(s, &self.sessions).await,
+                    Err(e) => routes::write_error(s, &e).await,
+                },
                 Route::Passthrough => match self.passthrough_allowed(s) {
                     Ok(()) => return Ok(false),
                     Err(e) => routes::write_error(s, &e).await,

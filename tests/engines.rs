@@ -468,3 +468,83 @@ async fn selection_knows_vpn_nodes_and_draining() {
         .unwrap();
     assert!(node >= 3, "vpn1's load counts engine c's streams: {node}");
 }
+
+/// `/ace/check`: an available id reports peers and first byte; an id the engine refuses is not
+/// available, with the reason; a third concurrent check gets 429; a live session answers without
+/// a new engine session; every check's engine session is stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn availability_checks() {
+    let e = sim(Knobs {
+        prebuffer: Duration::from_millis(1500),
+        ..Knobs::default()
+    })
+    .await;
+    let server = start_proxy(proxy_config(&[&e], "check_timeout: 5"));
+    let addr = server.addr;
+    // Three at once: two run, the third is refused.
+    let checks: Vec<_> = (0..3)
+        .map(|i| {
+            tokio::spawn(async move {
+                get_json(addr, &format!("/ace/check?id={}", content_id(490 + i))).await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    let mut available = Vec::new();
+    for c in checks {
+        let (status, v) = c.await.unwrap();
+        statuses.push(status);
+        if status == 200 {
+            available.push(v);
+        } else {
+            assert!(v["error"].as_str().unwrap().contains("checks"), "{v}");
+        }
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 429]);
+    for v in &available {
+        assert_eq!(v["available"], true, "{v}");
+        assert_eq!(v["peers"], 4, "{v}");
+        assert!(v["first_byte_ms"].as_u64().unwrap() >= 1500, "{v}");
+        assert_eq!(v["from_session"], false);
+    }
+    // A live session answers without starting anything.
+    let id = content_id(495);
+    let mut r = get(addr, &format!("/ace/getstream?id={id}")).await;
+    // Past the prebuffer's keepalives: the session streams.
+    read_for(&mut r, Duration::from_secs(5), 500_000).await;
+    let started = sim_stats(&e).await.sessions_started;
+    let (_, v) = get_json(addr, &format!("/ace/check?id={id}")).await;
+    assert_eq!(
+        (v["available"].clone(), v["from_session"].clone()),
+        (true.into(), true.into()),
+        "{v}"
+    );
+    assert_eq!(
+        sim_stats(&e).await.sessions_started,
+        started,
+        "nothing started"
+    );
+    drop(r);
+    // An engine that refuses: not available, with its reason.
+    e.set_knobs(|k| k.start_error = Some("content not found".into()));
+    let (status, v) = get_json(addr, &format!("/ace/check?id={}", content_id(496))).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["available"], false, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("content not found"),
+        "{v}"
+    );
+    // Every check's engine session was stopped.
+    let s = sim_stats(&e).await;
+    assert_eq!(
+        s.stop_calls.get(&content_id(490)).copied().unwrap_or(0)
+            + s.stop_calls.get(&content_id(491)).copied().unwrap_or(0)
+            + s.stop_calls.get(&content_id(492)).copied().unwrap_or(0),
+        2
+    );
+    assert_eq!(
+        s.sessions_active, 1,
+        "only the live session's engine session is left"
+    );
+}

@@ -166,6 +166,10 @@ pub struct Config {
     /// can be stale by up to `health_check_interval`); an engine that answers becomes healthy at
     /// once. Default true.
     pub panic_when_all_unhealthy: bool,
+    /// How long `/ace/check` waits for a stream's first byte. Default 15 s.
+    pub check_timeout: Duration,
+    /// `/ace/check` requests that may open an engine session at once (more get 429). Default 2.
+    pub max_concurrent_checks: usize,
 }
 
 /// One statically configured engine.
@@ -622,6 +626,7 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         ("keepalive_timeout", w.keepalive_timeout),
         ("hls_segment_seconds", w.hls_segment_seconds),
         ("stuck_stream_timeout", w.stuck_stream_timeout),
+        ("check_timeout", w.check_timeout),
     ];
     for (key, d) in positive {
         if d.0.is_zero() {
@@ -748,6 +753,8 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         engine_stat_interval: w.engine_stat_interval.0,
         stuck_stream_timeout: w.stuck_stream_timeout.0,
         panic_when_all_unhealthy: w.panic_when_all_unhealthy,
+        check_timeout: w.check_timeout.0,
+        max_concurrent_checks: w.max_concurrent_checks as usize,
     })
 }
 

@@ -71,6 +71,8 @@ pub struct AceWire {
     pub engine_stat_interval: DurationWire,
     pub stuck_stream_timeout: DurationWire,
     pub panic_when_all_unhealthy: bool,
+    pub check_timeout: DurationWire,
+    pub max_concurrent_checks: u64,
 }
 
 impl Default for AceWire {
@@ -127,6 +129,8 @@ impl Default for AceWire {
             engine_stat_interval: secs(2.0),
             stuck_stream_timeout: secs(30.0),
             panic_when_all_unhealthy: true,
+            check_timeout: secs(15.0),
+            max_concurrent_checks: 2,
         }
     }
 }

@@ -77,8 +77,21 @@ impl Admin {
         bool::from(given.as_bytes().ct_eq(token.as_bytes()))
     }
 
-    /// Answers an admin route (after the token check). Without a token, only loopback clients
-    /// are answered: the routes show every viewer's address and every engine's.
+    /// Whether `client` may use the admin routes: with a token, if it sends it; without one, only
+    /// from loopback (the routes show every viewer's address and every engine's).
+    pub fn admit(&self, s: &HttpSession, client: Option<ClientAddr>) -> Result<(), EdgeError> {
+        if self.token.is_none() && !client.is_some_and(|c| c.ip.is_loopback()) {
+            return Err(EdgeError::Forbidden(
+                "the admin routes answer only loopback clients while acestream.admin_token is empty; set it to reach them from elsewhere".into(),
+            ));
+        }
+        if !self.authorized(s) {
+            return Err(EdgeError::Unauthorized);
+        }
+        Ok(())
+    }
+
+    /// Answers an admin route (after [`Admin::admit`]).
     pub async fn serve(
         &self,
         s: &mut HttpSession,
@@ -86,14 +99,8 @@ impl Admin {
         path: &str,
         client: Option<ClientAddr>,
     ) -> pingora::Result<()> {
-        if self.token.is_none() && !client.is_some_and(|c| c.ip.is_loopback()) {
-            let e = EdgeError::Forbidden(
-                "the admin routes answer only loopback clients while acestream.admin_token is empty; set it to reach them from elsewhere".into(),
-            );
+        if let Err(e) = self.admit(s, client) {
             return write_error(s, &e).await;
-        }
-        if !self.authorized(s) {
-            return write_error(s, &EdgeError::Unauthorized).await;
         }
         match route {
             Route::Metrics => self.write_metrics(s).await,

@@ -2,6 +2,7 @@
 //! crate): `/ace/getstream`, the admin JSON and metrics, and the one JSON error renderer.
 
 pub mod admin;
+pub mod check;
 pub mod getstream;
 pub mod hls;
 
@@ -27,6 +28,8 @@ pub enum Route {
     Metrics,
     /// `/proxy/token`: mints a signed stream URL.
     ProxyToken,
+    /// `/ace/check`: is an id playable (an admin route).
+    Check,
     /// Engine API paths passed through to an engine (`/webui/*`, `/server/api*`, other `/ace/*`).
     Passthrough,
     /// Anything else.
@@ -44,6 +47,7 @@ impl Route {
             "/proxy/sessions" => Route::ProxySessions,
             "/proxy/engines" => Route::ProxyEngines,
             "/proxy/token" => Route::ProxyToken,
+            "/ace/check" => Route::Check,
             p if p.len() > "/proxy/sessions/".len() && p.starts_with("/proxy/sessions/") => {
                 Route::ProxySession
             }
@@ -66,6 +70,7 @@ impl Route {
             Route::ProxyEngines => "proxy_engines",
             Route::Metrics => "metrics",
             Route::ProxyToken => "proxy_token",
+            Route::Check => "check",
             Route::Passthrough => "passthrough",
             Route::NotFound => "not_found",
         }
