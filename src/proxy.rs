@@ -46,6 +46,8 @@ impl EdgeProxy {
             metrics: metrics.clone(),
             token: config.admin_token.clone(),
             status_cache: Default::default(),
+            started: std::time::Instant::now(),
+            linger: (config.stream_idle_timeout, config.unwatched_linger),
             max_streams: config.max_streams_per_engine,
             tokens: config
                 .stream_token_secret
@@ -116,6 +118,7 @@ impl ProxyHttp for EdgeProxy {
                 Route::GetStream => getstream::serve(s, &self.sessions, &self.access).await,
                 Route::Manifest => hls::manifest(s, &self.sessions, &self.access).await,
                 Route::HlsSegment => hls::segment(s, &self.sessions, &self.access, &path).await,
+                Route::Dashboard => routes::dashboard::serve(s, &path).await,
                 Route::Check => match self.admin.admit(s, self.access.client_of(s)) {
                     Ok(()) => self.checker.serve(s, &self.sessions).await,
                     Err(e) => routes::write_error(s, &e).await,

@@ -35,8 +35,16 @@ pub struct Admin {
     /// Signs stream URLs (`stream_token_secret`), if set.
     pub tokens: Option<StreamTokens>,
     /// The last `/proxy/status` body and when it was rendered (see [`STATUS_MAX_AGE`]).
-    pub status_cache: std::sync::Mutex<Option<(Instant, Vec<u8>)>>,
+    /// One cached body per `history` flag.
+    pub status_cache: std::sync::Mutex<[Option<CachedBody>; 2]>,
+    /// When the proxy started (for `uptime_seconds`).
+    pub started: Instant,
+    /// `stream_idle_timeout` and `unwatched_linger`, for the lingering countdown.
+    pub linger: (std::time::Duration, std::time::Duration),
 }
+
+/// A rendered body and when it was rendered.
+pub type CachedBody = (Instant, Vec<u8>);
 
 /// A minted token lives this long unless `ttl` says otherwise (seconds).
 const DEFAULT_TOKEN_TTL: u64 = 3600;
@@ -105,7 +113,10 @@ impl Admin {
         match route {
             Route::Metrics => self.write_metrics(s).await,
             Route::ProxyStatus => {
-                let body = self.status_body(Instant::now());
+                let history = s.req_header().uri.query().is_some_and(|q| {
+                    form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "history" && v == "1")
+                });
+                let body = self.status_body(Instant::now(), history);
                 write_json(s, 200, body).await
             }
             Route::ProxySessions => {
@@ -170,26 +181,54 @@ impl Admin {
 
     /// The `/proxy/status` body, rendered again only when the last one is older than
     /// [`STATUS_MAX_AGE`].
-    fn status_body(&self, now: Instant) -> Vec<u8> {
+    fn status_body(&self, now: Instant, history: bool) -> Vec<u8> {
         let mut cache = self.status_cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, body)) = cache.as_ref() {
+        let slot = &mut cache[history as usize];
+        if let Some((at, body)) = slot.as_ref() {
             if now.duration_since(*at) < STATUS_MAX_AGE {
                 return body.clone();
             }
         }
-        let body = serde_json::to_vec(&self.status()).unwrap_or_default();
-        *cache = Some((now, body.clone()));
+        let body = serde_json::to_vec(&self.status(history)).unwrap_or_default();
+        *slot = Some((now, body.clone()));
         body
     }
 
-    fn status(&self) -> StatusView {
+    fn status(&self, history: bool) -> StatusView {
         let sessions = self.sessions.list();
         StatusView {
             running: true,
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
             total_sessions: self.sessions.started_total(),
             active_sessions: sessions.iter().filter(|x| is_active(x)).count(),
             total_clients: sessions.iter().map(|x| x.client_count()).sum(),
-            sessions: sessions.iter().map(|x| SessionView::of(x)).collect(),
+            sessions: sessions
+                .iter()
+                .map(|x| {
+                    let mut v = SessionView::of(x);
+                    let watched = x.bytes_out.load(Ordering::Relaxed) > 0;
+                    v.linger_seconds = Some(
+                        if watched {
+                            self.linger.0
+                        } else {
+                            self.linger.1
+                        }
+                        .as_secs_f64(),
+                    );
+                    if history {
+                        v.history = Some(
+                            x.history
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .iter()
+                                .copied()
+                                .collect(),
+                        );
+                    }
+                    v
+                })
+                .collect(),
         }
     }
 
@@ -288,6 +327,10 @@ fn rfc3339(t: SystemTime) -> String {
 #[derive(Debug, Serialize)]
 pub struct StatusView {
     running: bool,
+    /// The proxy's version.
+    version: &'static str,
+    /// Seconds since the proxy started.
+    uptime_seconds: f64,
     total_sessions: u64,
     active_sessions: usize,
     total_clients: usize,
@@ -361,6 +404,18 @@ pub struct SessionView {
     buffer_bytes: usize,
     /// The engine's last stat sample for the session (`null` before the first).
     engine_stats: Option<EngineStatsView>,
+    /// `starting`, `prebuffering` (the engine accepted, no byte yet), `streaming`, `lingering`
+    /// (no client; it ends after `linger_seconds` of `idle_seconds`), `ended`, `failed`.
+    phase: &'static str,
+    /// How long it lingers without clients (`/proxy/status` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    linger_seconds: Option<f64>,
+    /// Failovers so far.
+    failovers: u64,
+    /// `[unix ms, ingest bit/s, egress bit/s]` every 2 s for the last 5 minutes
+    /// (`/proxy/status?history=1` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<Vec<(u64, u64, u64)>>,
     /// Bytes the HLS segment window holds (shared with the ring where they overlap).
     hls_bytes: usize,
     clients: Vec<ClientView>,
@@ -439,6 +494,17 @@ impl SessionView {
             buffer_seconds: x.ring.lag_seconds(x.ring.first_seq()),
             buffer_bytes: x.ring.held_bytes(),
             hls_bytes: x.hls().map_or(0, |h| h.held_bytes()),
+            phase: match x.phase() {
+                Phase::Starting => "starting",
+                Phase::Connected => "prebuffering",
+                Phase::Streaming if x.client_count() == 0 => "lingering",
+                Phase::Streaming => "streaming",
+                Phase::Ended(_) => "ended",
+                Phase::Failed(_) => "failed",
+            },
+            linger_seconds: None,
+            failovers: x.failovers.load(Ordering::Relaxed),
+            history: None,
             engine_stats: st.engine_stats.as_ref().map(|(s, at)| EngineStatsView {
                 status: s.status.clone(),
                 peers: s.peers,

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod check;
+pub mod dashboard;
 pub mod getstream;
 pub mod hls;
 
@@ -30,6 +31,8 @@ pub enum Route {
     ProxyToken,
     /// `/ace/check`: is an id playable (an admin route).
     Check,
+    /// `/`, `/dashboard` and its assets.
+    Dashboard,
     /// Engine API paths passed through to an engine (`/webui/*`, `/server/api*`, other `/ace/*`).
     Passthrough,
     /// Anything else.
@@ -48,6 +51,7 @@ impl Route {
             "/proxy/engines" => Route::ProxyEngines,
             "/proxy/token" => Route::ProxyToken,
             "/ace/check" => Route::Check,
+            p if dashboard::is_dashboard_path(p) => Route::Dashboard,
             p if p.len() > "/proxy/sessions/".len() && p.starts_with("/proxy/sessions/") => {
                 Route::ProxySession
             }
@@ -71,6 +75,7 @@ impl Route {
             Route::Metrics => "metrics",
             Route::ProxyToken => "proxy_token",
             Route::Check => "check",
+            Route::Dashboard => "dashboard",
             Route::Passthrough => "passthrough",
             Route::NotFound => "not_found",
         }
@@ -153,7 +158,7 @@ mod tests {
             ("/webui/api/service", Route::Passthrough),
             ("/server/api", Route::Passthrough),
             ("/ace/r/x/y", Route::Passthrough),
-            ("/", Route::NotFound),
+            ("/", Route::Dashboard),
             ("/metrics", Route::Metrics),
         ] {
             assert_eq!(Route::of(path), route, "{path}");

@@ -95,6 +95,12 @@ fn build_services(mut server: Server, config: Arc<Config>) -> (Server, Edge) {
     }
     server.add_service(proxy);
     server.add_service(background_service(
+        "dashboard history",
+        HistorySampler {
+            sessions: sessions.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "session reaper",
         Reaper {
             sessions: sessions.clone(),
@@ -135,6 +141,31 @@ fn connection_limits(config: &Config) -> ConnectionLimits {
         max_request_head_bytes: config.max_request_head_bytes,
         max_connections,
         proxy_protocol: config.proxy_protocol,
+    }
+}
+
+/// Samples every session's bitrates for the dashboard every `HISTORY_EVERY`.
+struct HistorySampler {
+    sessions: Arc<Sessions>,
+}
+
+#[async_trait]
+impl BackgroundService for HistorySampler {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(crate::streams::session::HISTORY_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = std::time::Instant::now();
+            let unix_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            for x in self.sessions.list() {
+                x.sample_history(now, unix_ms);
+            }
+        }
     }
 }
 

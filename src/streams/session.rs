@@ -63,6 +63,11 @@ impl Readers {
     }
 }
 
+/// The dashboard's bitrate history: a sample every 2 s ...
+pub const HISTORY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// ... for the last 5 minutes.
+pub const HISTORY_SAMPLES: usize = 150;
+
 /// How long a session without clients lives on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Linger {
@@ -208,6 +213,13 @@ pub struct StreamSession {
     pub leaves: AtomicU64,
     /// The most clients attached at once.
     pub peak_clients: AtomicU64,
+    /// Failovers so far.
+    pub failovers: AtomicU64,
+    /// Bitrate samples for the dashboard: (unix ms, ingest bit/s, egress bit/s), oldest first,
+    /// the last [`HISTORY_SAMPLES`].
+    pub history: Mutex<std::collections::VecDeque<(u64, u64, u64)>>,
+    /// Byte counters at the last sample.
+    history_last: Mutex<Option<(Instant, u64, u64)>>,
     /// How far the ring's edge runs ahead of real time, seconds (f64 bits; NaN without a clock).
     ingest_lead: AtomicU64,
     /// Set while the upstream task waits for the leading client (reader-paced ingest).
@@ -247,6 +259,9 @@ impl StreamSession {
             joins: AtomicU64::new(0),
             leaves: AtomicU64::new(0),
             peak_clients: AtomicU64::new(0),
+            failovers: AtomicU64::new(0),
+            history: Mutex::new(std::collections::VecDeque::new()),
+            history_last: Mutex::new(None),
             ingest_lead: AtomicU64::new(f64::NAN.to_bits()),
             ingest_waiting: AtomicBool::new(false),
             client_progress: Notify::new(),
@@ -400,6 +415,29 @@ impl StreamSession {
                 _ = attached.wait_for(|n| *n > 0) => {}
             }
         }
+    }
+
+    /// Takes one bitrate sample from the byte counters (called every [`HISTORY_EVERY`]).
+    pub fn sample_history(&self, now: Instant, unix_ms: u64) {
+        let (bin, bout) = (
+            self.bytes_in.load(Ordering::Relaxed),
+            self.bytes_out.load(Ordering::Relaxed),
+        );
+        let mut last = self.history_last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, i, o)) = *last {
+            let secs = now.duration_since(t).as_secs_f64().max(0.001);
+            let rate = |d: u64| (d as f64 * 8.0 / secs) as u64;
+            let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+            h.push_back((
+                unix_ms,
+                rate(bin.saturating_sub(i)),
+                rate(bout.saturating_sub(o)),
+            ));
+            while h.len() > HISTORY_SAMPLES {
+                h.pop_front();
+            }
+        }
+        *last = Some((now, bin, bout));
     }
 
     /// True once the session has ended (stopped or failed).

@@ -191,6 +191,7 @@ async fn stream(sessions: &Sessions, session: &Arc<StreamSession>, config: &Conf
             return Outcome::Stopped(StopReason::Upstream(reason));
         }
         metrics.failovers.inc();
+        session.failovers.fetch_add(1, Ordering::Relaxed);
         // Clients stay attached (and get keepalives) while the next engine starts.
         let (old_engine, old_session) = {
             let mut st = session.state();

@@ -1,0 +1,185 @@
+// The acestream-edge dashboard: polls /proxy/status?history=1 and /proxy/engines every 2 s and
+// renders them. No build step, no CDN: uPlot (sparklines) and hls.js (preview) are served by the
+// proxy itself. With an admin token, it is asked once, kept in sessionStorage and sent as a
+// Bearer header (never in a URL).
+"use strict";
+
+const TOKEN_KEY = "acestream-edge-token";
+const POLL_MS = 2000;
+const charts = new Map(); // content id -> uPlot
+const $ = (id) => document.getElementById(id);
+let hls = null;
+
+function headers() {
+  const t = sessionStorage.getItem(TOKEN_KEY);
+  return t ? { Authorization: "Bearer " + t } : {};
+}
+
+async function getJson(path) {
+  const r = await fetch(path, { headers: headers(), cache: "no-store" });
+  if (r.status === 401 || r.status === 403) {
+    const body = await r.json().catch(() => ({}));
+    throw { auth: true, message: body.error || "admin token needed" };
+  }
+  if (!r.ok) throw { message: path + ": HTTP " + r.status };
+  return r.json();
+}
+
+function mbps(bps) { return (bps / 1e6).toFixed(2) + " Mbit/s"; }
+function duration(s) {
+  s = Math.floor(s);
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  return h ? h + "h " + m + "m" : m ? m + "m " + (s % 60) + "s" : s + "s";
+}
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v; else if (k.startsWith("on")) e.addEventListener(k.slice(2), v); else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+
+function phaseText(s) {
+  if (s.phase === "lingering" && s.linger_seconds != null) {
+    return "lingering (" + Math.max(0, Math.ceil(s.linger_seconds - s.idle_seconds)) + " s left)";
+  }
+  return s.phase;
+}
+
+function chartFor(s, box) {
+  const h = s.history || [];
+  const data = [h.map((p) => p[0] / 1000), h.map((p) => p[1] / 1e6), h.map((p) => p[2] / 1e6)];
+  let u = charts.get(s.stream_id);
+  if (u && u.root.parentNode !== box) { u.destroy(); u = null; }
+  if (!u) {
+    u = new uPlot({
+      width: Math.min(box.clientWidth || 600, 900), height: 90,
+      legend: { show: false }, cursor: { show: false },
+      axes: [{ show: false }, { size: 40, stroke: "#8d96a0", grid: { stroke: "rgba(128,128,128,.2)" } }],
+      series: [{}, { label: "ingest Mbit/s", stroke: "#3b82f6", width: 1.5 }, { label: "egress Mbit/s", stroke: "#22c55e", width: 1.5 }],
+    }, data, box);
+    charts.set(s.stream_id, u);
+  } else {
+    u.setData(data);
+  }
+  box.dataset.points = String(h.length);
+}
+
+function renderSession(s, engines) {
+  const id = s.stream_id;
+  const card = el("div", { class: "session", "data-id": id });
+  const short = id.slice(0, 8) + "…" + id.slice(-4);
+  const stats = s.engine_stats;
+  const last = (s.history || []).slice(-1)[0];
+  card.append(el("div", { class: "top" },
+    el("span", { class: "id", title: id + " (click to copy)", onclick: () => navigator.clipboard && navigator.clipboard.writeText(id) }, short),
+    el("span", { class: "phase " + s.phase }, phaseText(s)),
+    el("span", {}, "engine " + (s.engine_host ? s.engine_host + ":" + s.engine_port : "–")),
+    el("span", { class: "clients" }, s.client_count + " client" + (s.client_count === 1 ? "" : "s")),
+    el("span", { class: "muted" }, "first byte " + (s.first_byte_ms != null ? s.first_byte_ms + " ms" : "–")),
+    el("span", { class: "muted" }, "failovers " + s.failovers),
+    el("span", { class: "muted" }, last ? "in " + mbps(last[1]) + " · out " + mbps(last[2]) : ""),
+    stats ? el("span", { class: "muted" }, "engine: " + (stats.status || "?") + ", " + (stats.peers ?? "?") + " peers, " + (stats.speed_down ?? "?") + " KB/s") : "",
+    el("button", { type: "button", class: "preview-button", onclick: () => preview(id) }, "preview"),
+  ));
+  const chart = el("div", { class: "chart" });
+  card.append(chart);
+  const clients = el("details", {}, el("summary", {}, "clients"));
+  const table = el("table", {}, el("thead", {}, el("tr", {}, ...["address", "protocol", "connected", "bytes", "lag"].map((h) => el("th", {}, h)))));
+  const body = el("tbody");
+  for (const c of s.clients) {
+    body.append(el("tr", {}, el("td", {}, c.address || "–"), el("td", {}, c.protocol), el("td", {}, duration(c.connected_seconds)),
+      el("td", {}, (c.bytes_sent / 1e6).toFixed(1) + " MB"), el("td", {}, c.lag_seconds.toFixed(1) + " s")));
+  }
+  table.append(body);
+  clients.append(table);
+  card.append(clients);
+  return [card, chart];
+}
+
+function render(status, engines) {
+  $("uptime").textContent = duration(status.uptime_seconds);
+  $("version").textContent = "v" + status.version;
+  $("sessions-count").textContent = status.sessions.length;
+  let ts = 0, hlsN = 0, inBps = 0, outBps = 0;
+  for (const s of status.sessions) {
+    for (const c of s.clients) c.protocol === "hls" ? hlsN++ : ts++;
+    const last = (s.history || []).slice(-1)[0];
+    if (last) { inBps += last[1]; outBps += last[2]; }
+  }
+  $("clients-count").textContent = ts + " / " + hlsN;
+  $("egress").textContent = mbps(outBps);
+  $("ingest").textContent = mbps(inBps);
+  const box = $("sessions");
+  const open = new Set([...box.querySelectorAll("details[open]")].map((d) => d.closest(".session").dataset.id));
+  box.replaceChildren();
+  if (!status.sessions.length) box.append(el("p", { class: "empty" }, "No session."));
+  const seen = new Set();
+  for (const s of status.sessions) {
+    const [card, chart] = renderSession(s, engines);
+    if (open.has(s.stream_id)) card.querySelector("details").open = true;
+    box.append(card);
+    chartFor(s, chart);
+    seen.add(s.stream_id);
+  }
+  for (const [id, u] of charts) if (!seen.has(id)) { u.destroy(); charts.delete(id); }
+  const tbody = $("engines").querySelector("tbody");
+  tbody.replaceChildren(...engines.engines.map((e) => el("tr", {},
+    el("td", {}, e.address),
+    el("td", { class: e.healthy ? "ok health" : "bad health" }, e.healthy ? "healthy" : "unhealthy" + (e.not_candidate ? " (" + e.not_candidate + ")" : "")),
+    el("td", {}, e.forwarded ? "yes" : "no"),
+    el("td", {}, e.active_streams),
+    el("td", {}, e.score),
+    el("td", {}, e.recently_failed ? "recently failed" : "–"))));
+}
+
+async function poll() {
+  try {
+    const [status, engines] = await Promise.all([getJson("/proxy/status?history=1"), getJson("/proxy/engines")]);
+    $("login").hidden = true;
+    $("main").hidden = false;
+    render(status, engines);
+  } catch (e) {
+    if (e.auth) {
+      $("main").hidden = true;
+      $("login").hidden = false;
+      $("login-error").textContent = sessionStorage.getItem(TOKEN_KEY) ? e.message : "";
+    }
+  }
+}
+
+function preview(id) {
+  const video = $("preview");
+  $("preview-box").hidden = false;
+  if (hls) hls.destroy();
+  const src = "/ace/manifest.m3u8?id=" + encodeURIComponent(id);
+  if (window.Hls && Hls.isSupported()) {
+    hls = new Hls();
+    hls.loadSource(src);
+    hls.attachMedia(video);
+    hls.on(Hls.Events.MANIFEST_PARSED, () => video.play().catch(() => {}));
+  } else {
+    video.src = src; // Safari plays HLS natively
+    video.play().catch(() => {});
+  }
+}
+
+$("preview-close").addEventListener("click", () => {
+  if (hls) { hls.destroy(); hls = null; }
+  $("preview").removeAttribute("src");
+  $("preview-box").hidden = true;
+});
+$("login").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, $("token").value);
+  $("token").value = "";
+  poll();
+});
+// The video's position, for tests and for a wall screen's watchdog.
+setInterval(() => { $("preview").dataset.currentTime = $("preview").currentTime.toFixed(1); }, 500);
+// `#preview=<id>` opens a session's preview at once (a deep link for a wall screen).
+const deep = location.hash.match(/^#preview=([0-9a-fA-F]{40})$/);
+if (deep) preview(deep[1]);
+poll();
+setInterval(poll, POLL_MS);
