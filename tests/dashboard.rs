@@ -1,0 +1,306 @@
+//! The dashboard in a real browser: headless Chromium (Debian's `chromium`), driven through the
+//! DevTools protocol, loads the page from a running proxy with two sessions and three clients and
+//! must show both ids, the client counts, bitrate sparklines with data and engine health; the
+//! preview plays; the page logs no error and asks nothing of another origin; with an admin token
+//! and none entered, no session data appears. A 1280×800 screenshot is left in
+//! `CARGO_TARGET_TMPDIR`. Skipped with a message when Chromium is not installed.
+
+mod common;
+
+use acestream_edge::sim::Knobs;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A DevTools page session: commands with ids, events kept.
+struct Cdp {
+    ws: Ws,
+    next: u64,
+    events: Vec<serde_json::Value>,
+}
+
+impl Cdp {
+    async fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        self.next += 1;
+        let id = self.next;
+        let msg = serde_json::json!({"id": id, "method": method, "params": params});
+        self.ws
+            .send(Message::text(msg.to_string()))
+            .await
+            .expect("send");
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(30), self.ws.next())
+                .await
+                .expect("DevTools answers")
+                .expect("open")
+                .expect("message");
+            let Message::Text(text) = m else { continue };
+            let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+            self.events.push(v);
+        }
+    }
+
+    /// Evaluates `expr` in the page; returns its JSON value.
+    async fn eval(&mut self, expr: &str) -> serde_json::Value {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                serde_json::json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await;
+        r["result"]["value"].clone()
+    }
+
+    /// Collects events for `d`.
+    async fn pump(&mut self, d: Duration) {
+        let end = tokio::time::Instant::now() + d;
+        while let Ok(Some(Ok(Message::Text(text)))) =
+            tokio::time::timeout_at(end, self.ws.next()).await
+        {
+            if let Ok(v) = serde_json::from_str(&text) {
+                self.events.push(v);
+            }
+        }
+    }
+
+    fn errors(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter(|e| {
+                (e["method"] == "Runtime.consoleAPICalled" && e["params"]["type"] == "error")
+                    || e["method"] == "Runtime.exceptionThrown"
+                    || (e["method"] == "Log.entryAdded" && e["params"]["entry"]["level"] == "error")
+            })
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    fn requested(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter(|e| e["method"] == "Network.requestWillBeSent")
+            .filter_map(|e| e["params"]["request"]["url"].as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+/// Starts Chromium with remote debugging and opens a DevTools session on its page.
+async fn chromium(profile: &std::path::Path) -> Option<(std::process::Child, Cdp)> {
+    let bin = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok())?;
+    let mut child = Command::new(bin)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--mute-audio",
+            "--autoplay-policy=no-user-gesture-required",
+            "--no-first-run",
+            "--window-size=1280,800",
+            "--remote-debugging-port=0",
+            "about:blank",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chromium starts");
+    let stderr = child.stderr.take().unwrap();
+    let ws_url = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stderr).lines();
+        let url = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| l.split("DevTools listening on ").nth(1).map(str::to_string));
+        // Keep draining so Chromium never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        url
+    })
+    .await
+    .unwrap()
+    .expect("DevTools URL");
+    // The browser's port; its page target from /json/list.
+    let port: u16 = ws_url.split(':').nth(2)?.split('/').next()?.parse().ok()?;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+    let mut list = get(addr, "/json/list").await;
+    let targets: serde_json::Value =
+        serde_json::from_slice(&list.read_to_end(1 << 20).await.ok()?).ok()?;
+    let page = targets.as_array()?.iter().find(|t| t["type"] == "page")?;
+    let (ws, _) = tokio_tungstenite::connect_async(page["webSocketDebuggerUrl"].as_str()?)
+        .await
+        .expect("DevTools WebSocket");
+    let mut cdp = Cdp {
+        ws,
+        next: 0,
+        events: Vec::new(),
+    };
+    for m in [
+        "Runtime.enable",
+        "Log.enable",
+        "Page.enable",
+        "Network.enable",
+    ] {
+        cdp.call(m, serde_json::json!({})).await;
+    }
+    Some((child, cdp))
+}
+
+/// Reads a stream in the background (a viewer).
+fn viewer(addr: std::net::SocketAddr, id: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut r = get(addr, &format!("/ace/getstream?id={id}")).await;
+        while let Ok(Some(_)) = r.next_chunk().await {}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_shows_sessions_and_previews() {
+    let profile = tempfile::tempdir().unwrap();
+    let Some((mut browser, mut cdp)) = chromium(profile.path()).await else {
+        eprintln!("SKIPPED: chromium is not installed (apt-get install chromium)");
+        return;
+    };
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(&[&e], "hls_segment_seconds: 1"));
+    let (a, b) = (content_id(2700), content_id(2701));
+    let viewers = [
+        viewer(server.addr, a.clone()),
+        viewer(server.addr, a.clone()),
+        viewer(server.addr, b.clone()),
+    ];
+    let origin = format!("http://{}", server.addr);
+    cdp.call(
+        "Page.navigate",
+        serde_json::json!({"url": format!("{origin}/")}),
+    )
+    .await;
+    // Three polls, and history samples (one every 2 s) for the sparklines.
+    let start = Instant::now();
+    let mut shown = serde_json::Value::Null;
+    while start.elapsed() < Duration::from_secs(20) {
+        cdp.pump(Duration::from_millis(1000)).await;
+        shown = cdp
+            .eval(
+                r#"({
+                ids: [...document.querySelectorAll('.session')].map(s => s.dataset.id),
+                clients: [...document.querySelectorAll('.session .clients')].map(c => c.textContent),
+                points: [...document.querySelectorAll('.session .chart')].map(c => Number(c.dataset.points || 0)),
+                canvases: document.querySelectorAll('.session .chart canvas').length,
+                health: [...document.querySelectorAll('#engines .health')].map(h => h.textContent),
+                total: document.getElementById('clients-count').textContent,
+            })"#,
+            )
+            .await;
+        let points_ok = shown["points"]
+            .as_array()
+            .is_some_and(|p| p.len() == 2 && p.iter().all(|n| n.as_u64() >= Some(2)));
+        if points_ok {
+            break;
+        }
+    }
+    eprintln!("dashboard: {shown}");
+    let ids: Vec<&str> = shown["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        ids.contains(&a.as_str()) && ids.contains(&b.as_str()),
+        "{shown}"
+    );
+    let mut clients: Vec<&str> = shown["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    clients.sort();
+    assert_eq!(clients, ["1 client", "2 clients"], "{shown}");
+    assert_eq!(shown["total"], "3 / 0");
+    assert!(
+        shown["canvases"].as_u64() >= Some(2),
+        "sparklines drawn: {shown}"
+    );
+    assert!(
+        shown["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n.as_u64() >= Some(2)),
+        "{shown}"
+    );
+    assert_eq!(shown["health"], serde_json::json!(["healthy"]), "{shown}");
+    let shot = cdp
+        .call(
+            "Page.captureScreenshot",
+            serde_json::json!({"format": "png"}),
+        )
+        .await;
+    let png = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        shot["data"].as_str().unwrap(),
+    )
+    .unwrap();
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-1280x800.png");
+    std::fs::write(&path, &png).unwrap();
+    eprintln!("screenshot: {}", path.display());
+    // The preview plays.
+    cdp.eval(&format!("preview('{a}')")).await;
+    let mut played = 0.0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(40) && played < 5.0 {
+        cdp.pump(Duration::from_millis(1000)).await;
+        played = cdp
+            .eval("document.getElementById('preview').currentTime")
+            .await
+            .as_f64()
+            .unwrap_or(0.0);
+    }
+    assert!(played >= 5.0, "the preview played {played} s");
+    // No error in the page, and nothing asked of another origin.
+    assert_eq!(cdp.errors(), Vec::<String>::new());
+    let foreign: Vec<String> = cdp
+        .requested()
+        .into_iter()
+        .filter(|u| {
+            !u.starts_with(&origin)
+                && !u.starts_with("blob:")
+                && !u.starts_with("data:")
+                && u != "about:blank"
+        })
+        .collect();
+    assert!(foreign.is_empty(), "{foreign:?}");
+    // With an admin token and none entered: the form, and no session data.
+    let locked = start_proxy(proxy_config(&[&e], "admin_token: s3cret"));
+    cdp.call(
+        "Page.navigate",
+        serde_json::json!({"url": format!("http://{}/", locked.addr)}),
+    )
+    .await;
+    cdp.pump(Duration::from_secs(3)).await;
+    let gate = cdp
+        .eval("({login: !document.getElementById('login').hidden, sessions: document.querySelectorAll('.session').length})")
+        .await;
+    assert_eq!(
+        gate,
+        serde_json::json!({"login": true, "sessions": 0}),
+        "{gate}"
+    );
+    let _ = browser.kill();
+    let _ = browser.wait();
+    for v in viewers {
+        v.abort();
+    }
+}
