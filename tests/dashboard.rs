@@ -116,7 +116,23 @@ async fn chromium(profile: &std::path::Path) -> Option<(std::process::Child, Cdp
         .stderr(Stdio::piped())
         .spawn()
         .expect("chromium starts");
-    let stderr = child.stderr.take().unwrap();
+    let Some(stderr) = child.stderr.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return None;
+    };
+    match connect(stderr).await {
+        Some(cdp) => Some((child, cdp)),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    }
+}
+
+/// Reads the DevTools URL Chromium prints and opens a session on its page.
+async fn connect(stderr: std::process::ChildStderr) -> Option<Cdp> {
     let ws_url = tokio::task::spawn_blocking(move || {
         let mut lines = BufReader::new(stderr).lines();
         let url = lines
@@ -128,8 +144,7 @@ async fn chromium(profile: &std::path::Path) -> Option<(std::process::Child, Cdp
         url
     })
     .await
-    .unwrap()
-    .expect("DevTools URL");
+    .ok()??;
     // The browser's port; its page target from /json/list.
     let port: u16 = ws_url.split(':').nth(2)?.split('/').next()?.parse().ok()?;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
@@ -139,7 +154,7 @@ async fn chromium(profile: &std::path::Path) -> Option<(std::process::Child, Cdp
     let page = targets.as_array()?.iter().find(|t| t["type"] == "page")?;
     let (ws, _) = tokio_tungstenite::connect_async(page["webSocketDebuggerUrl"].as_str()?)
         .await
-        .expect("DevTools WebSocket");
+        .ok()?;
     let mut cdp = Cdp {
         ws,
         next: 0,
@@ -153,7 +168,7 @@ async fn chromium(profile: &std::path::Path) -> Option<(std::process::Child, Cdp
     ] {
         cdp.call(m, serde_json::json!({})).await;
     }
-    Some((child, cdp))
+    Some(cdp)
 }
 
 /// Reads a stream in the background (a viewer).
