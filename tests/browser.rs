@@ -8,7 +8,7 @@ mod common;
 
 use acestream_edge::sim::Knobs;
 use common::*;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -77,10 +77,8 @@ async fn serve_page(listener: tokio::net::TcpListener, html: String, report: Rep
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chromium_plays_hls_with_hls_js() {
-    let chromium = ["chromium", "chromium-browser"]
-        .into_iter()
-        .find(|c| Command::new(c).arg("--version").output().is_ok());
-    let Some(chromium) = chromium else {
+    let profile = tempfile::tempdir().unwrap();
+    let Some(mut chromium) = chromium(profile.path()) else {
         eprintln!("SKIPPED: chromium is not installed (apt-get install chromium)");
         return;
     };
@@ -95,17 +93,7 @@ async fn chromium_plays_hls_with_hls_js() {
     let page_url = format!("http://{}/", listener.local_addr().unwrap());
     let report: Report = Default::default();
     tokio::spawn(serve_page(listener, page(&playlist), report.clone()));
-    let profile = tempfile::tempdir().unwrap();
-    let mut browser = Command::new(chromium)
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--mute-audio",
-            "--autoplay-policy=no-user-gesture-required",
-            "--no-first-run",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
+    let mut browser = chromium
         .arg(&page_url)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

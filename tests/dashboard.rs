@@ -11,7 +11,7 @@ use acestream_edge::sim::Knobs;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -95,23 +95,13 @@ impl Cdp {
 }
 
 /// Starts Chromium with remote debugging and opens a DevTools session on its page.
-async fn chromium(profile: &std::path::Path) -> Option<(std::process::Child, Cdp)> {
-    let bin = ["chromium", "chromium-browser"]
-        .into_iter()
-        .find(|c| Command::new(c).arg("--version").output().is_ok())?;
-    let mut child = Command::new(bin)
+async fn devtools(profile: &std::path::Path) -> Option<(std::process::Child, Cdp)> {
+    let mut child = common::chromium(profile)?
         .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--mute-audio",
-            "--autoplay-policy=no-user-gesture-required",
-            "--no-first-run",
             "--window-size=1280,800",
             "--remote-debugging-port=0",
             "about:blank",
         ])
-        .arg(format!("--user-data-dir={}", profile.display()))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -182,7 +172,7 @@ fn viewer(addr: std::net::SocketAddr, id: String) -> tokio::task::JoinHandle<()>
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_shows_sessions_and_previews() {
     let profile = tempfile::tempdir().unwrap();
-    let Some((mut browser, mut cdp)) = chromium(profile.path()).await else {
+    let Some((mut browser, mut cdp)) = devtools(profile.path()).await else {
         eprintln!("SKIPPED: chromium is not installed (apt-get install chromium)");
         return;
     };

@@ -365,6 +365,22 @@ impl EngineEndpoint {
         Err(self.refused("too many redirects from playback_url".into()))
     }
 
+    /// `get_json` of `path` with `param` (`name=value`) added to its query, within `timeout`
+    /// for connecting and for the answer.
+    async fn get_json_with(
+        &self,
+        path: &str,
+        param: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, EngineError> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let t = EngineTimeouts {
+            connect: timeout,
+            read: timeout,
+        };
+        self.get_json(&format!("{path}{sep}{param}"), t).await
+    }
+
     /// One stat sample of a session (`stat_url` with `skip_player_activity=1`). `Ok(None)`: the
     /// engine does not know the session (it ended or was replaced).
     pub async fn stat(
@@ -372,13 +388,9 @@ impl EngineEndpoint {
         stat_path: &str,
         timeout: Duration,
     ) -> Result<Option<super::stat::EngineStat>, EngineError> {
-        let sep = if stat_path.contains('?') { '&' } else { '?' };
-        let path = format!("{stat_path}{sep}skip_player_activity=1");
-        let t = EngineTimeouts {
-            connect: timeout,
-            read: timeout,
-        };
-        let value = self.get_json(&path, t).await?;
+        let value = self
+            .get_json_with(stat_path, "skip_player_activity=1", timeout)
+            .await?;
         match value.get("error") {
             Some(e) if e.as_str() == Some(super::stat::UNKNOWN_SESSION) => return Ok(None),
             None | Some(serde_json::Value::Null) => {}
@@ -401,13 +413,9 @@ impl EngineEndpoint {
 
     /// `command_url?method=stop`, best effort. `unknown playback session id` counts as stopped.
     pub async fn stop(&self, command_path: &str, timeout: Duration) -> Result<(), EngineError> {
-        let sep = if command_path.contains('?') { '&' } else { '?' };
-        let path = format!("{command_path}{sep}method=stop");
-        let t = EngineTimeouts {
-            connect: timeout,
-            read: timeout,
-        };
-        let value = self.get_json(&path, t).await?;
+        let value = self
+            .get_json_with(command_path, "method=stop", timeout)
+            .await?;
         match value.get("error") {
             None | Some(serde_json::Value::Null) => Ok(()),
             Some(e) if e.as_str() == Some("unknown playback session id") => Ok(()),

@@ -47,6 +47,13 @@ fn generation(session: &StreamSession) -> u128 {
         .map_or(0, |d| d.as_millis())
 }
 
+/// The content a playlist or segment request names, once its token (if URLs are signed) holds.
+fn requested_content(access: &Access, query: Option<&str>) -> Result<ContentKey, EdgeError> {
+    let content = content_id(query)?;
+    access.check_stream_token(&content.value, query)?;
+    Ok(content)
+}
+
 /// Finds (or starts, for a playlist) the session of the request's viewer.
 fn viewer_session(
     s: &HttpSession,
@@ -70,13 +77,10 @@ pub async fn manifest(
     access: &Access,
 ) -> pingora::Result<()> {
     let query = s.req_header().uri.query().map(str::to_string);
-    let content = match content_id(query.as_deref()) {
+    let content = match requested_content(access, query.as_deref()) {
         Ok(c) => c,
         Err(e) => return write_error(s, &e).await,
     };
-    if let Err(e) = access.check_stream_token(&content.value, query.as_deref()) {
-        return write_error(s, &e).await;
-    }
     let session = match viewer_session(s, sessions, access, &content, true) {
         Ok(x) => x,
         Err(e) => return write_error(s, &e).await,
@@ -147,13 +151,10 @@ pub async fn segment(
         return write_error(s, &not_found(format!("no route {path}"))).await;
     };
     let query = s.req_header().uri.query().map(str::to_string);
-    let content = match content_id(query.as_deref()) {
+    let content = match requested_content(access, query.as_deref()) {
         Ok(c) => c,
         Err(e) => return write_error(s, &e).await,
     };
-    if let Err(e) = access.check_stream_token(&content.value, query.as_deref()) {
-        return write_error(s, &e).await;
-    }
     let session = match viewer_session(s, sessions, access, &content, false) {
         Ok(x) if generation(&x) == gen => x,
         Ok(_) => return write_error(s, &not_found("that session has ended".into())).await,

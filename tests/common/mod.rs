@@ -474,3 +474,25 @@ pub async fn read_like_player(r: &mut Response, pace: Pace, duration: Duration) 
         }
     }
 }
+
+/// Headless Chromium (Debian's `chromium`) set up for tests: no sandbox (CI runs as root), no
+/// GPU, muted, autoplay allowed, a fresh profile in `profile`. `None` when it is not installed.
+pub fn chromium(profile: &std::path::Path) -> Option<std::process::Command> {
+    let bin = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        std::process::Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok()
+    })?;
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args([
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--mute-audio",
+        "--autoplay-policy=no-user-gesture-required",
+        "--no-first-run",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    Some(cmd)
+}
