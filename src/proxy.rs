@@ -119,6 +119,7 @@ impl ProxyHttp for EdgeProxy {
                 Route::Manifest => hls::manifest(s, &self.sessions, &self.access).await,
                 Route::HlsSegment => hls::segment(s, &self.sessions, &self.access, &path).await,
                 Route::Dashboard => routes::dashboard::serve(s, &path).await,
+                Route::Health => routes::write_health(s, self.sessions.is_shutting_down()).await,
                 Route::Check => match self.admin.admit(s, self.access.client_of(s)) {
                     Ok(()) => self.checker.serve(s, &self.sessions).await,
                     Err(e) => routes::write_error(s, &e).await,

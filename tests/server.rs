@@ -200,6 +200,8 @@ async fn server_starts_routes_and_stops() {
     assert!(v["error"].as_str().unwrap().contains("no engine"), "{v}");
     let (status, _) = get_json(addr, "/ace/manifest.m3u8").await;
     assert_eq!(status, 400);
+    let (status, v) = get_json(addr, "/healthz").await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("ok")));
     let stopping = Instant::now();
     tokio::task::spawn_blocking(move || server.stop())
         .await

@@ -33,6 +33,8 @@ pub enum Route {
     Check,
     /// `/`, `/dashboard` and its assets.
     Dashboard,
+    /// `/healthz`: readiness for load balancers and container health checks.
+    Health,
     /// Engine API paths passed through to an engine (`/webui/*`, `/server/api*`, other `/ace/*`).
     Passthrough,
     /// Anything else.
@@ -51,6 +53,7 @@ impl Route {
             "/proxy/engines" => Route::ProxyEngines,
             "/proxy/token" => Route::ProxyToken,
             "/ace/check" => Route::Check,
+            "/healthz" => Route::Health,
             p if dashboard::is_dashboard_path(p) => Route::Dashboard,
             p if p.len() > "/proxy/sessions/".len() && p.starts_with("/proxy/sessions/") => {
                 Route::ProxySession
@@ -76,6 +79,7 @@ impl Route {
             Route::ProxyToken => "proxy_token",
             Route::Check => "check",
             Route::Dashboard => "dashboard",
+            Route::Health => "healthz",
             Route::Passthrough => "passthrough",
             Route::NotFound => "not_found",
         }
@@ -123,6 +127,19 @@ async fn write_json_with(
     h.insert_header("Cache-Control", "no-store")?;
     s.write_response_header(Box::new(h), false).await?;
     s.write_response_body(Some(Bytes::from(body)), true).await
+}
+
+/// `GET /healthz`: `200 {"status": "ok"}` while serving, `503 {"status": "shutting down"}` once
+/// shutdown began. Unauthenticated and cheap: for load balancers, HAProxy and container health
+/// checks (it starts nothing and counts no client).
+pub async fn write_health(s: &mut HttpSession, shutting_down: bool) -> pingora::Result<()> {
+    let (status, text) = if shutting_down {
+        (503, "shutting down")
+    } else {
+        (200, "ok")
+    };
+    let body = serde_json::to_vec(&serde_json::json!({ "status": text })).unwrap_or_default();
+    write_json(s, status, body).await
 }
 
 /// Writes an [`EdgeError`] as `{"error": "..."}` with its status (and `Retry-After` when the error

@@ -357,6 +357,11 @@ impl Sessions {
             ));
     }
 
+    /// True once shutdown began (no new session is started).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
     /// How many sessions are live.
     pub fn count(&self) -> usize {
         self.map().len()
