@@ -113,9 +113,12 @@ impl Admin {
         match route {
             Route::Metrics => self.write_metrics(s).await,
             Route::ProxyStatus => {
-                let history = s.req_header().uri.query().is_some_and(|q| {
-                    form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "history" && v == "1")
-                });
+                let history = s
+                    .req_header()
+                    .uri
+                    .query()
+                    .and_then(|q| super::getstream::query_param(q, "history"))
+                    .is_some_and(|v| v == "1");
                 let body = self.status_body(Instant::now(), history);
                 write_json(s, 200, body).await
             }
@@ -152,11 +155,7 @@ impl Admin {
             ));
         };
         let content = super::getstream::content_id(query)?;
-        let ttl = match query.and_then(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == "ttl")
-                .map(|(_, v)| v.into_owned())
-        }) {
+        let ttl = match query.and_then(|q| super::getstream::query_param(q, "ttl")) {
             None => DEFAULT_TOKEN_TTL,
             Some(t) => t
                 .parse::<u64>()

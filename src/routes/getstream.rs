@@ -17,8 +17,8 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session as HttpSession;
 use std::sync::Arc;
 
-/// The first value of `name` in a query string, percent-decoded.
-fn query_param(query: &str, name: &str) -> Option<String> {
+/// The first value of `name` in a query string, percent-decoded (for every route).
+pub fn query_param(query: &str, name: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())

@@ -34,9 +34,7 @@ fn user_agent(s: &HttpSession) -> String {
 
 /// The `token` query parameter, to carry into segment URIs.
 fn token_param(query: Option<&str>) -> Option<String> {
-    form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v.into_owned())
+    super::getstream::query_param(query?, "token")
 }
 
 /// A session's generation: its creation time in milliseconds since the epoch.
