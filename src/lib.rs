@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod cluster;
 pub mod config;
 pub mod engines;
 pub mod error;

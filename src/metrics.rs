@@ -77,6 +77,14 @@ pub struct Metrics {
     pub orchestrator_events: IntCounterVec,
     /// HLS viewers present now (they asked within the last three target durations).
     pub hls_viewers: IntGauge,
+    /// Requests proxied to another cluster member, by why that member (`owner`, `holder`).
+    pub cluster_forwarded: IntCounterVec,
+    /// Requests answered `302` to another cluster member, by why that member.
+    pub cluster_redirects: IntCounterVec,
+    /// Changes of the set of healthy members (each moves the ownership of some ids).
+    pub cluster_owner_changes: IntCounter,
+    /// Other members passing their health check now.
+    pub cluster_peers_healthy: IntGauge,
 }
 
 impl Default for Metrics {
@@ -285,6 +293,28 @@ impl Metrics {
                 &r,
                 "acestream_edge_connections_refused_total",
                 "Connections closed at once (over max_connections, or no PROXY header where required)",
+            ),
+            cluster_forwarded: counter_vec(
+                &r,
+                "acestream_edge_cluster_forwarded_requests_total",
+                "Requests proxied to the cluster member that serves their id, by why that member (owner, holder)",
+                &["because"],
+            ),
+            cluster_redirects: counter_vec(
+                &r,
+                "acestream_edge_cluster_redirects_total",
+                "Requests answered 302 to the cluster member that serves their id, by why that member",
+                &["because"],
+            ),
+            cluster_owner_changes: counter(
+                &r,
+                "acestream_edge_cluster_owner_changes_total",
+                "Changes of the set of healthy cluster members (each moves the ownership of some ids)",
+            ),
+            cluster_peers_healthy: gauge(
+                &r,
+                "acestream_edge_cluster_peers_healthy",
+                "Other cluster members passing their health check now",
             ),
             registry: r,
         }

@@ -7,6 +7,8 @@
 
 use crate::access::passthrough::{self, PassthroughRule};
 use crate::access::Access;
+use crate::cluster::{Cluster, Placement, VIA_HEADER};
+use crate::config::ClusterMode;
 use crate::config::Config;
 use crate::engines::EnginePool;
 use crate::error::EdgeError;
@@ -30,6 +32,8 @@ pub struct EdgeProxy {
     /// `keepalive_timeout` in Pingora's unit (whole seconds, at least 1).
     keepalive_secs: u64,
     checker: crate::routes::check::Checker,
+    /// The fleet, when this node is one of several.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl EdgeProxy {
@@ -39,6 +43,7 @@ impl EdgeProxy {
         engines: Arc<EnginePool>,
         metrics: Arc<Metrics>,
         config: Arc<Config>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Self {
         let admin = Admin {
             sessions: sessions.clone(),
@@ -54,8 +59,13 @@ impl EdgeProxy {
                 .as_deref()
                 .map(crate::access::token::StreamTokens::new),
         };
+        let mut access = Access::new(&config, metrics.clone());
+        if let Some(c) = &cluster {
+            access.peers = c.trusted();
+        }
         EdgeProxy {
-            access: Access::new(&config, metrics.clone()),
+            access,
+            cluster,
             passthrough: config.passthrough.clone(),
             keepalive_secs: config.keepalive_timeout.as_secs().max(1),
             checker: crate::routes::check::Checker::new(engines.clone(), config.clone()),
@@ -74,9 +84,100 @@ pub struct RequestCtx {
     engine_host: Option<String>,
     /// The route of this request, for the responses metric.
     route: Option<Route>,
+    /// The cluster member this request is proxied to, and the members it went through before.
+    forward: Option<(std::net::SocketAddr, Vec<std::net::SocketAddr>)>,
 }
 
 impl EdgeProxy {
+    /// Where a stream request (getstream, playlist, segment) is served in a fleet; `None` when
+    /// here. In `redirect` mode the `302` is written here (`Some(None)`).
+    async fn place(
+        &self,
+        s: &mut HttpSession,
+        ctx: &mut RequestCtx,
+    ) -> Option<pingora::Result<()>> {
+        let cluster = self.cluster.as_ref()?;
+        // A request without a valid id is answered here (with its 400).
+        let key = getstream::content_id(s.req_header().uri.query())
+            .ok()?
+            .to_string();
+        let peer_ip = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let via_header = s
+            .req_header()
+            .headers
+            .get(VIA_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let via = cluster.via_of(peer_ip, via_header);
+        let local = self.sessions.get(&key).is_some();
+        let Placement::Forward { to, because } = cluster.place(&key, local, &via).await else {
+            return None;
+        };
+        match cluster.mode() {
+            ClusterMode::Proxy => {
+                log::debug!(
+                    "{key}: proxied to cluster member {to} ({})",
+                    because.label()
+                );
+                self.metrics
+                    .cluster_forwarded
+                    .with_label_values(&[because.label()])
+                    .inc();
+                ctx.forward = Some((to, via));
+                None
+            }
+            ClusterMode::Redirect => {
+                self.metrics
+                    .cluster_redirects
+                    .with_label_values(&[because.label()])
+                    .inc();
+                let target = s
+                    .req_header()
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string();
+                Some(routes::write_redirect(s, &format!("http://{to}{target}")).await)
+            }
+        }
+    }
+
+    /// `GET /proxy/cluster`: for admins, and for the fleet's members (which poll it).
+    async fn serve_cluster(&self, s: &mut HttpSession) -> pingora::Result<()> {
+        let Some(cluster) = &self.cluster else {
+            let e = EdgeError::NotFound(
+                "this node is not in a cluster (acestream.cluster is not set)".into(),
+            );
+            return routes::write_error(s, &e).await;
+        };
+        let peer_ip = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        if !peer_ip.is_some_and(|ip| cluster.is_member_ip(ip)) {
+            if let Err(e) = self.admin.admit(s, self.access.client_of(s)) {
+                return routes::write_error(s, &e).await;
+            }
+        }
+        let id = s
+            .req_header()
+            .uri
+            .query()
+            .and_then(|q| getstream::query_param(q, "id"));
+        let key = id.as_deref().map(|v| {
+            getstream::content_id(Some(&format!("id={v}")))
+                .map_or_else(|_| v.to_string(), |c| c.to_string())
+        });
+        let held = self
+            .sessions
+            .list()
+            .iter()
+            .map(|x| crate::cluster::HeldSession {
+                id: x.content.to_string(),
+                engine: x.state().engine.as_ref().map(|e| e.addr),
+            })
+            .collect();
+        let view = cluster.view(held, key.as_deref());
+        let body = serde_json::to_vec_pretty(&view).unwrap_or_default();
+        routes::write_json(s, 200, body).await
+    }
+
     /// Whether a passthrough request may reach an engine (see [`crate::access::passthrough`]).
     fn passthrough_allowed(&self, s: &HttpSession) -> std::result::Result<(), EdgeError> {
         let uri = &s.req_header().uri;
@@ -114,28 +215,45 @@ impl ProxyHttp for EdgeProxy {
             // Nothing is started for a POST, PUT, DELETE...
             routes::write_method_not_allowed(s).await
         } else {
-            match route {
-                Route::GetStream => getstream::serve(s, &self.sessions, &self.access).await,
-                Route::Manifest => hls::manifest(s, &self.sessions, &self.access).await,
-                Route::HlsSegment => hls::segment(s, &self.sessions, &self.access, &path).await,
-                Route::Dashboard => routes::dashboard::serve(s, &path).await,
-                Route::Health => routes::write_health(s, self.sessions.is_shutting_down()).await,
-                Route::Check => match self.admin.admit(s, self.access.client_of(s)) {
-                    Ok(()) => self.checker.serve(s, &self.sessions).await,
-                    Err(e) => routes::write_error(s, &e).await,
-                },
-                Route::Passthrough => match self.passthrough_allowed(s) {
-                    Ok(()) => return Ok(false),
-                    Err(e) => routes::write_error(s, &e).await,
-                },
-                // Unknown /proxy/* paths are admin paths too: the token is checked before the 404.
-                Route::NotFound if !admin::is_admin_path(&path) => {
-                    let e = EdgeError::NotFound(format!("no route {path}"));
-                    routes::write_error(s, &e).await
-                }
-                admin_route => {
-                    let client = self.access.client_of(s);
-                    self.admin.serve(s, admin_route, &path, client).await
+            let placed = if matches!(
+                route,
+                Route::GetStream | Route::Manifest | Route::HlsSegment
+            ) {
+                self.place(s, ctx).await
+            } else {
+                None
+            };
+            if let Some(written) = placed {
+                written
+            } else if ctx.forward.is_some() {
+                return Ok(false); // proxied to the member that serves it
+            } else {
+                match route {
+                    Route::GetStream => getstream::serve(s, &self.sessions, &self.access).await,
+                    Route::Manifest => hls::manifest(s, &self.sessions, &self.access).await,
+                    Route::HlsSegment => hls::segment(s, &self.sessions, &self.access, &path).await,
+                    Route::Dashboard => routes::dashboard::serve(s, &path).await,
+                    Route::Health => {
+                        routes::write_health(s, self.sessions.is_shutting_down()).await
+                    }
+                    Route::Check => match self.admin.admit(s, self.access.client_of(s)) {
+                        Ok(()) => self.checker.serve(s, &self.sessions).await,
+                        Err(e) => routes::write_error(s, &e).await,
+                    },
+                    Route::Passthrough => match self.passthrough_allowed(s) {
+                        Ok(()) => return Ok(false),
+                        Err(e) => routes::write_error(s, &e).await,
+                    },
+                    // Unknown /proxy/* paths are admin paths too: the token is checked before the 404.
+                    Route::NotFound if !admin::is_admin_path(&path) => {
+                        let e = EdgeError::NotFound(format!("no route {path}"));
+                        routes::write_error(s, &e).await
+                    }
+                    Route::ProxyCluster => self.serve_cluster(s).await,
+                    admin_route => {
+                        let client = self.access.client_of(s);
+                        self.admin.serve(s, admin_route, &path, client).await
+                    }
                 }
             }
         };
@@ -151,6 +269,11 @@ impl ProxyHttp for EdgeProxy {
         _s: &mut HttpSession,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        if let (Some((to, _)), Some(cluster)) = (&ctx.forward, &self.cluster) {
+            let mut peer = HttpPeer::new(*to, false, String::new());
+            peer.options.connection_timeout = Some(cluster.peer_timeout());
+            return Ok(Box::new(peer));
+        }
         let engine = self.engines.best().await.map_err(|e| {
             log::warn!("passthrough: {e}");
             Error::explain(ErrorType::HTTPStatus(e.status()), e.public_text())
@@ -162,12 +285,22 @@ impl ProxyHttp for EdgeProxy {
     /// Engines see their own address as Host, as if called directly.
     async fn upstream_request_filter(
         &self,
-        _s: &mut HttpSession,
+        s: &mut HttpSession,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(host) = &ctx.engine_host {
             upstream_request.insert_header("Host", host.as_str())?;
+        }
+        if let (Some((_, via)), Some(cluster)) = (&ctx.forward, &self.cluster) {
+            // The member that serves it sees the real client, and where the request has been.
+            if let Some(ip) = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+                upstream_request.append_header("X-Forwarded-For", ip.to_string())?;
+            }
+            let mut hops: Vec<String> = via.iter().map(|a| a.to_string()).collect();
+            hops.extend(cluster.me().map(|a| a.to_string()));
+            upstream_request.insert_header(VIA_HEADER, hops.join(", "))?;
+            return Ok(());
         }
         // The client's credentials are for this proxy, never for an engine.
         upstream_request.remove_header(&http::header::AUTHORIZATION);
@@ -175,10 +308,27 @@ impl ProxyHttp for EdgeProxy {
         Ok(())
     }
 
+    /// A cluster member that cannot be reached is skipped until its next health check, so the
+    /// client's retry goes elsewhere at once.
+    fn fail_to_connect(
+        &self,
+        _s: &mut HttpSession,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some((to, _)), Some(cluster)) = (&ctx.forward, &self.cluster) {
+            if pingora::upstreams::peer::Peer::address(peer).as_inet() == Some(to) {
+                cluster.mark_unreachable(*to);
+            }
+        }
+        e
+    }
+
     /// Counts every response by route and status.
     async fn logging(&self, s: &mut HttpSession, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = s.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
-        if ctx.route == Some(Route::GetStream) && status == 200 {
+        if ctx.route == Some(Route::GetStream) && status == 200 && ctx.forward.is_none() {
             // Counted when its headers went out (a stream's response ends much later).
             return;
         }
@@ -194,7 +344,7 @@ impl ProxyHttp for EdgeProxy {
         &self,
         s: &mut HttpSession,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
@@ -215,7 +365,10 @@ impl ProxyHttp for EdgeProxy {
                     .unwrap_or_else(|| e.etype().as_str().to_string()),
                 _ => {
                     log::warn!("passthrough failed: {e}");
-                    if code == 502 {
+                    if code == 502 && ctx.forward.is_some() {
+                        "the cluster member serving this stream could not be reached; retry"
+                            .to_string()
+                    } else if code == 502 {
                         "the engine could not be reached".to_string()
                     } else {
                         "internal error (see the proxy's log)".to_string()

@@ -21,10 +21,37 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+/// The IP addresses of a fleet's members (see [`crate::cluster`]): they forward requests, so
+/// their `X-Forwarded-For` is believed like a trusted proxy's. Empty without a cluster.
+#[derive(Debug, Default)]
+pub struct TrustedPeers {
+    ips: std::sync::RwLock<Vec<IpAddr>>,
+}
+
+impl TrustedPeers {
+    /// Whether `ip` is a member's.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.ips
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&ip)
+    }
+
+    /// Replaces the set (the cluster's discovery, at each pass).
+    pub fn set(&self, mut ips: Vec<IpAddr>) {
+        ips.sort();
+        ips.dedup();
+        *self.ips.write().unwrap_or_else(|p| p.into_inner()) = ips;
+    }
+}
+
 /// Client identity and viewer limits, for every route.
 #[derive(Debug)]
 pub struct Access {
     trusted_proxies: Vec<Cidr>,
+    /// The fleet's members, trusted like `trusted_proxies`.
+    pub peers: Arc<TrustedPeers>,
     limits: Arc<Limits>,
     metrics: Arc<Metrics>,
     /// Set when stream URLs must be signed.
@@ -36,6 +63,7 @@ impl Access {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
         Access {
             trusted_proxies: config.trusted_proxies.clone(),
+            peers: Arc::new(TrustedPeers::default()),
             limits: Arc::new(Limits::new(LimitSettings::of(config))),
             metrics,
             tokens: config
@@ -56,7 +84,9 @@ impl Access {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        Some(client_addr(peer, &headers, &self.trusted_proxies))
+        let trusted =
+            |ip: IpAddr| any_contains(&self.trusted_proxies, ip) || self.peers.contains(ip);
+        Some(client_addr_with(peer, &headers, trusted))
     }
 
     /// Checks a stream request's `token` for content `id` when stream URLs must be signed.
@@ -143,8 +173,17 @@ impl fmt::Display for ClientAddr {
 /// entries left of it were written by the client and prove nothing). An unparsable entry ends
 /// the walk there: the peer (the last trusted hop) stays the answer.
 pub fn client_addr(peer: SocketAddr, forwarded_for: &[&str], trusted: &[Cidr]) -> ClientAddr {
+    client_addr_with(peer, forwarded_for, |ip| any_contains(trusted, ip))
+}
+
+/// [`client_addr`] with the trust decided by `trusted`.
+fn client_addr_with(
+    peer: SocketAddr,
+    forwarded_for: &[&str],
+    trusted: impl Fn(IpAddr) -> bool,
+) -> ClientAddr {
     let peer = ClientAddr::from(peer);
-    if !any_contains(trusted, peer.ip) {
+    if !trusted(peer.ip) {
         return peer;
     }
     let mut client = peer;
@@ -154,7 +193,7 @@ pub fn client_addr(peer: SocketAddr, forwarded_for: &[&str], trusted: &[Cidr]) -
                 return client;
             };
             client = ClientAddr { ip, port: None };
-            if !any_contains(trusted, ip) {
+            if !trusted(ip) {
                 return client;
             }
         }
@@ -174,6 +213,20 @@ fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cluster member's `X-Forwarded-For` is believed, anyone else's is not.
+    #[test]
+    fn members_forward_client_addresses() {
+        let peers = TrustedPeers::default();
+        peers.set(vec!["10.0.0.2".parse().unwrap()]);
+        let trusted = |ip: IpAddr| peers.contains(ip);
+        let from_member =
+            client_addr_with("10.0.0.2:4000".parse().unwrap(), &["203.0.113.9"], trusted);
+        assert_eq!(from_member.ip.to_string(), "203.0.113.9");
+        let from_other =
+            client_addr_with("10.0.0.3:4000".parse().unwrap(), &["203.0.113.9"], trusted);
+        assert_eq!(from_other.ip.to_string(), "10.0.0.3");
+    }
 
     fn cidrs(v: &[&str]) -> Vec<Cidr> {
         v.iter().map(|c| c.parse().unwrap()).collect()

@@ -32,6 +32,8 @@ pub struct Config {
     pub engines: Vec<EngineConfig>,
     /// Optional orchestrator that lists engines at `GET <url>/engines`. Default none.
     pub orchestrator: Option<OrchestratorConfig>,
+    /// Several nodes as one fleet (see [`crate::cluster`]). Default none: a single node.
+    pub cluster: Option<ClusterConfig>,
     /// Longest wait from session start (engine JSON call included) to its first upstream byte.
     /// Default 30 s.
     pub empty_stream_timeout: Duration,
@@ -170,6 +172,59 @@ pub struct Config {
     pub check_timeout: Duration,
     /// `/ace/check` requests that may open an engine session at once (more get 429). Default 2.
     pub max_concurrent_checks: usize,
+}
+
+/// `acestream.cluster`: the nodes of a fleet, each owning the content ids Ketama hashing gives
+/// it among the healthy ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This node's `host:port` as its peers reach it (one of the fleet's members).
+    pub self_addr: String,
+    /// The other nodes: `host:port` entries, each resolved every `health_check_interval` (a DNS
+    /// name may stand for several, such as a Kubernetes headless Service). Listing this node
+    /// too is fine: every node can share one list.
+    pub peers: Vec<String>,
+    /// What a node does with a request for an id another node serves.
+    pub mode: ClusterMode,
+    /// How often peers are resolved, health-checked (`GET /healthz`) and asked for their
+    /// sessions. Default 2 s.
+    pub health_check_interval: Duration,
+    /// Longest wait for a peer's answer (its session list, a health check, a forwarded
+    /// connection). Default 1 s.
+    pub peer_timeout: Duration,
+}
+
+/// `acestream.cluster.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterMode {
+    /// Stream from the serving node through this one (the default): clients never see the fleet.
+    Proxy,
+    /// Answer `302` with the serving node's URL: the client connects there itself.
+    Redirect,
+}
+
+impl ClusterMode {
+    /// The configuration value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterMode::Proxy => "proxy",
+            ClusterMode::Redirect => "redirect",
+        }
+    }
+}
+
+/// Checks a `host:port` member address; the reason when it is not one.
+fn member_address(a: &str) -> Result<(), String> {
+    let Some((host, port)) = a.rsplit_once(':') else {
+        return Err(format!("{a:?} is not host:port"));
+    };
+    if host.trim_matches(['[', ']']).is_empty() {
+        return Err(format!("{a:?} has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{a:?}: port must be 1..=65535")),
+    }
 }
 
 /// One statically configured engine.
@@ -584,6 +639,44 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
             })
         }
     };
+    let cluster = match w.cluster {
+        None => None,
+        Some(c) => {
+            let self_addr = c.self_addr.trim().to_string();
+            if let Err(e) = member_address(&self_addr) {
+                bad("acestream.cluster.self".into(), e);
+            }
+            let mut peers = Vec::new();
+            for (i, p) in c.peers.iter().enumerate() {
+                let p = p.trim().to_string();
+                match member_address(&p) {
+                    Ok(()) => peers.push(p),
+                    Err(e) => bad(format!("acestream.cluster.peers[{i}]"), e),
+                }
+            }
+            for (key, d) in [
+                ("health_check_interval", c.health_check_interval.0),
+                ("peer_timeout", c.peer_timeout.0),
+            ] {
+                if d < Duration::from_millis(100) {
+                    bad(
+                        format!("acestream.cluster.{key}"),
+                        "must be at least 0.1 s".into(),
+                    );
+                }
+            }
+            Some(ClusterConfig {
+                self_addr,
+                peers,
+                mode: match c.mode {
+                    wire::ClusterModeWire::Proxy => ClusterMode::Proxy,
+                    wire::ClusterModeWire::Redirect => ClusterMode::Redirect,
+                },
+                health_check_interval: c.health_check_interval.0,
+                peer_timeout: c.peer_timeout.0,
+            })
+        }
+    };
     let copy_chunk_size = (w.copy_chunk_size as usize / TS_PACKET_SIZE) * TS_PACKET_SIZE;
     if copy_chunk_size == 0 {
         bad(
@@ -707,6 +800,7 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         admin_token: Some(w.admin_token).filter(|t| !t.is_empty()),
         engines,
         orchestrator,
+        cluster,
         empty_stream_timeout: w.empty_stream_timeout.0,
         stream_idle_timeout: w.stream_idle_timeout.0,
         client_heartbeat_interval: w.client_heartbeat_interval.0,

@@ -25,6 +25,7 @@ pub struct AceWire {
     pub admin_token: String,
     pub engines: Vec<EngineWire>,
     pub orchestrator: Option<OrchestratorWire>,
+    pub cluster: Option<ClusterWire>,
     pub empty_stream_timeout: DurationWire,
     pub stream_idle_timeout: DurationWire,
     pub client_heartbeat_interval: DurationWire,
@@ -83,6 +84,7 @@ impl Default for AceWire {
             admin_token: String::new(),
             engines: Vec::new(),
             orchestrator: None,
+            cluster: None,
             empty_stream_timeout: secs(30.0),
             stream_idle_timeout: secs(300.0),
             client_heartbeat_interval: secs(10.0),
@@ -158,6 +160,39 @@ pub struct OrchestratorWire {
 
 fn yes() -> bool {
     true
+}
+
+/// `acestream.cluster`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterWire {
+    #[serde(rename = "self")]
+    pub self_addr: String,
+    #[serde(default)]
+    pub peers: Vec<String>,
+    #[serde(default)]
+    pub mode: ClusterModeWire,
+    #[serde(default = "cluster_health_check_interval")]
+    pub health_check_interval: DurationWire,
+    #[serde(default = "cluster_peer_timeout")]
+    pub peer_timeout: DurationWire,
+}
+
+/// `acestream.cluster.mode`.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterModeWire {
+    #[default]
+    Proxy,
+    Redirect,
+}
+
+fn cluster_health_check_interval() -> DurationWire {
+    DurationWire(Duration::from_secs(2))
+}
+
+fn cluster_peer_timeout() -> DurationWire {
+    DurationWire(Duration::from_secs(1))
 }
 
 /// A duration written as seconds (`30`, `0.5`) or with a unit (`"500ms"`, `"5m"`).

@@ -113,6 +113,8 @@ pub struct EngineStatus {
     pub healthy: bool,
     /// This proxy's sessions on it.
     pub proxy_streams: usize,
+    /// Other cluster members' sessions on it (their last answer).
+    pub peer_streams: usize,
     /// The score a selection would give it now.
     pub score: i64,
     /// It failed a live session within `engine_failure_penalty`.
@@ -138,6 +140,8 @@ pub struct EnginePool {
     panic_when_all_unhealthy: bool,
     /// When each engine was last given a session (the last tie-break).
     last_assigned: Mutex<HashMap<SocketAddr, std::time::Instant>>,
+    /// Sessions other cluster members hold on each engine, at their last answer.
+    peer_streams: Mutex<HashMap<SocketAddr, usize>>,
 }
 
 impl std::fmt::Debug for EnginePool {
@@ -214,6 +218,7 @@ impl EnginePool {
             health_check_interval: config.health_check_interval,
             panic_when_all_unhealthy: config.panic_when_all_unhealthy,
             last_assigned: Mutex::new(HashMap::new()),
+            peer_streams: Mutex::new(HashMap::new()),
         }
     }
 
@@ -269,6 +274,13 @@ impl EnginePool {
         }
     }
 
+    /// The sessions other cluster members hold on each engine (the cluster's poll). They count
+    /// in every engine's load unless the orchestrator reports its streams (which include the
+    /// whole fleet's).
+    pub fn set_peer_streams(&self, streams: HashMap<SocketAddr, usize>) {
+        *self.peer_streams.lock().unwrap_or_else(|p| p.into_inner()) = streams;
+    }
+
     /// Failed orchestrator fetches since start (each keeps the last good list).
     pub fn orchestrator_failures(&self) -> u64 {
         self.meta.orchestrator_failures.load(Ordering::Relaxed)
@@ -294,6 +306,11 @@ impl EnginePool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let peers = self
+            .peer_streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut out: Vec<EngineStatus> = backends
             .get_backend()
             .iter()
@@ -310,7 +327,9 @@ impl EnginePool {
                     // The orchestrator's verdict rules an engine out; a failed probe of ours
                     // does not, when every engine failed one (see `panic_when_all_unhealthy`).
                     eligible: m.ruled_out().is_none(),
-                    active_streams: proxy_streams + m.orchestrator_streams.unwrap_or(0),
+                    active_streams: proxy_streams
+                        + m.orchestrator_streams
+                            .unwrap_or_else(|| peers.get(&addr).copied().unwrap_or(0)),
                     recently_failed: failed.contains(&addr),
                     node_load: 0,
                     last_assigned: assigned.get(&addr).copied(),
@@ -321,6 +340,7 @@ impl EnginePool {
                     addr,
                     healthy,
                     proxy_streams,
+                    peer_streams: peers.get(&addr).copied().unwrap_or(0),
                     recently_failed: candidate.recently_failed,
                     candidate,
                 })
@@ -529,6 +549,7 @@ mod tests {
                 addr,
                 healthy,
                 proxy_streams: streams,
+                peer_streams: 0,
                 score: score::score(&candidate),
                 recently_failed: false,
                 candidate,

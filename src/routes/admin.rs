@@ -258,6 +258,7 @@ impl Admin {
                 from_orchestrator: e.meta.from_orchestrator,
                 active_streams: e.proxy_streams,
                 orchestrator_streams: e.meta.orchestrator_streams,
+                peer_streams: e.peer_streams,
                 recently_failed: e.recently_failed,
                 score: e.score,
             })
@@ -360,6 +361,8 @@ pub struct EngineView {
     from_orchestrator: bool,
     active_streams: usize,
     orchestrator_streams: Option<usize>,
+    /// Other cluster members' sessions on it, at their last answer (0 without a cluster).
+    peer_streams: usize,
     recently_failed: bool,
     score: i64,
     /// The orchestrator's VPN container of the engine.

@@ -25,6 +25,8 @@ pub enum Route {
     ProxySession,
     /// `/proxy/engines`.
     ProxyEngines,
+    /// `/proxy/cluster`: the fleet as this node sees it.
+    ProxyCluster,
     /// `/metrics`.
     Metrics,
     /// `/proxy/token`: mints a signed stream URL.
@@ -51,6 +53,7 @@ impl Route {
             "/proxy/status" => Route::ProxyStatus,
             "/proxy/sessions" => Route::ProxySessions,
             "/proxy/engines" => Route::ProxyEngines,
+            "/proxy/cluster" => Route::ProxyCluster,
             "/proxy/token" => Route::ProxyToken,
             "/ace/check" => Route::Check,
             "/healthz" => Route::Health,
@@ -75,6 +78,7 @@ impl Route {
             Route::ProxySessions => "proxy_sessions",
             Route::ProxySession => "proxy_session",
             Route::ProxyEngines => "proxy_engines",
+            Route::ProxyCluster => "proxy_cluster",
             Route::Metrics => "metrics",
             Route::ProxyToken => "proxy_token",
             Route::Check => "check",
@@ -127,6 +131,12 @@ async fn write_json_with(
     h.insert_header("Cache-Control", "no-store")?;
     s.write_response_header(Box::new(h), false).await?;
     s.write_response_body(Some(Bytes::from(body)), true).await
+}
+
+/// `302` to `location` (a cluster member that serves the stream), with a JSON body saying so.
+pub async fn write_redirect(s: &mut HttpSession, location: &str) -> pingora::Result<()> {
+    let body = serde_json::to_vec(&serde_json::json!({ "location": location })).unwrap_or_default();
+    write_json_with(s, 302, body, &[("Location", location.to_string())]).await
 }
 
 /// `GET /healthz`: `200 {"status": "ok"}` while serving, `503 {"status": "shutting down"}` once

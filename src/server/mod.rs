@@ -2,6 +2,7 @@
 //! runs it either from `main` (signals) or in-process for tests (`RunningServer`, feature
 //! `test-support`).
 
+use crate::cluster::{Cluster, ClusterService};
 use crate::config::{Config, LoadedConfig};
 use crate::engines::{self, EnginePool};
 use crate::metrics::Metrics;
@@ -59,6 +60,27 @@ fn build_services(mut server: Server, config: Arc<Config>) -> (Server, Edge) {
     server.add_service(lb_service);
     let metrics = Arc::new(Metrics::new());
     let sessions = Arc::new(Sessions::new(config.clone(), pool.clone(), metrics.clone()));
+    let cluster = config.cluster.clone().map(|c| {
+        log::info!(
+            "cluster: this node is {}, peers {:?}, mode {}",
+            c.self_addr,
+            c.peers,
+            c.mode.as_str()
+        );
+        Cluster::new(
+            c,
+            config.admin_token.clone(),
+            pool.clone(),
+            metrics.clone(),
+            Arc::new(Default::default()),
+        )
+    });
+    if let Some(c) = &cluster {
+        server.add_service(background_service(
+            "cluster",
+            ClusterService { cluster: c.clone() },
+        ));
+    }
     let app = pingora::proxy::http_proxy(
         &server.configuration,
         EdgeProxy::new(
@@ -66,6 +88,7 @@ fn build_services(mut server: Server, config: Arc<Config>) -> (Server, Edge) {
             pool.clone(),
             metrics.clone(),
             config.clone(),
+            cluster,
         ),
     );
     let guarded = GuardedApp::new(app, connection_limits(&config), metrics.clone());

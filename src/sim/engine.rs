@@ -56,6 +56,9 @@ pub struct SimStats {
     pub stat_calls: u64,
     /// Stream bytes written.
     pub bytes_sent: u64,
+    /// Sessions being read now, per start key (the content id, or `infohash:<value>`).
+    #[serde(default)]
+    pub read_sessions_by_id: BTreeMap<String, u64>,
 }
 
 pub(super) struct SimSession {
@@ -83,6 +86,18 @@ pub(super) struct State {
 }
 
 impl State {
+    /// The counters, with the sessions being read now counted per id.
+    fn snapshot(&self) -> SimStats {
+        let mut stats = self.stats.clone();
+        for s in self.sessions.values().filter(|s| s.readers > 0) {
+            *stats
+                .read_sessions_by_id
+                .entry(s.start_key.clone())
+                .or_default() += 1;
+        }
+        stats
+    }
+
     /// Ends a session: its reader sees the end, its URLs die, and its counts are updated.
     fn end_session(&mut self, token: &str) -> Option<SimSession> {
         let s = self.sessions.remove(token)?;
@@ -158,7 +173,7 @@ impl SimEngine {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> SimStats {
-        lock(&self.shared.state).stats.clone()
+        lock(&self.shared.state).snapshot()
     }
 
     /// The current knobs.
@@ -209,7 +224,7 @@ async fn handle_connection(
         "/webui/api/service" => service(&mut sock, &req).await,
         "/server/api" => server_api(&mut sock, &req).await,
         "/sim/stats" => {
-            let body = serde_json::to_vec(&lock(&shared.state).stats).unwrap_or_default();
+            let body = serde_json::to_vec(&lock(&shared.state).snapshot()).unwrap_or_default();
             respond(&mut sock, 200, "application/json", &body).await
         }
         "/sim/set" => set_knobs_from_query(&shared, &mut sock, &req).await,

@@ -1,0 +1,601 @@
+//! Several nodes as one fleet (issue 18): real `acestream-edge` processes on loopback ports,
+//! one simulator process-side with two engines, clients through random nodes; and the same ids
+//! through HAProxy with `deploy/haproxy.cfg`.
+
+mod common;
+
+use acestream_edge::sim::{Knobs, SimEngine};
+use common::*;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_acestream-edge");
+/// The cluster health interval of these tests.
+const INTERVAL: Duration = Duration::from_secs(1);
+
+/// One node: a real process, its config and its log.
+struct Node {
+    addr: SocketAddr,
+    child: Child,
+    conf: tempfile::NamedTempFile,
+    log: tempfile::NamedTempFile,
+}
+
+impl Node {
+    fn spawn(addr: SocketAddr, yaml: &str) -> Node {
+        let mut conf = tempfile::NamedTempFile::new().unwrap();
+        conf.write_all(yaml.as_bytes()).unwrap();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Self::start(conf.path(), &log);
+        Node {
+            addr,
+            child,
+            conf,
+            log,
+        }
+    }
+
+    fn start(conf: &std::path::Path, log: &tempfile::NamedTempFile) -> Child {
+        Command::new(BIN)
+            .arg("-c")
+            .arg(conf)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    /// Starts the process again with the same config (the same port).
+    fn restart(&mut self) {
+        self.child = Self::start(self.conf.path(), &self.log);
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    async fn cluster(&self, query: &str) -> serde_json::Value {
+        get_json(self.addr, &format!("/proxy/cluster{query}"))
+            .await
+            .1
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let mut r = get(self.addr, "/metrics").await;
+        let text = String::from_utf8(r.read_to_end(1 << 20).await.unwrap()).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The YAML of one node of a fleet (`cluster: None` for a node without one).
+fn node_yaml(
+    port: u16,
+    engines: &[&SimEngine],
+    cluster: Option<(&[u16], &str)>,
+    extra: &str,
+) -> String {
+    let engines: String = engines
+        .iter()
+        .map(|e| format!("    - {{host: 127.0.0.1, port: {}}}\n", e.addr().port()))
+        .collect();
+    let cluster = match cluster {
+        Some((ports, mode)) => format!(
+            "  cluster:\n    self: \"127.0.0.1:{port}\"\n    peers: [{}]\n    mode: {mode}\n    health_check_interval: {}\n    peer_timeout: 0.5\n",
+            ports
+                .iter()
+                .map(|p| format!("\"127.0.0.1:{p}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+            INTERVAL.as_secs_f64()
+        ),
+        None => String::new(),
+    };
+    format!(
+        "version: 1\nthreads: 2\npid_file: /tmp/ace-edge-cluster-{port}.pid\nupgrade_sock: /tmp/ace-edge-cluster-{port}.sock\ngrace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 1\nacestream:\n  listen: [\"127.0.0.1:{port}\"]\n  engines:\n{engines}  health_check_interval: 0.5\n  stream_idle_timeout: 1\n  empty_stream_timeout: 5\n{cluster}{extra}"
+    )
+}
+
+/// A fleet of `n` clustered nodes over `engines`, each started and seeing all the others healthy.
+async fn fleet(n: usize, engines: &[&SimEngine], extra: &str) -> Vec<Node> {
+    fleet_in(n, engines, "proxy", extra).await
+}
+
+/// [`fleet`] in `mode` (`proxy` or `redirect`).
+async fn fleet_in(n: usize, engines: &[&SimEngine], mode: &str, extra: &str) -> Vec<Node> {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let nodes: Vec<Node> = ports
+        .iter()
+        .map(|p| {
+            let addr: SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
+            Node::spawn(addr, &node_yaml(*p, engines, Some((&ports, mode)), extra))
+        })
+        .collect();
+    for node in &nodes {
+        wait_members(node, n).await;
+    }
+    nodes
+}
+
+/// Waits until `node` answers and sees `healthy` members healthy (itself included).
+async fn wait_members(node: &Node, healthy: usize) {
+    let ok = wait_until(Duration::from_secs(30), || async {
+        if tokio::net::TcpStream::connect(node.addr).await.is_err() {
+            return false;
+        }
+        let v = node.cluster("").await;
+        v["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().filter(|x| x["healthy"] == true).count() == healthy)
+    })
+    .await;
+    assert!(
+        ok,
+        "node {} never saw {healthy} healthy members: {}",
+        node.addr,
+        node.log_text()
+    );
+}
+
+/// A client that streams `id` through `node` and keeps reading in the background; its count
+/// of bytes can be read while it runs.
+struct Viewer {
+    bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Viewer {
+    /// Connects, expects `200`, and reads until the stream ends or the viewer is dropped.
+    async fn start(node: SocketAddr, id: &str) -> Viewer {
+        let mut r = get(node, &format!("/ace/getstream?id={id}")).await;
+        assert_eq!(r.status, 200, "{id} through {node}");
+        let bytes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = bytes.clone();
+        let task = tokio::spawn(async move {
+            // Until the stream ends or breaks.
+            while let Ok(Some(piece)) = r.next_chunk().await {
+                count.fetch_add(piece.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        Viewer { bytes, task }
+    }
+
+    fn bytes(&self) -> usize {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until the viewer has `n` more bytes than now.
+    async fn gets(&self, n: usize) -> bool {
+        let from = self.bytes();
+        wait_until(Duration::from_secs(15), || async {
+            self.bytes() >= from + n
+        })
+        .await
+    }
+
+    fn ended(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Engine sessions being read now per id, over every engine.
+fn read_sessions(engines: &[&SimEngine]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for e in engines {
+        for (id, n) in e.stats().read_sessions_by_id {
+            *out.entry(id).or_default() += n;
+        }
+    }
+    out
+}
+
+/// Getstream calls per id, over every engine (one per engine session started).
+fn starts(engines: &[&SimEngine]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for e in engines {
+        for (id, n) in e.stats().getstream_calls {
+            *out.entry(id).or_default() += n;
+        }
+    }
+    out
+}
+
+/// A "random" node for client `j` of id `i` (a fixed spread, so a failure can be replayed).
+fn pick(i: usize, j: usize, n: usize) -> usize {
+    (i * 7 + j * 5 + i * j) % n
+}
+
+async fn thirty_ids_three_clients_each(
+    nodes: &[SocketAddr],
+    engines: &[&SimEngine],
+) -> Vec<Viewer> {
+    let mut joins = Vec::new();
+    for i in 0..30 {
+        for j in 0..3 {
+            let node = nodes[pick(i, j, nodes.len())];
+            let id = content_id(18_000 + i as u32);
+            joins.push(tokio::spawn(async move { Viewer::start(node, &id).await }));
+        }
+    }
+    let mut viewers = Vec::new();
+    for j in joins {
+        viewers.push(j.await.unwrap());
+    }
+    for v in &viewers {
+        assert!(v.gets(188 * 50).await, "a viewer got no stream bytes");
+    }
+    let reading = read_sessions(engines);
+    assert_eq!(reading.len(), 30, "ids read: {reading:?}");
+    assert!(reading.values().all(|n| *n == 1), "{reading:?}");
+    let started = starts(engines);
+    assert_eq!(started.len(), 30);
+    assert!(
+        started.values().all(|n| *n == 1),
+        "an id was started twice: {started:?}"
+    );
+    let total: u64 = engines.iter().map(|e| e.stats().sessions_started).sum();
+    assert_eq!(total, 30);
+    viewers
+}
+
+/// 30 ids, 3 clients each through randomly chosen nodes of three: exactly one engine session
+/// per id in the fleet, every client streams, and the nodes forwarded to the owners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fleet_opens_one_engine_session_per_id() {
+    let (a, b) = (sim(Knobs::default()).await, sim(Knobs::default()).await);
+    let nodes = fleet(3, &[&a, &b], "  max_streams_per_engine: 30\n").await;
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let viewers = thirty_ids_three_clients_each(&addrs, &[&a, &b]).await;
+    let mut forwarded = 0.0;
+    let mut held = 0;
+    for n in &nodes {
+        forwarded += n
+            .metric("acestream_edge_cluster_forwarded_requests_total")
+            .await;
+        held += n.cluster("").await["sessions"].as_array().unwrap().len();
+    }
+    assert_eq!(held, 30, "sessions over the nodes");
+    assert!(forwarded >= 30.0, "forwarded {forwarded}");
+    // Every node names the same owner for an id, and that owner holds it.
+    for i in [0u32, 7, 29] {
+        let id = content_id(18_000 + i);
+        let mut owners = Vec::new();
+        for n in &nodes {
+            owners.push(n.cluster(&format!("?id={id}")).await["owner"].clone());
+        }
+        assert!(owners.windows(2).all(|w| w[0] == w[1]), "{owners:?}");
+        let owner = nodes
+            .iter()
+            .find(|n| serde_json::json!(n.addr.to_string()) == owners[0])
+            .unwrap();
+        let sessions = owner.cluster("").await["sessions"].clone();
+        assert!(
+            sessions.as_array().unwrap().iter().any(|s| s["id"] == id),
+            "owner {} does not hold {id}: {sessions}",
+            owner.addr
+        );
+    }
+    drop(viewers);
+}
+
+/// A node killed while it holds sessions: the others see it gone within two health intervals,
+/// its viewers come back through other nodes, one engine session per id; when it returns, new
+/// ids it owns start on it and the sessions now held elsewhere stay where they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_node_viewers_move_and_nothing_flaps_when_it_returns() {
+    let (a, b) = (sim(Knobs::default()).await, sim(Knobs::default()).await);
+    let engines = [&a, &b];
+    let mut nodes = fleet(3, &engines, "  max_streams_per_engine: 30\n").await;
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    // 12 ids, one viewer each, through the first node (it forwards most of them).
+    let ids: Vec<String> = (0..12).map(|i| content_id(18_100 + i)).collect();
+    let mut viewers = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        viewers.push((
+            id.clone(),
+            addrs[i % 3],
+            Viewer::start(addrs[i % 3], id).await,
+        ));
+    }
+    for (_, _, v) in &viewers {
+        assert!(v.gets(188 * 20).await);
+    }
+    // The victim: the last node, which must hold some sessions.
+    let victim = 2;
+    let held: Vec<String> = nodes[victim].cluster("").await["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!held.is_empty(), "the victim holds no session");
+    let killed_at = Instant::now();
+    nodes[victim].kill();
+    let gone = wait_until(Duration::from_secs(10), || async {
+        let mut all = true;
+        for n in &nodes[..2] {
+            let v = n.cluster("").await;
+            let entry = v["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["address"] == addrs[victim].to_string())
+                .cloned();
+            all &= entry.is_some_and(|m| m["healthy"] == false);
+        }
+        all
+    })
+    .await;
+    let seen_after = killed_at.elapsed();
+    assert!(gone, "the survivors never saw the node gone");
+    assert!(
+        seen_after <= 2 * INTERVAL,
+        "the survivors took {seen_after:?} to see the node gone (interval {INTERVAL:?})"
+    );
+    // Its viewers (streaming through it or from it) lose their stream and reconnect through a
+    // survivor, like a player does.
+    let mut moved = 0;
+    for (id, via, v) in viewers.iter_mut() {
+        let lost = *via == addrs[victim] || held.contains(id);
+        if lost {
+            assert!(
+                wait_until(Duration::from_secs(5), || async { v.ended() }).await,
+                "{id}: its stream did not end with its node"
+            );
+            let to = if *via == addrs[0] { addrs[1] } else { addrs[0] };
+            *v = Viewer::start(to, id).await;
+            *via = to;
+            moved += 1;
+        }
+    }
+    assert!(moved > 0);
+    for (id, _, v) in &viewers {
+        assert!(
+            v.gets(188 * 20).await,
+            "{id} does not stream after the move"
+        );
+    }
+    let reading = read_sessions(&engines);
+    assert_eq!(reading.len(), 12, "{reading:?}");
+    assert!(reading.values().all(|n| *n == 1), "{reading:?}");
+
+    // The node returns.
+    nodes[victim].restart();
+    for n in &nodes {
+        wait_members(n, 3).await;
+    }
+    let starts_before = starts(&engines);
+    // A new client of every running id, through the returned node: each joins its session
+    // where it is, so no id is started again and none is moved.
+    let mut joined = Vec::new();
+    for id in &ids {
+        joined.push(Viewer::start(addrs[victim], id).await);
+    }
+    for v in &joined {
+        assert!(v.gets(188 * 20).await);
+    }
+    assert_eq!(
+        starts(&engines),
+        starts_before,
+        "a running id was started again"
+    );
+    for (id, _, v) in &viewers {
+        assert!(!v.ended(), "{id} was cut when the node came back");
+    }
+    let reading = read_sessions(&engines);
+    assert!(reading.values().all(|n| *n == 1), "{reading:?}");
+    // A new id the returned node owns starts on it, wherever its first client comes in.
+    let mut fresh = None;
+    for i in 0..200 {
+        let id = content_id(18_500 + i);
+        if nodes[0].cluster(&format!("?id={id}")).await["owner"] == addrs[victim].to_string() {
+            fresh = Some(id);
+            break;
+        }
+    }
+    let fresh = fresh.expect("some id is owned by the returned node");
+    let v = Viewer::start(addrs[0], &fresh).await;
+    assert!(v.gets(188 * 20).await);
+    let on_victim = nodes[victim].cluster("").await["sessions"].clone();
+    assert!(
+        on_victim
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == fresh),
+        "{fresh} is not held by its owner: {on_victim}"
+    );
+}
+
+/// Engine capacity counts the whole fleet: two engines of 10, three nodes, 20 ids → 10 and 10,
+/// and the 21st gets a 503 JSON from every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn engine_capacity_is_fleet_wide() {
+    let (a, b) = (sim(Knobs::default()).await, sim(Knobs::default()).await);
+    let nodes = fleet(3, &[&a, &b], "  max_streams_per_engine: 10\n").await;
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let mut viewers = Vec::new();
+    for i in 0..20 {
+        let v = Viewer::start(addrs[pick(i, 1, 3)], &content_id(18_200 + i as u32)).await;
+        assert!(v.gets(188 * 10).await);
+        viewers.push(v);
+    }
+    assert_eq!(
+        (a.stats().sessions_active, b.stats().sessions_active),
+        (10, 10)
+    );
+    for n in &addrs {
+        let mut r = get(*n, &format!("/ace/getstream?id={}", content_id(18_299))).await;
+        assert_eq!(r.status, 503, "through {n}");
+        let body: serde_json::Value =
+            serde_json::from_slice(&r.read_to_end(1 << 20).await.unwrap()).unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("max_streams")
+                    || e.contains("capacity")
+                    || e.contains("engine")),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        (a.stats().sessions_started, b.stats().sessions_started),
+        (10, 10)
+    );
+}
+
+/// The same 30 ids through HAProxy with `deploy/haproxy.cfg` (ports rewritten) in front of
+/// three nodes: 30 engine sessions, and no node forwarded anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn haproxy_front_hashes_ids_to_nodes() {
+    if Command::new("haproxy").arg("-v").output().is_err() {
+        eprintln!("haproxy is not installed (apt-get install haproxy): skipped");
+        return;
+    }
+    let (a, b) = (sim(Knobs::default()).await, sim(Knobs::default()).await);
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let nodes: Vec<Node> = ports
+        .iter()
+        .map(|p| {
+            let addr: SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
+            Node::spawn(
+                addr,
+                &node_yaml(*p, &[&a, &b], None, "  max_streams_per_engine: 30\n"),
+            )
+        })
+        .collect();
+    for n in &nodes {
+        assert!(
+            wait_until(Duration::from_secs(30), || async {
+                tokio::net::TcpStream::connect(n.addr).await.is_ok()
+            })
+            .await
+        );
+    }
+    let front = free_port();
+    let cfg = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy.cfg"))
+        .unwrap()
+        .replace("127.0.0.1:8000", &format!("127.0.0.1:{front}"))
+        .replace("127.0.0.1:8001", &format!("127.0.0.1:{}", ports[0]))
+        .replace("127.0.0.1:8002", &format!("127.0.0.1:{}", ports[1]))
+        .replace("127.0.0.1:8003", &format!("127.0.0.1:{}", ports[2]))
+        .replace("maxconn 8000", "maxconn 1000")
+        .replace(
+            "/run/haproxy/admin.sock",
+            &format!("/tmp/ace-edge-haproxy-{front}.sock"),
+        );
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(cfg.as_bytes()).unwrap();
+    let check = Command::new("haproxy")
+        .args(["-c", "-f"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "haproxy -c: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let hlog = tempfile::NamedTempFile::new().unwrap();
+    let mut haproxy = Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(file.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(hlog.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let front_addr: SocketAddr = format!("127.0.0.1:{front}").parse().unwrap();
+    let up = wait_until(Duration::from_secs(20), || async {
+        acestream_edge::http1::get(front_addr, "/healthz", Duration::from_secs(1))
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(
+        up,
+        "haproxy: {}",
+        std::fs::read_to_string(hlog.path()).unwrap_or_default()
+    );
+    let viewers = thirty_ids_three_clients_each(&[front_addr], &[&a, &b]).await;
+    let mut forwarded = 0.0;
+    for n in &nodes {
+        forwarded += n
+            .metric("acestream_edge_cluster_forwarded_requests_total")
+            .await;
+    }
+    assert_eq!(forwarded, 0.0);
+    // HAProxy spread the ids: every node serves some.
+    for n in &nodes {
+        let (_, v) = get_json(n.addr, "/proxy/sessions").await;
+        assert!(
+            !v["sessions"].as_array().unwrap().is_empty(),
+            "{} serves nothing",
+            n.addr
+        );
+    }
+    drop(viewers);
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+}
+
+/// `mode: redirect`: a node that does not serve an id answers `302` to the member that does;
+/// the client follows it and streams from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redirect_mode_sends_the_client_to_the_owner() {
+    let e = sim(Knobs::default()).await;
+    let nodes = fleet_in(2, &[&e], "redirect", "").await;
+    let mut found = None;
+    for i in 0..100 {
+        let id = content_id(18_600 + i);
+        if nodes[0].cluster(&format!("?id={id}")).await["owner"] == nodes[1].addr.to_string() {
+            found = Some(id);
+            break;
+        }
+    }
+    let id = found.expect("some id is owned by the second node");
+    let mut r = get(nodes[0].addr, &format!("/ace/getstream?id={id}")).await;
+    assert_eq!(r.status, 302);
+    let location = r.header("location").unwrap().to_string();
+    assert_eq!(
+        location,
+        format!("http://{}/ace/getstream?id={id}", nodes[1].addr)
+    );
+    let body: serde_json::Value =
+        serde_json::from_slice(&r.read_to_end(1 << 16).await.unwrap()).unwrap();
+    assert_eq!(body["location"], location);
+    let v = Viewer::start(nodes[1].addr, &id).await;
+    assert!(v.gets(188 * 20).await);
+    assert_eq!(
+        nodes[0]
+            .metric("acestream_edge_cluster_redirects_total")
+            .await,
+        1.0
+    );
+    assert_eq!(e.stats().sessions_started, 1);
+}
