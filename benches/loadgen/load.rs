@@ -285,6 +285,11 @@ pub struct Load {
     /// Each client reads at most this many bits per second, like a player at its own pace
     /// (0 = as fast as it can).
     pub read_bps: u64,
+    /// More servers under test (a fleet): clients spread over `addr` and these, and the CPU and
+    /// RSS columns are the sums over `pid` and `more_pids`.
+    pub more_addrs: Vec<SocketAddr>,
+    /// Their processes (and a front such as HAProxy is not among them: its CPU goes in the note).
+    pub more_pids: Vec<u32>,
 }
 
 impl Load {
@@ -308,6 +313,8 @@ impl Load {
             warmup: Duration::from_secs(3),
             measure: Duration::from_secs(10),
             read_bps: 0,
+            more_addrs: Vec::new(),
+            more_pids: Vec::new(),
         }
     }
 }
@@ -323,7 +330,13 @@ pub async fn run_load(scenario: &str, run: u32, l: Load) -> Report {
     let t_start = Instant::now() + Duration::from_millis(200);
     let window_from = t_start + l.ramp + l.warmup;
     let end = window_from + l.measure;
-    let (stop, sampler) = rss_sampler(l.pid);
+    let pids: Vec<u32> = std::iter::once(l.pid)
+        .chain(l.more_pids.iter().copied())
+        .collect();
+    let addrs: Vec<SocketAddr> = std::iter::once(l.addr)
+        .chain(l.more_addrs.iter().copied())
+        .collect();
+    let (stop, sampler) = rss_sampler(pids.clone());
     let mut tasks = Vec::with_capacity(n);
     let mut k = 0;
     for id in &l.ids {
@@ -334,18 +347,21 @@ pub async fn run_load(scenario: &str, run: u32, l: Load) -> Report {
                 from: window_from,
                 end,
             };
+            // A fleet's clients come in through "random" servers: a fixed spread, so that one
+            // id's clients use different ones.
+            let addr = addrs[(k * 7 + k / l.per_id.max(1)) % addrs.len()];
             tasks.push(match l.target {
-                Target::Hls => tokio::spawn(run_hls_client(l.addr, id.clone(), k, w)),
-                _ => tokio::spawn(run_client(l.target, l.addr, id.clone(), w, l.read_bps)),
+                Target::Hls => tokio::spawn(run_hls_client(addr, id.clone(), k, w)),
+                _ => tokio::spawn(run_client(l.target, addr, id.clone(), w, l.read_bps)),
             });
             k += 1;
         }
     }
     tokio::time::sleep_until(window_from.into()).await;
-    let cpu0 = cpu_ticks(l.pid);
+    let cpu0: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
     let w0 = Instant::now();
     tokio::time::sleep_until(end.into()).await;
-    let cpu1 = cpu_ticks(l.pid);
+    let cpu1: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
     let secs = w0.elapsed().as_secs_f64();
     let mut results = Vec::with_capacity(n);
     for t in tasks {

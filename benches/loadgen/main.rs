@@ -7,7 +7,7 @@
 //! `target/bench/`.
 //!
 //! Arguments (after `cargo bench --bench loadgen --`): `quick` runs one pass with small N;
-//! a scenario name (`fanout`, `sessions`, `start`, `raw`, `slow`, `churn`, `clockless`, `hls`) runs
+//! a scenario name (`fanout`, `sessions`, `start`, `raw`, `slow`, `churn`, `clockless`, `hls`, `fleet`) runs
 //! only that one.
 
 mod load;
@@ -118,6 +118,9 @@ fn main() {
         }
         if want("hls") {
             scenarios::hls(&o, &mut out).await;
+        }
+        if want("fleet") {
+            scenarios::fleet(&o, &mut out).await;
         }
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");

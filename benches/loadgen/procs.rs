@@ -89,7 +89,11 @@ pub fn start_sim_with(bitrate: u64, extra: &[&str]) -> Proc {
 }
 
 pub fn start_proxy(sim: SocketAddr, extra: &str) -> Proc {
-    let port = free_port();
+    start_proxy_on(free_port(), sim, extra)
+}
+
+/// [`start_proxy`] on a given port (a fleet's members must know each other's ports).
+pub fn start_proxy_on(port: u16, sim: SocketAddr, extra: &str) -> Proc {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).unwrap();
     let conf = dir.join(format!("edge-{port}.yaml"));
@@ -109,6 +113,20 @@ pub fn start_proxy(sim: SocketAddr, extra: &str) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .expect("start proxy");
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(addr);
+    Proc { child, addr }
+}
+
+/// Any program that listens on `port` once started (HAProxy).
+pub fn start_process(program: &str, args: &[&str], port: u16) -> Proc {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start process");
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_listening(addr);
     Proc { child, addr }
@@ -141,16 +159,20 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Samples RSS every 250 ms until stopped; returns (start, peak, end) in MiB.
-pub fn rss_sampler(pid: u32) -> (Arc<AtomicBool>, std::thread::JoinHandle<(f64, f64, f64)>) {
+/// Samples the summed RSS of `pids` every 250 ms until stopped; returns (start, peak, end) in MiB.
+pub fn rss_sampler(
+    pids: impl Into<Vec<u32>>,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<(f64, f64, f64)>) {
+    let pids: Vec<u32> = pids.into();
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let h = std::thread::spawn(move || {
-        let start = rss_kib(pid);
+        let rss = || pids.iter().map(|p| rss_kib(*p)).sum::<u64>();
+        let start = rss();
         let mut peak = start;
         let mut last = start;
         while !s.load(Ordering::Relaxed) {
-            last = rss_kib(pid);
+            last = rss();
             peak = peak.max(last);
             std::thread::sleep(Duration::from_millis(250));
         }

@@ -262,7 +262,7 @@ pub async fn slow_clients(o: &Opts, out: &mut Vec<Report>) {
         let sim = start_sim(4_000_000);
         let p = start_proxy(sim.addr, "");
         let id = content_id(30000);
-        let (stop, sampler) = rss_sampler(p.pid());
+        let (stop, sampler) = rss_sampler(vec![p.pid()]);
         let mut normal = watch(p.addr, &id).await;
         let mut slow = Vec::new();
         for _ in 0..slow_n {
@@ -361,4 +361,125 @@ pub async fn hls(o: &Opts, out: &mut Vec<Report>) {
             record(out, r);
         }
     }
+}
+
+/// Three nodes, 300 clients over 30 ids: through random nodes of a fleet (`acestream.cluster`,
+/// each client on a node that mostly does not serve its id, so it is proxied) vs through HAProxy
+/// with `deploy/haproxy.cfg` in front of three unclustered nodes (no hop between nodes). CPU and
+/// RSS are the sums over the three nodes; HAProxy's own CPU is in the note.
+pub async fn fleet(o: &Opts, out: &mut Vec<Report>) {
+    let (ids, per) = if o.quick { (6, 10) } else { (30, 10) };
+    let bitrate = 2_000_000;
+    let has_haproxy = std::process::Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .is_ok();
+    for run in 1..=o.runs {
+        for front in ["random nodes", "haproxy"] {
+            if front == "haproxy" && !has_haproxy {
+                eprintln!("fleet: haproxy is not installed; its row is skipped");
+                continue;
+            }
+            let sim = start_sim(bitrate);
+            let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+            let nodes: Vec<Proc> = ports
+                .iter()
+                .map(|port| {
+                    let cluster = if front == "random nodes" {
+                        format!(
+                            "  cluster:\n    self: \"127.0.0.1:{port}\"\n    peers: [{}]\n",
+                            ports
+                                .iter()
+                                .map(|p| format!("\"127.0.0.1:{p}\""))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    } else {
+                        String::new()
+                    };
+                    start_proxy_on(*port, sim.addr, &cluster)
+                })
+                .collect();
+            // The first cluster pass (resolve, health check) before any client.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let haproxy = (front == "haproxy").then(|| start_haproxy(&ports));
+            let entry: Vec<SocketAddr> = match &haproxy {
+                Some((h, _)) => vec![h.addr],
+                None => nodes.iter().map(|n| n.addr).collect(),
+            };
+            let hap_cpu0 = haproxy.as_ref().map_or(0, |(h, _)| cpu_ticks(h.pid()));
+            let t0 = Instant::now();
+            let load = Load {
+                ramp: Duration::from_secs(3),
+                more_addrs: entry[1..].to_vec(),
+                more_pids: nodes[1..].iter().map(|n| n.pid()).collect(),
+                ..Load::streaming(
+                    Target::Proxy,
+                    entry[0],
+                    nodes[0].pid(),
+                    (0..ids).map(|i| content_id(20_000 + i)).collect(),
+                    per,
+                    bitrate,
+                )
+            };
+            let mut r = run_load(&format!("fleet ({front})"), run, load).await;
+            let mut forwarded = 0.0;
+            for n in &nodes {
+                forwarded +=
+                    metric(n.addr, "acestream_edge_cluster_forwarded_requests_total").await;
+            }
+            r.target = "3 nodes".into();
+            r.note = match &haproxy {
+                Some((h, _)) => format!(
+                    "HAProxy itself {:.1} % CPU; {forwarded} forwarded",
+                    (cpu_ticks(h.pid()) - hap_cpu0) as f64 / clk_tck() / t0.elapsed().as_secs_f64()
+                        * 100.0
+                ),
+                None => format!("{forwarded} requests forwarded between nodes"),
+            };
+            record(out, r);
+        }
+    }
+}
+
+/// The sum of a Prometheus metric's samples on `addr`.
+async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let Ok(mut r) = http1::get(addr, "/metrics", Duration::from_secs(5)).await else {
+        return f64::NAN;
+    };
+    let text =
+        String::from_utf8_lossy(&r.read_to_end(1 << 20).await.unwrap_or_default()).to_string();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// HAProxy with `deploy/haproxy.cfg`, its front and node ports rewritten; returns it and its
+/// config file (kept while it runs).
+fn start_haproxy(nodes: &[u16]) -> (Proc, std::path::PathBuf) {
+    let front = free_port();
+    let cfg = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy.cfg"))
+        .expect("deploy/haproxy.cfg")
+        .replace("127.0.0.1:8000", &format!("127.0.0.1:{front}"))
+        .replace("127.0.0.1:8001", &format!("127.0.0.1:{}", nodes[0]))
+        .replace("127.0.0.1:8002", &format!("127.0.0.1:{}", nodes[1]))
+        .replace("127.0.0.1:8003", &format!("127.0.0.1:{}", nodes[2]))
+        .replace("maxconn 8000", "maxconn 4000")
+        .replace(
+            "/run/haproxy/admin.sock",
+            &format!("/tmp/ace-bench-haproxy-{front}.sock"),
+        );
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("haproxy-{front}.cfg"));
+    std::fs::write(&path, cfg).unwrap();
+    (
+        start_process(
+            "haproxy",
+            &["-db", "-f", path.to_str().unwrap_or("")],
+            front,
+        ),
+        path,
+    )
 }
