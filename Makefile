@@ -4,7 +4,7 @@ SIM_ADDR ?= 127.0.0.1:6878
 CONF ?= conf/acestream-edge.yaml
 ID ?= 0123456789abcdef0123456789abcdef01234567
 
-.PHONY: run test bench bench-quick lint check-conf check-conf-built deps deps-test
+.PHONY: run test bench bench-quick lint check-conf check-conf-built deps deps-test docker-native
 
 # Pingora's build needs cmake (libz-ng-sys); the tests use ffprobe/ffmpeg and mpv as real players.
 deps:
@@ -78,3 +78,12 @@ bench-quick: deps
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+# The Dockerfile's stages without Docker: its exact release build, then its runtime layout under
+# target/docker-root, checked with -t (tests/deploy.rs also starts that layout and runs its
+# HEALTHCHECK, with the dev binary).
+docker-native: deps
+	$(CARGO) build --release --locked --bin acestream-edge
+	install -D -m 755 target/release/acestream-edge target/docker-root/usr/local/bin/acestream-edge
+	install -D -m 644 deploy/docker/acestream-edge.yaml target/docker-root/etc/acestream-edge/acestream-edge.yaml
+	target/docker-root/usr/local/bin/acestream-edge -t -c target/docker-root/etc/acestream-edge/acestream-edge.yaml

@@ -92,7 +92,8 @@ fn main() -> ExitCode {
         .map(|a| a.to_string())
         .collect();
     let engines = loaded.acestream.engines.len();
-    let (mut server, _edge) = server::build(Some(opt), loaded);
+    let path = cli.conf.as_ref().map(std::path::PathBuf::from);
+    let (mut server, _edge) = server::build_reloadable(Some(opt), loaded, path);
     server.bootstrap();
     log::info!(
         "acestream-edge listening on {} with {engines} static engines",

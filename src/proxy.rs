@@ -44,22 +44,26 @@ impl EdgeProxy {
         metrics: Arc<Metrics>,
         config: Arc<Config>,
         cluster: Option<Arc<Cluster>>,
+        live: crate::server::reload::LiveSettings,
     ) -> Self {
+        let crate::server::reload::LiveSettings {
+            admin_token,
+            limits,
+        } = live;
         let admin = Admin {
             sessions: sessions.clone(),
             engines: engines.clone(),
             metrics: metrics.clone(),
-            token: config.admin_token.clone(),
+            token: admin_token,
             status_cache: Default::default(),
             started: std::time::Instant::now(),
             linger: (config.stream_idle_timeout, config.unwatched_linger),
-            max_streams: config.max_streams_per_engine,
             tokens: config
                 .stream_token_secret
                 .as_deref()
                 .map(crate::access::token::StreamTokens::new),
         };
-        let mut access = Access::new(&config, metrics.clone());
+        let mut access = Access::with_limits(&config, metrics.clone(), limits);
         if let Some(c) = &cluster {
             access.peers = c.trusted();
         }
@@ -185,7 +189,7 @@ impl EdgeProxy {
             &self.passthrough,
             uri.path(),
             uri.query(),
-            self.admin.token.is_some(),
+            self.admin.token.get().is_some(),
             self.admin.authorized(s),
         )
     }

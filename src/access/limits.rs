@@ -120,7 +120,7 @@ struct State {
 
 /// The limits and their counts. Shared by every request.
 pub struct Limits {
-    settings: LimitSettings,
+    settings: std::sync::RwLock<LimitSettings>,
     state: Mutex<State>,
     starts: Rate,
     logged: Mutex<HashMap<IpAddr, Instant>>,
@@ -164,11 +164,16 @@ impl Limits {
     /// Limits with nothing counted yet.
     pub fn new(settings: LimitSettings) -> Self {
         Limits {
-            settings,
+            settings: std::sync::RwLock::new(settings),
             state: Mutex::new(State::default()),
             starts: Rate::new(START_WINDOW),
             logged: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// New limits (a reload); what is counted stays counted.
+    pub fn set_settings(&self, settings: LimitSettings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = settings;
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -184,7 +189,7 @@ impl Limits {
         starts_session: bool,
         sessions_now: usize,
     ) -> Result<ViewerPermit, Refusal> {
-        let s = &self.settings;
+        let s = self.settings.read().unwrap_or_else(|p| p.into_inner());
         let per_ip = !any_contains(&s.exempt, ip);
         let concurrency = |limit, max| Refusal {
             limit,

@@ -61,10 +61,19 @@ pub struct Access {
 impl Access {
     /// Identity and limits as `config` sets them.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        Self::with_limits(
+            config,
+            metrics,
+            Arc::new(Limits::new(LimitSettings::of(config))),
+        )
+    }
+
+    /// Identity as `config` sets it, counted against `limits` (shared with the reloader).
+    pub fn with_limits(config: &Config, metrics: Arc<Metrics>, limits: Arc<Limits>) -> Self {
         Access {
             trusted_proxies: config.trusted_proxies.clone(),
             peers: Arc::new(TrustedPeers::default()),
-            limits: Arc::new(Limits::new(LimitSettings::of(config))),
+            limits,
             metrics,
             tokens: config
                 .stream_token_secret

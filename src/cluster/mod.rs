@@ -143,7 +143,7 @@ pub struct Cluster {
     unreachable: Mutex<HashMap<SocketAddr, Instant>>,
     /// One fresh poll of the peers at a time; the number counts the polls done.
     refresh: tokio::sync::Mutex<u64>,
-    token: Option<String>,
+    token: Arc<crate::routes::admin::AdminToken>,
     engines: Arc<EnginePool>,
     metrics: Arc<Metrics>,
     healthy_before: Mutex<Option<BTreeSet<SocketAddr>>>,
@@ -166,7 +166,7 @@ impl Cluster {
     /// client addresses are believed).
     pub fn new(
         config: ClusterConfig,
-        admin_token: Option<String>,
+        admin_token: Arc<crate::routes::admin::AdminToken>,
         engines: Arc<EnginePool>,
         metrics: Arc<Metrics>,
         trusted: Arc<TrustedPeers>,
@@ -368,7 +368,7 @@ impl Cluster {
             .collect();
         let mut jobs = tokio::task::JoinSet::new();
         for addr in peers {
-            let token = self.token.clone();
+            let token = (*self.token.get()).clone();
             let timeout = self.config.peer_timeout;
             jobs.spawn(async move { (addr, fetch_sessions(addr, token, timeout).await) });
         }
@@ -647,7 +647,7 @@ mod tests {
                 health_check_interval: Duration::from_secs(2),
                 peer_timeout: Duration::from_secs(1),
             },
-            None,
+            Arc::new(crate::routes::admin::AdminToken::new(None)),
             pool,
             Arc::new(Metrics::new()),
             Arc::new(TrustedPeers::default()),

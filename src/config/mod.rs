@@ -8,6 +8,7 @@
 //! (Over 400 lines with its tests: validation is one function on purpose, so that every problem
 //! is collected in one pass.)
 
+pub mod live;
 mod wire;
 
 use crate::access::cidr::Cidr;

@@ -20,8 +20,6 @@ use std::time::Duration;
 
 /// The engine list's source, and the writer of the pool's engine metadata.
 pub struct EngineDiscovery {
-    statics: Vec<EngineConfig>,
-    orchestrator: Option<OrchestratorConfig>,
     timeout: Duration,
     meta: Arc<Discovered>,
     last_good: Mutex<Option<Vec<EngineMeta>>>,
@@ -36,9 +34,11 @@ impl EngineDiscovery {
         timeout: Duration,
         meta: Arc<Discovered>,
     ) -> Self {
-        EngineDiscovery {
+        meta.sources.set(super::EngineSources {
             statics,
             orchestrator,
+        });
+        EngineDiscovery {
             timeout,
             meta,
             last_good: Mutex::new(None),
@@ -86,7 +86,8 @@ impl EngineDiscovery {
 #[async_trait]
 impl ServiceDiscovery for EngineDiscovery {
     async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
-        let mut found: Vec<EngineMeta> = self
+        let sources = self.meta.sources();
+        let mut found: Vec<EngineMeta> = sources
             .statics
             .iter()
             .map(|e| EngineMeta {
@@ -96,7 +97,7 @@ impl ServiceDiscovery for EngineDiscovery {
                 ..EngineMeta::default()
             })
             .collect();
-        if let Some(o) = &self.orchestrator {
+        if let Some(o) = &sources.orchestrator {
             found.extend(self.orchestrator_engines(o).await);
         }
         let mut by_addr: HashMap<SocketAddr, EngineMeta> = HashMap::new();

@@ -129,7 +129,7 @@ pub struct EnginePool {
     meta: Arc<Discovered>,
     load: Mutex<HashMap<SocketAddr, usize>>,
     rotation: AtomicUsize,
-    max_streams: usize,
+    max_streams: AtomicUsize,
     selection_timeout: Duration,
     failure_penalty: Duration,
     failed_until: Mutex<HashMap<SocketAddr, std::time::Instant>>,
@@ -156,10 +156,26 @@ impl std::fmt::Debug for EnginePool {
 #[derive(Debug, Default)]
 pub struct Discovered {
     engines: RwLock<HashMap<SocketAddr, EngineMeta>>,
+    /// Where engines come from (a reload may change it).
+    sources: crate::config::live::Live<EngineSources>,
     orchestrator_failures: std::sync::atomic::AtomicU64,
 }
 
+/// The configured sources of engines: the static list and the orchestrator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineSources {
+    /// `acestream.engines`.
+    pub statics: Vec<crate::config::EngineConfig>,
+    /// `acestream.orchestrator`.
+    pub orchestrator: Option<crate::config::OrchestratorConfig>,
+}
+
 impl Discovered {
+    /// The configured sources now.
+    pub fn sources(&self) -> Arc<EngineSources> {
+        self.sources.get()
+    }
+
     /// A snapshot of the engines found, by resolved address.
     pub fn engines(&self) -> HashMap<SocketAddr, EngineMeta> {
         self.engines
@@ -210,7 +226,7 @@ impl EnginePool {
             meta,
             load: Mutex::new(HashMap::new()),
             rotation: AtomicUsize::new(0),
-            max_streams: config.max_streams_per_engine,
+            max_streams: AtomicUsize::new(config.max_streams_per_engine),
             selection_timeout: config.engine_selection_timeout,
             failure_penalty: config.engine_failure_penalty,
             failed_until: Mutex::new(HashMap::new()),
@@ -272,6 +288,22 @@ impl EnginePool {
                 );
             }
         }
+    }
+
+    /// New engine sources (a reload): the next discovery pass, within `engine_cache_ttl`,
+    /// adds and removes engines; sessions on a removed engine go on until they end.
+    pub fn set_sources(&self, sources: EngineSources) {
+        self.meta.sources.set(sources);
+    }
+
+    /// `max_streams_per_engine` now.
+    pub fn max_streams(&self) -> usize {
+        self.max_streams.load(Ordering::Relaxed)
+    }
+
+    /// A new `max_streams_per_engine` (a reload).
+    pub fn set_max_streams(&self, n: usize) {
+        self.max_streams.store(n, Ordering::Relaxed);
     }
 
     /// The sessions other cluster members hold on each engine (the cluster's poll). They count
@@ -424,7 +456,7 @@ impl EnginePool {
         let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
         let i = score::choose(
             &candidates,
-            self.max_streams,
+            self.max_streams(),
             rotation,
             self.panic_when_all_unhealthy,
         )

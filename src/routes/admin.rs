@@ -28,10 +28,8 @@ pub struct Admin {
     pub engines: Arc<EnginePool>,
     /// Metrics to render.
     pub metrics: Arc<Metrics>,
-    /// Required bearer token, if any.
-    pub token: Option<String>,
-    /// `max_streams_per_engine`, to say which engines are full.
-    pub max_streams: usize,
+    /// Required bearer token, if any (a reload may change it).
+    pub token: Arc<AdminToken>,
     /// Signs stream URLs (`stream_token_secret`), if set.
     pub tokens: Option<StreamTokens>,
     /// The last `/proxy/status` body and when it was rendered (see [`STATUS_MAX_AGE`]).
@@ -42,6 +40,9 @@ pub struct Admin {
     /// `stream_idle_timeout` and `unwatched_linger`, for the lingering countdown.
     pub linger: (std::time::Duration, std::time::Duration),
 }
+
+/// `acestream.admin_token`, as a reload leaves it.
+pub type AdminToken = crate::config::live::Live<Option<String>>;
 
 /// A rendered body and when it was rendered.
 pub type CachedBody = (Instant, Vec<u8>);
@@ -72,7 +73,8 @@ pub fn is_admin_path(path: &str) -> bool {
 impl Admin {
     /// `Authorization: Bearer <token>` compared in constant time; always true without a token.
     pub fn authorized(&self, s: &HttpSession) -> bool {
-        let Some(token) = &self.token else {
+        let token = self.token.get();
+        let Some(token) = token.as_ref() else {
             return true;
         };
         let given = s
@@ -88,7 +90,7 @@ impl Admin {
     /// Whether `client` may use the admin routes: with a token, if it sends it; without one, only
     /// from loopback (the routes show every viewer's address and every engine's).
     pub fn admit(&self, s: &HttpSession, client: Option<ClientAddr>) -> Result<(), EdgeError> {
-        if self.token.is_none() && !client.is_some_and(|c| c.ip.is_loopback()) {
+        if self.token.get().is_none() && !client.is_some_and(|c| c.ip.is_loopback()) {
             return Err(EdgeError::Forbidden(
                 "the admin routes answer only loopback clients while acestream.admin_token is empty; set it to reach them from elsewhere".into(),
             ));
@@ -243,7 +245,7 @@ impl Admin {
                     .map(str::to_string)
                     .or_else(|| (!e.healthy).then(|| "its health probe failed".to_string()))
                     .or_else(|| {
-                        (e.candidate.active_streams >= self.max_streams)
+                        (e.candidate.active_streams >= self.engines.max_streams())
                             .then(|| "it is at max_streams_per_engine".to_string())
                     }),
                 vpn_container: e.meta.vpn_container.clone(),

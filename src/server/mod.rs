@@ -20,6 +20,7 @@ use std::sync::Arc;
 pub mod guard;
 pub mod logging;
 pub mod proxy_protocol;
+pub mod reload;
 
 /// Per-connection read buffer: requests are tiny, and Pingora's 64 KiB default costs 64 MiB per
 /// thousand viewers (a downstream connection keeps its read buffer for its whole life).
@@ -41,6 +42,15 @@ pub struct Edge {
 /// Builds the server: Pingora's settings, the proxy service on every `acestream.listen` address,
 /// and the background session reaper.
 pub fn build(opt: Option<Opt>, loaded: LoadedConfig) -> (Server, Edge) {
+    build_reloadable(opt, loaded, None)
+}
+
+/// [`build`], re-reading `reload_from` on SIGHUP (see [`reload`]).
+pub fn build_reloadable(
+    opt: Option<Opt>,
+    loaded: LoadedConfig,
+    reload_from: Option<std::path::PathBuf>,
+) -> (Server, Edge) {
     let LoadedConfig {
         server: mut conf,
         acestream,
@@ -50,10 +60,15 @@ pub fn build(opt: Option<Opt>, loaded: LoadedConfig) -> (Server, Edge) {
         .get_or_insert(DEFAULT_GRACE_PERIOD_SECONDS);
     let config = Arc::new(acestream);
     let server = Server::new_with_opt_and_conf(opt, conf);
-    build_services(server, config)
+    build_services(server, config, reload_from)
 }
 
-fn build_services(mut server: Server, config: Arc<Config>) -> (Server, Edge) {
+fn build_services(
+    mut server: Server,
+    config: Arc<Config>,
+    reload_from: Option<std::path::PathBuf>,
+) -> (Server, Edge) {
+    let live = reload::LiveSettings::of(&config);
     let (lb, meta) = engines::load_balancer(&config);
     let lb_service = background_service("engine pool", lb);
     let pool = Arc::new(EnginePool::new(lb_service.task(), meta, &config));
@@ -69,7 +84,7 @@ fn build_services(mut server: Server, config: Arc<Config>) -> (Server, Edge) {
         );
         Cluster::new(
             c,
-            config.admin_token.clone(),
+            live.admin_token.clone(),
             pool.clone(),
             metrics.clone(),
             Arc::new(Default::default()),
@@ -89,8 +104,20 @@ fn build_services(mut server: Server, config: Arc<Config>) -> (Server, Edge) {
             metrics.clone(),
             config.clone(),
             cluster,
+            live.clone(),
         ),
     );
+    if let Some(path) = reload_from {
+        server.add_service(background_service(
+            "configuration reload",
+            reload::Reloader {
+                path,
+                sessions: sessions.clone(),
+                engines: pool.clone(),
+                live,
+            },
+        ));
+    }
     let guarded = GuardedApp::new(app, connection_limits(&config), metrics.clone());
     let mut proxy = Service::new("acestream-edge".to_string(), guarded);
     for addr in &config.listen {

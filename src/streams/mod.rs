@@ -53,7 +53,7 @@ type HlsViewerKey = (String, Option<std::net::IpAddr>, String);
 /// Every live session, keyed by content id.
 #[derive(Debug)]
 pub struct Sessions {
-    config: Arc<Config>,
+    config: crate::config::live::Live<Config>,
     engines: Arc<EnginePool>,
     map: Mutex<HashMap<String, Arc<StreamSession>>>,
     /// HLS viewers present, and whether the task that lets them go runs.
@@ -74,7 +74,7 @@ impl Sessions {
             metrics.clone(),
         );
         Sessions {
-            config,
+            config: crate::config::live::Live::new((*config).clone()),
             engines,
             map: Mutex::new(HashMap::new()),
             hls_viewers: Mutex::new((HashMap::new(), false)),
@@ -94,9 +94,14 @@ impl Sessions {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The configuration sessions run with.
-    pub fn config(&self) -> &Arc<Config> {
-        &self.config
+    /// The configuration new sessions and clients run with (a session keeps what it read).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.get()
+    }
+
+    /// Replaces the configuration for new sessions and clients (a reload).
+    pub fn set_config(&self, config: Config) {
+        self.config.set(config);
     }
 
     /// The engines sessions start on.
@@ -131,7 +136,7 @@ impl Sessions {
             let (session, created) = match map.get(content_id) {
                 Some(s) => (s.clone(), false),
                 None => {
-                    let s = Arc::new(StreamSession::new(content.clone(), &self.config));
+                    let s = Arc::new(StreamSession::new(content.clone(), &self.config()));
                     map.insert(content_id.to_string(), s.clone());
                     (s, true)
                 }
