@@ -58,6 +58,9 @@ fn main() -> ExitCode {
         None => Ok(config::defaults()),
     };
     if let Ok(l) = &loaded {
+        if !cli.test {
+            server::logging::set_format(l.acestream.log_format);
+        }
         for w in &l.warnings {
             log::warn!("configuration: {w}");
         }

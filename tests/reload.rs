@@ -1,5 +1,5 @@
-//! SIGHUP reloads the configuration file (issue 19): a real `acestream-edge` process, two
-//! simulated engines, a client that streams through all of it.
+//! Operations (issue 19): SIGHUP reloads the configuration file, and `log_format: json` writes
+//! JSON lines; a real `acestream-edge` process, simulated engines, clients streaming through.
 
 mod common;
 
@@ -178,4 +178,100 @@ async fn sighup_applies_engines_and_token_and_keeps_streams() {
         refusal.contains("acestream"),
         "the refusal names no key: {refusal}"
     );
+}
+
+/// `log_format: json`: every line the process writes is a JSON object with `ts`, `level` and
+/// `msg`; a session's lines carry `content_id` and `engine`, its stop line the `reason`; and
+/// `RUST_LOG` still filters (at `warn`, no info line appears).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn json_logs_carry_fields() {
+    let e = sim(Knobs::default()).await;
+    for filter in ["info", "warn"] {
+        let port = free_port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let conf = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            conf.path(),
+            yaml(port, &[e.addr().port()], "t")
+                + "  log_format: json\n  stream_idle_timeout: 0.2\n",
+        )
+        .unwrap();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut child = Command::new(BIN)
+            .arg("-c")
+            .arg(conf.path())
+            .env("RUST_LOG", filter)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_until(Duration::from_secs(20), || async {
+                tokio::net::TcpStream::connect(addr).await.is_ok()
+            })
+            .await
+        );
+        let id = content_id(19_100);
+        let mut r = get(addr, &format!("/ace/getstream?id={id}")).await;
+        assert_eq!(r.status, 200);
+        read_for(&mut r, Duration::from_secs(5), 188 * 20).await;
+        drop(r);
+        let stopped = wait_until(Duration::from_secs(5), || async {
+            e.stats().stop_calls.get(&id).copied() == Some(1)
+        })
+        .await;
+        assert!(stopped);
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|err| panic!("not JSON ({err}): {l}")))
+            .collect();
+        for l in &lines {
+            assert!(
+                l["ts"].is_string() && l["level"].is_string() && l["msg"].is_string(),
+                "{l}"
+            );
+        }
+        let stop_line = lines.iter().find(|l| {
+            l["msg"]
+                .as_str()
+                .is_some_and(|m| m.contains("stopped: reason"))
+        });
+        if filter == "warn" {
+            assert!(
+                stop_line.is_none(),
+                "RUST_LOG=warn let an info line through"
+            );
+            assert!(lines
+                .iter()
+                .all(|l| l["level"] == "warn" || l["level"] == "error"));
+            continue;
+        }
+        let stop_line = stop_line.unwrap_or_else(|| panic!("no stop line in {text}"));
+        assert_eq!(stop_line["content_id"], id);
+        assert_eq!(stop_line["engine"], e.addr().to_string());
+        assert!(
+            stop_line["reason"]
+                .as_str()
+                .is_some_and(|r| r == "idle timeout"),
+            "{stop_line}"
+        );
+        let created = lines
+            .iter()
+            .find(|l| {
+                l["msg"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("created on engine"))
+            })
+            .unwrap();
+        assert_eq!(created["content_id"], id);
+        assert_eq!(created["level"], "info");
+    }
 }

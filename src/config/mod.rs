@@ -35,6 +35,8 @@ pub struct Config {
     pub orchestrator: Option<OrchestratorConfig>,
     /// Several nodes as one fleet (see [`crate::cluster`]). Default none: a single node.
     pub cluster: Option<ClusterConfig>,
+    /// `text` (the default) or `json` log lines.
+    pub log_format: LogFormat,
     /// Longest wait from session start (engine JSON call included) to its first upstream byte.
     /// Default 30 s.
     pub empty_stream_timeout: Duration,
@@ -193,6 +195,16 @@ pub struct ClusterConfig {
     /// Longest wait for a peer's answer (its session list, a health check, a forwarded
     /// connection). Default 1 s.
     pub peer_timeout: Duration,
+}
+
+/// How log lines are written (`acestream.log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `env_logger`'s text lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, with fields (see [`crate::server::logging`]).
+    Json,
 }
 
 /// `acestream.cluster.mode`.
@@ -802,6 +814,10 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         engines,
         orchestrator,
         cluster,
+        log_format: match w.log_format {
+            wire::LogFormatWire::Text => LogFormat::Text,
+            wire::LogFormatWire::Json => LogFormat::Json,
+        },
         empty_stream_timeout: w.empty_stream_timeout.0,
         stream_idle_timeout: w.stream_idle_timeout.0,
         client_heartbeat_interval: w.client_heartbeat_interval.0,

@@ -217,7 +217,10 @@ impl Leaving {
             Leaving::Closed(how) => {
                 log::debug!("client {addr} of {id} closed its connection: {how}")
             }
-            Leaving::Dropped(why) => log::info!("client {addr} of {id} dropped: {why}"),
+            Leaving::Dropped(why) => log::info!(
+                content_id:% = id, client:% = addr, reason:% = why;
+                "client {addr} of {id} dropped: {why}"
+            ),
         }
     }
 }
@@ -235,6 +238,7 @@ fn lagged(sessions: &Sessions, client: &ClientHandle, id: &str, behind: u64) -> 
     let seconds = client.lag_seconds().max(by_bytes);
     metrics.client_lag_at_drop.observe(seconds);
     log::warn!(
+        content_id:% = id, client:% = client.addr_text(), reason = "slow";
         "slow client {} of {id} dropped: {behind} bytes ({seconds:.1} s of stream) behind the live edge (ring {} bytes, {:.1} s)",
         client.addr_text(),
         ring.held_bytes(),

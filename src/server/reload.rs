@@ -153,6 +153,7 @@ impl Reloader {
             }
         };
         let engines = loaded.acestream.engines.len();
+        crate::server::logging::set_format(loaded.acestream.log_format);
         let kept = apply(loaded.acestream, &self.sessions, &self.engines, &self.live);
         if !kept.is_empty() {
             log::warn!(

@@ -89,7 +89,7 @@ async fn start_and_first_bytes(
                 return Ok(started);
             }
             Err(e) => {
-                log::warn!("session {}: {e}", session.content_id);
+                log::warn!(content_id:% = session.content_id, engine:% = engine.endpoint, reason:% = e; "session {}: {e}", session.content_id);
                 metrics
                     .engine_selections
                     .with_label_values(&[&label, "failed"])
@@ -200,6 +200,7 @@ async fn start_on(
         first_start
     });
     log::info!(
+        content_id:% = session.content_id, engine:% = engine.endpoint;
         "session {} created on engine {} (playback_session_id={})",
         session.content_id,
         engine.endpoint,

@@ -80,6 +80,9 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<StreamSes
     session.phase.send_replace(phase);
     sessions.remove(&session);
     log::info!(
+        content_id:% = session.content_id,
+        engine:% = engine.as_ref().map(|e| e.endpoint.to_string()).unwrap_or_else(|| "-".into()),
+        reason:% = reason;
         "session {} stopped: reason={reason:?} engine={} duration={:.1}s bytes_in={} bytes_out={} clients_peak={} joins={} leaves={}",
         session.content_id,
         engine
@@ -203,6 +206,7 @@ async fn stream(sessions: &Sessions, session: &Arc<StreamSession>, config: &Conf
         if let Some(engine) = old_engine {
             sessions.report_ended(session, &engine, "failover");
             log::warn!(
+                content_id:% = session.content_id, engine:% = engine.endpoint, reason:% = reason;
                 "session {}: upstream on {} failed ({reason}); failing over",
                 session.content_id,
                 engine.endpoint
