@@ -95,8 +95,18 @@ fn main() -> ExitCode {
         .map(|a| a.to_string())
         .collect();
     let engines = loaded.acestream.engines.len();
-    let path = cli.conf.as_ref().map(std::path::PathBuf::from);
-    let (mut server, _edge) = server::build_reloadable(Some(opt), loaded, path);
+    // With -u, the running process's relay: read before this process writes its own.
+    let predecessor = if cli.upgrade {
+        server::upgrade::read_relay(&server::upgrade::relay_file(&loaded.server.upgrade_sock))
+    } else {
+        None
+    };
+    let process = server::ProcessOptions {
+        reload_from: cli.conf.as_ref().map(std::path::PathBuf::from),
+        predecessor,
+        own_process: true,
+    };
+    let (mut server, _edge) = server::build_process(Some(opt), loaded, process);
     server.bootstrap();
     log::info!(
         "acestream-edge listening on {} with {engines} static engines",

@@ -164,6 +164,12 @@ pub struct EngineStream {
 }
 
 impl EngineStream {
+    /// A stream read from another acestream-edge process (the relay of a graceful upgrade),
+    /// through the same cancel-safe reader.
+    pub fn relayed(body: Response) -> EngineStream {
+        EngineStream { body }
+    }
+
     /// The next piece of stream bytes; `None` when the engine ended the stream. Cancel-safe: a
     /// `select!` may drop it between pieces without losing bytes.
     pub async fn next_chunk(&mut self) -> std::io::Result<Option<bytes::Bytes>> {

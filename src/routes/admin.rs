@@ -394,6 +394,8 @@ pub struct SessionView {
     started_at: Option<String>,
     ended_at: Option<String>,
     error: Option<String>,
+    /// Read from the process a graceful upgrade replaces (no engine session of its own yet).
+    relayed: bool,
     idle_seconds: f64,
     bytes_in: u64,
     bytes_out: u64,
@@ -487,6 +489,7 @@ impl SessionView {
             started_at: st.started_at.map(rfc3339),
             ended_at: st.ended_at.map(rfc3339),
             error: st.error.clone(),
+            relayed: st.relayed,
             idle_seconds: st.idle_since.map_or(0.0, |t| t.elapsed().as_secs_f64()),
             bytes_in: x.bytes_in.load(Ordering::Relaxed),
             bytes_out: x.bytes_out.load(Ordering::Relaxed),

@@ -21,6 +21,7 @@ pub mod guard;
 pub mod logging;
 pub mod proxy_protocol;
 pub mod reload;
+pub mod upgrade;
 
 /// Per-connection read buffer: requests are tiny, and Pingora's 64 KiB default costs 64 MiB per
 /// thousand viewers (a downstream connection keeps its read buffer for its whole life).
@@ -42,32 +43,71 @@ pub struct Edge {
 /// Builds the server: Pingora's settings, the proxy service on every `acestream.listen` address,
 /// and the background session reaper.
 pub fn build(opt: Option<Opt>, loaded: LoadedConfig) -> (Server, Edge) {
-    build_reloadable(opt, loaded, None)
+    build_process(opt, loaded, ProcessOptions::default())
 }
 
-/// [`build`], re-reading `reload_from` on SIGHUP (see [`reload`]).
-pub fn build_reloadable(
+/// What the `acestream-edge` process adds to a server (tests build it without).
+#[derive(Debug, Default)]
+pub struct ProcessOptions {
+    /// The `-c` file, re-read on SIGHUP (see [`reload`]).
+    pub reload_from: Option<std::path::PathBuf>,
+    /// With `-u`: the relay of the process being replaced (see [`upgrade`]).
+    pub predecessor: Option<std::net::SocketAddr>,
+    /// The server is the whole process: it serves the upgrade relay, and exits once its
+    /// sessions ended and sent their stops (after a stop, or after an upgrade's drain).
+    pub own_process: bool,
+}
+
+/// How long an upgraded process serves its viewers when the file does not say: a match's
+/// second half needs no more than a few minutes of overlap, and a process that lingers longer
+/// only holds memory.
+const DEFAULT_UPGRADE_DRAIN_SECONDS: u64 = 300;
+
+/// [`build`] for the `acestream-edge` process.
+pub fn build_process(
     opt: Option<Opt>,
     loaded: LoadedConfig,
-    reload_from: Option<std::path::PathBuf>,
+    process: ProcessOptions,
 ) -> (Server, Edge) {
     let LoadedConfig {
         server: mut conf,
         acestream,
         ..
     } = loaded;
-    conf.grace_period_seconds
-        .get_or_insert(DEFAULT_GRACE_PERIOD_SECONDS);
+    let drain = conf
+        .graceful_shutdown_timeout_seconds
+        .unwrap_or(DEFAULT_UPGRADE_DRAIN_SECONDS);
+    if process.own_process {
+        // Pingora keeps serving for the grace period after its listeners closed; the process
+        // exits by itself as soon as its sessions are done, so a long grace costs nothing.
+        conf.grace_period_seconds.get_or_insert(drain + 2);
+    } else {
+        conf.grace_period_seconds
+            .get_or_insert(DEFAULT_GRACE_PERIOD_SECONDS);
+    }
+    let grace = conf
+        .grace_period_seconds
+        .unwrap_or(DEFAULT_GRACE_PERIOD_SECONDS);
+    // The drain must end (and the stops go out) before Pingora's grace period ends.
+    let drain = std::time::Duration::from_secs(drain.min(grace.saturating_sub(1)));
+    let relay_file = upgrade::relay_file(&conf.upgrade_sock);
     let config = Arc::new(acestream);
     let server = Server::new_with_opt_and_conf(opt, conf);
-    build_services(server, config, reload_from)
+    build_services(server, config, process, relay_file, drain)
 }
 
 fn build_services(
     mut server: Server,
     config: Arc<Config>,
-    reload_from: Option<std::path::PathBuf>,
+    process: ProcessOptions,
+    relay_file: std::path::PathBuf,
+    drain: std::time::Duration,
 ) -> (Server, Edge) {
+    let ProcessOptions {
+        reload_from,
+        predecessor,
+        own_process,
+    } = process;
     let live = reload::LiveSettings::of(&config);
     let (lb, meta) = engines::load_balancer(&config);
     let lb_service = background_service("engine pool", lb);
@@ -75,6 +115,19 @@ fn build_services(
     server.add_service(lb_service);
     let metrics = Arc::new(Metrics::new());
     let sessions = Arc::new(Sessions::new(config.clone(), pool.clone(), metrics.clone()));
+    if let Some(relay) = predecessor {
+        log::info!("upgrade: sessions the running process holds are relayed from it ({relay})");
+        sessions.set_predecessor(Some(relay));
+    }
+    if own_process {
+        server.add_service(background_service(
+            "upgrade relay",
+            upgrade::RelayService {
+                sessions: sessions.clone(),
+                file: relay_file,
+            },
+        ));
+    }
     let cluster = config.cluster.clone().map(|c| {
         log::info!(
             "cluster: this node is {}, peers {:?}, mode {}",
@@ -154,6 +207,8 @@ fn build_services(
         "session reaper",
         Reaper {
             sessions: sessions.clone(),
+            drain,
+            exit_when_done: own_process,
         },
     ));
     (
@@ -222,14 +277,57 @@ impl BackgroundService for HistorySampler {
 /// Ends every session when shutdown starts (each sends its stop). Idle sessions end themselves.
 struct Reaper {
     sessions: Arc<Sessions>,
+    /// After an upgrade, how long sessions may go on serving their viewers.
+    drain: std::time::Duration,
+    /// Exit the process once every session ended and sent its stop.
+    exit_when_done: bool,
+}
+
+/// How often the reaper looks whether the sessions are done.
+const REAP_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl Reaper {
+    /// Waits until no upstream task runs (every session ended and sent its stop), at most `limit`.
+    async fn wait_done(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.sessions.upstreams_running() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(REAP_POLL).await;
+        }
+        true
+    }
 }
 
 #[async_trait]
 impl BackgroundService for Reaper {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let _ = shutdown.changed().await;
-        log::info!("shutdown: ending {} sessions", self.sessions.list().len());
+        if upgrade::is_upgrading() {
+            let n = self.sessions.list().len();
+            log::info!(
+                "upgrade: the new process has the listeners; {n} sessions go on until their viewers leave (at most {:?})",
+                self.drain
+            );
+            if !self.wait_done(self.drain).await {
+                log::info!(
+                    "upgrade: {} sessions still watched after {:?}: ending them",
+                    self.sessions.list().len(),
+                    self.drain
+                );
+            }
+        } else {
+            log::info!("shutdown: ending {} sessions", self.sessions.list().len());
+        }
         self.sessions.shutdown();
+        if self.exit_when_done {
+            // Each session's stop is bounded by engine_stop_timeout; a margin for the rest.
+            let stops = self.sessions.config().engine_stop_timeout * 2 + REAP_POLL * 10;
+            self.wait_done(stops).await;
+            log::info!("acestream-edge stopped");
+            std::process::exit(0);
+        }
     }
 }
 
@@ -256,7 +354,11 @@ impl ShutdownSignalWatch for SignalWatch {
                 logging::note_sigint();
                 ShutdownSignal::GracefulTerminate
             }
-            _ = quit.recv() => { log::info!("SIGQUIT: graceful upgrade"); ShutdownSignal::GracefulUpgrade }
+            _ = quit.recv() => {
+                log::info!("SIGQUIT: graceful upgrade (the listeners go to the new process; this one serves its viewers until they leave)");
+                upgrade::note_upgrade();
+                ShutdownSignal::GracefulUpgrade
+            }
         }
     }
 }

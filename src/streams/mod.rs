@@ -63,6 +63,12 @@ pub struct Sessions {
     metrics: Arc<Metrics>,
     /// Events for the orchestrator about our engine sessions.
     events: crate::engines::events::EventReporter,
+    /// During a graceful upgrade, the relay of the process this one replaces: a session it
+    /// still holds is read from it instead of started on an engine (see
+    /// [`crate::server::upgrade`]). Cleared once that process is gone.
+    predecessor: Mutex<Option<std::net::SocketAddr>>,
+    /// Upstream tasks running: a session is done once its task ended (and sent its stop).
+    upstreams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Sessions {
@@ -82,7 +88,46 @@ impl Sessions {
             started_total: AtomicU64::new(0),
             events,
             metrics,
+            predecessor: Mutex::new(None),
+            upstreams: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
+    }
+
+    /// Sessions whose upstream task still runs (ended sessions may still be sending stops).
+    pub fn upstreams_running(&self) -> usize {
+        self.upstreams.load(Ordering::Acquire)
+    }
+
+    /// The relay address of the process this one replaces (a `-u` upgrade), if it still runs.
+    pub fn predecessor(&self) -> Option<std::net::SocketAddr> {
+        *self.predecessor.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets (or, with `None`, forgets) the predecessor's relay address.
+    pub fn set_predecessor(&self, relay: Option<std::net::SocketAddr>) {
+        *self.predecessor.lock().unwrap_or_else(|p| p.into_inner()) = relay;
+    }
+
+    /// Attaches a client to the session of `key` only if it exists and has not ended (the
+    /// relay of an upgrade: it never starts anything).
+    pub fn join_existing(
+        self: &Arc<Self>,
+        key: &str,
+        addr: Option<ClientAddr>,
+    ) -> Option<ClientHandle> {
+        let session = {
+            let map = self.map();
+            let s = map.get(key)?.clone();
+            if matches!(s.phase(), Phase::Ended(_) | Phase::Failed(_)) {
+                return None;
+            }
+            s.count_in();
+            s
+        };
+        self.metrics.client_joins.inc();
+        self.metrics.clients_active.inc();
+        session.joins.fetch_add(1, Ordering::Relaxed);
+        Some(ClientHandle::new(self.clone(), session, addr, Protocol::Ts))
     }
 
     /// The metrics sessions report into.
@@ -152,7 +197,13 @@ impl Sessions {
             self.started_total.fetch_add(1, Ordering::Relaxed);
             self.metrics.sessions_active.inc();
             log::info!("session {content_id} created");
-            tokio::spawn(upstream::run_upstream(self.clone(), session.clone()));
+            let running = UpstreamRunning::new(self.upstreams.clone());
+            let sessions = self.clone();
+            let session = session.clone();
+            tokio::spawn(async move {
+                upstream::run_upstream(sessions, session).await;
+                drop(running);
+            });
         }
         session.joins.fetch_add(1, Ordering::Relaxed);
         session
@@ -388,5 +439,22 @@ impl Sessions {
     /// Sessions created since start.
     pub fn started_total(&self) -> u64 {
         self.started_total.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one running upstream task for as long as it lives (dropped with the task, also when
+/// its runtime drops it).
+struct UpstreamRunning(Arc<std::sync::atomic::AtomicUsize>);
+
+impl UpstreamRunning {
+    fn new(count: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        UpstreamRunning(count)
+    }
+}
+
+impl Drop for UpstreamRunning {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -175,6 +175,8 @@ pub(crate) struct SessionState {
     pub engine_stats: Option<(crate::engines::stat::EngineStat, SystemTime)>,
     /// Milliseconds from session start to the first upstream byte.
     pub first_byte_ms: Option<u64>,
+    /// Its stream is read from the process a graceful upgrade replaces, not from an engine.
+    pub relayed: bool,
     /// Wall-clock time of the first upstream byte.
     pub started_at: Option<SystemTime>,
     /// Wall-clock time the session ended.

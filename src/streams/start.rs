@@ -20,6 +20,9 @@ pub(crate) async fn start_within_deadline(
     config: &Config,
     exclude: &[SocketAddr],
 ) -> Result<(EngineStream, Bytes), EdgeError> {
+    if let Some(relayed) = relay_from_predecessor(sessions, session).await {
+        return Ok(relayed);
+    }
     let started = tokio::time::timeout(
         config.empty_stream_timeout,
         start_and_first_bytes(sessions, session, config, exclude),
@@ -37,6 +40,69 @@ pub(crate) async fn start_within_deadline(
             }
             Err(EdgeError::EmptyStream(config.empty_stream_timeout))
         }
+    }
+}
+
+/// How long the predecessor's relay may take to answer: it is on this machine, and a process
+/// that does not answer in this time is not worth waiting for (the engine start follows).
+const RELAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// During a graceful upgrade: the session's stream read from the process being replaced, if
+/// that process still holds a live session of the id (two starts of one id would make the
+/// engine end the older session, cutting that process's viewers). `None`: start on an engine.
+async fn relay_from_predecessor(
+    sessions: &Sessions,
+    session: &Arc<StreamSession>,
+) -> Option<(EngineStream, Bytes)> {
+    let relay = sessions.predecessor()?;
+    let key = session.content.to_string();
+    let path = format!(
+        "/relay?key={}",
+        form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>()
+    );
+    let opened = tokio::time::timeout(RELAY_TIMEOUT, async {
+        let mut resp = crate::http1::get(relay, &path, RELAY_TIMEOUT).await?;
+        if resp.status != 200 {
+            return Ok(None);
+        }
+        let first = loop {
+            match resp.next_chunk().await? {
+                Some(b) if b.is_empty() => continue,
+                Some(b) => break Some(b),
+                None => break None,
+            }
+        };
+        Ok::<_, std::io::Error>(first.map(|b| (resp, b)))
+    })
+    .await;
+    match opened {
+        Ok(Ok(Some((resp, first)))) => {
+            session.phase.send_if_modified(|p| {
+                let first_start = *p == Phase::Starting;
+                if first_start {
+                    *p = Phase::Connected;
+                }
+                first_start
+            });
+            log::info!(
+                content_id:% = session.content_id;
+                "session {}: relayed from the process being upgraded ({relay}); no engine session of its own until that one ends",
+                session.content_id
+            );
+            session.state().relayed = true;
+            Some((EngineStream::relayed(resp), first))
+        }
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            log::info!("the upgraded process is gone ({relay}): sessions start on engines");
+            sessions.set_predecessor(None);
+            None
+        }
+        Ok(Err(e)) => {
+            log::warn!("relay from the upgraded process failed: {e}");
+            None
+        }
+        Err(_) => None,
     }
 }
 
@@ -191,6 +257,7 @@ async fn start_on(
         let mut st = session.state();
         st.engine = Some(engine.clone());
         st.engine_session = Some(es.clone());
+        st.relayed = false;
     }
     session.phase.send_if_modified(|p| {
         let first_start = *p == Phase::Starting;

@@ -1,0 +1,180 @@
+//! A graceful upgrade (`acestream-edge -u`, then SIGQUIT to the running process) that keeps
+//! every viewer.
+//!
+//! Pingora hands the listening sockets to the new process; the old one stops accepting and
+//! would end its streams. Two things make it right for long-lived streams whose engine session
+//! exists once per content id:
+//!
+//! - **The old process drains.** On SIGQUIT its sessions are not ended: each goes on until its
+//!   last client left (and its linger ran out), at most `graceful_shutdown_timeout_seconds`;
+//!   then the rest are ended, every one sending its engine stop, and the process exits.
+//! - **The new process relays what the old one holds.** A second start of an id would make the
+//!   engine end the old process's session and cut its viewers. So every process serves a relay
+//!   on a loopback port, whose address it writes next to the upgrade socket
+//!   (`<upgrade_sock>.relay`). A process started with `-u` reads the old process's address from
+//!   that file before writing its own; while the old process runs, a new session first asks it
+//!   (`GET /relay?key=<id>`). If it holds a live session of the id, the new session reads that
+//!   stream instead of starting one: no second engine session, and the old viewers keep theirs.
+//!   When the old process ends it, the new session fails over to an engine like after any
+//!   upstream end (the old one sent its stop first).
+//!
+//! Owned by the server: [`RelayService`] is a background service, [`note_upgrade`] is called by
+//! the signal watch, and the session reaper asks [`is_upgrading`].
+
+use crate::access::ClientAddr;
+use crate::http1;
+use crate::streams::client::Next;
+use crate::streams::Sessions;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+
+/// Set once SIGQUIT started a graceful upgrade.
+static UPGRADING: AtomicBool = AtomicBool::new(false);
+
+/// Records that the shutdown in progress is an upgrade (the new process has the listeners).
+pub fn note_upgrade() {
+    UPGRADING.store(true, Ordering::Relaxed);
+}
+
+/// Whether the shutdown in progress is an upgrade.
+pub fn is_upgrading() -> bool {
+    UPGRADING.load(Ordering::Relaxed)
+}
+
+/// The file that names a process's relay address, next to Pingora's upgrade socket.
+pub fn relay_file(upgrade_sock: &str) -> PathBuf {
+    PathBuf::from(format!("{upgrade_sock}.relay"))
+}
+
+/// The relay address a running process wrote, if any (read by a `-u` process before it
+/// writes its own).
+pub fn read_relay(file: &Path) -> Option<SocketAddr> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// Serves this process's sessions to the process that replaces it: `GET /relay?key=<id>` streams
+/// a live session's bytes from its live edge (a client of the session, so the session stays
+/// while it is read), `404` when there is none. Loopback only; never started sessions.
+pub struct RelayService {
+    /// The sessions it relays.
+    pub sessions: Arc<Sessions>,
+    /// Where the relay address is written.
+    pub file: PathBuf,
+}
+
+#[async_trait]
+impl BackgroundService for RelayService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => {
+                log::warn!("upgrade relay: cannot listen ({e}); an upgrade will restart sessions");
+                return;
+            }
+        };
+        let Ok(addr) = listener.local_addr() else {
+            return;
+        };
+        let tmp = self.file.with_extension("relay.tmp");
+        let written =
+            std::fs::write(&tmp, addr.to_string()).and_then(|()| std::fs::rename(&tmp, &self.file));
+        if let Err(e) = written {
+            log::warn!(
+                "upgrade relay: cannot write {} ({e}); an upgrade will restart sessions",
+                self.file.display()
+            );
+            return;
+        }
+        log::debug!("upgrade relay on {addr} ({})", self.file.display());
+        let mut shutting = false;
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((sock, peer)) if peer.ip().is_loopback() => {
+                        tokio::spawn(relay(self.sessions.clone(), sock, peer));
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::debug!("upgrade relay: accept failed: {e}"),
+                },
+                // A plain shutdown ends the relay; an upgrade keeps it until the process exits.
+                _ = shutdown.changed(), if !shutting => {
+                    shutting = true;
+                    if !is_upgrading() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One relay connection.
+async fn relay(sessions: Arc<Sessions>, mut sock: tokio::net::TcpStream, peer: SocketAddr) {
+    let Ok(Some(head)) = http1::read_request_head(&mut sock).await else {
+        return;
+    };
+    let key = http1::query_param(&head.query, "key").unwrap_or_default();
+    let client = Some(ClientAddr::from(peer));
+    let Some(mut client) = sessions.join_existing(&key, client) else {
+        let _ = sock
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await;
+        return;
+    };
+    log::info!(
+        content_id:% = key;
+        "session {key}: relayed to the process that took over the listeners"
+    );
+    if sock
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nConnection: close\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return;
+    }
+    client.position(true);
+    let session = client.session().clone();
+    let mut ring_changed = session.ring.subscribe();
+    loop {
+        ring_changed.borrow_and_update();
+        match client.next_step() {
+            Next::Write(chunks) => {
+                for chunk in chunks {
+                    if sock.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    client.wrote(&chunk);
+                }
+            }
+            Next::Wait => {
+                if ring_changed.changed().await.is_err() {
+                    return;
+                }
+            }
+            Next::Lagged(_) | Next::End => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The relay file sits next to the upgrade socket and holds one address.
+    #[test]
+    fn relay_file_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("edge.sock");
+        let file = relay_file(sock.to_str().unwrap());
+        assert_eq!(file, dir.path().join("edge.sock.relay"));
+        assert_eq!(read_relay(&file), None);
+        std::fs::write(&file, "127.0.0.1:4567\n").unwrap();
+        assert_eq!(read_relay(&file), Some("127.0.0.1:4567".parse().unwrap()));
+    }
+}

@@ -1,0 +1,219 @@
+//! A graceful upgrade that keeps viewers (issue 19): `acestream-edge -u` and SIGQUIT to the
+//! running process while clients watch, three times in a row, each new process upgraded by the
+//! next.
+
+mod common;
+
+use acestream_edge::sim::Knobs;
+use common::*;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_acestream-edge");
+
+/// A client that reads in the background and records its bytes and its longest gap.
+struct Viewer {
+    bytes: Arc<AtomicUsize>,
+    max_gap_ms: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Viewer {
+    async fn start(addr: SocketAddr, id: &str) -> Viewer {
+        let mut r = get(addr, &format!("/ace/getstream?id={id}")).await;
+        assert_eq!(r.status, 200, "{id}");
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let max_gap_ms = Arc::new(AtomicU64::new(0));
+        let (count, gap) = (bytes.clone(), max_gap_ms.clone());
+        let task = tokio::spawn(async move {
+            let mut last = Instant::now();
+            while let Ok(Some(piece)) = r.next_chunk().await {
+                count.fetch_add(piece.len(), Ordering::Relaxed);
+                gap.fetch_max(last.elapsed().as_millis() as u64, Ordering::Relaxed);
+                last = Instant::now();
+            }
+        });
+        Viewer {
+            bytes,
+            max_gap_ms,
+            task,
+        }
+    }
+
+    async fn gets(&self, n: usize) -> bool {
+        let from = self.bytes.load(Ordering::Relaxed);
+        wait_until(Duration::from_secs(10), || async {
+            self.bytes.load(Ordering::Relaxed) >= from + n
+        })
+        .await
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn spawn(conf: &Path, upgrade: bool, log: &Path) -> Child {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("-c").arg(conf);
+    if upgrade {
+        cmd.arg("-u");
+    }
+    cmd.env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn text(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// 5 clients on one id and 5 on another; upgrade; all 10 go on without a gap of a second; 5 new
+/// clients of the first id reach the new process and stream (read from the old process's
+/// session, not from a second engine session); when everyone left, the old process exits and
+/// the engine got one stop per session. Three times in a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrade_keeps_viewers_and_one_engine_session_per_id() {
+    let e = sim(Knobs::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let conf = dir.path().join("edge.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "version: 1\nthreads: 2\npid_file: {}\nupgrade_sock: {}\ngrace_period_seconds: 30\ngraceful_shutdown_timeout_seconds: 20\nacestream:\n  listen: [\"127.0.0.1:{port}\"]\n  engines: [{{host: 127.0.0.1, port: {}}}]\n  max_streams_per_engine: 100\n  stream_idle_timeout: 0.5\n",
+            dir.path().join("edge.pid").display(),
+            sock.display(),
+            e.addr().port()
+        ),
+    )
+    .unwrap();
+    let mut log = dir.path().join("edge-0.log");
+    let mut current = spawn(&conf, false, &log);
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await
+    );
+    for round in 0..3u32 {
+        let (a, b) = (
+            content_id(19_500 + 2 * round),
+            content_id(19_501 + 2 * round),
+        );
+        let mut old = Vec::new();
+        for id in [&a, &b] {
+            for _ in 0..5 {
+                old.push(Viewer::start(addr, id).await);
+            }
+        }
+        for v in &old {
+            assert!(
+                v.gets(188 * 50).await,
+                "round {round}: a viewer got nothing"
+            );
+        }
+        // The upgrade: a new process with -u, then SIGQUIT to the running one once the new one
+        // waits for the listeners (its upgrade socket exists).
+        let _ = std::fs::remove_file(&sock);
+        let new_log = dir.path().join(format!("edge-{}.log", round + 1));
+        let mut new = spawn(&conf, true, &new_log);
+        assert!(
+            wait_until(Duration::from_secs(10), || async { sock.exists() }).await,
+            "round {round}: the new process never opened {}: {}",
+            sock.display(),
+            text(&new_log)
+        );
+        Command::new("kill")
+            .args(["-QUIT", &current.id().to_string()])
+            .status()
+            .unwrap();
+        // The old process stops accepting (Pingora gives the new one 5 s to take over).
+        assert!(
+            wait_until(Duration::from_secs(15), || async {
+                text(&log).contains("upgrade: the new process has the listeners")
+            })
+            .await,
+            "round {round}: the old process never handed over: {}",
+            text(&log)
+        );
+        // New clients of the first id reach the new process and stream.
+        let mut joined = Vec::new();
+        for _ in 0..5 {
+            joined.push(Viewer::start(addr, &a).await);
+        }
+        for v in joined.iter().chain(&old) {
+            assert!(v.gets(188 * 200).await, "round {round}: a viewer stalled");
+        }
+        let (_, sessions) = get_json(addr, "/proxy/sessions").await;
+        let on_new = sessions["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["ace_id"] == a.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("round {round}: {a} not on the new process: {sessions}"));
+        assert_eq!(on_new["client_count"], 5, "{on_new}");
+        assert_eq!(on_new["relayed"], true, "{on_new}");
+        // One engine session per id, never a second start.
+        let s = e.stats();
+        assert_eq!(
+            s.getstream_calls.get(&a),
+            Some(&1),
+            "round {round}: {a} started twice"
+        );
+        assert_eq!(s.getstream_calls.get(&b), Some(&1));
+        assert_eq!(s.read_sessions_by_id.get(&a), Some(&1));
+        assert_eq!(s.second_reader_violations, 0);
+        for v in &old {
+            let gap = v.max_gap_ms.load(Ordering::Relaxed);
+            assert!(
+                gap < 1000,
+                "round {round}: an old viewer had a {gap} ms gap"
+            );
+            assert!(
+                !v.task.is_finished(),
+                "round {round}: an old viewer was cut"
+            );
+        }
+        // Everyone leaves: the old process ends its sessions, each with one stop, and exits.
+        drop(joined);
+        drop(old);
+        let exited = tokio::task::spawn_blocking(move || current.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            exited.success(),
+            "round {round}: {exited:?}: {}",
+            text(&log)
+        );
+        let stops = wait_until(Duration::from_secs(5), || async {
+            let s = e.stats();
+            s.stop_calls.get(&a) == Some(&1) && s.stop_calls.get(&b) == Some(&1)
+        })
+        .await;
+        assert!(stops, "round {round}: stops {:?}", e.stats().stop_calls);
+        current = new;
+        log = new_log;
+    }
+    Command::new("kill")
+        .args(["-TERM", &current.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(current.wait().unwrap().success());
+    let s = e.stats();
+    assert_eq!(s.sessions_started, 6);
+    assert_eq!(s.stop_calls.values().sum::<u64>(), 6, "{:?}", s.stop_calls);
+}
