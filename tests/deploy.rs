@@ -21,16 +21,32 @@ fn the_systemd_unit_verifies() {
     ))
     .unwrap();
     assert!(unit.contains(
-        "ExecStart=/usr/local/bin/acestream-edge -c /etc/acestream-edge/acestream-edge.yaml"
+        "ExecStart=/usr/local/bin/acestream-edge -d -c /etc/acestream-edge/acestream-edge.yaml"
+    ));
+    assert!(unit.contains(
+        "ExecReload=/usr/local/bin/acestream-edge -u -d -c /etc/acestream-edge/acestream-edge.yaml"
     ));
     for hardening in [
         "DynamicUser=yes",
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",
         "LimitNOFILE=",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=/bin/kill -QUIT $MAINPID",
+        "PIDFile=/run/acestream-edge/acestream-edge.pid",
     ] {
         assert!(unit.contains(hardening), "{hardening}");
+    }
+    // The install line's sed finds the example file's paths.
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/conf/acestream-edge.yaml"
+    ))
+    .unwrap();
+    for path in [
+        "/tmp/acestream-edge.pid",
+        "/tmp/acestream-edge-upgrade.sock",
+    ] {
+        assert!(example.contains(path) && unit.contains(path), "{path}");
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("acestream-edge.service");

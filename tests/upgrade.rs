@@ -128,7 +128,7 @@ async fn upgrade_keeps_viewers_and_one_engine_session_per_id() {
         // waits for the listeners (its upgrade socket exists).
         let _ = std::fs::remove_file(&sock);
         let new_log = dir.path().join(format!("edge-{}.log", round + 1));
-        let mut new = spawn(&conf, true, &new_log);
+        let new = spawn(&conf, true, &new_log);
         assert!(
             wait_until(Duration::from_secs(10), || async { sock.exists() }).await,
             "round {round}: the new process never opened {}: {}",
