@@ -156,53 +156,6 @@ async fn wait_members(node: &Node, healthy: usize) {
     );
 }
 
-/// A client that streams `id` through `node` and keeps reading in the background; its count
-/// of bytes can be read while it runs.
-struct Viewer {
-    bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Viewer {
-    /// Connects, expects `200`, and reads until the stream ends or the viewer is dropped.
-    async fn start(node: SocketAddr, id: &str) -> Viewer {
-        let mut r = get(node, &format!("/ace/getstream?id={id}")).await;
-        assert_eq!(r.status, 200, "{id} through {node}");
-        let bytes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = bytes.clone();
-        let task = tokio::spawn(async move {
-            // Until the stream ends or breaks.
-            while let Ok(Some(piece)) = r.next_chunk().await {
-                count.fetch_add(piece.len(), std::sync::atomic::Ordering::Relaxed);
-            }
-        });
-        Viewer { bytes, task }
-    }
-
-    fn bytes(&self) -> usize {
-        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Waits until the viewer has `n` more bytes than now.
-    async fn gets(&self, n: usize) -> bool {
-        let from = self.bytes();
-        wait_until(Duration::from_secs(15), || async {
-            self.bytes() >= from + n
-        })
-        .await
-    }
-
-    fn ended(&self) -> bool {
-        self.task.is_finished()
-    }
-}
-
-impl Drop for Viewer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// Engine sessions being read now per id, over every engine.
 fn read_sessions(engines: &[&SimEngine]) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();

@@ -7,9 +7,7 @@ use acestream_edge::http1::GetOptions;
 use acestream_edge::sim::Knobs;
 use common::*;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_acestream-edge");
 
@@ -60,25 +58,8 @@ async fn sighup_applies_engines_and_token_and_keeps_streams() {
     );
     // A client streams the first id from engine a, and keeps reading; its longest gap between
     // pieces is recorded.
-    let mut r = get(addr, &format!("/ace/getstream?id={}", content_id(19_001))).await;
-    assert_eq!(r.status, 200);
-    let bytes = Arc::new(AtomicUsize::new(0));
-    let max_gap_ms = Arc::new(AtomicU64::new(0));
-    let (count, gap) = (bytes.clone(), max_gap_ms.clone());
-    let reader = tokio::spawn(async move {
-        let mut last = Instant::now();
-        while let Ok(Some(piece)) = r.next_chunk().await {
-            count.fetch_add(piece.len(), Ordering::Relaxed);
-            gap.fetch_max(last.elapsed().as_millis() as u64, Ordering::Relaxed);
-            last = Instant::now();
-        }
-    });
-    assert!(
-        wait_until(Duration::from_secs(5), || async {
-            bytes.load(Ordering::Relaxed) > 188 * 100
-        })
-        .await
-    );
+    let first = Viewer::start(addr, &content_id(19_001)).await;
+    assert!(first.gets(188 * 100).await);
     assert_eq!(status_with(addr, "old").await, 200);
     // Engine a is full (max_streams_per_engine: 1): a second id has nowhere to go.
     assert_eq!(
@@ -152,18 +133,12 @@ async fn sighup_applies_engines_and_token_and_keeps_streams() {
     assert_eq!(status_with(addr, "old").await, 401);
 
     // The first client never noticed: no gap of a second, its session never restarted.
-    let before = bytes.load(Ordering::Relaxed);
-    assert!(
-        wait_until(Duration::from_secs(5), || async {
-            bytes.load(Ordering::Relaxed) > before + 188 * 100
-        })
-        .await
-    );
-    let gap = max_gap_ms.load(Ordering::Relaxed);
+    assert!(first.gets(188 * 100).await);
+    let gap = first.max_gap_ms();
     assert!(gap < 1000, "the running client had a {gap} ms gap");
     assert_eq!(a.stats().sessions_started, 1);
-    assert!(!reader.is_finished());
-    reader.abort();
+    assert!(!first.ended());
+    drop(first);
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -9,55 +9,9 @@ use common::*;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_acestream-edge");
-
-/// A client that reads in the background and records its bytes and its longest gap.
-struct Viewer {
-    bytes: Arc<AtomicUsize>,
-    max_gap_ms: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Viewer {
-    async fn start(addr: SocketAddr, id: &str) -> Viewer {
-        let mut r = get(addr, &format!("/ace/getstream?id={id}")).await;
-        assert_eq!(r.status, 200, "{id}");
-        let bytes = Arc::new(AtomicUsize::new(0));
-        let max_gap_ms = Arc::new(AtomicU64::new(0));
-        let (count, gap) = (bytes.clone(), max_gap_ms.clone());
-        let task = tokio::spawn(async move {
-            let mut last = Instant::now();
-            while let Ok(Some(piece)) = r.next_chunk().await {
-                count.fetch_add(piece.len(), Ordering::Relaxed);
-                gap.fetch_max(last.elapsed().as_millis() as u64, Ordering::Relaxed);
-                last = Instant::now();
-            }
-        });
-        Viewer {
-            bytes,
-            max_gap_ms,
-            task,
-        }
-    }
-
-    async fn gets(&self, n: usize) -> bool {
-        let from = self.bytes.load(Ordering::Relaxed);
-        wait_until(Duration::from_secs(10), || async {
-            self.bytes.load(Ordering::Relaxed) >= from + n
-        })
-        .await
-    }
-}
-
-impl Drop for Viewer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 fn spawn(conf: &Path, upgrade: bool, log: &Path) -> Child {
     let mut cmd = Command::new(BIN);
@@ -177,15 +131,12 @@ async fn upgrade_keeps_viewers_and_one_engine_session_per_id() {
         assert_eq!(s.read_sessions_by_id.get(&a), Some(&1));
         assert_eq!(s.second_reader_violations, 0);
         for v in &old {
-            let gap = v.max_gap_ms.load(Ordering::Relaxed);
+            let gap = v.max_gap_ms();
             assert!(
                 gap < 1000,
                 "round {round}: an old viewer had a {gap} ms gap"
             );
-            assert!(
-                !v.task.is_finished(),
-                "round {round}: an old viewer was cut"
-            );
+            assert!(!v.ended(), "round {round}: an old viewer was cut");
         }
         // Everyone leaves: the old process ends its sessions, each with one stop, and exits.
         drop(joined);

@@ -198,7 +198,8 @@ pub struct ClusterConfig {
 }
 
 /// How log lines are written (`acestream.log_format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// `env_logger`'s text lines (the default).
     #[default]
@@ -208,9 +209,11 @@ pub enum LogFormat {
 }
 
 /// `acestream.cluster.mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ClusterMode {
     /// Stream from the serving node through this one (the default): clients never see the fleet.
+    #[default]
     Proxy,
     /// Answer `302` with the serving node's URL: the client connects there itself.
     Redirect,
@@ -681,10 +684,7 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
             Some(ClusterConfig {
                 self_addr,
                 peers,
-                mode: match c.mode {
-                    wire::ClusterModeWire::Proxy => ClusterMode::Proxy,
-                    wire::ClusterModeWire::Redirect => ClusterMode::Redirect,
-                },
+                mode: c.mode,
                 health_check_interval: c.health_check_interval.0,
                 peer_timeout: c.peer_timeout.0,
             })
@@ -814,10 +814,7 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         engines,
         orchestrator,
         cluster,
-        log_format: match w.log_format {
-            wire::LogFormatWire::Text => LogFormat::Text,
-            wire::LogFormatWire::Json => LogFormat::Json,
-        },
+        log_format: w.log_format,
         empty_stream_timeout: w.empty_stream_timeout.0,
         stream_idle_timeout: w.stream_idle_timeout.0,
         client_heartbeat_interval: w.client_heartbeat_interval.0,

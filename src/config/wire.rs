@@ -26,7 +26,7 @@ pub struct AceWire {
     pub engines: Vec<EngineWire>,
     pub orchestrator: Option<OrchestratorWire>,
     pub cluster: Option<ClusterWire>,
-    pub log_format: LogFormatWire,
+    pub log_format: super::LogFormat,
     pub empty_stream_timeout: DurationWire,
     pub stream_idle_timeout: DurationWire,
     pub client_heartbeat_interval: DurationWire,
@@ -86,7 +86,7 @@ impl Default for AceWire {
             engines: Vec::new(),
             orchestrator: None,
             cluster: None,
-            log_format: LogFormatWire::Text,
+            log_format: super::LogFormat::Text,
             empty_stream_timeout: secs(30.0),
             stream_idle_timeout: secs(300.0),
             client_heartbeat_interval: secs(10.0),
@@ -173,29 +173,11 @@ pub struct ClusterWire {
     #[serde(default)]
     pub peers: Vec<String>,
     #[serde(default)]
-    pub mode: ClusterModeWire,
+    pub mode: super::ClusterMode,
     #[serde(default = "cluster_health_check_interval")]
     pub health_check_interval: DurationWire,
     #[serde(default = "cluster_peer_timeout")]
     pub peer_timeout: DurationWire,
-}
-
-/// `acestream.log_format`.
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormatWire {
-    #[default]
-    Text,
-    Json,
-}
-
-/// `acestream.cluster.mode`.
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClusterModeWire {
-    #[default]
-    Proxy,
-    Redirect,
 }
 
 fn cluster_health_check_interval() -> DurationWire {

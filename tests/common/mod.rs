@@ -496,3 +496,71 @@ pub fn chromium(profile: &std::path::Path) -> Option<std::process::Command> {
     .arg(format!("--user-data-dir={}", profile.display()));
     Some(cmd)
 }
+
+/// A client that streams in the background: it counts its bytes and its longest gap between
+/// two pieces, until the stream ends or the viewer is dropped.
+pub struct Viewer {
+    bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    max_gap_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Viewer {
+    /// `GET /ace/getstream?id=` on `addr`; expects `200`.
+    pub async fn start(addr: SocketAddr, id: &str) -> Viewer {
+        let r = get(addr, &format!("/ace/getstream?id={id}")).await;
+        assert_eq!(r.status, 200, "{id} through {addr}");
+        Viewer::reading(r)
+    }
+
+    /// Reads `r` in the background.
+    pub fn reading(mut r: Response) -> Viewer {
+        use std::sync::atomic::Ordering;
+        let bytes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let max_gap_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (count, gap) = (bytes.clone(), max_gap_ms.clone());
+        let task = tokio::spawn(async move {
+            let mut last = Instant::now();
+            while let Ok(Some(piece)) = r.next_chunk().await {
+                count.fetch_add(piece.len(), Ordering::Relaxed);
+                gap.fetch_max(last.elapsed().as_millis() as u64, Ordering::Relaxed);
+                last = Instant::now();
+            }
+        });
+        Viewer {
+            bytes,
+            max_gap_ms,
+            task,
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The longest wait between two pieces so far, in milliseconds.
+    pub fn max_gap_ms(&self) -> u64 {
+        self.max_gap_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (at most 15 s) until the viewer read `n` more bytes than now.
+    pub async fn gets(&self, n: usize) -> bool {
+        let from = self.bytes();
+        wait_until(Duration::from_secs(15), || async {
+            self.bytes() >= from + n
+        })
+        .await
+    }
+
+    /// The stream ended or broke.
+    pub fn ended(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
