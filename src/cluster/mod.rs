@@ -687,6 +687,28 @@ mod tests {
         }
     }
 
+    /// A member given by name is resolved (every address it stands for is a member), and
+    /// its addresses become trusted peers; this node's own entry gives `me`.
+    #[tokio::test]
+    async fn names_resolve_to_members() {
+        let c = cluster("localhost:7001", &["127.0.0.1:7002"]);
+        c.lb.update().await.unwrap();
+        let members: Vec<SocketAddr> =
+            c.lb.backends()
+                .get_backend()
+                .iter()
+                .filter_map(|b| b.addr.as_inet().copied())
+                .collect();
+        assert!(
+            members.contains(&"127.0.0.1:7001".parse().unwrap()),
+            "{members:?}"
+        );
+        assert!(members.contains(&"127.0.0.1:7002".parse().unwrap()));
+        assert_eq!(c.me().map(|a| a.port()), Some(7001));
+        assert!(c.is_member_ip("127.0.0.1".parse().unwrap()));
+        assert!(!c.is_member_ip("10.9.9.9".parse().unwrap()));
+    }
+
     /// The via header is believed only from a member's address.
     #[tokio::test]
     async fn via_only_from_members() {
