@@ -552,3 +552,51 @@ async fn redirect_mode_sends_the_client_to_the_owner() {
     );
     assert_eq!(e.stats().sessions_started, 1);
 }
+
+/// HLS through a node that does not serve the id: the playlist and its segments (their URIs
+/// carry the id) are forwarded to the owner, which alone holds the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hls_through_a_non_owner_is_forwarded() {
+    let e = sim(Knobs::default()).await;
+    let nodes = fleet(2, &[&e], "  hls_segment_seconds: 1\n").await;
+    let mut found = None;
+    for i in 0..100 {
+        let id = content_id(18_700 + i);
+        if nodes[0].cluster(&format!("?id={id}")).await["owner"] == nodes[1].addr.to_string() {
+            found = Some(id);
+            break;
+        }
+    }
+    let id = found.expect("some id is owned by the second node");
+    let mut r = get(nodes[0].addr, &format!("/ace/manifest.m3u8?id={id}")).await;
+    assert_eq!(r.status, 200);
+    let playlist = String::from_utf8(r.read_to_end(1 << 20).await.unwrap()).unwrap();
+    let segment = playlist
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .unwrap_or_else(|| panic!("no segment in {playlist}"));
+    let mut seg = get(nodes[0].addr, &format!("/ace/{segment}")).await;
+    assert_eq!(seg.status, 200, "{segment}");
+    let body = seg.read_to_end(16 << 20).await.unwrap();
+    assert!(
+        body.len() >= 188 * 10 && ts_aligned(&body),
+        "{} bytes",
+        body.len()
+    );
+    assert!(nodes[0].cluster("").await["sessions"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let held = nodes[1].cluster("").await["sessions"].clone();
+    assert!(
+        held.as_array().unwrap().iter().any(|s| s["id"] == id),
+        "{held}"
+    );
+    assert!(
+        nodes[0]
+            .metric("acestream_edge_cluster_forwarded_requests_total")
+            .await
+            >= 2.0
+    );
+    assert_eq!(e.stats().sessions_started, 1);
+}
