@@ -92,7 +92,8 @@ pub struct HeldSession {
 /// What a peer last told us.
 #[derive(Debug, Clone)]
 struct PeerState {
-    sessions: Vec<HeldSession>,
+    /// Its sessions: key → engine (looked up on every request for an id not held here).
+    sessions: HashMap<String, Option<SocketAddr>>,
     at: Instant,
 }
 
@@ -287,7 +288,7 @@ impl Cluster {
         let states = self.states.read().unwrap_or_else(|p| p.into_inner());
         let mut holders: Vec<SocketAddr> = states
             .iter()
-            .filter(|(_, st)| st.sessions.iter().any(|s| s.id == key))
+            .filter(|(_, st)| st.sessions.contains_key(key))
             .map(|(addr, _)| *addr)
             .filter(|a| !via.contains(a))
             .collect();
@@ -383,6 +384,7 @@ impl Cluster {
         for (addr, answer) in answers {
             match answer {
                 Ok(sessions) => {
+                    let sessions = sessions.into_iter().map(|s| (s.id, s.engine)).collect();
                     states.insert(addr, PeerState { sessions, at: now });
                 }
                 Err(e) => {
@@ -395,8 +397,8 @@ impl Cluster {
         states.retain(|a, _| self.healthy(*a));
         let mut load: HashMap<SocketAddr, usize> = HashMap::new();
         for st in states.values() {
-            for engine in st.sessions.iter().filter_map(|s| s.engine) {
-                *load.entry(engine).or_default() += 1;
+            for engine in st.sessions.values().flatten() {
+                *load.entry(*engine).or_default() += 1;
             }
         }
         drop(states);
