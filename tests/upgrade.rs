@@ -39,6 +39,8 @@ fn text(log: &Path) -> String {
 async fn upgrade_keeps_viewers_and_one_engine_session_per_id() {
     let e = sim(Knobs::default()).await;
     let dir = tempfile::tempdir().unwrap();
+    // A small ring (256 KiB): by the upgrade the stream's start has long left it, so the relay
+    // must join at the live edge like a viewer.
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let sock = dir.path().join("upgrade.sock");
@@ -46,7 +48,7 @@ async fn upgrade_keeps_viewers_and_one_engine_session_per_id() {
     std::fs::write(
         &conf,
         format!(
-            "version: 1\nthreads: 2\npid_file: {}\nupgrade_sock: {}\ngrace_period_seconds: 30\ngraceful_shutdown_timeout_seconds: 20\nacestream:\n  listen: [\"127.0.0.1:{port}\"]\n  engines: [{{host: 127.0.0.1, port: {}}}]\n  max_streams_per_engine: 100\n  stream_idle_timeout: 0.5\n",
+            "version: 1\nthreads: 2\npid_file: {}\nupgrade_sock: {}\ngrace_period_seconds: 30\ngraceful_shutdown_timeout_seconds: 20\nacestream:\n  listen: [\"127.0.0.1:{port}\"]\n  engines: [{{host: 127.0.0.1, port: {}}}]\n  max_streams_per_engine: 100\n  stream_idle_timeout: 0.5\n  stream_buffer_size: 262144\n",
             dir.path().join("edge.pid").display(),
             sock.display(),
             e.addr().port()
@@ -93,6 +95,25 @@ async fn upgrade_keeps_viewers_and_one_engine_session_per_id() {
             .args(["-QUIT", &current.id().to_string()])
             .status()
             .unwrap();
+        // For Pingora's hand-over time both processes accept. A new id is started by the new
+        // process only: the old one answers 503 "retry" (a player retries), so the id never gets
+        // two engine sessions that would end each other.
+        let c = content_id(19_600 + round);
+        let mut fresh = Vec::new();
+        for _ in 0..4 {
+            let mut refused = 0;
+            loop {
+                let r = get(addr, &format!("/ace/getstream?id={c}")).await;
+                if r.status == 200 {
+                    fresh.push(Viewer::reading(r));
+                    break;
+                }
+                assert_eq!(r.status, 503, "round {round}: {c}");
+                refused += 1;
+                assert!(refused < 100, "round {round}: {c} refused {refused} times");
+                tokio::time::sleep(Duration::from_millis(100)).await; // a player's retry pace
+            }
+        }
         // The old process stops accepting (Pingora gives the new one 5 s to take over).
         assert!(
             wait_until(Duration::from_secs(15), || async {
@@ -107,7 +128,7 @@ async fn upgrade_keeps_viewers_and_one_engine_session_per_id() {
         for _ in 0..5 {
             joined.push(Viewer::start(addr, &a).await);
         }
-        for v in joined.iter().chain(&old) {
+        for v in joined.iter().chain(&old).chain(&fresh) {
             assert!(v.gets(188 * 200).await, "round {round}: a viewer stalled");
         }
         let (_, sessions) = get_json(addr, "/proxy/sessions").await;
@@ -128,6 +149,11 @@ async fn upgrade_keeps_viewers_and_one_engine_session_per_id() {
             "round {round}: {a} started twice"
         );
         assert_eq!(s.getstream_calls.get(&b), Some(&1));
+        assert_eq!(
+            s.getstream_calls.get(&c),
+            Some(&1),
+            "round {round}: {c} started twice"
+        );
         assert_eq!(s.read_sessions_by_id.get(&a), Some(&1));
         assert_eq!(s.second_reader_violations, 0);
         for v in &old {
@@ -141,6 +167,7 @@ async fn upgrade_keeps_viewers_and_one_engine_session_per_id() {
         // Everyone leaves: the old process ends its sessions, each with one stop, and exits.
         drop(joined);
         drop(old);
+        drop(fresh);
         let exited = tokio::task::spawn_blocking(move || current.wait())
             .await
             .unwrap()
@@ -165,6 +192,6 @@ async fn upgrade_keeps_viewers_and_one_engine_session_per_id() {
         .unwrap();
     assert!(current.wait().unwrap().success());
     let s = e.stats();
-    assert_eq!(s.sessions_started, 6);
-    assert_eq!(s.stop_calls.values().sum::<u64>(), 6, "{:?}", s.stop_calls);
+    assert_eq!(s.sessions_started, 9);
+    assert_eq!(s.stop_calls.values().sum::<u64>(), 9, "{:?}", s.stop_calls);
 }

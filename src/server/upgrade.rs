@@ -92,9 +92,16 @@ impl BackgroundService for RelayService {
             return;
         }
         log::debug!("upgrade relay on {addr} ({})", self.file.display());
+        // SIGQUIT (the signal watch ends Pingora's main loop on it too): from then on both
+        // processes accept for Pingora's hand-over time, and only the new one may start sessions.
+        let mut quit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit()).ok();
         let mut shutting = false;
         loop {
             tokio::select! {
+                Some(()) = async { quit.as_mut()?.recv().await } => {
+                    self.sessions.refuse_starts();
+                    quit = None;
+                }
                 accepted = listener.accept() => match accepted {
                     Ok((sock, peer)) if peer.ip().is_loopback() => {
                         tokio::spawn(relay(self.sessions.clone(), sock, peer));
@@ -138,7 +145,9 @@ async fn relay(sessions: Arc<Sessions>, mut sock: tokio::net::TcpStream, peer: S
     {
         return;
     }
-    client.position(true);
+    // Joins like a viewer: on a keyframe near the live edge, PAT and PMT first (the start of
+    // the stream left the ring long ago).
+    client.position(false);
     let session = client.session().clone();
     let mut ring_changed = session.ring.subscribe();
     loop {

@@ -59,6 +59,10 @@ pub struct Sessions {
     /// HLS viewers present, and whether the task that lets them go runs.
     hls_viewers: Mutex<(HashMap<HlsViewerKey, HlsViewer>, bool)>,
     shutting_down: AtomicBool,
+    /// A graceful upgrade is handing the listeners to a new process: clients may still join
+    /// running sessions here, but no session starts (the new process starts it, and two starts of
+    /// one id would end each other's engine sessions).
+    starts_refused: AtomicBool,
     started_total: AtomicU64,
     metrics: Arc<Metrics>,
     /// Events for the orchestrator about our engine sessions.
@@ -85,6 +89,7 @@ impl Sessions {
             map: Mutex::new(HashMap::new()),
             hls_viewers: Mutex::new((HashMap::new(), false)),
             shutting_down: AtomicBool::new(false),
+            starts_refused: AtomicBool::new(false),
             started_total: AtomicU64::new(0),
             events,
             metrics,
@@ -180,6 +185,12 @@ impl Sessions {
             let mut map = self.map();
             let (session, created) = match map.get(content_id) {
                 Some(s) => (s.clone(), false),
+                None if self.starts_refused.load(Ordering::Acquire) => {
+                    return Err(EdgeError::NoEngine(
+                        "this process is handing over to its successor (graceful upgrade); retry"
+                            .into(),
+                    ));
+                }
                 None => {
                     let s = Arc::new(StreamSession::new(content.clone(), &self.config()));
                     map.insert(content_id.to_string(), s.clone());
@@ -411,6 +422,11 @@ impl Sessions {
                 &session.content.value,
                 reason,
             ));
+    }
+
+    /// From now on no session starts here; joins of running sessions go on (a graceful upgrade).
+    pub fn refuse_starts(&self) {
+        self.starts_refused.store(true, Ordering::Release);
     }
 
     /// True once shutdown began (no new session is started).
