@@ -121,6 +121,19 @@ impl ContentKey {
         }
     }
 
+    /// The key as [`Display`](std::fmt::Display) writes it (`<hex>` or `infohash:<hex>`), if it
+    /// is one.
+    pub fn parse_key(key: &str) -> Option<Self> {
+        let (kind, value) = match key.strip_prefix("infohash:") {
+            Some(v) => (ContentKind::Infohash, v),
+            None => (ContentKind::ContentId, key),
+        };
+        (value.len() == 40 && value.bytes().all(|b| b.is_ascii_hexdigit())).then(|| ContentKey {
+            kind,
+            value: value.to_ascii_lowercase(),
+        })
+    }
+
     /// The query parameter the engine is asked with.
     pub fn param(&self) -> &'static str {
         match self.kind {
@@ -449,6 +462,23 @@ fn short(path: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key reads back as it was written; anything else is not a key.
+    #[test]
+    fn content_keys_parse_from_their_display() {
+        let hex = "AB".repeat(20);
+        let id = ContentKey::parse_key(&hex).unwrap();
+        assert_eq!(
+            (id.kind, id.value.as_str()),
+            (ContentKind::ContentId, "ab".repeat(20).as_str())
+        );
+        let ih = ContentKey::parse_key(&format!("infohash:{hex}")).unwrap();
+        assert_eq!(ih.kind, ContentKind::Infohash);
+        assert_eq!(ContentKey::parse_key(&ih.to_string()), Some(ih));
+        for bad in ["", "abc", "infohash:", &format!("{hex}0"), &"zz".repeat(20)] {
+            assert_eq!(ContentKey::parse_key(bad), None, "{bad}");
+        }
+    }
 
     /// An engine error keeps its source, and a client sees it as refused or unreachable.
     #[test]

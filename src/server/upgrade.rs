@@ -22,6 +22,7 @@
 //! the signal watch, and the session reaper asks [`is_upgrading`].
 
 use crate::access::ClientAddr;
+use crate::engines::ContentKey;
 use crate::http1;
 use crate::streams::client::Next;
 use crate::streams::Sessions;
@@ -91,15 +92,17 @@ impl BackgroundService for RelayService {
             );
             return;
         }
+        self.sessions.set_relay(self.file.clone(), addr);
         log::debug!("upgrade relay on {addr} ({})", self.file.display());
         // SIGQUIT (the signal watch ends Pingora's main loop on it too): from then on both
-        // processes accept for Pingora's hand-over time, and only the new one may start sessions.
+        // processes accept for Pingora's hand-over time, and only the new one starts sessions on
+        // engines; a new one here is read from it.
         let mut quit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit()).ok();
         let mut shutting = false;
         loop {
             tokio::select! {
                 Some(()) = async { quit.as_mut()?.recv().await } => {
-                    self.sessions.refuse_starts();
+                    self.sessions.hand_over();
                     quit = None;
                 }
                 accepted = listener.accept() => match accepted {
@@ -128,7 +131,16 @@ async fn relay(sessions: Arc<Sessions>, mut sock: tokio::net::TcpStream, peer: S
     };
     let key = http1::query_param(&head.query, "key").unwrap_or_default();
     let client = Some(ClientAddr::from(peer));
-    let Some(mut client) = sessions.join_existing(&key, client) else {
+    // `start=1`: the predecessor asks for an id it may not start itself while it hands over:
+    // attach as a viewer, starting the session here if needed. Otherwise only a live session
+    // is relayed.
+    let start = http1::query_param(&head.query, "start").is_some_and(|v| v == "1");
+    let handle = if start {
+        ContentKey::parse_key(&key).and_then(|c| sessions.attach(&c, client).ok())
+    } else {
+        sessions.join_existing(&key, client)
+    };
+    let Some(mut client) = handle else {
         let _ = sock
             .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             .await;
@@ -136,7 +148,8 @@ async fn relay(sessions: Arc<Sessions>, mut sock: tokio::net::TcpStream, peer: S
     };
     log::info!(
         content_id:% = key;
-        "session {key}: relayed to the process that took over the listeners"
+        "session {key}: relayed to the {} process",
+        if start { "predecessor (handing over)" } else { "successor (taking over)" }
     );
     if sock
         .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nConnection: close\r\n\r\n")
@@ -146,8 +159,9 @@ async fn relay(sessions: Arc<Sessions>, mut sock: tokio::net::TcpStream, peer: S
         return;
     }
     // Joins like a viewer: on a keyframe near the live edge, PAT and PMT first (the start of
-    // the stream left the ring long ago).
-    client.position(false);
+    // the stream left the ring long ago); a session started for this request from its start.
+    let waited = start && !matches!(client.session().phase(), crate::streams::Phase::Streaming);
+    client.position(waited);
     let session = client.session().clone();
     let mut ring_changed = session.ring.subscribe();
     loop {

@@ -59,10 +59,10 @@ pub struct Sessions {
     /// HLS viewers present, and whether the task that lets them go runs.
     hls_viewers: Mutex<(HashMap<HlsViewerKey, HlsViewer>, bool)>,
     shutting_down: AtomicBool,
-    /// A graceful upgrade is handing the listeners to a new process: clients may still join
-    /// running sessions here, but no session starts (the new process starts it, and two starts of
-    /// one id would end each other's engine sessions).
-    starts_refused: AtomicBool,
+    /// A graceful upgrade is handing the listeners to a new process: clients still join running
+    /// sessions here, but a new session is read from the successor, never started on an engine
+    /// here (two starts of one id would end each other's engine sessions).
+    handing_over: AtomicBool,
     started_total: AtomicU64,
     metrics: Arc<Metrics>,
     /// Events for the orchestrator about our engine sessions.
@@ -73,6 +73,9 @@ pub struct Sessions {
     predecessor: Mutex<Option<std::net::SocketAddr>>,
     /// Upstream tasks running: a session is done once its task ended (and sent its stop).
     upstreams: Arc<std::sync::atomic::AtomicUsize>,
+    /// This process's relay: the file its address is written to, and the address. During an
+    /// upgrade the file names the successor's relay instead.
+    relay: Mutex<Option<(std::path::PathBuf, std::net::SocketAddr)>>,
 }
 
 impl Sessions {
@@ -89,13 +92,32 @@ impl Sessions {
             map: Mutex::new(HashMap::new()),
             hls_viewers: Mutex::new((HashMap::new(), false)),
             shutting_down: AtomicBool::new(false),
-            starts_refused: AtomicBool::new(false),
+            handing_over: AtomicBool::new(false),
             started_total: AtomicU64::new(0),
             events,
             metrics,
             predecessor: Mutex::new(None),
             upstreams: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            relay: Mutex::new(None),
         }
+    }
+
+    /// Records this process's relay (its address file and address).
+    pub fn set_relay(&self, file: std::path::PathBuf, addr: std::net::SocketAddr) {
+        *self.relay.lock().unwrap_or_else(|p| p.into_inner()) = Some((file, addr));
+    }
+
+    /// The successor's relay, once the process taking over has written its address in place of
+    /// ours.
+    pub fn successor(&self) -> Option<std::net::SocketAddr> {
+        let (file, own) = self
+            .relay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        let named: std::net::SocketAddr =
+            std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
+        (named != own).then_some(named)
     }
 
     /// Sessions whose upstream task still runs (ended sessions may still be sending stops).
@@ -123,7 +145,7 @@ impl Sessions {
         let session = {
             let map = self.map();
             let s = map.get(key)?.clone();
-            if matches!(s.phase(), Phase::Ended(_) | Phase::Failed(_)) {
+            if s.fed_by_successor || matches!(s.phase(), Phase::Ended(_) | Phase::Failed(_)) {
                 return None;
             }
             s.count_in();
@@ -185,14 +207,11 @@ impl Sessions {
             let mut map = self.map();
             let (session, created) = match map.get(content_id) {
                 Some(s) => (s.clone(), false),
-                None if self.starts_refused.load(Ordering::Acquire) => {
-                    return Err(EdgeError::NoEngine(
-                        "this process is handing over to its successor (graceful upgrade); retry"
-                            .into(),
-                    ));
-                }
                 None => {
-                    let s = Arc::new(StreamSession::new(content.clone(), &self.config()));
+                    let mut s = StreamSession::new(content.clone(), &self.config());
+                    // Handing over: the successor starts it; this process reads it from there.
+                    s.fed_by_successor = self.handing_over.load(Ordering::Acquire);
+                    let s = Arc::new(s);
                     map.insert(content_id.to_string(), s.clone());
                     (s, true)
                 }
@@ -424,9 +443,9 @@ impl Sessions {
             ));
     }
 
-    /// From now on no session starts here; joins of running sessions go on (a graceful upgrade).
-    pub fn refuse_starts(&self) {
-        self.starts_refused.store(true, Ordering::Release);
+    /// A graceful upgrade began: from now on a new session is read from the successor.
+    pub fn hand_over(&self) {
+        self.handing_over.store(true, Ordering::Release);
     }
 
     /// True once shutdown began (no new session is started).

@@ -230,6 +230,9 @@ pub struct StreamSession {
     client_progress: Notify,
     /// Set once the stream showed no clock.
     clockless: AtomicBool,
+    /// Created while this process hands over to its successor (a graceful upgrade): its stream
+    /// is read from the successor, never started on an engine here, and never relayed back.
+    pub(crate) fed_by_successor: bool,
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) cancel: watch::Sender<Option<StopReason>>,
     /// Clients attached now; the session's linger watches it.
@@ -268,6 +271,7 @@ impl StreamSession {
             ingest_waiting: AtomicBool::new(false),
             client_progress: Notify::new(),
             clockless: AtomicBool::new(false),
+            fed_by_successor: false,
             phase: watch::channel(Phase::Starting).0,
             cancel: watch::channel(None).0,
             attached: watch::channel(0).0,
