@@ -17,6 +17,10 @@
 //!   stream instead of starting one: no second engine session, and the old viewers keep theirs.
 //!   When the old process ends it, the new session fails over to an engine like after any
 //!   upstream end (the old one sent its stop first).
+//! - **Neither starts what the other may start.** For Pingora's hand-over time (about 5 s) both
+//!   processes accept. From SIGQUIT on, the old process starts no engine session: a new id that
+//!   reaches it is read from the successor's relay with `start=1` (the successor starts or joins
+//!   it), and such a session is never relayed back.
 //!
 //! Owned by the server: [`RelayService`] is a background service, [`note_upgrade`] is called by
 //! the signal watch, and the session reaper asks [`is_upgrading`].
