@@ -156,6 +156,17 @@ async fn wait_members(node: &Node, healthy: usize) {
     );
 }
 
+/// The first id from `content_id(from)` on that `asker` says `owner` owns.
+async fn id_owned_by(asker: &Node, owner: SocketAddr, from: u32) -> String {
+    for i in 0..200 {
+        let id = content_id(from + i);
+        if asker.cluster(&format!("?id={id}")).await["owner"] == owner.to_string() {
+            return id;
+        }
+    }
+    panic!("none of 200 ids is owned by {owner}");
+}
+
 /// Engine sessions being read now per id, over every engine.
 fn read_sessions(engines: &[&SimEngine]) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
@@ -363,15 +374,7 @@ async fn killed_node_viewers_move_and_nothing_flaps_when_it_returns() {
     let reading = read_sessions(&engines);
     assert!(reading.values().all(|n| *n == 1), "{reading:?}");
     // A new id the returned node owns starts on it, wherever its first client comes in.
-    let mut fresh = None;
-    for i in 0..200 {
-        let id = content_id(18_500 + i);
-        if nodes[0].cluster(&format!("?id={id}")).await["owner"] == addrs[victim].to_string() {
-            fresh = Some(id);
-            break;
-        }
-    }
-    let fresh = fresh.expect("some id is owned by the returned node");
+    let fresh = id_owned_by(&nodes[0], addrs[victim], 18_500).await;
     let v = Viewer::start(addrs[0], &fresh).await;
     assert!(v.gets(188 * 20).await);
     let on_victim = nodes[victim].cluster("").await["sessions"].clone();
@@ -523,15 +526,7 @@ async fn haproxy_front_hashes_ids_to_nodes() {
 async fn redirect_mode_sends_the_client_to_the_owner() {
     let e = sim(Knobs::default()).await;
     let nodes = fleet_in(2, &[&e], "redirect", "").await;
-    let mut found = None;
-    for i in 0..100 {
-        let id = content_id(18_600 + i);
-        if nodes[0].cluster(&format!("?id={id}")).await["owner"] == nodes[1].addr.to_string() {
-            found = Some(id);
-            break;
-        }
-    }
-    let id = found.expect("some id is owned by the second node");
+    let id = id_owned_by(&nodes[0], nodes[1].addr, 18_600).await;
     let mut r = get(nodes[0].addr, &format!("/ace/getstream?id={id}")).await;
     assert_eq!(r.status, 302);
     let location = r.header("location").unwrap().to_string();
@@ -559,15 +554,7 @@ async fn redirect_mode_sends_the_client_to_the_owner() {
 async fn hls_through_a_non_owner_is_forwarded() {
     let e = sim(Knobs::default()).await;
     let nodes = fleet(2, &[&e], "  hls_segment_seconds: 1\n").await;
-    let mut found = None;
-    for i in 0..100 {
-        let id = content_id(18_700 + i);
-        if nodes[0].cluster(&format!("?id={id}")).await["owner"] == nodes[1].addr.to_string() {
-            found = Some(id);
-            break;
-        }
-    }
-    let id = found.expect("some id is owned by the second node");
+    let id = id_owned_by(&nodes[0], nodes[1].addr, 18_700).await;
     let mut r = get(nodes[0].addr, &format!("/ace/manifest.m3u8?id={id}")).await;
     assert_eq!(r.status, 200);
     let playlist = String::from_utf8(r.read_to_end(1 << 20).await.unwrap()).unwrap();
