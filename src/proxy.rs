@@ -164,10 +164,8 @@ impl EdgeProxy {
             .uri
             .query()
             .and_then(|q| getstream::query_param(q, "id"));
-        let key = id.as_deref().map(|v| {
-            getstream::content_id(Some(&format!("id={v}")))
-                .map_or_else(|_| v.to_string(), |c| c.to_string())
-        });
+        let key =
+            id.map(|v| crate::engines::ContentKey::parse_key(&v).map_or(v, |c| c.to_string()));
         let held = self
             .sessions
             .list()

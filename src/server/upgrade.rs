@@ -142,7 +142,7 @@ async fn relay(sessions: Arc<Sessions>, mut sock: tokio::net::TcpStream, peer: S
     let handle = if start {
         ContentKey::parse_key(&key).and_then(|c| sessions.attach(&c, client).ok())
     } else {
-        sessions.join_existing(&key, client)
+        ContentKey::parse_key(&key).and_then(|c| sessions.join_existing(&c, client))
     };
     let Some(mut client) = handle else {
         let _ = sock

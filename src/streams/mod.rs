@@ -135,26 +135,16 @@ impl Sessions {
         *self.predecessor.lock().unwrap_or_else(|p| p.into_inner()) = relay;
     }
 
-    /// Attaches a client to the session of `key` only if it exists and has not ended (the
-    /// relay of an upgrade: it never starts anything).
+    /// Attaches a client to the session of `content` only if it exists, has not ended and is
+    /// not itself read from a successor (the relay of an upgrade: it never starts anything).
     pub fn join_existing(
         self: &Arc<Self>,
-        key: &str,
+        content: &ContentKey,
         addr: Option<ClientAddr>,
     ) -> Option<ClientHandle> {
-        let session = {
-            let map = self.map();
-            let s = map.get(key)?.clone();
-            if s.fed_by_successor || matches!(s.phase(), Phase::Ended(_) | Phase::Failed(_)) {
-                return None;
-            }
-            s.count_in();
-            s
-        };
-        self.metrics.client_joins.inc();
-        self.metrics.clients_active.inc();
-        session.joins.fetch_add(1, Ordering::Relaxed);
-        Some(ClientHandle::new(self.clone(), session, addr, Protocol::Ts))
+        self.attach_inner(content, addr, Protocol::Ts, false)
+            .ok()
+            .flatten()
     }
 
     /// The metrics sessions report into.
@@ -198,6 +188,19 @@ impl Sessions {
         addr: Option<ClientAddr>,
         protocol: Protocol,
     ) -> Result<ClientHandle, EdgeError> {
+        let attached = self.attach_inner(content, addr, protocol, true)?;
+        attached.ok_or_else(|| EdgeError::NoEngine("the session could not be created".into()))
+    }
+
+    /// Attaches a client; with `create`, starting the session if there is none, else only to a
+    /// live session that is not read from a successor (`Ok(None)` otherwise).
+    fn attach_inner(
+        self: &Arc<Self>,
+        content: &ContentKey,
+        addr: Option<ClientAddr>,
+        protocol: Protocol,
+        create: bool,
+    ) -> Result<Option<ClientHandle>, EdgeError> {
         let content_id = content.to_string();
         let content_id = content_id.as_str();
         if self.shutting_down.load(Ordering::Acquire) {
@@ -206,7 +209,15 @@ impl Sessions {
         let (session, created, clients) = {
             let mut map = self.map();
             let (session, created) = match map.get(content_id) {
+                Some(s)
+                    if !create
+                        && (s.fed_by_successor
+                            || matches!(s.phase(), Phase::Ended(_) | Phase::Failed(_))) =>
+                {
+                    return Ok(None)
+                }
                 Some(s) => (s.clone(), false),
+                None if !create => return Ok(None),
                 None => {
                     let mut s = StreamSession::new(content.clone(), &self.config());
                     // Handing over: the successor starts it; this process reads it from there.
@@ -243,7 +254,12 @@ impl Sessions {
             "client {} joined session {content_id}: clients now {clients}",
             addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
         );
-        Ok(ClientHandle::new(self.clone(), session, addr, protocol))
+        Ok(Some(ClientHandle::new(
+            self.clone(),
+            session,
+            addr,
+            protocol,
+        )))
     }
 
     /// Counts a client out; the last one starts the session's linger (its upstream task watches
