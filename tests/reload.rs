@@ -40,7 +40,7 @@ async fn sighup_applies_engines_and_token_and_keeps_streams() {
     let conf = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(conf.path(), yaml(port, &[a.addr().port()], "old")).unwrap();
     let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .arg("-c")
         .arg(conf.path())
         .env("RUST_LOG", "info")
@@ -48,6 +48,7 @@ async fn sighup_applies_engines_and_token_and_keeps_streams() {
         .stdout(Stdio::null())
         .stderr(log.reopen().unwrap())
         .spawn()
+        .map(Process::new)
         .unwrap();
     let log_text = || std::fs::read_to_string(log.path()).unwrap_or_default();
     assert!(
@@ -75,7 +76,7 @@ async fn sighup_applies_engines_and_token_and_keeps_streams() {
         yaml(port, &[a.addr().port(), b.addr().port()], "new"),
     )
     .unwrap();
-    let hup = |child: &std::process::Child| {
+    let hup = |child: &Process| {
         Command::new("kill")
             .args(["-HUP", &child.id().to_string()])
             .status()
@@ -143,7 +144,7 @@ async fn sighup_applies_engines_and_token_and_keeps_streams() {
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(child.wait().success());
     let text = log_text();
     let refusal = text
         .lines()
@@ -172,7 +173,7 @@ async fn json_logs_carry_fields() {
         )
         .unwrap();
         let log = tempfile::NamedTempFile::new().unwrap();
-        let mut child = Command::new(BIN)
+        let child = Command::new(BIN)
             .arg("-c")
             .arg(conf.path())
             .env("RUST_LOG", filter)
@@ -180,6 +181,7 @@ async fn json_logs_carry_fields() {
             .stdout(Stdio::null())
             .stderr(log.reopen().unwrap())
             .spawn()
+            .map(Process::new)
             .unwrap();
         assert!(
             wait_until(Duration::from_secs(20), || async {
@@ -201,7 +203,7 @@ async fn json_logs_carry_fields() {
             .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap();
-        assert!(child.wait().unwrap().success());
+        assert!(child.wait().success());
         let text = std::fs::read_to_string(log.path()).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()

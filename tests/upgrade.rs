@@ -8,12 +8,12 @@ use acestream_edge::sim::Knobs;
 use common::*;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_acestream-edge");
 
-fn spawn(conf: &Path, upgrade: bool, log: &Path) -> Child {
+fn spawn(conf: &Path, upgrade: bool, log: &Path) -> Process {
     let mut cmd = Command::new(BIN);
     cmd.arg("-c").arg(conf);
     if upgrade {
@@ -24,6 +24,7 @@ fn spawn(conf: &Path, upgrade: bool, log: &Path) -> Child {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
+        .map(Process::new)
         .unwrap()
 }
 
@@ -159,7 +160,6 @@ async fn upgrade_keeps_viewers_and_one_engine_session_per_id() {
         drop(fresh);
         let exited = tokio::task::spawn_blocking(move || current.wait())
             .await
-            .unwrap()
             .unwrap();
         assert!(
             exited.success(),
@@ -179,7 +179,7 @@ async fn upgrade_keeps_viewers_and_one_engine_session_per_id() {
         .args(["-TERM", &current.id().to_string()])
         .status()
         .unwrap();
-    assert!(current.wait().unwrap().success());
+    assert!(current.wait().success());
     let s = e.stats();
     assert_eq!(s.sessions_started, 9);
     assert_eq!(s.stop_calls.values().sum::<u64>(), 9, "{:?}", s.stop_calls);

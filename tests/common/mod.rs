@@ -564,3 +564,33 @@ impl Drop for Viewer {
         self.task.abort();
     }
 }
+
+/// A child process that is killed when dropped, so a failing test leaves nothing running.
+pub struct Process(Option<std::process::Child>);
+
+impl Process {
+    /// Takes charge of `child`.
+    pub fn new(child: std::process::Child) -> Process {
+        Process(Some(child))
+    }
+
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// Waits for it to exit by itself.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        let mut child = self.0.take().expect("a running child");
+        child.wait().expect("wait for the child")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
