@@ -184,3 +184,71 @@ async fn upgrade_keeps_viewers_and_one_engine_session_per_id() {
     assert_eq!(s.sessions_started, 9);
     assert_eq!(s.stop_calls.values().sum::<u64>(), 9, "{:?}", s.stop_calls);
 }
+
+/// A session the new process reads from the old one that nobody watches any more (it lingers
+/// `stream_idle_timeout`) ends when the old process ends it at its drain limit: the engine gets
+/// no second start for nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unwatched_relayed_session_ends_with_its_relay() {
+    let e = sim(Knobs::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let conf = dir.path().join("edge.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "version: 1\nthreads: 2\npid_file: {}\nupgrade_sock: {}\ngrace_period_seconds: 10\ngraceful_shutdown_timeout_seconds: 2\nacestream:\n  listen: [\"127.0.0.1:{port}\"]\n  engines: [{{host: 127.0.0.1, port: {}}}]\n  stream_idle_timeout: 60\n",
+            dir.path().join("edge.pid").display(),
+            sock.display(),
+            e.addr().port()
+        ),
+    )
+    .unwrap();
+    let (old_log, new_log) = (dir.path().join("old.log"), dir.path().join("new.log"));
+    let old = spawn(&conf, false, &old_log);
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await
+    );
+    let id = content_id(19_700);
+    let first = Viewer::start(addr, &id).await;
+    assert!(first.gets(188 * 50).await);
+    let new = spawn(&conf, true, &new_log);
+    assert!(wait_until(Duration::from_secs(10), || async { sock.exists() }).await);
+    Command::new("kill")
+        .args(["-QUIT", &old.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            text(&old_log).contains("upgrade: the new process has the listeners")
+        })
+        .await
+    );
+    let second = Viewer::start(addr, &id).await;
+    assert!(second.gets(188 * 50).await);
+    drop(first);
+    drop(second);
+    // The old process's drain limit (2 s) ends its session, and so the relay.
+    let exited = tokio::task::spawn_blocking(move || old.wait())
+        .await
+        .unwrap();
+    assert!(exited.success());
+    let gone = wait_until(Duration::from_secs(5), || async {
+        get_json(addr, "/proxy/sessions").await.1["sessions"]
+            .as_array()
+            .is_some_and(|s| s.is_empty())
+    })
+    .await;
+    assert!(
+        gone,
+        "the relayed session outlived its relay: {}",
+        text(&new_log)
+    );
+    assert_eq!(e.stats().getstream_calls.get(&id), Some(&1));
+    drop(new);
+}

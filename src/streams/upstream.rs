@@ -190,6 +190,11 @@ async fn stream(sessions: &Sessions, session: &Arc<StreamSession>, config: &Conf
         while let Some(chunk) = chunker.next_flush() {
             ingest.release(chunk).await;
         }
+        if session.state().relayed && session.client_count() == 0 {
+            // A relayed session (a graceful upgrade) that nobody watches any more ends with its
+            // relay: an engine session started for it would serve no one.
+            return Outcome::Stopped(StopReason::IdleTimeout);
+        }
         if !budget.take(Instant::now()) {
             return Outcome::Stopped(StopReason::Upstream(reason));
         }
