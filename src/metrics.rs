@@ -27,6 +27,10 @@ pub struct Metrics {
     pub client_leaves: IntCounter,
     /// Clients dropped for falling off the ring or not accepting bytes.
     pub slow_client_drops: IntCounter,
+    /// TS viewers by how their bytes are written: `path="sendfile"` (zero copy, `reason="-"`) or
+    /// `path="copy"` with why zero copy was not possible (`disabled`, `transport`, `no_pages`,
+    /// `socket`).
+    pub ts_viewer_paths: IntCounterVec,
     /// Stream bytes read from engines.
     pub upstream_bytes: IntCounter,
     /// Live sessions moved to another engine after an upstream failure.
@@ -177,6 +181,12 @@ impl Metrics {
                 &r,
                 "acestream_edge_slow_client_drops_total",
                 "Clients dropped for falling behind the ring",
+            ),
+            ts_viewer_paths: counter_vec(
+                &r,
+                "acestream_edge_ts_viewers_total",
+                "TS viewers by write path (sendfile or copy) and why a viewer copies",
+                &["path", "reason"],
             ),
             upstream_bytes: counter(
                 &r,

@@ -22,7 +22,9 @@ async fn two_clients_share_one_engine_session() {
     let mut a = get(server.addr, &path).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.header("content-type"), Some("video/mp2t"));
-    assert_eq!(a.header("transfer-encoding"), Some("chunked"));
+    // A zero-copy viewer's body is close-delimited: no chunk framing around each `sendfile`.
+    assert!(a.header("transfer-encoding").is_none());
+    assert_eq!(a.header("connection"), Some("close"));
     assert!(a.header("content-length").is_none());
     let (a_before, _) = read_for(&mut a, Duration::from_secs(5), 300_000).await;
     let mut b = get(server.addr, &path).await;
@@ -499,4 +501,75 @@ async fn infohash_is_its_own_key() {
     let (status, v) = get_json(server.addr, &format!("/proxy/sessions/{hex}")).await;
     assert_eq!(status, 200);
     assert_eq!(v["ace_id"], hex.as_str());
+}
+
+/// Finds `b`'s stream (after its PAT + PMT lead-in) inside `a` and returns how many bytes from
+/// there are equal in both, with the length they could share.
+fn common_run(a: &[u8], b: &[u8]) -> (usize, usize) {
+    let b_whole = &b[..b.len() / 188 * 188];
+    assert!(ts_aligned(b_whole), "not on the 188-byte grid");
+    assert_eq!(
+        acestream_edge::ts::pid(b_whole),
+        acestream_edge::ts::PAT_PID
+    );
+    let b_whole = &b_whole[2 * 188..];
+    let probe = &b_whole[..188 * 64];
+    let at = a
+        .windows(probe.len())
+        .position(|w| w == probe)
+        .expect("B's first bytes appear in A's stream");
+    let len = (a.len() - at).min(b_whole.len());
+    let same = a[at..at + len]
+        .iter()
+        .zip(&b_whole[..len])
+        .take_while(|(x, y)| x == y)
+        .count();
+    (same, len)
+}
+
+/// A viewer served by `sendfile` from the page file and one served by the copying path
+/// (`zero_copy: false`, applied live) receive byte-identical TS from the moment both watch; the
+/// first is close-delimited, the second chunked; the metric counts each path.
+#[tokio::test(flavor = "multi_thread")]
+async fn sendfile_and_copying_viewers_get_identical_bytes() {
+    let e = sim(Knobs::default()).await;
+    let config = proxy_config(&[&e], "");
+    let server = start_proxy(config.clone());
+    let path = format!("/ace/getstream?id={}", content_id(11));
+    let mut a = get(server.addr, &path).await;
+    assert_eq!(a.status, 200);
+    assert!(
+        a.header("transfer-encoding").is_none(),
+        "zero copy is close-delimited"
+    );
+    let (a_before, _) = read_for(&mut a, Duration::from_secs(5), 300_000).await;
+    server
+        .edge
+        .sessions
+        .set_config(acestream_edge::config::Config {
+            zero_copy: false,
+            ..config.clone()
+        });
+    let mut b = get(server.addr, &path).await;
+    assert_eq!(b.status, 200);
+    assert_eq!(b.header("transfer-encoding"), Some("chunked"));
+    let (a_data, b_data) = tokio::join!(
+        read_for(&mut a, Duration::from_secs(3), usize::MAX),
+        read_for(&mut b, Duration::from_secs(3), usize::MAX)
+    );
+    let mut a_all = a_before.to_vec();
+    a_all.extend_from_slice(&a_data.0);
+    let (same, len) = common_run(&a_all, &b_data.0);
+    assert!(len > 500_000, "only {len} bytes in common");
+    assert_eq!(
+        same, len,
+        "sendfile and copying viewers differ after {same} bytes"
+    );
+    let paths = &server.edge.metrics.ts_viewer_paths;
+    assert_eq!(paths.with_label_values(&["sendfile", "-"]).get(), 1);
+    assert_eq!(paths.with_label_values(&["copy", "disabled"]).get(), 1);
+    let (ok, err) = ffmpeg_decode(&a_all);
+    assert!(ok, "the sendfile viewer's stream decodes: {err}");
+    drop((a, b));
+    server.stop();
 }

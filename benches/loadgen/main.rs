@@ -1,5 +1,6 @@
 //! `make bench`: a streaming load generator and the benchmark scenarios, run side by side against
-//! the proxy and against the simulator serving the same clients directly (the floor).
+//! the proxy, the simulator serving the same clients directly, and (for fan-out) a minimal
+//! `sendfile` fan-out, the floor (`floor.rs`), and the proxy on its copying path.
 //!
 //! Everything runs on 127.0.0.1 with the release binaries (`ace-engine-sim`, `acestream-edge`) as
 //! separate processes, so the CPU and memory of the server under test come from its own
@@ -8,8 +9,9 @@
 //!
 //! Arguments (after `cargo bench --bench loadgen --`): `quick` runs one pass with small N;
 //! a scenario name (`fanout`, `sessions`, `start`, `raw`, `slow`, `churn`, `clockless`, `hls`, `fleet`) runs
-//! only that one.
+//! only that one; `fanout10k` (10,000 viewers of 1 Mbit/s, floor and proxy) runs only when named.
 
+mod floor;
 mod load;
 mod procs;
 mod scenarios;
@@ -49,6 +51,9 @@ pub fn print_row(r: &Report) {
 }
 
 fn main() {
+    if floor::run_if_asked() {
+        return;
+    }
     // `cargo test --all-targets` runs bench binaries too; the load generator only runs under
     // `cargo bench` (which passes `--bench`).
     if !std::env::args().any(|a| a == "--bench") {
@@ -97,6 +102,9 @@ fn main() {
         }
         if want("fanout") {
             scenarios::fanout(&o, &mut out).await;
+        }
+        if only.iter().any(|a| *a == "fanout10k") {
+            scenarios::fanout_10k(&o, &mut out).await;
         }
         if want("sessions") {
             scenarios::many_sessions(&o, &mut out).await;

@@ -118,6 +118,21 @@ pub fn start_proxy_on(port: u16, sim: SocketAddr, extra: &str) -> Proc {
     Proc { child, addr }
 }
 
+/// The floor fan-out (`super::floor`): this bench binary again, as a server reading `sim`.
+pub fn start_floor(sim: SocketAddr) -> Proc {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = Command::new(std::env::current_exe().expect("own path"))
+        .env("LOADGEN_FLOOR_UPSTREAM", sim.to_string())
+        .env("LOADGEN_FLOOR_LISTEN", addr.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start floor");
+    wait_listening(addr);
+    Proc { child, addr }
+}
+
 /// Any program that listens on `port` once started (HAProxy).
 pub fn start_process(program: &str, args: &[&str], port: u16) -> Proc {
     let child = Command::new(program)

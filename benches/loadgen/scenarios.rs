@@ -15,6 +15,74 @@ pub struct Opts {
     pub runs: u32,
 }
 
+/// Who serves the fan-out rows, side by side in one run.
+#[derive(Clone, Copy, PartialEq)]
+enum FanoutServer {
+    /// The simulator itself, one engine session per viewer.
+    Direct,
+    /// The minimal `sendfile` fan-out ([`super::floor`]).
+    Floor,
+    /// The proxy on its copying path (`zero_copy: false`: one write of every byte per viewer,
+    /// the design before the page file).
+    ProxyCopy,
+    /// The proxy as shipped (zero copy).
+    Proxy,
+}
+
+impl FanoutServer {
+    fn label(self) -> &'static str {
+        match self {
+            FanoutServer::Direct => "direct",
+            FanoutServer::Floor => "floor (sendfile)",
+            FanoutServer::ProxyCopy => "proxy (copy)",
+            FanoutServer::Proxy => "proxy",
+        }
+    }
+}
+
+/// One stream, N viewers, served by each [`FanoutServer`] in turn.
+async fn fanout_rows(
+    scenario: &str,
+    run: u32,
+    n: usize,
+    bitrate: u64,
+    servers: &[FanoutServer],
+    out: &mut Vec<Report>,
+) {
+    for &server in servers {
+        let sim = start_sim(bitrate);
+        let proc_ = match server {
+            FanoutServer::Direct => None,
+            FanoutServer::Floor => Some(start_floor(sim.addr)),
+            FanoutServer::ProxyCopy => Some(start_proxy(sim.addr, "  zero_copy: false\n")),
+            FanoutServer::Proxy => Some(start_proxy(sim.addr, "")),
+        };
+        let load = match &proc_ {
+            // One id, N viewers through the proxy or the floor.
+            Some(p) => Load::streaming(
+                Target::Proxy,
+                p.addr,
+                p.pid(),
+                vec![content_id(1)],
+                n,
+                bitrate,
+            ),
+            // N viewers, each its own engine session.
+            None => Load::streaming(
+                Target::Direct,
+                sim.addr,
+                sim.pid(),
+                (0..n as u32).map(content_id).collect(),
+                1,
+                bitrate,
+            ),
+        };
+        let mut r = run_load(scenario, run, load).await;
+        r.target = server.label().into();
+        record(out, r);
+    }
+}
+
 pub async fn fanout(o: &Opts, out: &mut Vec<Report>) {
     // BENCH_FANOUT_N=1000 runs one N, through the proxy only (for profiling).
     let only_n: Option<usize> = std::env::var("BENCH_FANOUT_N")
@@ -25,34 +93,36 @@ pub async fn fanout(o: &Opts, out: &mut Vec<Report>) {
     } else {
         vec![100, 500, 1000, 2000]
     };
-    let bitrate = 4_000_000;
+    let servers: &[FanoutServer] = if only_n.is_some() {
+        &[FanoutServer::Proxy]
+    } else {
+        &[
+            FanoutServer::Direct,
+            FanoutServer::Floor,
+            FanoutServer::ProxyCopy,
+            FanoutServer::Proxy,
+        ]
+    };
     for run in 1..=o.runs {
         for &n in only_n.as_ref().map(std::slice::from_ref).unwrap_or(&all) {
-            for target in [Target::Direct, Target::Proxy] {
-                if only_n.is_some() && matches!(target, Target::Direct) {
-                    continue;
-                }
-                let sim = start_sim(bitrate);
-                let proxy = matches!(target, Target::Proxy).then(|| start_proxy(sim.addr, ""));
-                let load = match &proxy {
-                    // One id, N viewers through the proxy.
-                    Some(p) => {
-                        Load::streaming(target, p.addr, p.pid(), vec![content_id(1)], n, bitrate)
-                    }
-                    // The floor: N viewers, each its own engine session.
-                    None => Load::streaming(
-                        target,
-                        sim.addr,
-                        sim.pid(),
-                        (0..n as u32).map(content_id).collect(),
-                        1,
-                        bitrate,
-                    ),
-                };
-                record(out, run_load("fanout", run, load).await);
-            }
+            fanout_rows("fanout", run, n, 4_000_000, servers, out).await;
         }
     }
+}
+
+/// 10,000 viewers of a 1 Mbit/s stream on one node (`fanout10k`; not in the default run: it
+/// needs 10,000 descriptors on each side and takes the load generator most of the machine).
+pub async fn fanout_10k(o: &Opts, out: &mut Vec<Report>) {
+    let n = if o.quick { 2000 } else { 10_000 };
+    fanout_rows(
+        "fanout10k",
+        1,
+        n,
+        1_000_000,
+        &[FanoutServer::Floor, FanoutServer::Proxy],
+        out,
+    )
+    .await;
 }
 
 pub async fn many_sessions(o: &Opts, out: &mut Vec<Report>) {

@@ -103,6 +103,10 @@ pub struct Config {
     /// stalled player's lag shows in the ring, where it is measured and bounded, rather than
     /// hiding in kernel memory (up to 4 MiB per viewer).
     pub client_send_buffer: usize,
+    /// Serve HTTP/1 TS viewers from the session's page file with `sendfile` (one copy of the
+    /// stream in memory, none per viewer), close-delimited. `false`, or a connection where it is
+    /// not possible (HTTP/2, a kernel without `memfd`), uses the copying path. Default true.
+    pub zero_copy: bool,
     /// `max_failovers` counts failovers within this window. Default 60 s.
     pub failover_window: Duration,
     /// Timeout of the fire-and-forget `method=stop` call when a session ends (engines may hang;
@@ -838,6 +842,7 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         stream_buffer_seconds: w.stream_buffer_seconds.0,
         stream_buffer_max_bytes,
         client_send_buffer: w.client_send_buffer as usize,
+        zero_copy: w.zero_copy,
         failover_window: w.failover_window.0,
         engine_stop_timeout: w.engine_stop_timeout.0,
         failover_stop_timeout: w.failover_stop_timeout.0,

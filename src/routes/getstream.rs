@@ -7,15 +7,19 @@
 
 use super::{write_error, Route};
 use crate::access::Access;
+use crate::config::Config;
 use crate::engines::{ContentKey, ContentKind};
 use crate::error::EdgeError;
 use crate::streams::client::Next;
+use crate::streams::sendfile::{CopyReason, ViewerSocket};
 use crate::streams::ClientHandle;
 use crate::streams::{Phase, Sessions};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session as HttpSession;
+use std::future::Future;
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// The first value of `name` in a query string, percent-decoded (for every route).
 pub fn query_param(query: &str, name: &str) -> Option<String> {
@@ -83,7 +87,7 @@ pub async fn serve(
     }
     if s.req_header().method == http::Method::HEAD {
         // A player's probe: answer the stream's headers without starting anything.
-        let h = stream_header(s)?;
+        let h = stream_header(s, false)?;
         return s.write_response_header(Box::new(h), true).await;
     }
     let addr = access.client_of(s);
@@ -129,66 +133,51 @@ pub async fn serve(
     }
     client.position(waited);
     s.set_write_timeout(Some(config.client_timeout));
-    let h = stream_header(s)?;
+    // Decided before the head: it sets the framing (close-delimited for sendfile, see below).
+    let path = if !config.zero_copy {
+        Err(CopyReason::Disabled)
+    } else if session.ring.pages().is_none() {
+        Err(CopyReason::NoPages)
+    } else {
+        ViewerSocket::of(s.stream())
+    };
+    let h = stream_header(s, path.is_ok())?;
     s.write_response_header(Box::new(h), false).await?;
     // A stream's response counts when its headers go out, not hours later when it ends (the
     // logging hook skips it then).
-    sessions
-        .metrics()
+    let metrics = sessions.metrics();
+    metrics
         .http_responses
         .with_label_values(&[Route::GetStream.label(), "200"])
         .inc();
-    let mut ring_changed = session.ring.subscribe();
-    let end = loop {
-        ring_changed.borrow_and_update();
-        match client.next_step() {
-            Next::Write(chunks) => {
-                let mut stop = None;
-                for chunk in chunks {
-                    let outcome = tokio::select! {
-                        r = s.write_response_body(Some(chunk.clone()), false) => r.map_err(|e| {
-                            if e.etype() == &pingora::ErrorType::WriteTimedout {
-                                sessions.metrics().slow_client_drops.inc();
-                                sessions.metrics().client_lag_at_drop.observe(client.lag_seconds());
-                                Leaving::Dropped(format!("accepted nothing for {:?}", config.client_timeout))
-                            } else {
-                                Leaving::Closed(e.to_string())
-                            }
-                        }),
-                        behind = client.fell_off(&mut ring_changed) => Err(Leaving::Dropped(lagged(sessions, &client, &id, behind))),
-                    };
-                    match outcome {
-                        Ok(()) => client.wrote(&chunk),
-                        Err(e) => {
-                            stop = Some(e);
-                            break;
-                        }
-                    }
-                }
-                if let Some(leaving) = stop {
-                    leaving.log(&client, &id);
-                    break End::Dropped;
-                }
-            }
-            Next::Wait => {
-                let keepalive_due = tokio::time::Instant::now() + config.keepalive_interval;
-                tokio::select! {
-                    _ = ring_changed.changed() => {}
-                    _ = s.read_body_or_idle(true) => break End::Dropped,
-                    _ = tokio::time::sleep_until(keepalive_due), if keepalive => {
-                        if let Err(e) = s.write_response_body(Some(Bytes::from_static(&crate::ts::NULL_PACKET)), false).await {
-                            Leaving::Closed(e.to_string()).log(&client, &id);
-                            break End::Dropped;
-                        }
-                    }
-                }
-            }
-            Next::Lagged(behind) => {
-                let why = lagged(sessions, &client, &id, behind);
-                Leaving::Dropped(why).log(&client, &id);
-                break End::Dropped;
-            }
-            Next::End => break End::Finished,
+    let end = match path {
+        Ok(socket) => {
+            metrics
+                .ts_viewer_paths
+                .with_label_values(&["sendfile", "-"])
+                .inc();
+            let mut viewer = Viewer {
+                s,
+                sessions,
+                client: &mut client,
+                config: &config,
+                id: &id,
+            };
+            viewer.stream_zero_copy(&socket).await
+        }
+        Err(reason) => {
+            metrics
+                .ts_viewer_paths
+                .with_label_values(&["copy", reason.label()])
+                .inc();
+            let mut viewer = Viewer {
+                s,
+                sessions,
+                client: &mut client,
+                config: &config,
+                id: &id,
+            };
+            viewer.stream_copying().await
         }
     };
     // Never reuse a stream's connection.
@@ -200,6 +189,241 @@ pub async fn serve(
         End::Dropped => s.shutdown().await,
     }
     Ok(())
+}
+
+/// One TS viewer's response body: its request, its place in the session, and the settings.
+struct Viewer<'a> {
+    s: &'a mut HttpSession,
+    sessions: &'a Arc<Sessions>,
+    client: &'a mut ClientHandle,
+    config: &'a Config,
+    id: &'a str,
+}
+
+impl Viewer<'_> {
+    /// The copying path: every piece through Pingora's body writer (chunked on HTTP/1.1), one
+    /// `write` of the stream's bytes per viewer.
+    async fn stream_copying(&mut self) -> End {
+        let session = self.client.session().clone();
+        let mut ring_changed = session.ring.subscribe();
+        loop {
+            ring_changed.borrow_and_update();
+            match self.client.next_step() {
+                Next::Write(chunks) => {
+                    for chunk in chunks {
+                        let write = self.s.write_response_body(Some(chunk.clone()), false);
+                        if let Err(leaving) = guarded(
+                            write,
+                            self.client,
+                            &mut ring_changed,
+                            self.sessions,
+                            self.config,
+                            self.id,
+                        )
+                        .await
+                        {
+                            leaving.log(self.client, self.id);
+                            return End::Dropped;
+                        }
+                        self.client.wrote(&chunk);
+                    }
+                }
+                Next::Wait => {
+                    if let Err(end) = self.wait(&mut ring_changed, None).await {
+                        return end;
+                    }
+                }
+                Next::Lagged(behind) => return self.lagged(behind),
+                Next::End => return End::Finished,
+            }
+        }
+    }
+
+    /// The zero-copy path: ring bytes go to the socket with `sendfile` from the session's page
+    /// file, in runs of up to a read batch of chunks; the few bytes that are not in it in stream
+    /// order (the join's PAT + PMT and partial chunk, keepalive nulls) are sent as they are. The
+    /// first piece goes through Pingora's writer, which flushes the response head with it.
+    async fn stream_zero_copy(&mut self, socket: &ViewerSocket) -> End {
+        let session = self.client.session().clone();
+        let ring = &session.ring;
+        let mut ring_changed = ring.subscribe();
+        let mut head_flushed = false;
+        // The next stream byte to send, when a `sendfile` stopped inside a chunk.
+        let mut sent_upto: Option<u64> = None;
+        loop {
+            ring_changed.borrow_and_update();
+            let chunks = match self.client.next_step() {
+                Next::Write(chunks) => chunks,
+                Next::Wait => {
+                    match self
+                        .wait(&mut ring_changed, head_flushed.then_some(socket))
+                        .await
+                    {
+                        Ok(null_sent) => head_flushed |= null_sent,
+                        Err(end) => return end,
+                    }
+                    continue;
+                }
+                Next::Lagged(behind) => return self.lagged(behind),
+                Next::End => return End::Finished,
+            };
+            let pages = ring.pages().filter(|_| head_flushed);
+            let sent = match (self.client.ring_offset(), pages) {
+                (Some(first), Some(pages)) => {
+                    let end = first + chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+                    let from = sent_upto
+                        .filter(|p| (first..end).contains(p))
+                        .unwrap_or(first);
+                    let send = socket.send_file(pages.fd(), from, (end - from) as usize);
+                    match self.guard(send, &mut ring_changed).await {
+                        // Bytes punched before `sendfile` read them may have gone out as zeros:
+                        // only a reader that had fallen off the ring's tail can see that.
+                        Ok(_) if pages.released() > from => Err(Leaving::Dropped(lagged(
+                            self.sessions,
+                            self.client,
+                            self.id,
+                            ring.published_bytes().saturating_sub(from),
+                        ))),
+                        Ok(n) => {
+                            let upto = from + n as u64;
+                            let mut at = first;
+                            for c in &chunks {
+                                at += c.len() as u64;
+                                if at > upto {
+                                    break;
+                                }
+                                self.client.wrote(c);
+                            }
+                            sent_upto = Some(upto);
+                            Ok(())
+                        }
+                        Err(leaving) => Err(leaving),
+                    }
+                }
+                (ring_offset, _) => {
+                    // Join pieces, the head's first piece, or a page file that failed: as bytes,
+                    // skipping what a `sendfile` already sent of the first chunk.
+                    let mut skip = match (ring_offset, sent_upto) {
+                        (Some(first), Some(upto)) => upto.saturating_sub(first) as usize,
+                        _ => 0,
+                    };
+                    let mut result = Ok(());
+                    for chunk in &chunks {
+                        let piece = chunk.slice(skip.min(chunk.len())..);
+                        skip = skip.saturating_sub(chunk.len());
+                        result = if head_flushed {
+                            let send = socket.send_all(&piece);
+                            self.guard(send, &mut ring_changed).await
+                        } else {
+                            head_flushed = true;
+                            let write = self.s.write_response_body(Some(piece), false);
+                            guarded(
+                                write,
+                                self.client,
+                                &mut ring_changed,
+                                self.sessions,
+                                self.config,
+                                self.id,
+                            )
+                            .await
+                        };
+                        if result.is_err() {
+                            break;
+                        }
+                        self.client.wrote(chunk);
+                    }
+                    sent_upto = None;
+                    result
+                }
+            };
+            if let Err(leaving) = sent {
+                leaving.log(self.client, self.id);
+                return End::Dropped;
+            }
+        }
+    }
+
+    /// Waits for the ring to change; sends a keepalive null packet when due (through `socket`
+    /// when given, else through Pingora, which flushes the head with it). `Ok(true)` when a null
+    /// went out, `Err` when the client is gone.
+    async fn wait(
+        &mut self,
+        ring_changed: &mut watch::Receiver<u64>,
+        socket: Option<&ViewerSocket>,
+    ) -> Result<bool, End> {
+        let keepalive = !self.config.keepalive_interval.is_zero();
+        let keepalive_due = tokio::time::Instant::now() + self.config.keepalive_interval;
+        tokio::select! {
+            _ = ring_changed.changed() => return Ok(false),
+            _ = self.s.read_body_or_idle(true) => return Err(End::Dropped),
+            _ = tokio::time::sleep_until(keepalive_due), if keepalive => {}
+        }
+        let null = Bytes::from_static(&crate::ts::NULL_PACKET);
+        let sent = match socket {
+            Some(socket) => socket.send_all(&null).await.map_err(|e| e.to_string()),
+            None => self
+                .s
+                .write_response_body(Some(null), false)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match sent {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                Leaving::Closed(e).log(self.client, self.id);
+                Err(End::Dropped)
+            }
+        }
+    }
+
+    /// Drops a client that fell off the ring's tail.
+    fn lagged(&mut self, behind: u64) -> End {
+        let why = lagged(self.sessions, self.client, self.id, behind);
+        Leaving::Dropped(why).log(self.client, self.id);
+        End::Dropped
+    }
+
+    /// [`guarded`] for this viewer's socket writes.
+    async fn guard<T>(
+        &self,
+        write: impl Future<Output = std::io::Result<T>>,
+        ring_changed: &mut watch::Receiver<u64>,
+    ) -> Result<T, Leaving> {
+        guarded(
+            write,
+            self.client,
+            ring_changed,
+            self.sessions,
+            self.config,
+            self.id,
+        )
+        .await
+    }
+}
+
+/// A write to a viewer, bounded the same way on both paths: dropped (and counted) when its
+/// socket accepts nothing for `client_timeout`, or when the ring evicts the chunk it is writing
+/// (it fell off the tail); any other failure means the client left.
+async fn guarded<T, E: std::fmt::Display>(
+    write: impl Future<Output = Result<T, E>>,
+    client: &ClientHandle,
+    ring_changed: &mut watch::Receiver<u64>,
+    sessions: &Sessions,
+    config: &Config,
+    id: &str,
+) -> Result<T, Leaving> {
+    tokio::select! {
+        r = tokio::time::timeout(config.client_timeout, write) => match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(Leaving::Closed(e.to_string())),
+            Err(_) => {
+                sessions.metrics().slow_client_drops.inc();
+                sessions.metrics().client_lag_at_drop.observe(client.lag_seconds());
+                Err(Leaving::Dropped(format!("accepted nothing for {:?}", config.client_timeout)))
+            }
+        },
+        behind = client.fell_off(ring_changed) => Err(Leaving::Dropped(lagged(sessions, client, id, behind))),
+    }
 }
 
 /// Why a client's stream ended before the stream did.
@@ -247,12 +471,15 @@ fn lagged(sessions: &Sessions, client: &ClientHandle, id: &str, behind: u64) -> 
     format!("fell {behind} bytes ({seconds:.1} s) behind the live edge")
 }
 
-/// `200 video/mp2t`, chunked for HTTP/1.1, close-delimited for HTTP/1.0.
-fn stream_header(s: &mut HttpSession) -> pingora::Result<ResponseHeader> {
+/// `200 video/mp2t`: chunked for HTTP/1.1 on the copying path; close-delimited (the body ends with
+/// the connection, RFC 9112 §6.3) for HTTP/1.0 and for zero-copy viewers, whose `sendfile` runs
+/// would each need a chunk-size line and CRLF written around them (two more syscalls per send),
+/// for a stream that ends with its connection anyway.
+fn stream_header(s: &mut HttpSession, close_delimited: bool) -> pingora::Result<ResponseHeader> {
     let mut h = ResponseHeader::build(200, Some(4))?;
     h.insert_header("Content-Type", "video/mp2t")?;
     h.insert_header("Cache-Control", "no-cache, no-store")?;
-    if s.req_header().version == http::Version::HTTP_10 {
+    if close_delimited || s.req_header().version == http::Version::HTTP_10 {
         s.set_keepalive(None);
     } else {
         h.insert_header("Transfer-Encoding", "chunked")?;

@@ -328,7 +328,13 @@ impl UniqueID for GuardedStream {
     }
 }
 
-impl Ssl for GuardedStream {}
+/// TLS facts come from the wrapped stream (a zero-copy writer must know whether bytes on the
+/// socket would bypass a TLS layer).
+impl Ssl for GuardedStream {
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+}
 
 impl GetTimingDigest for GuardedStream {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {

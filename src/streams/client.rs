@@ -234,6 +234,13 @@ impl ClientHandle {
         }
     }
 
+    /// The stream offset of the next ring byte this client gets, when what [`ClientHandle::next_step`]
+    /// returns next are ring chunks (contiguous from here, as in the session's page file);
+    /// `None` while join pieces (PAT + PMT, a partial chunk) or the first keyframe come first.
+    pub fn ring_offset(&self) -> Option<u64> {
+        (self.lead_in.is_empty() && !self.awaiting_keyframe).then_some(self.offset)
+    }
+
     /// Records that one piece returned by [`ClientHandle::next_step`] was written.
     pub fn wrote(&mut self, chunk: &Bytes) {
         let n = chunk.len() as u64;

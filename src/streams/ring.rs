@@ -32,6 +32,7 @@
 //! (Over 400 lines with its tests: retention, joins and the eviction forecast the upstream task
 //! needs all read one lock-guarded state, and belong together.)
 
+use super::pages::PageFile;
 use crate::ts::KeyframeMark;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -225,6 +226,9 @@ pub struct Ring {
     retention: Retention,
     state: Mutex<State>,
     head: watch::Sender<u64>,
+    /// The same bytes as page-cache pages for zero-copy viewers (see [`super::pages`]); `None`
+    /// when zero copy is off or the kernel refused.
+    pages: Option<PageFile>,
 }
 
 impl Ring {
@@ -234,7 +238,25 @@ impl Ring {
             retention,
             state: Mutex::new(State::default()),
             head: watch::channel(0).0,
+            pages: None,
         }
+    }
+
+    /// A ring whose bytes are also kept in a [`PageFile`] for zero-copy viewers; without one if
+    /// the kernel refuses (logged; viewers then copy).
+    pub fn with_pages(retention: Retention) -> Self {
+        let pages = PageFile::new()
+            .map_err(|e| log::warn!("no page file for zero-copy viewers ({e}); they copy instead"))
+            .ok();
+        Ring {
+            pages,
+            ..Ring::new(retention)
+        }
+    }
+
+    /// The page file zero-copy viewers send from, while it mirrors the ring.
+    pub fn pages(&self) -> Option<&PageFile> {
+        self.pages.as_ref().filter(|p| !p.is_failed())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -242,16 +264,29 @@ impl Ring {
     }
 
     /// Appends a chunk covering `media` and evicts the oldest ones the retention lets go.
+    ///
+    /// With a page file, the chunk is written to it first (at its stream offset, before any
+    /// reader can see it) and what the ring evicts is released from it afterwards. There is one
+    /// publisher per ring (the session's upstream task), so the edge read before the write is
+    /// still the edge when the chunk goes in.
     pub fn publish(&self, chunk: Bytes, media: MediaSpan) {
-        let next = {
+        if let Some(pages) = self.pages() {
+            if let Err(e) = pages.append(self.published_bytes(), &chunk) {
+                log::warn!("page file write failed ({e}); zero-copy viewers fall back to copying");
+            }
+        }
+        let (next, tail) = {
             let mut s = self.lock();
             s.held += chunk.len();
             s.entries.push_back(Entry { data: chunk, media });
             while s.should_evict(&self.retention) {
                 s.evict_front();
             }
-            s.first_seq + s.entries.len() as u64
+            (s.first_seq + s.entries.len() as u64, s.first_offset)
         };
+        if let Some(pages) = &self.pages {
+            pages.release_before(tail);
+        }
         self.head.send_replace(next);
     }
 

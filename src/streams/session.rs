@@ -252,11 +252,18 @@ impl StreamSession {
                 config.hls_segment_seconds.as_secs_f64(),
                 config.hls_window_segments,
             ),
-            ring: Ring::new(Retention {
-                min_bytes: config.stream_buffer_size,
-                min_seconds: config.stream_buffer_seconds.as_secs_f64(),
-                max_bytes: config.stream_buffer_max_bytes,
-            }),
+            ring: {
+                let retention = Retention {
+                    min_bytes: config.stream_buffer_size,
+                    min_seconds: config.stream_buffer_seconds.as_secs_f64(),
+                    max_bytes: config.stream_buffer_max_bytes,
+                };
+                if config.zero_copy {
+                    Ring::with_pages(retention)
+                } else {
+                    Ring::new(retention)
+                }
+            },
             created: Instant::now(),
             created_at: SystemTime::now(),
             bytes_in: AtomicU64::new(0),
