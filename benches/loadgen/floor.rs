@@ -17,6 +17,9 @@ use tokio::sync::watch;
 /// Bytes kept behind the live edge (the proxy's default `stream_buffer_size`).
 const KEEP: u64 = 4 * 1024 * 1024;
 
+/// Viewers are woken once this much is new (the proxy's `copy_chunk_size`).
+const BLOCK: u64 = 64 * 1024;
+
 /// Runs the floor server if this process was started as one; `false` otherwise.
 pub fn run_if_asked() -> bool {
     let (Ok(upstream), Ok(listen)) = (
@@ -51,11 +54,21 @@ async fn serve(upstream: SocketAddr, listen: SocketAddr) {
         .await
         .expect("upstream");
         let mut at = 0u64;
+        let mut told = (0u64, std::time::Instant::now());
+        let block = std::env::var("LOADGEN_FLOOR_BLOCK")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(BLOCK);
         while let Ok(Some(chunk)) = r.next_chunk().await {
             writer.append(at, &chunk).expect("page file write");
             at += chunk.len() as u64;
-            writer.release_before(at.saturating_sub(KEEP));
-            edge_tx.send_replace(at);
+            // Viewers are woken per block, as msd_lite sends (the proxy's ingest publishes
+            // ~64 KiB chunks too): at least 64 KiB or 100 ms of stream since the last wake.
+            if at - told.0 >= block || told.1.elapsed() >= std::time::Duration::from_millis(1000) {
+                writer.release_before(at.saturating_sub(KEEP));
+                edge_tx.send_replace(at);
+                told = (at, std::time::Instant::now());
+            }
         }
     });
     loop {

@@ -124,6 +124,10 @@ pub fn start_floor(sim: SocketAddr) -> Proc {
     let child = Command::new(std::env::current_exe().expect("own path"))
         .env("LOADGEN_FLOOR_UPSTREAM", sim.to_string())
         .env("LOADGEN_FLOOR_LISTEN", addr.to_string())
+        .env(
+            "LOADGEN_FLOOR_BLOCK",
+            std::env::var("LOADGEN_FLOOR_BLOCK").unwrap_or_default(),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

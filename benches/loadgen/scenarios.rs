@@ -84,17 +84,20 @@ async fn fanout_rows(
 }
 
 pub async fn fanout(o: &Opts, out: &mut Vec<Report>) {
-    // BENCH_FANOUT_N=1000 runs one N, through the proxy only (for profiling).
+    // BENCH_FANOUT_N=1000 runs one N; BENCH_FANOUT_PROXY_ONLY=1 runs the proxy alone (profiling).
     let only_n: Option<usize> = std::env::var("BENCH_FANOUT_N")
         .ok()
         .and_then(|v| v.parse().ok());
+    let proxy_only = std::env::var_os("BENCH_FANOUT_PROXY_ONLY").is_some();
     let all = if o.quick {
         vec![100]
     } else {
         vec![100, 500, 1000, 2000]
     };
-    let servers: &[FanoutServer] = if only_n.is_some() {
+    let servers: &[FanoutServer] = if proxy_only {
         &[FanoutServer::Proxy]
+    } else if std::env::var_os("BENCH_FANOUT_FLOOR_ONLY").is_some() {
+        &[FanoutServer::Floor]
     } else {
         &[
             FanoutServer::Direct,
