@@ -5,6 +5,7 @@
 //! (`client_timeout`) drops a client whose socket accepts nothing, and falling off the ring's tail
 //! drops it too. Neither ever slows the session or another client.
 
+use super::zero_copy::ZeroCopyViewer;
 use super::{write_error, Route};
 use crate::access::Access;
 use crate::config::Config;
@@ -54,7 +55,7 @@ pub fn content_id(query: Option<&str>) -> Result<ContentKey, EdgeError> {
 }
 
 /// What ended a client's stream.
-enum End {
+pub(super) enum End {
     /// The stream ended normally: finish the response.
     Finished,
     /// The client went away or failed: close the socket.
@@ -150,33 +151,49 @@ pub async fn serve(
         .http_responses
         .with_label_values(&[Route::GetStream.label(), "200"])
         .inc();
+    let mut viewer = Viewer {
+        s,
+        sessions,
+        client: &mut client,
+        config: &config,
+        id: &id,
+    };
     let end = match path {
         Ok(socket) => {
             metrics
                 .ts_viewer_paths
                 .with_label_values(&["sendfile", "-"])
                 .inc();
-            let mut viewer = Viewer {
-                s,
-                sessions,
-                client: &mut client,
-                config: &config,
-                id: &id,
-            };
-            viewer.stream_zero_copy(&socket).await
+            match viewer.flush_head().await {
+                Ok(()) => {
+                    let zero_copy = ZeroCopyViewer {
+                        client,
+                        socket,
+                        sessions: sessions.clone(),
+                        config: config.clone(),
+                        id,
+                        _held: Box::new(_permit),
+                    };
+                    let fd = s.stream().map(|st| st.id());
+                    match fd.and_then(crate::streams::sendfile::take_over) {
+                        // Pingora lets the request go (its session and buffers are freed);
+                        // the viewer streams on in its own small task.
+                        Some(connection) => {
+                            s.set_keepalive(None);
+                            tokio::spawn(zero_copy.run(Some(connection)));
+                            return Ok(());
+                        }
+                        None => zero_copy.run(None).await,
+                    }
+                }
+                Err(end) => end,
+            }
         }
         Err(reason) => {
             metrics
                 .ts_viewer_paths
                 .with_label_values(&["copy", reason.label()])
                 .inc();
-            let mut viewer = Viewer {
-                s,
-                sessions,
-                client: &mut client,
-                config: &config,
-                id: &id,
-            };
             viewer.stream_copying().await
         }
     };
@@ -229,7 +246,7 @@ impl Viewer<'_> {
                     }
                 }
                 Next::Wait => {
-                    if let Err(end) = self.wait(&mut ring_changed, None).await {
+                    if let Err(end) = self.wait(&mut ring_changed).await {
                         return end;
                     }
                 }
@@ -239,118 +256,51 @@ impl Viewer<'_> {
         }
     }
 
-    /// The zero-copy path: ring bytes go to the socket with `sendfile` from the session's page
-    /// file, in runs of up to a read batch of chunks; the few bytes that are not in it in stream
-    /// order (the join's PAT + PMT and partial chunk, keepalive nulls) are sent as they are. The
-    /// first piece goes through Pingora's writer, which flushes the response head with it.
-    async fn stream_zero_copy(&mut self, socket: &ViewerSocket) -> End {
+    /// The zero-copy path's start, in Pingora's task: the response head goes out with the first
+    /// piece written through Pingora's writer (the only flush it offers), whatever that piece is:
+    /// the join's PAT + PMT, a first chunk, or a keepalive null while the stream starts. `Err`
+    /// when the stream ended or the client left first.
+    async fn flush_head(&mut self) -> Result<(), End> {
         let session = self.client.session().clone();
-        let ring = &session.ring;
-        let mut ring_changed = ring.subscribe();
-        let mut head_flushed = false;
-        // The next stream byte to send, when a `sendfile` stopped inside a chunk.
-        let mut sent_upto: Option<u64> = None;
+        let mut ring_changed = session.ring.subscribe();
         loop {
             ring_changed.borrow_and_update();
-            let chunks = match self.client.next_step() {
-                Next::Write(chunks) => chunks,
-                Next::Wait => {
-                    match self
-                        .wait(&mut ring_changed, head_flushed.then_some(socket))
-                        .await
-                    {
-                        Ok(null_sent) => head_flushed |= null_sent,
-                        Err(end) => return end,
-                    }
-                    continue;
-                }
-                Next::Lagged(behind) => return self.lagged(behind),
-                Next::End => return End::Finished,
-            };
-            let pages = ring.pages().filter(|_| head_flushed);
-            let sent = match (self.client.ring_offset(), pages) {
-                (Some(first), Some(pages)) => {
-                    let end = first + chunks.iter().map(|c| c.len() as u64).sum::<u64>();
-                    let from = sent_upto
-                        .filter(|p| (first..end).contains(p))
-                        .unwrap_or(first);
-                    let send = socket.send_file(pages.fd(), from, (end - from) as usize);
-                    match self.guard(send, &mut ring_changed).await {
-                        // Bytes punched before `sendfile` read them may have gone out as zeros:
-                        // only a reader that had fallen off the ring's tail can see that.
-                        Ok(_) if pages.released() > from => Err(Leaving::Dropped(lagged(
-                            self.sessions,
-                            self.client,
-                            self.id,
-                            ring.published_bytes().saturating_sub(from),
-                        ))),
-                        Ok(n) => {
-                            let upto = from + n as u64;
-                            let mut at = first;
-                            for c in &chunks {
-                                at += c.len() as u64;
-                                if at > upto {
-                                    break;
-                                }
-                                self.client.wrote(c);
-                            }
-                            sent_upto = Some(upto);
-                            Ok(())
-                        }
-                        Err(leaving) => Err(leaving),
-                    }
-                }
-                (ring_offset, _) => {
-                    // Join pieces, the head's first piece, or a page file that failed: as bytes,
-                    // skipping what a `sendfile` already sent of the first chunk.
-                    let mut skip = match (ring_offset, sent_upto) {
-                        (Some(first), Some(upto)) => upto.saturating_sub(first) as usize,
-                        _ => 0,
+            match self.client.next_step() {
+                Next::Write(chunks) => {
+                    let Some(first) = chunks.into_iter().next() else {
+                        continue;
                     };
-                    let mut result = Ok(());
-                    for chunk in &chunks {
-                        let piece = chunk.slice(skip.min(chunk.len())..);
-                        skip = skip.saturating_sub(chunk.len());
-                        result = if head_flushed {
-                            let send = socket.send_all(&piece);
-                            self.guard(send, &mut ring_changed).await
-                        } else {
-                            head_flushed = true;
-                            let write = self.s.write_response_body(Some(piece), false);
-                            guarded(
-                                write,
-                                self.client,
-                                &mut ring_changed,
-                                self.sessions,
-                                self.config,
-                                self.id,
-                            )
-                            .await
-                        };
-                        if result.is_err() {
-                            break;
-                        }
-                        self.client.wrote(chunk);
+                    let write = self.s.write_response_body(Some(first.clone()), false);
+                    if let Err(leaving) = guarded(
+                        write,
+                        self.client,
+                        &mut ring_changed,
+                        self.sessions,
+                        self.config,
+                        self.id,
+                    )
+                    .await
+                    {
+                        leaving.log(self.client, self.id);
+                        return Err(End::Dropped);
                     }
-                    sent_upto = None;
-                    result
+                    self.client.wrote(&first);
+                    return Ok(());
                 }
-            };
-            if let Err(leaving) = sent {
-                leaving.log(self.client, self.id);
-                return End::Dropped;
+                Next::Wait => {
+                    if self.wait(&mut ring_changed).await? {
+                        return Ok(());
+                    }
+                }
+                Next::Lagged(behind) => return Err(self.lagged(behind)),
+                Next::End => return Err(End::Finished),
             }
         }
     }
 
-    /// Waits for the ring to change; sends a keepalive null packet when due (through `socket`
-    /// when given, else through Pingora, which flushes the head with it). `Ok(true)` when a null
-    /// went out, `Err` when the client is gone.
-    async fn wait(
-        &mut self,
-        ring_changed: &mut watch::Receiver<u64>,
-        socket: Option<&ViewerSocket>,
-    ) -> Result<bool, End> {
+    /// Waits for the ring to change; sends a keepalive null packet when due. `Ok(true)` when a
+    /// null went out, `Err` when the client is gone.
+    async fn wait(&mut self, ring_changed: &mut watch::Receiver<u64>) -> Result<bool, End> {
         let keepalive = !self.config.keepalive_interval.is_zero();
         let keepalive_due = tokio::time::Instant::now() + self.config.keepalive_interval;
         tokio::select! {
@@ -359,14 +309,11 @@ impl Viewer<'_> {
             _ = tokio::time::sleep_until(keepalive_due), if keepalive => {}
         }
         let null = Bytes::from_static(&crate::ts::NULL_PACKET);
-        let sent = match socket {
-            Some(socket) => socket.send_all(&null).await.map_err(|e| e.to_string()),
-            None => self
-                .s
-                .write_response_body(Some(null), false)
-                .await
-                .map_err(|e| e.to_string()),
-        };
+        let sent = self
+            .s
+            .write_response_body(Some(null), false)
+            .await
+            .map_err(|e| e.to_string());
         match sent {
             Ok(()) => Ok(true),
             Err(e) => {
@@ -382,29 +329,12 @@ impl Viewer<'_> {
         Leaving::Dropped(why).log(self.client, self.id);
         End::Dropped
     }
-
-    /// [`guarded`] for this viewer's socket writes.
-    async fn guard<T>(
-        &self,
-        write: impl Future<Output = std::io::Result<T>>,
-        ring_changed: &mut watch::Receiver<u64>,
-    ) -> Result<T, Leaving> {
-        guarded(
-            write,
-            self.client,
-            ring_changed,
-            self.sessions,
-            self.config,
-            self.id,
-        )
-        .await
-    }
 }
 
 /// A write to a viewer, bounded the same way on both paths: dropped (and counted) when its
 /// socket accepts nothing for `client_timeout`, or when the ring evicts the chunk it is writing
 /// (it fell off the tail); any other failure means the client left.
-async fn guarded<T, E: std::fmt::Display>(
+pub(super) async fn guarded<T, E: std::fmt::Display>(
     write: impl Future<Output = Result<T, E>>,
     client: &ClientHandle,
     ring_changed: &mut watch::Receiver<u64>,
@@ -427,7 +357,7 @@ async fn guarded<T, E: std::fmt::Display>(
 }
 
 /// Why a client's stream ended before the stream did.
-enum Leaving {
+pub(super) enum Leaving {
     /// The client closed its connection (or it broke): it left. The session logs the leave.
     Closed(String),
     /// The proxy dropped it (too slow, accepted nothing), with the reason in words.
@@ -435,7 +365,7 @@ enum Leaving {
 }
 
 impl Leaving {
-    fn log(&self, client: &ClientHandle, id: &str) {
+    pub(super) fn log(&self, client: &ClientHandle, id: &str) {
         let addr = client.addr_text();
         match self {
             Leaving::Closed(how) => {
@@ -451,7 +381,7 @@ impl Leaving {
 
 /// Logs and counts a slow-client drop (one warning line, lag in bytes and stream seconds) and
 /// returns the reason.
-fn lagged(sessions: &Sessions, client: &ClientHandle, id: &str, behind: u64) -> String {
+pub(super) fn lagged(sessions: &Sessions, client: &ClientHandle, id: &str, behind: u64) -> String {
     let metrics = sessions.metrics();
     metrics.slow_client_drops.inc();
     let ring = &client.session().ring;

@@ -20,6 +20,7 @@
 
 use super::proxy_protocol;
 use crate::metrics::Metrics;
+use crate::streams::sendfile::{self, Connection};
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::raw_connect::ProxyDigest;
@@ -153,7 +154,8 @@ enum Phase {
 /// An accepted connection under the guard (see the module docs).
 pub struct GuardedStream {
     inner: Stream,
-    _slot: Slot,
+    /// Holds the connection's slot; shared with a viewer that takes the socket over.
+    connection: Arc<Connection>,
     phase: Phase,
     deadline: Option<Pin<Box<Sleep>>>,
     request_header_timeout: Duration,
@@ -179,9 +181,10 @@ impl GuardedStream {
             let _ = d.peer_addr.set(Some(addr.into()));
             Arc::new(d)
         });
+        let connection = sendfile::register(inner.id(), Box::new(slot));
         GuardedStream {
             inner,
-            _slot: slot,
+            connection,
             phase: Phase::Head {
                 bytes: 0,
                 last: [0; 2],
@@ -298,6 +301,11 @@ impl AsyncWrite for GuardedStream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A viewer that took the socket over still streams on it (see `streams::sendfile`):
+        // Pingora letting the request go must not send a FIN.
+        if self.connection.taken_over() {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
@@ -318,7 +326,16 @@ impl AsyncWrite for GuardedStream {
 #[async_trait]
 impl Shutdown for GuardedStream {
     async fn shutdown(&mut self) {
-        self.inner.shutdown().await
+        // A viewer that took the socket over still streams on it (see `streams::sendfile`).
+        if !self.connection.taken_over() {
+            self.inner.shutdown().await
+        }
+    }
+}
+
+impl Drop for GuardedStream {
+    fn drop(&mut self) {
+        sendfile::unregister(self.inner.id(), &self.connection);
     }
 }
 

@@ -8,12 +8,24 @@
 //! with non-blocking calls. Pingora writes nothing more on the connection meanwhile, so the two
 //! never interleave. Dropping the `ViewerSocket` deregisters and closes only the dup.
 //!
+//! **Taking the connection over.** Once the head and a first piece have gone out through Pingora,
+//! the viewer can take the connection over ([`take_over`]): its task goes on alone with the dup
+//! and a small state, Pingora finishes the request (writing nothing: the body is close-delimited)
+//! and frees its session, buffers and request future, which are most of a viewer's memory. The
+//! server's connection guard registers each connection here ([`register`]) and, for a connection
+//! taken over, skips the shutdown Pingora sends when it lets a connection go, so the socket
+//! stays open under the dup; the guard's count of open connections is held by the
+//! [`Connection`] until the viewer's task ends too.
+//!
 //! Only an HTTP/1 connection on a plain stream socket qualifies ([`ViewerSocket::of`]); anything
 //! else (HTTP/2, a subrequest, TLS if ever added) keeps the copying path.
 
 use pingora::protocols::Stream;
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -71,8 +83,10 @@ impl ViewerSocket {
         // SAFETY: `dup` is an `OwnedFd` the `AsyncFd` owns from here on: it stays open and is the
         // same fd until the `AsyncFd` is dropped.
         #[allow(unsafe_code)]
-        let fd = unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE) }
-            .map_err(|_| CopyReason::Socket)?;
+        let fd = unsafe {
+            AsyncFd::register_with_interest(dup, Interest::WRITABLE.add(Interest::READABLE))
+        }
+        .map_err(|_| CopyReason::Socket)?;
         Ok(ViewerSocket { fd })
     }
 
@@ -128,8 +142,100 @@ impl ViewerSocket {
         Ok(())
     }
 
+    /// Resolves when the client closed its side (or the connection broke). Bytes it sends after
+    /// its request are read and ignored: a stream's connection carries one request.
+    pub async fn closed(&self) {
+        let mut sink = [0u8; 512];
+        loop {
+            let Ok(mut ready) = self.fd.readable().await else {
+                return;
+            };
+            match ready.try_io(|fd| {
+                rustix::net::recv(fd.get_ref(), &mut sink, rustix::net::RecvFlags::empty())
+                    .map(|(n, _)| n)
+                    .map_err(io::Error::from)
+            }) {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) | Err(_) => {}
+            }
+        }
+    }
+
+    /// Ends the response: `FIN` after every byte sent (the socket itself closes when the last
+    /// fd is dropped).
+    pub fn finish(&self) {
+        let _ = rustix::net::shutdown(self.fd.get_ref(), rustix::net::Shutdown::Write);
+    }
+
     /// The duplicated fd (for tests).
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.get_ref().as_fd()
     }
+}
+
+/// One accepted connection as the server's guard holds it, shared with a viewer that takes it
+/// over (see the module docs).
+pub struct Connection {
+    taken: AtomicBool,
+    /// What counts the connection as open where the server counts them; released when the last
+    /// holder (the guard's stream or the viewer) drops it.
+    _held: Box<dyn Send + Sync>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("taken", &self.taken_over())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Whether a viewer took the connection over: Pingora must not shut it down.
+    pub fn taken_over(&self) -> bool {
+        self.taken.load(Ordering::Acquire)
+    }
+}
+
+/// Open connections by socket fd. An fd names one connection while it is registered: the guard
+/// registers when it accepts and unregisters before the socket closes.
+static CONNECTIONS: Mutex<Option<HashMap<RawFd, Weak<Connection>>>> = Mutex::new(None);
+
+fn connections() -> std::sync::MutexGuard<'static, Option<HashMap<RawFd, Weak<Connection>>>> {
+    CONNECTIONS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Registers the connection on socket `fd`, holding `held` (the guard's connection count) for as
+/// long as the connection or a viewer that takes it over lives.
+pub fn register(fd: RawFd, held: Box<dyn Send + Sync>) -> Arc<Connection> {
+    let c = Arc::new(Connection {
+        taken: AtomicBool::new(false),
+        _held: held,
+    });
+    connections()
+        .get_or_insert_with(HashMap::new)
+        .insert(fd, Arc::downgrade(&c));
+    c
+}
+
+/// Forgets `connection` (its guard lets it go; the socket closes after this).
+pub fn unregister(fd: RawFd, connection: &Arc<Connection>) {
+    let mut map = connections();
+    if let Some(map) = map.as_mut() {
+        if map
+            .get(&fd)
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(connection)))
+        {
+            map.remove(&fd);
+        }
+    }
+}
+
+/// Takes over the registered connection on socket `fd`: from now on its guard will not shut it
+/// down. `None` if the connection is not registered (no guard: the viewer stays in Pingora's
+/// task).
+pub fn take_over(fd: RawFd) -> Option<Arc<Connection>> {
+    let c = connections().as_ref()?.get(&fd)?.upgrade()?;
+    c.taken.store(true, Ordering::Release);
+    Some(c)
 }

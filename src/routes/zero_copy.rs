@@ -1,0 +1,173 @@
+//! A TS viewer on the zero-copy path, after its response head went out: ring bytes go to its
+//! socket with `sendfile` from the session's page file, in runs of up to a read batch of chunks
+//! (about 1 MB); the few bytes that are not in the file in stream order (the join's PAT + PMT and
+//! partial chunk, keepalive nulls) are sent as they are.
+//!
+//! It usually runs in a task of its own, holding only what it needs (its place in the session,
+//! its socket's dup, its limit permit and the connection's slot), after Pingora let the request go
+//! (see `streams::sendfile`). The rules are those of the copying path: dropped when its socket
+//! accepts nothing for `client_timeout` or when it falls off the ring's tail, keepalive nulls while
+//! the stream pauses, the response finished when the stream ends.
+
+use super::getstream::{guarded, lagged, End, Leaving};
+use crate::config::Config;
+use crate::streams::client::Next;
+use crate::streams::sendfile::{Connection, ViewerSocket};
+use crate::streams::{ClientHandle, Sessions};
+use bytes::Bytes;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// A viewer taken over for zero-copy sends (see the module docs).
+pub(super) struct ZeroCopyViewer {
+    /// Its place in the session.
+    pub(super) client: ClientHandle,
+    /// Its socket (a dup, registered with the reactor).
+    pub(super) socket: ViewerSocket,
+    /// The sessions, for metrics and drops.
+    pub(super) sessions: Arc<Sessions>,
+    /// The configuration it started with.
+    pub(super) config: Arc<Config>,
+    /// The content id, for logs.
+    pub(super) id: String,
+    /// Held while it streams (its limit permit).
+    pub(super) _held: Box<dyn Send + Sync>,
+}
+
+impl ZeroCopyViewer {
+    /// Streams until the stream ends or the viewer leaves or is dropped, then ends the response.
+    /// `connection` (when Pingora let the request go) is held to the end: it keeps the socket
+    /// counted as open.
+    pub(super) async fn run(mut self, connection: Option<Arc<Connection>>) -> End {
+        let end = self.stream().await;
+        if matches!(end, End::Finished) {
+            self.socket.finish();
+        }
+        drop(connection);
+        end
+    }
+
+    async fn stream(&mut self) -> End {
+        let session = self.client.session().clone();
+        let ring = &session.ring;
+        let mut ring_changed = ring.subscribe();
+        // The next stream byte to send, when a `sendfile` stopped inside a chunk.
+        let mut sent_upto: Option<u64> = None;
+        loop {
+            ring_changed.borrow_and_update();
+            let chunks = match self.client.next_step() {
+                Next::Write(chunks) => chunks,
+                Next::Wait => match self.wait(&mut ring_changed).await {
+                    Ok(()) => continue,
+                    Err(end) => return end,
+                },
+                Next::Lagged(behind) => {
+                    let why = lagged(&self.sessions, &self.client, &self.id, behind);
+                    Leaving::Dropped(why).log(&self.client, &self.id);
+                    return End::Dropped;
+                }
+                Next::End => return End::Finished,
+            };
+            let sent = match (self.client.ring_offset(), ring.pages()) {
+                (Some(first), Some(pages)) => {
+                    let end = first + chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+                    let from = sent_upto
+                        .filter(|p| (first..end).contains(p))
+                        .unwrap_or(first);
+                    let send = self
+                        .socket
+                        .send_file(pages.fd(), from, (end - from) as usize);
+                    match self.guard(send, &mut ring_changed).await {
+                        // Bytes punched before `sendfile` read them may have gone out as zeros:
+                        // only a reader that had fallen off the ring's tail can see that.
+                        Ok(_) if pages.released() > from => Err(Leaving::Dropped(lagged(
+                            &self.sessions,
+                            &self.client,
+                            &self.id,
+                            ring.published_bytes().saturating_sub(from),
+                        ))),
+                        Ok(n) => {
+                            let upto = from + n as u64;
+                            let mut at = first;
+                            for c in &chunks {
+                                at += c.len() as u64;
+                                if at > upto {
+                                    break;
+                                }
+                                self.client.wrote(c);
+                            }
+                            sent_upto = Some(upto);
+                            Ok(())
+                        }
+                        Err(leaving) => Err(leaving),
+                    }
+                }
+                (ring_offset, _) => {
+                    // Join pieces, or a page file that failed: as bytes, skipping what a
+                    // `sendfile` already sent of the first chunk.
+                    let mut skip = match (ring_offset, sent_upto) {
+                        (Some(first), Some(upto)) => upto.saturating_sub(first) as usize,
+                        _ => 0,
+                    };
+                    sent_upto = None;
+                    let mut result = Ok(());
+                    for chunk in &chunks {
+                        let piece = chunk.slice(skip.min(chunk.len())..);
+                        skip = skip.saturating_sub(chunk.len());
+                        let send = self.socket.send_all(&piece);
+                        result = self.guard(send, &mut ring_changed).await;
+                        if result.is_err() {
+                            break;
+                        }
+                        self.client.wrote(chunk);
+                    }
+                    result
+                }
+            };
+            if let Err(leaving) = sent {
+                leaving.log(&self.client, &self.id);
+                return End::Dropped;
+            }
+        }
+    }
+
+    /// Waits for the ring to change; sends a keepalive null packet when due. `Err` when the
+    /// client is gone.
+    async fn wait(&self, ring_changed: &mut watch::Receiver<u64>) -> Result<(), End> {
+        let keepalive = !self.config.keepalive_interval.is_zero();
+        let keepalive_due = tokio::time::Instant::now() + self.config.keepalive_interval;
+        tokio::select! {
+            _ = ring_changed.changed() => return Ok(()),
+            _ = self.socket.closed() => {
+                Leaving::Closed("closed by the client".into()).log(&self.client, &self.id);
+                return Err(End::Dropped);
+            }
+            _ = tokio::time::sleep_until(keepalive_due), if keepalive => {}
+        }
+        let null = Bytes::from_static(&crate::ts::NULL_PACKET);
+        match self.guard(self.socket.send_all(&null), ring_changed).await {
+            Ok(()) => Ok(()),
+            Err(leaving) => {
+                leaving.log(&self.client, &self.id);
+                Err(End::Dropped)
+            }
+        }
+    }
+
+    /// [`guarded`] for this viewer's socket writes.
+    async fn guard<T>(
+        &self,
+        write: impl std::future::Future<Output = std::io::Result<T>>,
+        ring_changed: &mut watch::Receiver<u64>,
+    ) -> Result<T, Leaving> {
+        guarded(
+            write,
+            &self.client,
+            ring_changed,
+            &self.sessions,
+            &self.config,
+            &self.id,
+        )
+        .await
+    }
+}
