@@ -17,8 +17,10 @@ use tokio::sync::watch;
 /// Bytes kept behind the live edge (the proxy's default `stream_buffer_size`).
 const KEEP: u64 = 4 * 1024 * 1024;
 
-/// Viewers are woken once this much is new (the proxy's `copy_chunk_size`).
-const BLOCK: u64 = 64 * 1024;
+/// Viewers are woken once this much is new, or [`BLOCK_DELAY`] passed: the proxy's defaults for
+/// a viewer at the live edge (`send_batch_bytes`, `send_batch_delay`), so both make as many sends.
+const BLOCK: u64 = 128 * 1024;
+const BLOCK_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Runs the floor server if this process was started as one; `false` otherwise.
 pub fn run_if_asked() -> bool {
@@ -62,9 +64,8 @@ async fn serve(upstream: SocketAddr, listen: SocketAddr) {
         while let Ok(Some(chunk)) = r.next_chunk().await {
             writer.append(at, &chunk).expect("page file write");
             at += chunk.len() as u64;
-            // Viewers are woken per block, as msd_lite sends (the proxy's ingest publishes
-            // ~64 KiB chunks too): at least 64 KiB or 100 ms of stream since the last wake.
-            if at - told.0 >= block || told.1.elapsed() >= std::time::Duration::from_millis(1000) {
+            // Viewers are woken per block (msd_lite sends blocks of at least 64 KiB).
+            if at - told.0 >= block || told.1.elapsed() >= BLOCK_DELAY {
                 writer.release_before(at.saturating_sub(KEEP));
                 edge_tx.send_replace(at);
                 told = (at, std::time::Instant::now());

@@ -107,6 +107,14 @@ pub struct Config {
     /// stream in memory, none per viewer), close-delimited. `false`, or a connection where it is
     /// not possible (HTTP/2, a kernel without `memfd`), uses the copying path. Default true.
     pub zero_copy: bool,
+    /// A zero-copy viewer at the live edge sends once this many bytes are new (or
+    /// `send_batch_delay` passed), not at every chunk the ring publishes: every send costs the
+    /// kernel a fixed amount, whatever its size, so fewer, larger sends cost less. Default
+    /// 131072 (128 KiB); 0 sends every chunk at once.
+    pub send_batch_bytes: usize,
+    /// The longest a zero-copy viewer at the live edge holds new bytes back to batch them
+    /// (latency it adds, at most). Default 0.2 s.
+    pub send_batch_delay: Duration,
     /// `max_failovers` counts failovers within this window. Default 60 s.
     pub failover_window: Duration,
     /// Timeout of the fire-and-forget `method=stop` call when a session ends (engines may hang;
@@ -843,6 +851,8 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         stream_buffer_max_bytes,
         client_send_buffer: w.client_send_buffer as usize,
         zero_copy: w.zero_copy,
+        send_batch_bytes: w.send_batch_bytes as usize,
+        send_batch_delay: w.send_batch_delay.0,
         failover_window: w.failover_window.0,
         engine_stop_timeout: w.engine_stop_timeout.0,
         failover_stop_timeout: w.failover_stop_timeout.0,

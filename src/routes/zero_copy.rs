@@ -3,6 +3,10 @@
 //! (about 1 MB); the few bytes that are not in the file in stream order (the join's PAT + PMT and
 //! partial chunk, keepalive nulls) are sent as they are.
 //!
+//! At the live edge it batches: new bytes go out once `send_batch_bytes` are pending or
+//! `send_batch_delay` after it caught up, so a viewer costs a few large sends a second rather than
+//! one per published chunk; a viewer behind the edge sends everything it can at once.
+//!
 //! It usually runs in a task of its own, holding only what it needs (its place in the session,
 //! its socket's dup, its limit permit and the connection's slot), after Pingora let the request go
 //! (see `streams::sendfile`). The rules are those of the copying path: dropped when its socket
@@ -53,10 +57,21 @@ impl ZeroCopyViewer {
         let mut ring_changed = ring.subscribe();
         // The next stream byte to send, when a `sendfile` stopped inside a chunk.
         let mut sent_upto: Option<u64> = None;
+        // When the viewer caught up with the live edge: new bytes are batched from then on.
+        let mut caught_up: Option<tokio::time::Instant> = None;
         loop {
             ring_changed.borrow_and_update();
             let chunks = match self.client.next_step() {
-                Next::Write(chunks) => chunks,
+                Next::Write(chunks) => {
+                    if let Some(since) = caught_up.take() {
+                        match self.batch_pending(&chunks, since).await {
+                            Ok(true) => continue,
+                            Ok(false) => {}
+                            Err(end) => return end,
+                        }
+                    }
+                    chunks
+                }
                 Next::Wait => match self.wait(&mut ring_changed).await {
                     Ok(()) => continue,
                     Err(end) => return end,
@@ -88,6 +103,9 @@ impl ZeroCopyViewer {
                         ))),
                         Ok(n) => {
                             let upto = from + n as u64;
+                            if upto == end && ring.published_bytes() == end {
+                                caught_up = Some(tokio::time::Instant::now());
+                            }
                             let mut at = first;
                             for c in &chunks {
                                 at += c.len() as u64;
@@ -127,6 +145,31 @@ impl ZeroCopyViewer {
             if let Err(leaving) = sent {
                 leaving.log(&self.client, &self.id);
                 return End::Dropped;
+            }
+        }
+    }
+
+    /// Batching at the live edge: with fewer than `send_batch_bytes` new since the viewer caught
+    /// up, sleeps until `send_batch_delay` after that (without waking at every publish) and
+    /// answers `true` (read again); `false` to send now. `Err` when the client left meanwhile.
+    async fn batch_pending(
+        &self,
+        chunks: &[Bytes],
+        caught_up: tokio::time::Instant,
+    ) -> Result<bool, End> {
+        let pending: usize = chunks.iter().map(|c| c.len()).sum();
+        let due = caught_up + self.config.send_batch_delay;
+        if pending >= self.config.send_batch_bytes
+            || tokio::time::Instant::now() >= due
+            || self.client.session().ring.is_closed()
+        {
+            return Ok(false);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => Ok(true),
+            _ = self.socket.closed() => {
+                Leaving::Closed("closed by the client".into()).log(&self.client, &self.id);
+                Err(End::Dropped)
             }
         }
     }
