@@ -5,7 +5,8 @@
 //!
 //! At the live edge it batches: new bytes go out once `send_batch_bytes` are pending or
 //! `send_batch_delay` after it caught up, so a viewer costs a few large sends a second rather than
-//! one per published chunk; a viewer behind the edge sends everything it can at once.
+//! one per published chunk (a wake per publish costs no syscall; a send does); a viewer behind
+//! the edge, or of a stream without a clock, sends everything it can at once.
 //!
 //! It usually runs in a task of its own, holding only what it needs (its place in the session,
 //! its socket's dup, its limit permit and the connection's slot), after Pingora let the request go
@@ -63,10 +64,10 @@ impl ZeroCopyViewer {
             ring_changed.borrow_and_update();
             let chunks = match self.client.next_step() {
                 Next::Write(chunks) => {
-                    if let Some(since) = caught_up.take() {
-                        match self.batch_pending(&chunks, since).await {
+                    if let Some(since) = caught_up {
+                        match self.batch_pending(&chunks, since, &mut ring_changed).await {
                             Ok(true) => continue,
-                            Ok(false) => {}
+                            Ok(false) => caught_up = None,
                             Err(end) => return end,
                         }
                     }
@@ -149,24 +150,29 @@ impl ZeroCopyViewer {
         }
     }
 
-    /// Batching at the live edge: with fewer than `send_batch_bytes` new since the viewer caught
-    /// up, sleeps until `send_batch_delay` after that (without waking at every publish) and
-    /// answers `true` (read again); `false` to send now. `Err` when the client left meanwhile.
+    /// Batching at the live edge: while fewer than `send_batch_bytes` are new since the viewer
+    /// caught up and `send_batch_delay` has not passed, waits (for the ring, the delay or the
+    /// client leaving) and answers `true` (read again); `false` to send now. A stream without a
+    /// clock is never batched: its ring moves only as its readers do. `Err` when the client left.
     async fn batch_pending(
         &self,
         chunks: &[Bytes],
         caught_up: tokio::time::Instant,
+        ring_changed: &mut watch::Receiver<u64>,
     ) -> Result<bool, End> {
+        let session = self.client.session();
         let pending: usize = chunks.iter().map(|c| c.len()).sum();
         let due = caught_up + self.config.send_batch_delay;
         if pending >= self.config.send_batch_bytes
             || tokio::time::Instant::now() >= due
-            || self.client.session().ring.is_closed()
+            || session.ring.is_closed()
+            || session.is_clockless()
         {
             return Ok(false);
         }
         tokio::select! {
             _ = tokio::time::sleep_until(due) => Ok(true),
+            _ = ring_changed.changed() => Ok(true),
             _ = self.socket.closed() => {
                 Leaving::Closed("closed by the client".into()).log(&self.client, &self.id);
                 Err(End::Dropped)
