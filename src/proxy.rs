@@ -57,7 +57,6 @@ impl EdgeProxy {
             token: admin_token,
             status_cache: Default::default(),
             started: std::time::Instant::now(),
-            linger: (config.stream_idle_timeout, config.unwatched_linger),
             tokens: config
                 .stream_token_secret
                 .as_deref()

@@ -252,3 +252,100 @@ async fn json_logs_carry_fields() {
         assert_eq!(created["level"], "info");
     }
 }
+
+/// `/proxy/status` of one session: its state and `linger_seconds`.
+async fn linger_of(addr: std::net::SocketAddr, id: &str) -> (String, f64) {
+    let opts = GetOptions {
+        headers: vec![("Authorization".into(), "Bearer t".into())],
+        ..Default::default()
+    };
+    let mut r = get_with(addr, "/proxy/status", opts).await;
+    let v: serde_json::Value =
+        serde_json::from_slice(&r.read_to_end(1 << 20).await.unwrap()).unwrap();
+    let s = v["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["ace_id"].as_str() == Some(id))
+        .unwrap_or_else(|| panic!("no session {id} in {v}"))
+        .clone();
+    (
+        s["phase"].as_str().unwrap_or("").to_string(),
+        s["linger_seconds"].as_f64().unwrap_or(f64::NAN),
+    )
+}
+
+/// SIGHUP that changes `stream_idle_timeout` and `unwatched_linger`: `/proxy/status` shows the
+/// new values at once (it used to keep the values of the start), and a session that ends after
+/// the reload lingers the new `stream_idle_timeout` (1 s instead of 300 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_changes_the_linger_shown_and_used() {
+    let e = sim(Knobs::default()).await;
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let conf = tempfile::NamedTempFile::new().unwrap();
+    let write = |idle: &str, unwatched: &str| {
+        let mut y = yaml(port, &[e.addr().port()], "t");
+        y.push_str(&format!(
+            "  stream_idle_timeout: {idle}\n  unwatched_linger: {unwatched}\n"
+        ));
+        std::fs::write(conf.path(), y).unwrap();
+    };
+    write("300", "60");
+    let child = Command::new(BIN)
+        .arg("-c")
+        .arg(conf.path())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Process::new)
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await
+    );
+    let id = content_id(19_100);
+    let viewer = Viewer::start(addr, &id).await;
+    assert!(viewer.gets(188 * 100).await);
+    assert_eq!(linger_of(addr, &id).await, ("streaming".into(), 300.0));
+
+    write("1", "2");
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            linger_of(addr, &id).await.1 == 1.0
+        })
+        .await,
+        "/proxy/status shows the reloaded stream_idle_timeout"
+    );
+    // The session was watched: it lingers the new 1 s once its viewer leaves, not 300 s.
+    drop(viewer);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            sim_stats(&e).await.stop_total == 1
+        })
+        .await,
+        "the session ended after the reloaded linger"
+    );
+    // A session started after the reload uses the new values too.
+    let fresh = content_id(19_101);
+    let viewer = Viewer::start(addr, &fresh).await;
+    assert!(viewer.gets(188 * 100).await);
+    assert_eq!(linger_of(addr, &fresh).await, ("streaming".into(), 1.0));
+    drop(viewer);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            sim_stats(&e).await.stop_total == 2
+        })
+        .await,
+        "the new session ended after the reloaded linger"
+    );
+    drop(child);
+}

@@ -37,8 +37,6 @@ pub struct Admin {
     pub status_cache: std::sync::Mutex<[Option<CachedBody>; 2]>,
     /// When the proxy started (for `uptime_seconds`).
     pub started: Instant,
-    /// `stream_idle_timeout` and `unwatched_linger`, for the lingering countdown.
-    pub linger: (std::time::Duration, std::time::Duration),
 }
 
 /// `acestream.admin_token`, as a reload leaves it.
@@ -197,6 +195,9 @@ impl Admin {
 
     fn status(&self, history: bool) -> StatusView {
         let sessions = self.sessions.list();
+        // Read per render: a reload changes `stream_idle_timeout` and `unwatched_linger` for the
+        // sessions' lingers, and the countdown shown must be theirs.
+        let linger = crate::streams::session::Linger::of(&self.sessions.config());
         StatusView {
             running: true,
             version: env!("CARGO_PKG_VERSION"),
@@ -208,15 +209,7 @@ impl Admin {
                 .iter()
                 .map(|x| {
                     let mut v = SessionView::of(x);
-                    let watched = x.bytes_out.load(Ordering::Relaxed) > 0;
-                    v.linger_seconds = Some(
-                        if watched {
-                            self.linger.0
-                        } else {
-                            self.linger.1
-                        }
-                        .as_secs_f64(),
-                    );
+                    v.linger_seconds = Some(x.linger_for(linger).as_secs_f64());
                     if history {
                         v.history = Some(
                             x.history

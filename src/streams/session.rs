@@ -404,21 +404,29 @@ impl StreamSession {
         left
     }
 
+    /// How long this session lingers without clients under `linger`: `watched` once a stream
+    /// byte reached a client, else `unwatched`. The one place that choice is made (the session's
+    /// linger and the status page's `linger_seconds` both ask here).
+    pub(crate) fn linger_for(&self, linger: Linger) -> std::time::Duration {
+        if self.bytes_out.load(Ordering::Relaxed) > 0 {
+            linger.watched
+        } else {
+            linger.unwatched
+        }
+    }
+
     /// Resolves once the session has had no client for its linger and `expire` agreed to end it
     /// (the registry's last check under its lock: a client attaching at that moment keeps the
-    /// session). The linger is `watched` if a stream byte ever reached a client, else
-    /// `unwatched`. A client arriving during the linger restarts it from zero.
-    pub(crate) async fn linger(&self, linger: Linger, expire: impl Fn() -> bool) {
+    /// session). The linger is `linger()`'s, read each time the last client leaves, `watched` if a
+    /// stream byte ever reached a client, else `unwatched`. A client arriving during the linger
+    /// restarts it from zero.
+    pub(crate) async fn linger(&self, linger: impl Fn() -> Linger, expire: impl Fn() -> bool) {
         let mut attached = self.attached.subscribe();
         loop {
             if attached.wait_for(|n| *n == 0).await.is_err() {
                 return std::future::pending().await;
             }
-            let idle = if self.bytes_out.load(Ordering::Relaxed) > 0 {
-                linger.watched
-            } else {
-                linger.unwatched
-            };
+            let idle = self.linger_for(linger());
             tokio::select! {
                 _ = tokio::time::sleep(idle) => {
                     if expire() {
@@ -536,7 +544,7 @@ mod tests {
         let s = session.clone();
         let start = tokio::time::Instant::now();
         let lingering = tokio::spawn(async move {
-            s.linger(idle, || true).await;
+            s.linger(move || idle, || true).await;
             tokio::time::Instant::now()
         });
         tokio::time::sleep(Duration::from_secs(10)).await;
@@ -563,7 +571,7 @@ mod tests {
         let tries = std::sync::atomic::AtomicUsize::new(0);
         let start = tokio::time::Instant::now();
         session
-            .linger(LINGER, || tries.fetch_add(1, Ordering::Relaxed) == 2)
+            .linger(|| LINGER, || tries.fetch_add(1, Ordering::Relaxed) == 2)
             .await;
         assert_eq!(tries.load(Ordering::Relaxed), 3);
         assert_eq!(start.elapsed(), Duration::from_secs(15), "3 × unwatched");
@@ -580,13 +588,13 @@ mod tests {
         let start = tokio::time::Instant::now();
         session.count_in();
         session.count_out();
-        session.linger(LINGER, || true).await;
+        session.linger(|| LINGER, || true).await;
         assert_eq!(start.elapsed(), Duration::from_secs(5));
         session.count_in();
         session.bytes_out.store(188, Ordering::Relaxed);
         session.count_out();
         let start = tokio::time::Instant::now();
-        session.linger(LINGER, || true).await;
+        session.linger(|| LINGER, || true).await;
         assert_eq!(start.elapsed(), Duration::from_secs(300));
     }
 }

@@ -35,7 +35,9 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<StreamSes
     let mut cancel = session.cancel.subscribe();
     let outcome = tokio::select! {
         outcome = stream(&sessions, &session, &config) => outcome,
-        _ = session.linger(Linger::of(&config), || sessions.expire_if_idle(&session)) => {
+        // The linger is read when it starts: a reload applies to running sessions too, as
+        // `/proxy/status` shows it.
+        _ = session.linger(|| Linger::of(&sessions.config()), || sessions.expire_if_idle(&session)) => {
             Outcome::Stopped(StopReason::IdleTimeout)
         }
         reason = cancel.wait_for(|r| r.is_some()) => {
