@@ -6,6 +6,23 @@
 
 use std::time::Duration;
 
+/// Why no engine can take a stream (a start, or a failover's next engine).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoEngine {
+    /// None is configured or discovered.
+    #[error("no engines known")]
+    NoneKnown,
+    /// Every engine is unhealthy (how many are known).
+    #[error("no healthy engine ({0} known)")]
+    NoneHealthy(usize),
+    /// Every healthy engine is at its stream limit (`max_streams_per_engine`).
+    #[error("every healthy engine is at max_streams_per_engine ({0})")]
+    AllFull(usize),
+    /// A failover tried every engine there is.
+    #[error("every engine was tried")]
+    EveryEngineTried,
+}
+
 /// A failure a client can see. `Clone`, because every client waiting on a failed session gets the
 /// same answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,9 +39,19 @@ pub enum EdgeError {
     /// A `Range` the live stream cannot serve.
     #[error("{0}")]
     RangeNotSatisfiable(String),
-    /// No engine is configured, healthy or below its stream limit.
+    /// No engine can take the stream, and why.
     #[error("no engine available: {0}")]
-    NoEngine(String),
+    NoEngine(NoEngine),
+    /// The proxy is shutting down: it starts and attaches nothing.
+    #[error("the proxy is shutting down")]
+    ShuttingDown,
+    /// This process hands over to its successor (graceful upgrade) and could not get the stream
+    /// from it, with what happened; a retry reaches the successor.
+    #[error("this process is handing over to its successor (graceful upgrade) and {0}; retry")]
+    HandingOver(String),
+    /// The session ended before it sent a byte, with its stop reason.
+    #[error("session ended: {0}")]
+    SessionEnded(String),
     /// The engine answered, but with an error (JSON `error`, or HTTP >= 400).
     #[error("engine {engine} refused the stream: {reason}")]
     EngineRefused {
@@ -73,6 +100,9 @@ impl EdgeError {
             EdgeError::Forbidden(_) => 403,
             // Every upstream-side failure is "try again later" for a player: 503.
             EdgeError::NoEngine(_)
+            | EdgeError::ShuttingDown
+            | EdgeError::HandingOver(_)
+            | EdgeError::SessionEnded(_)
             | EdgeError::EngineRefused { .. }
             | EdgeError::EngineUnreachable { .. }
             | EdgeError::EmptyStream(_) => 503,
@@ -102,7 +132,10 @@ impl EdgeError {
                 format!("the engine refused the stream: {}", sanitize(reason))
             }
             EdgeError::EngineUnreachable { .. } => "the engine could not be reached".into(),
-            EdgeError::NoEngine(why) => format!("no engine available: {}", sanitize(why)),
+            EdgeError::SessionEnded(why) => format!("session ended: {}", sanitize(why)),
+            EdgeError::HandingOver(_) => {
+                "this process is handing over to its successor (graceful upgrade); retry".into()
+            }
             EdgeError::Internal(_) => "internal error (see the proxy's log)".into(),
             other => other.to_string(),
         }
@@ -155,7 +188,8 @@ mod tests {
     fn status_mapping() {
         assert_eq!(EdgeError::BadRequest("x".into()).status(), 400);
         assert_eq!(EdgeError::Unauthorized.status(), 401);
-        assert_eq!(EdgeError::NoEngine("none".into()).status(), 503);
+        assert_eq!(EdgeError::NoEngine(NoEngine::NoneKnown).status(), 503);
+        assert_eq!(EdgeError::ShuttingDown.status(), 503);
         assert_eq!(EdgeError::EmptyStream(Duration::from_secs(1)).status(), 503);
         assert_eq!(EdgeError::Internal("bug".into()).status(), 500);
         let body: serde_json::Value =

@@ -27,4 +27,5 @@ pub mod server;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod streams;
+pub mod sync;
 pub mod ts;

@@ -527,9 +527,10 @@ fn common_run(a: &[u8], b: &[u8]) -> (usize, usize) {
     (same, len)
 }
 
-/// A viewer served by `sendfile` from the page file and one served by the copying path
-/// (`zero_copy: false`, applied live) receive byte-identical TS from the moment both watch; the
-/// first is close-delimited, the second chunked; the metric counts each path.
+/// A viewer served by `sendfile` from the page file, one whose chunks are written (`zero_copy:
+/// false`) and one in Pingora's writer (`viewer_takeover: false`), each applied live, receive
+/// byte-identical TS from the moment they watch; the first two are close-delimited, the third
+/// chunked; the metric counts each path.
 #[tokio::test(flavor = "multi_thread")]
 async fn sendfile_and_copying_viewers_get_identical_bytes() {
     let e = sim(Knobs::default()).await;
@@ -552,24 +553,37 @@ async fn sendfile_and_copying_viewers_get_identical_bytes() {
         });
     let mut b = get(server.addr, &path).await;
     assert_eq!(b.status, 200);
-    assert_eq!(b.header("transfer-encoding"), Some("chunked"));
-    let (a_data, b_data) = tokio::join!(
+    assert!(b.header("transfer-encoding").is_none());
+    server
+        .edge
+        .sessions
+        .set_config(acestream_edge::config::Config {
+            viewer_takeover: false,
+            ..config.clone()
+        });
+    let mut c = get(server.addr, &path).await;
+    assert_eq!(c.status, 200);
+    assert_eq!(c.header("transfer-encoding"), Some("chunked"));
+    let (a_data, b_data, c_data) = tokio::join!(
         read_for(&mut a, Duration::from_secs(3), usize::MAX),
-        read_for(&mut b, Duration::from_secs(3), usize::MAX)
+        read_for(&mut b, Duration::from_secs(3), usize::MAX),
+        read_for(&mut c, Duration::from_secs(3), usize::MAX)
     );
     let mut a_all = a_before.to_vec();
     a_all.extend_from_slice(&a_data.0);
-    let (same, len) = common_run(&a_all, &b_data.0);
-    assert!(len > 500_000, "only {len} bytes in common");
-    assert_eq!(
-        same, len,
-        "sendfile and copying viewers differ after {same} bytes"
-    );
+    for (name, data) in [("send", &b_data.0), ("Pingora", &c_data.0)] {
+        let (same, len) = common_run(&a_all, data);
+        assert!(len > 500_000, "{name}: only {len} bytes in common");
+        assert_eq!(
+            same, len,
+            "sendfile and {name} viewers differ after {same} bytes"
+        );
+    }
     let paths = &server.edge.metrics.ts_viewer_paths;
     assert_eq!(paths.with_label_values(&["sendfile", "-"]).get(), 1);
-    assert_eq!(paths.with_label_values(&["copy", "disabled"]).get(), 1);
+    assert_eq!(paths.with_label_values(&["copy", "disabled"]).get(), 2);
     let (ok, err) = ffmpeg_decode(&a_all);
     assert!(ok, "the sendfile viewer's stream decodes: {err}");
-    drop((a, b));
+    drop((a, b, c));
     server.stop();
 }

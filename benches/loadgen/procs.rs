@@ -94,6 +94,13 @@ pub fn start_proxy(sim: SocketAddr, extra: &str) -> Proc {
 
 /// [`start_proxy`] on a given port (a fleet's members must know each other's ports).
 pub fn start_proxy_on(port: u16, sim: SocketAddr, extra: &str) -> Proc {
+    // BENCH_PROXY_EXTRA: more `acestream:` lines for every proxy (e.g. "  zero_copy: false").
+    let extra = format!(
+        "{extra}{}",
+        std::env::var("BENCH_PROXY_EXTRA")
+            .map(|e| format!("{}\n", e.replace("\\n", "\n")))
+            .unwrap_or_default()
+    );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).unwrap();
     let conf = dir.join(format!("edge-{port}.yaml"));

@@ -9,6 +9,7 @@
 
 use super::cidr::{any_contains, Cidr};
 use crate::config::Config;
+use crate::sync::{Lock, ReadWrite};
 use pingora_limits::rate::Rate;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -173,11 +174,11 @@ impl Limits {
 
     /// New limits (a reload); what is counted stays counted.
     pub fn set_settings(&self, settings: LimitSettings) {
-        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = settings;
+        *self.settings.write_locked() = settings;
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 
     /// Admits a viewer of `content` from `ip`. `starts_session` says whether no session of
@@ -189,7 +190,7 @@ impl Limits {
         starts_session: bool,
         sessions_now: usize,
     ) -> Result<ViewerPermit, Refusal> {
-        let s = self.settings.read().unwrap_or_else(|p| p.into_inner());
+        let s = self.settings.read_locked();
         let per_ip = !any_contains(&s.exempt, ip);
         let concurrency = |limit, max| Refusal {
             limit,
@@ -247,7 +248,7 @@ impl Limits {
 
     /// True if a refusal of `ip` should be logged now (at most once a minute per address).
     pub fn should_log(&self, ip: IpAddr, now: Instant) -> bool {
-        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        let mut logged = self.logged.locked();
         if logged.len() > 10_000 {
             logged.retain(|_, t| now.duration_since(*t) < LOG_EVERY);
         }

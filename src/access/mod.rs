@@ -6,6 +6,7 @@
 //! anything. Nothing here touches a session: a [`limits::ViewerPermit`] is held by the route for
 //! as long as its client streams.
 
+use crate::sync::ReadWrite;
 pub mod cidr;
 pub mod limits;
 pub mod passthrough;
@@ -32,17 +33,14 @@ impl TrustedPeers {
     /// Whether `ip` is a member's.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.ips
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&ip)
+        self.ips.read_locked().contains(&ip)
     }
 
     /// Replaces the set (the cluster's discovery, at each pass).
     pub fn set(&self, mut ips: Vec<IpAddr>) {
         ips.sort();
         ips.dedup();
-        *self.ips.write().unwrap_or_else(|p| p.into_inner()) = ips;
+        *self.ips.write_locked() = ips;
     }
 }
 

@@ -24,6 +24,7 @@ use crate::config::{ClusterConfig, ClusterMode};
 use crate::engines::EnginePool;
 use crate::http1::{self, GetOptions};
 use crate::metrics::Metrics;
+use crate::sync::{Lock, ReadWrite};
 use async_trait::async_trait;
 use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::HttpHealthCheck;
@@ -223,7 +224,7 @@ impl Cluster {
 
     /// This node's resolved address (once resolved).
     pub fn me(&self) -> Option<SocketAddr> {
-        *self.members.me.read().unwrap_or_else(|p| p.into_inner())
+        *self.members.me.read_locked()
     }
 
     /// Longest wait for a peer.
@@ -250,7 +251,7 @@ impl Cluster {
         if self.is_me(addr) || !healthy {
             return false;
         }
-        let mut unreachable = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        let mut unreachable = self.unreachable.locked();
         match unreachable.get(&addr) {
             Some(until) if *until > Instant::now() => false,
             Some(_) => {
@@ -285,7 +286,7 @@ impl Cluster {
 
     /// A usable peer that holds `key`'s session (from the last answers), not one in `via`.
     fn holder(&self, key: &str, via: &[SocketAddr]) -> Option<SocketAddr> {
-        let states = self.states.read().unwrap_or_else(|p| p.into_inner());
+        let states = self.states.read_locked();
         let mut holders: Vec<SocketAddr> = states
             .iter()
             .filter(|(_, st)| st.sessions.contains_key(key))
@@ -340,8 +341,7 @@ impl Cluster {
             "cluster member {addr} could not be reached; skipped until its next health check"
         );
         self.unreachable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .insert(addr, Instant::now() + self.config.health_check_interval);
     }
 
@@ -380,7 +380,7 @@ impl Cluster {
             }
         }
         let now = Instant::now();
-        let mut states = self.states.write().unwrap_or_else(|p| p.into_inner());
+        let mut states = self.states.write_locked();
         for (addr, answer) in answers {
             match answer {
                 Ok(sessions) => {
@@ -421,10 +421,7 @@ impl Cluster {
         let peers_healthy = healthy.iter().filter(|a| !self.is_me(**a)).count();
         self.metrics.cluster_peers_healthy.set(peers_healthy as i64);
         {
-            let mut before = self
-                .healthy_before
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut before = self.healthy_before.locked();
             if let Some(prev) = before.as_ref() {
                 if *prev != healthy {
                     self.metrics.cluster_owner_changes.inc();
@@ -445,7 +442,7 @@ impl Cluster {
     /// member that would serve it.
     pub fn view(&self, sessions: Vec<HeldSession>, id: Option<&str>) -> ClusterView {
         let backends = self.lb.backends();
-        let states = self.states.read().unwrap_or_else(|p| p.into_inner());
+        let states = self.states.read_locked();
         let now = Instant::now();
         let members = backends
             .get_backend()
@@ -581,7 +578,7 @@ impl ServiceDiscovery for MemberDiscovery {
                         None
                     }
                 };
-            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            let mut last = self.last.locked();
             let addrs = match found {
                 Some(a) if !a.is_empty() => {
                     last.insert(entry.clone(), a.clone());
@@ -595,8 +592,7 @@ impl ServiceDiscovery for MemberDiscovery {
         let mut ips = Vec::new();
         for (entry, addrs) in &resolved {
             if *entry == self.self_entry {
-                *self.members.me.write().unwrap_or_else(|p| p.into_inner()) =
-                    addrs.first().copied();
+                *self.members.me.write_locked() = addrs.first().copied();
             }
             for a in addrs {
                 set.insert(Backend::new(&a.to_string())?);

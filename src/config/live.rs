@@ -4,6 +4,7 @@
 //! so one request or one session start never sees half of an old and half of a new value; the
 //! reloader ([`crate::server::reload`]) is the only writer.
 
+use crate::sync::ReadWrite;
 use std::sync::{Arc, RwLock};
 
 /// A value replaced as a whole by a reload.
@@ -18,12 +19,12 @@ impl<T> Live<T> {
 
     /// The current value.
     pub fn get(&self) -> Arc<T> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.read_locked().clone()
     }
 
     /// Replaces the value; readers that took the old one keep it.
     pub fn set(&self, value: T) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(value);
+        *self.0.write_locked() = Arc::new(value);
     }
 }
 

@@ -107,6 +107,11 @@ pub struct Config {
     /// stream in memory, none per viewer), close-delimited. `false`, or a connection where it is
     /// not possible (HTTP/2, a kernel without `memfd`), uses the copying path. Default true.
     pub zero_copy: bool,
+    /// An HTTP/1 TS viewer takes its connection over from Pingora once its head is out and is
+    /// written by its own small task (close-delimited, batched at the live edge, a few KiB per
+    /// viewer). `false` keeps every viewer in Pingora's body writer (chunked, about 33 KiB per
+    /// viewer, one write per chunk: the path of earlier releases, and a way back). Default true.
+    pub viewer_takeover: bool,
     /// A zero-copy viewer at the live edge sends once this many bytes are new (or
     /// `send_batch_delay` passed), not at every chunk the ring publishes: every send costs the
     /// kernel a fixed amount, whatever its size, so fewer, larger sends cost less. Default
@@ -851,6 +856,7 @@ fn validate(w: AceWire) -> Result<Config, ConfigError> {
         stream_buffer_max_bytes,
         client_send_buffer: w.client_send_buffer as usize,
         zero_copy: w.zero_copy,
+        viewer_takeover: w.viewer_takeover,
         send_batch_bytes: w.send_batch_bytes as usize,
         send_batch_delay: w.send_batch_delay.0,
         failover_window: w.failover_window.0,

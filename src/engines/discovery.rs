@@ -8,6 +8,7 @@
 use super::{Discovered, EngineMeta};
 use crate::config::{EngineConfig, OrchestratorConfig};
 use crate::http1::{self, GetOptions};
+use crate::sync::Lock;
 use async_trait::async_trait;
 use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::Backend;
@@ -57,10 +58,7 @@ impl EngineDiscovery {
             self.meta.orchestrator_failed();
         }
         {
-            let mut state = self
-                .orchestrator_up
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut state = self.orchestrator_up.locked();
             if *state != Some(up) {
                 match &fetched {
                     Ok(list) => log::info!("orchestrator {}: {} engines", o.url, list.len()),
@@ -72,7 +70,7 @@ impl EngineDiscovery {
                 *state = Some(up);
             }
         }
-        let mut last = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last_good.locked();
         match fetched {
             Ok(list) => {
                 *last = Some(list.clone());

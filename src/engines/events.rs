@@ -8,6 +8,7 @@
 
 use crate::config::OrchestratorConfig;
 use crate::metrics::Metrics;
+use crate::sync::Lock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -113,7 +114,7 @@ impl EventReporter {
         let Some(tx) = &self.tx else {
             return;
         };
-        if let Some((rx, o)) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some((rx, o)) = self.rx.locked().take() {
             tokio::spawn(send_events(rx, o, self.metrics.clone()));
         }
         if tx.try_send(event).is_err() {

@@ -7,6 +7,7 @@
 //! score is computed here at selection time from the LB's health view, the discovery's metadata
 //! and this proxy's own stream count per engine, which [`StreamLease`]s keep exact.
 
+use crate::sync::{Lock, ReadWrite};
 pub mod client;
 pub mod discovery;
 pub mod events;
@@ -178,14 +179,11 @@ impl Discovered {
 
     /// A snapshot of the engines found, by resolved address.
     pub fn engines(&self) -> HashMap<SocketAddr, EngineMeta> {
-        self.engines
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.engines.read_locked().clone()
     }
 
     pub(crate) fn set_engines(&self, engines: HashMap<SocketAddr, EngineMeta>) {
-        *self.engines.write().unwrap_or_else(|p| p.into_inner()) = engines;
+        *self.engines.write_locked() = engines;
     }
 
     pub(crate) fn orchestrator_failed(&self) {
@@ -242,15 +240,12 @@ impl EnginePool {
     /// (until the next probe has run).
     pub fn mark_working(&self, addr: SocketAddr) {
         let until = std::time::Instant::now() + self.health_check_interval * 2;
-        self.proven_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(addr, until);
+        self.proven_until.locked().insert(addr, until);
     }
 
     fn proven(&self) -> Vec<SocketAddr> {
         let now = std::time::Instant::now();
-        let mut p = self.proven_until.lock().unwrap_or_else(|p| p.into_inner());
+        let mut p = self.proven_until.locked();
         p.retain(|_, until| *until > now);
         p.keys().copied().collect()
     }
@@ -259,21 +254,18 @@ impl EnginePool {
     /// `engine_failure_penalty`.
     pub fn penalize(&self, addr: SocketAddr) {
         let until = std::time::Instant::now() + self.failure_penalty;
-        self.failed_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(addr, until);
+        self.failed_until.locked().insert(addr, until);
     }
 
     fn recently_failed(&self) -> Vec<SocketAddr> {
         let now = std::time::Instant::now();
-        let mut map = self.failed_until.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.failed_until.locked();
         map.retain(|_, until| *until > now);
         map.keys().copied().collect()
     }
 
     fn lock_load(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, usize>> {
-        self.load.lock().unwrap_or_else(|p| p.into_inner())
+        self.load.locked()
     }
 
     /// Runs discovery now if it has never produced an engine (bounded by the selection timeout).
@@ -310,7 +302,7 @@ impl EnginePool {
     /// in every engine's load unless the orchestrator reports its streams (which include the
     /// whole fleet's).
     pub fn set_peer_streams(&self, streams: HashMap<SocketAddr, usize>) {
-        *self.peer_streams.lock().unwrap_or_else(|p| p.into_inner()) = streams;
+        *self.peer_streams.locked() = streams;
     }
 
     /// Failed orchestrator fetches since start (each keeps the last good list).
@@ -333,16 +325,8 @@ impl EnginePool {
         let backends = self.lb.backends();
         let failed = self.recently_failed();
         let proven = self.proven();
-        let assigned = self
-            .last_assigned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let peers = self
-            .peer_streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let assigned = self.last_assigned.locked().clone();
+        let peers = self.peer_streams.locked().clone();
         let mut out: Vec<EngineStatus> = backends
             .get_backend()
             .iter()
@@ -410,8 +394,7 @@ impl EnginePool {
         *load.entry(engine.addr).or_default() += 1;
         drop(load);
         self.last_assigned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .insert(engine.addr, std::time::Instant::now());
         let lease = StreamLease {
             pool: self.clone(),
@@ -462,9 +445,9 @@ impl EnginePool {
         )
         .map_err(|e| match e {
             NoCandidate::Empty if !exclude.is_empty() => {
-                EdgeError::NoEngine("every engine was tried".into())
+                EdgeError::NoEngine(crate::error::NoEngine::EveryEngineTried)
             }
-            e => EdgeError::NoEngine(e.to_string()),
+            e => EdgeError::NoEngine(e.into()),
         })?;
         let s = &status[i];
         log::debug!(

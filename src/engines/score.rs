@@ -66,6 +66,16 @@ pub enum NoCandidate {
     AllFull(usize),
 }
 
+impl From<NoCandidate> for crate::error::NoEngine {
+    fn from(e: NoCandidate) -> Self {
+        match e {
+            NoCandidate::Empty => crate::error::NoEngine::NoneKnown,
+            NoCandidate::NoneHealthy(n) => crate::error::NoEngine::NoneHealthy(n),
+            NoCandidate::AllFull(n) => crate::error::NoEngine::AllFull(n),
+        }
+    }
+}
+
 /// Index of the engine to use: the highest score among healthy engines below `max_streams`;
 /// among equal scores the one on the least loaded VPN node, then the one given a session
 /// longest ago, then the `rotation`-th (mod their count), so equal engines take turns. With

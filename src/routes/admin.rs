@@ -11,6 +11,7 @@ use crate::engines::EnginePool;
 use crate::error::EdgeError;
 use crate::metrics::Metrics;
 use crate::streams::{Phase, Sessions, StreamSession};
+use crate::sync::Lock;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session as HttpSession;
@@ -181,7 +182,7 @@ impl Admin {
     /// The `/proxy/status` body, rendered again only when the last one is older than
     /// [`STATUS_MAX_AGE`].
     fn status_body(&self, now: Instant, history: bool) -> Vec<u8> {
-        let mut cache = self.status_cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.status_cache.locked();
         let slot = &mut cache[history as usize];
         if let Some((at, body)) = slot.as_ref() {
             if now.duration_since(*at) < STATUS_MAX_AGE {
@@ -211,14 +212,7 @@ impl Admin {
                     let mut v = SessionView::of(x);
                     v.linger_seconds = Some(x.linger_for(linger).as_secs_f64());
                     if history {
-                        v.history = Some(
-                            x.history
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .iter()
-                                .copied()
-                                .collect(),
-                        );
+                        v.history = Some(x.history.locked().iter().copied().collect());
                     }
                     v
                 })

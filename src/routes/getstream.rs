@@ -119,8 +119,7 @@ pub async fn serve(
             }
             Phase::Failed(e) => return write_error(s, &e).await,
             Phase::Ended(reason) if session.ring.published_bytes() == 0 => {
-                return write_error(s, &EdgeError::NoEngine(format!("session ended: {reason}")))
-                    .await
+                return write_error(s, &EdgeError::SessionEnded(reason.to_string())).await
             }
             Phase::Ended(_) => break,
             Phase::Starting | Phase::Connected => {
@@ -134,13 +133,21 @@ pub async fn serve(
     }
     client.position(waited);
     s.set_write_timeout(Some(config.client_timeout));
-    // Decided before the head: it sets the framing (close-delimited for sendfile, see below).
-    let path = if !config.zero_copy {
+    // Decided before the head: it sets the framing (close-delimited when this task writes the
+    // socket itself, see below). On a plain socket the viewer is served directly, with
+    // `sendfile` from the page file, or (`zero_copy: false`, no page file) by writing the ring's
+    // chunks; anything else goes through Pingora's writer.
+    let path = if config.viewer_takeover {
+        ViewerSocket::of(s.stream())
+    } else {
+        Err(CopyReason::Disabled)
+    };
+    let sendfile = if !config.zero_copy {
         Err(CopyReason::Disabled)
     } else if session.ring.pages().is_none() {
         Err(CopyReason::NoPages)
     } else {
-        ViewerSocket::of(s.stream())
+        Ok(())
     };
     let h = stream_header(s, path.is_ok())?;
     s.write_response_header(Box::new(h), false).await?;
@@ -160,10 +167,11 @@ pub async fn serve(
     };
     let end = match path {
         Ok(socket) => {
-            metrics
-                .ts_viewer_paths
-                .with_label_values(&["sendfile", "-"])
-                .inc();
+            let label = match sendfile {
+                Ok(()) => ["sendfile", "-"],
+                Err(reason) => ["copy", reason.label()],
+            };
+            metrics.ts_viewer_paths.with_label_values(&label).inc();
             match viewer.flush_head().await {
                 Ok(()) => {
                     let zero_copy = ZeroCopyViewer {
@@ -173,6 +181,7 @@ pub async fn serve(
                         config: config.clone(),
                         id,
                         _held: Box::new(_permit),
+                        sendfile: sendfile.is_ok(),
                     };
                     let fd = s.stream().map(|st| st.id());
                     match fd.and_then(crate::streams::sendfile::take_over) {
@@ -218,8 +227,8 @@ struct Viewer<'a> {
 }
 
 impl Viewer<'_> {
-    /// The copying path: every piece through Pingora's body writer (chunked on HTTP/1.1), one
-    /// `write` of the stream's bytes per viewer.
+    /// The path through Pingora: every piece through its body writer (chunked on HTTP/1.1), for
+    /// a connection whose socket this task cannot write itself (HTTP/2, a subrequest, TLS).
     async fn stream_copying(&mut self) -> End {
         let session = self.client.session().clone();
         let mut ring_changed = session.ring.subscribe();

@@ -103,7 +103,7 @@ pub async fn manifest(
         match now {
             Phase::Failed(e) => return write_error(s, &e).await,
             Phase::Ended(reason) => {
-                let e = EdgeError::NoEngine(format!("session ended: {reason}"));
+                let e = EdgeError::SessionEnded(reason.to_string());
                 return write_error(s, &e).await;
             }
             _ => {}

@@ -1,7 +1,8 @@
-//! A TS viewer on the zero-copy path, after its response head went out: ring bytes go to its
-//! socket with `sendfile` from the session's page file, in runs of up to a read batch of chunks
+//! A TS viewer served directly on its socket, after its response head went out: ring bytes go to
+//! it with `sendfile` from the session's page file, in runs of up to a read batch of chunks
 //! (about 1 MB); the few bytes that are not in the file in stream order (the join's PAT + PMT and
-//! partial chunk, keepalive nulls) are sent as they are.
+//! partial chunk, keepalive nulls) are sent as they are. With `zero_copy: false` (or no page
+//! file) the ring's chunks themselves are written, one `send` each, by the same loop.
 //!
 //! At the live edge it batches: new bytes go out once `send_batch_bytes` are pending or
 //! `send_batch_delay` after it caught up, so a viewer costs a few large sends a second rather than
@@ -37,6 +38,9 @@ pub(super) struct ZeroCopyViewer {
     pub(super) id: String,
     /// Held while it streams (its limit permit).
     pub(super) _held: Box<dyn Send + Sync>,
+    /// Ring bytes go out with `sendfile` from the page file; else their chunks are written
+    /// (`zero_copy: false`, or no page file), with the same batching.
+    pub(super) sendfile: bool,
 }
 
 impl ZeroCopyViewer {
@@ -84,7 +88,8 @@ impl ZeroCopyViewer {
                 }
                 Next::End => return End::Finished,
             };
-            let sent = match (self.client.ring_offset(), ring.pages()) {
+            let pages = ring.pages().filter(|_| self.sendfile);
+            let sent = match (self.client.ring_offset(), pages) {
                 (Some(first), Some(pages)) => {
                     let end = first + chunks.iter().map(|c| c.len() as u64).sum::<u64>();
                     let from = sent_upto

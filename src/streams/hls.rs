@@ -22,6 +22,7 @@
 //! `hls_window_segments`; segments that left it stay fetchable for one more window.
 
 use super::ring::RingSnapshot;
+use crate::sync::Lock;
 use crate::ts::{wrapping_delta, KeyframeMark, PTS_WRAP};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -47,7 +48,7 @@ impl Hls {
     }
 
     fn lock(&self) -> MutexGuard<'_, Segmenter> {
-        self.segmenter.lock().unwrap_or_else(|p| p.into_inner())
+        self.segmenter.locked()
     }
 
     /// Feeds a released chunk; returns the cuts it made.

@@ -7,6 +7,7 @@
 //! for `stream_idle_timeout`; a client that arrives before then re-attaches to the warm session
 //! without any engine call.
 
+use crate::sync::Lock;
 pub mod client;
 pub mod hls;
 mod ingest;
@@ -106,17 +107,13 @@ impl Sessions {
 
     /// Records this process's relay (its address file and address).
     pub fn set_relay(&self, file: std::path::PathBuf, addr: std::net::SocketAddr) {
-        *self.relay.lock().unwrap_or_else(|p| p.into_inner()) = Some((file, addr));
+        *self.relay.locked() = Some((file, addr));
     }
 
     /// The successor's relay, once the process taking over has written its address in place of
     /// ours.
     pub fn successor(&self) -> Option<std::net::SocketAddr> {
-        let (file, own) = self
-            .relay
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()?;
+        let (file, own) = self.relay.locked().clone()?;
         let named: std::net::SocketAddr =
             std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
         (named != own).then_some(named)
@@ -129,12 +126,12 @@ impl Sessions {
 
     /// The relay address of the process this one replaces (a `-u` upgrade), if it still runs.
     pub fn predecessor(&self) -> Option<std::net::SocketAddr> {
-        *self.predecessor.lock().unwrap_or_else(|p| p.into_inner())
+        *self.predecessor.locked()
     }
 
     /// Sets (or, with `None`, forgets) the predecessor's relay address.
     pub fn set_predecessor(&self, relay: Option<std::net::SocketAddr>) {
-        *self.predecessor.lock().unwrap_or_else(|p| p.into_inner()) = relay;
+        *self.predecessor.locked() = relay;
     }
 
     /// Attaches a client to the session of `content` only if it exists, has not ended and is
@@ -155,7 +152,7 @@ impl Sessions {
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<StreamSession>>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+        self.map.locked()
     }
 
     /// The configuration new sessions and clients run with (a session keeps what it read).
@@ -191,7 +188,7 @@ impl Sessions {
         protocol: Protocol,
     ) -> Result<ClientHandle, EdgeError> {
         let attached = self.attach_inner(content, addr, protocol, true)?;
-        attached.ok_or_else(|| EdgeError::NoEngine("the session could not be created".into()))
+        attached.ok_or_else(|| EdgeError::Internal("the session could not be created".into()))
     }
 
     /// Attaches a client; with `create`, starting the session if there is none, else only to a
@@ -206,7 +203,7 @@ impl Sessions {
         let content_id = content.to_string();
         let content_id = content_id.as_str();
         if self.shutting_down.load(Ordering::Acquire) {
-            return Err(EdgeError::NoEngine("the proxy is shutting down".into()));
+            return Err(EdgeError::ShuttingDown);
         }
         let (session, created, clients) = {
             let mut map = self.map();
@@ -377,7 +374,7 @@ impl Sessions {
     }
 
     fn lock_hls_viewers(&self) -> MutexGuard<'_, (HashMap<HlsViewerKey, HlsViewer>, bool)> {
-        self.hls_viewers.lock().unwrap_or_else(|p| p.into_inner())
+        self.hls_viewers.locked()
     }
 
     /// Counts out the HLS viewers that stopped asking (nothing for three target durations) or

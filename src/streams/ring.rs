@@ -33,6 +33,7 @@
 //! needs all read one lock-guarded state, and belong together.)
 
 use super::pages::PageFile;
+use crate::sync::Lock;
 use crate::ts::KeyframeMark;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -260,7 +261,7 @@ impl Ring {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 
     /// Appends a chunk covering `media` and evicts the oldest ones the retention lets go.

@@ -20,6 +20,7 @@
 //! Only an HTTP/1 connection on a plain stream socket qualifies ([`ViewerSocket::of`]); anything
 //! else (HTTP/2, a subrequest, TLS if ever added) keeps the copying path.
 
+use crate::sync::Lock;
 use pingora::protocols::Stream;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::collections::HashMap;
@@ -32,7 +33,7 @@ use tokio::io::Interest;
 /// Why a connection is served by copying instead of `sendfile`: the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CopyReason {
-    /// `zero_copy: false` in the configuration.
+    /// `zero_copy: false` (or, on Pingora's path, `viewer_takeover: false`) in the configuration.
     Disabled,
     /// Not a plain HTTP/1 TCP connection (HTTP/2, a subrequest, TLS).
     Transport,
@@ -202,7 +203,7 @@ impl Connection {
 static CONNECTIONS: Mutex<Option<HashMap<RawFd, Weak<Connection>>>> = Mutex::new(None);
 
 fn connections() -> std::sync::MutexGuard<'static, Option<HashMap<RawFd, Weak<Connection>>>> {
-    CONNECTIONS.lock().unwrap_or_else(|p| p.into_inner())
+    CONNECTIONS.locked()
 }
 
 /// Registers the connection on socket `fd`, holding `held` (the guard's connection count) for as

@@ -14,6 +14,7 @@ use super::ClientStats;
 use crate::config::Config;
 use crate::engines::{ContentKey, Engine, EngineSession, StreamLease};
 use crate::error::EdgeError;
+use crate::sync::Lock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
@@ -288,7 +289,7 @@ impl StreamSession {
     }
 
     fn client_list(&self) -> MutexGuard<'_, Vec<Arc<ClientStats>>> {
-        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+        self.clients.locked()
     }
 
     pub(crate) fn add_client_stats(&self, stats: Arc<ClientStats>) {
@@ -365,7 +366,7 @@ impl StreamSession {
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, SessionState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 
     /// The current phase.
@@ -444,11 +445,11 @@ impl StreamSession {
             self.bytes_in.load(Ordering::Relaxed),
             self.bytes_out.load(Ordering::Relaxed),
         );
-        let mut last = self.history_last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.history_last.locked();
         if let Some((t, i, o)) = *last {
             let secs = now.duration_since(t).as_secs_f64().max(0.001);
             let rate = |d: u64| (d as f64 * 8.0 / secs) as u64;
-            let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+            let mut h = self.history.locked();
             h.push_back((
                 unix_ms,
                 rate(bin.saturating_sub(i)),

@@ -151,11 +151,7 @@ async fn relay_from_successor(
     session: &Arc<StreamSession>,
     config: &Config,
 ) -> Result<(EngineStream, Bytes), EdgeError> {
-    let handing_over = |why: String| {
-        EdgeError::NoEngine(format!(
-            "this process is handing over to its successor (graceful upgrade) and {why}; retry"
-        ))
-    };
+    let handing_over = EdgeError::HandingOver;
     // The successor writes its relay's address once Pingora handed it the listeners (it polls
     // for them once a second): until then the client waits, as for any start.
     let deadline = tokio::time::Instant::now() + config.empty_stream_timeout;
@@ -185,6 +181,8 @@ async fn relay_from_successor(
 pub(crate) fn start_outcome(e: &EdgeError) -> &'static str {
     match e {
         EdgeError::NoEngine(_) => "no_engine",
+        EdgeError::ShuttingDown => "shutting_down",
+        EdgeError::HandingOver(_) => "handing_over",
         EdgeError::EngineRefused { .. } => "engine_refused",
         EdgeError::EngineUnreachable { .. } => "engine_unreachable",
         EdgeError::EmptyStream(_) => "empty_stream",
