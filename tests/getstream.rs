@@ -534,7 +534,7 @@ fn common_run(a: &[u8], b: &[u8]) -> (usize, usize) {
 #[tokio::test(flavor = "multi_thread")]
 async fn sendfile_and_copying_viewers_get_identical_bytes() {
     let e = sim(Knobs::default()).await;
-    let config = proxy_config(&[&e], "");
+    let config = proxy_config(&[&e], "zero_copy: true");
     let server = start_proxy(config.clone());
     let path = format!("/ace/getstream?id={}", content_id(11));
     let mut a = get(server.addr, &path).await;

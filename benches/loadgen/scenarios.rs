@@ -22,10 +22,12 @@ enum FanoutServer {
     Direct,
     /// The minimal `sendfile` fan-out ([`super::floor`]).
     Floor,
-    /// The proxy on its copying path (`zero_copy: false`: one write of every byte per viewer,
-    /// the design before the page file).
-    ProxyCopy,
-    /// The proxy as shipped (zero copy).
+    /// The proxy as before this wave: every viewer in Pingora's writer (`viewer_takeover:
+    /// false`), one chunked write per chunk.
+    ProxyBefore,
+    /// The proxy with taken-over viewers that write each chunk (`zero_copy: false`).
+    ProxySend,
+    /// The proxy as shipped (taken-over viewers, `sendfile` from the page file).
     Proxy,
 }
 
@@ -34,8 +36,9 @@ impl FanoutServer {
         match self {
             FanoutServer::Direct => "direct",
             FanoutServer::Floor => "floor (sendfile)",
-            FanoutServer::ProxyCopy => "proxy (copy)",
-            FanoutServer::Proxy => "proxy",
+            FanoutServer::ProxyBefore => "proxy before (Pingora writer)",
+            FanoutServer::ProxySend => "proxy (send)",
+            FanoutServer::Proxy => "proxy (sendfile)",
         }
     }
 }
@@ -54,7 +57,8 @@ async fn fanout_rows(
         let proc_ = match server {
             FanoutServer::Direct => None,
             FanoutServer::Floor => Some(start_floor(sim.addr)),
-            FanoutServer::ProxyCopy => Some(start_proxy(sim.addr, "  zero_copy: false\n")),
+            FanoutServer::ProxyBefore => Some(start_proxy(sim.addr, "  viewer_takeover: false\n")),
+            FanoutServer::ProxySend => Some(start_proxy(sim.addr, "  zero_copy: false\n")),
             FanoutServer::Proxy => Some(start_proxy(sim.addr, "")),
         };
         let load = match &proc_ {
@@ -102,7 +106,8 @@ pub async fn fanout(o: &Opts, out: &mut Vec<Report>) {
         &[
             FanoutServer::Direct,
             FanoutServer::Floor,
-            FanoutServer::ProxyCopy,
+            FanoutServer::ProxyBefore,
+            FanoutServer::ProxySend,
             FanoutServer::Proxy,
         ]
     };
@@ -122,7 +127,11 @@ pub async fn fanout_10k(o: &Opts, out: &mut Vec<Report>) {
         1,
         n,
         1_000_000,
-        &[FanoutServer::Floor, FanoutServer::Proxy],
+        &[
+            FanoutServer::Floor,
+            FanoutServer::ProxySend,
+            FanoutServer::Proxy,
+        ],
         out,
     )
     .await;

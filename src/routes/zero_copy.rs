@@ -2,7 +2,7 @@
 //! it with `sendfile` from the session's page file, in runs of up to a read batch of chunks
 //! (about 1 MB); the few bytes that are not in the file in stream order (the join's PAT + PMT and
 //! partial chunk, keepalive nulls) are sent as they are. With `zero_copy: false` (or no page
-//! file) the ring's chunks themselves are written, one `send` each, by the same loop.
+//! file) the same runs are written from the ring's chunks with one vectored `send` each.
 //!
 //! At the live edge it batches: new bytes go out once `send_batch_bytes` are pending or
 //! `send_batch_delay` after it caught up, so a viewer costs a few large sends a second rather than
@@ -89,56 +89,58 @@ impl ZeroCopyViewer {
                 Next::End => return End::Finished,
             };
             let pages = ring.pages().filter(|_| self.sendfile);
-            let sent = match (self.client.ring_offset(), pages) {
-                (Some(first), Some(pages)) => {
+            let sent = match self.client.ring_offset() {
+                Some(first) => {
+                    // A run of ring chunks, contiguous in the stream from `first`.
                     let end = first + chunks.iter().map(|c| c.len() as u64).sum::<u64>();
                     let from = sent_upto
                         .filter(|p| (first..end).contains(p))
                         .unwrap_or(first);
-                    let send = self
-                        .socket
-                        .send_file(pages.fd(), from, (end - from) as usize);
-                    match self.guard(send, &mut ring_changed).await {
-                        // Bytes punched before `sendfile` read them may have gone out as zeros:
-                        // only a reader that had fallen off the ring's tail can see that.
-                        Ok(_) if pages.released() > from => Err(Leaving::Dropped(lagged(
-                            &self.sessions,
-                            &self.client,
-                            &self.id,
-                            ring.published_bytes().saturating_sub(from),
-                        ))),
-                        Ok(n) => {
-                            let upto = from + n as u64;
-                            if upto == end && ring.published_bytes() == end {
-                                caught_up = Some(tokio::time::Instant::now());
+                    let result = match pages {
+                        Some(pages) => {
+                            let send =
+                                self.socket
+                                    .send_file(pages.fd(), from, (end - from) as usize);
+                            match self.guard(send, &mut ring_changed).await {
+                                // Bytes punched before `sendfile` read them may have gone out
+                                // as zeros: only a reader that had fallen off the ring's tail
+                                // can see that.
+                                Ok(_) if pages.released() > from => Err(Leaving::Dropped(lagged(
+                                    &self.sessions,
+                                    &self.client,
+                                    &self.id,
+                                    ring.published_bytes().saturating_sub(from),
+                                ))),
+                                other => other,
                             }
-                            let mut at = first;
-                            for c in &chunks {
-                                at += c.len() as u64;
-                                if at > upto {
-                                    break;
-                                }
-                                self.client.wrote(c);
-                            }
-                            sent_upto = Some(upto);
-                            Ok(())
                         }
-                        Err(leaving) => Err(leaving),
-                    }
-                }
-                (ring_offset, _) => {
-                    // Join pieces, or a page file that failed: as bytes, skipping what a
-                    // `sendfile` already sent of the first chunk.
-                    let mut skip = match (ring_offset, sent_upto) {
-                        (Some(first), Some(upto)) => upto.saturating_sub(first) as usize,
-                        _ => 0,
+                        None => {
+                            let send = self.socket.send_chunks(&chunks, (from - first) as usize);
+                            self.guard(send, &mut ring_changed).await
+                        }
                     };
+                    result.map(|n| {
+                        let upto = from + n as u64;
+                        if upto == end && ring.published_bytes() == end {
+                            caught_up = Some(tokio::time::Instant::now());
+                        }
+                        let mut at = first;
+                        for c in &chunks {
+                            at += c.len() as u64;
+                            if at > upto {
+                                break;
+                            }
+                            self.client.wrote(c);
+                        }
+                        sent_upto = Some(upto);
+                    })
+                }
+                None => {
+                    // Join pieces (PAT + PMT, the keyframe's partial chunk): as they are.
                     sent_upto = None;
                     let mut result = Ok(());
                     for chunk in &chunks {
-                        let piece = chunk.slice(skip.min(chunk.len())..);
-                        skip = skip.saturating_sub(chunk.len());
-                        let send = self.socket.send_all(&piece);
+                        let send = self.socket.send_all(chunk);
                         result = self.guard(send, &mut ring_changed).await;
                         if result.is_err() {
                             break;

@@ -30,6 +30,10 @@ use std::sync::{Arc, Mutex, Weak};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+/// Most chunks in one vectored `send`. Fixed: a read batch of the ring is 16 chunks, well under
+/// the kernel's `UIO_MAXIOV` (1024).
+const MAX_IOVECS: usize = 16;
+
 /// Why a connection is served by copying instead of `sendfile`: the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CopyReason {
@@ -121,6 +125,43 @@ impl ViewerSocket {
             match sent {
                 Ok(result) => return result,
                 Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Waits until the socket takes bytes, then writes `chunks` from byte `skip` of the first on,
+    /// with one vectored `send` (up to [`MAX_IOVECS`] chunks); the count sent (at least 1 unless
+    /// there is nothing to send).
+    pub async fn send_chunks(&self, chunks: &[bytes::Bytes], skip: usize) -> io::Result<usize> {
+        let mut slices = Vec::with_capacity(chunks.len().min(MAX_IOVECS));
+        let mut skip = skip;
+        for c in chunks.iter().take(MAX_IOVECS) {
+            let part = &c[skip.min(c.len())..];
+            skip = skip.saturating_sub(c.len());
+            if !part.is_empty() {
+                slices.push(io::IoSlice::new(part));
+            }
+        }
+        if slices.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let mut ready = self.fd.writable().await?;
+            let sent = ready.try_io(|fd| {
+                let mut ancillary = rustix::net::SendAncillaryBuffer::default();
+                rustix::net::sendmsg(
+                    fd.get_ref(),
+                    &slices,
+                    &mut ancillary,
+                    rustix::net::SendFlags::NOSIGNAL,
+                )
+                .map_err(io::Error::from)
+            });
+            match sent {
+                Ok(Ok(n)) => return Ok(n),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
             }
         }
     }
