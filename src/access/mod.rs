@@ -22,6 +22,9 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+/// `acestream.admin_token`, as a reload leaves it: who may use the admin routes. Here, where
+/// clients are told apart, so that routes, the cluster and reloads all import it from below.
+pub type AdminToken = crate::config::live::Live<Option<String>>;
 /// The IP addresses of a fleet's members (see [`crate::cluster`]): they forward requests, so
 /// their `X-Forwarded-For` is believed like a trusted proxy's. Empty without a cluster.
 #[derive(Debug, Default)]

@@ -145,7 +145,7 @@ pub struct Cluster {
     unreachable: Mutex<HashMap<SocketAddr, Instant>>,
     /// One fresh poll of the peers at a time; the number counts the polls done.
     refresh: tokio::sync::Mutex<u64>,
-    token: Arc<crate::routes::admin::AdminToken>,
+    token: Arc<crate::access::AdminToken>,
     engines: Arc<EnginePool>,
     metrics: Arc<Metrics>,
     healthy_before: Mutex<Option<BTreeSet<SocketAddr>>>,
@@ -168,7 +168,7 @@ impl Cluster {
     /// client addresses are believed).
     pub fn new(
         config: ClusterConfig,
-        admin_token: Arc<crate::routes::admin::AdminToken>,
+        admin_token: Arc<crate::access::AdminToken>,
         engines: Arc<EnginePool>,
         metrics: Arc<Metrics>,
         trusted: Arc<TrustedPeers>,
@@ -645,7 +645,7 @@ mod tests {
                 health_check_interval: Duration::from_secs(2),
                 peer_timeout: Duration::from_secs(1),
             },
-            Arc::new(crate::routes::admin::AdminToken::new(None)),
+            Arc::new(crate::access::AdminToken::new(None)),
             pool,
             Arc::new(Metrics::new()),
             Arc::new(TrustedPeers::default()),

@@ -40,8 +40,7 @@ pub struct Admin {
     pub started: Instant,
 }
 
-/// `acestream.admin_token`, as a reload leaves it.
-pub type AdminToken = crate::config::live::Live<Option<String>>;
+use crate::access::AdminToken;
 
 /// A rendered body and when it was rendered.
 pub type CachedBody = (Instant, Vec<u8>);

@@ -172,7 +172,7 @@ pub async fn serve(
                 Err(reason) => ["copy", reason.label()],
             };
             metrics.ts_viewer_paths.with_label_values(&label).inc();
-            match viewer.flush_head().await {
+            match viewer.through_pingora(Stay::UntilTheHeadIsOut).await {
                 Ok(()) => {
                     let zero_copy = ZeroCopyViewer {
                         client,
@@ -203,7 +203,10 @@ pub async fn serve(
                 .ts_viewer_paths
                 .with_label_values(&["copy", reason.label()])
                 .inc();
-            viewer.stream_copying().await
+            match viewer.through_pingora(Stay::ToTheEnd).await {
+                Ok(()) | Err(End::Finished) => End::Finished,
+                Err(End::Dropped) => End::Dropped,
+            }
         }
     };
     // Never reuse a stream's connection.
@@ -217,6 +220,15 @@ pub async fn serve(
     Ok(())
 }
 
+/// How long a viewer's bytes go through Pingora's writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stay {
+    /// The whole stream.
+    ToTheEnd,
+    /// Until the response head went out; then the viewer takes its connection over.
+    UntilTheHeadIsOut,
+}
+
 /// One TS viewer's response body: its request, its place in the session, and the settings.
 struct Viewer<'a> {
     s: &'a mut HttpSession,
@@ -227,9 +239,12 @@ struct Viewer<'a> {
 }
 
 impl Viewer<'_> {
-    /// The path through Pingora: every piece through its body writer (chunked on HTTP/1.1), for
-    /// a connection whose socket this task cannot write itself (HTTP/2, a subrequest, TLS).
-    async fn stream_copying(&mut self) -> End {
+    /// Streams through Pingora's body writer (chunked on HTTP/1.1): to the end for a connection
+    /// whose socket this task cannot write itself (HTTP/2, a subrequest, TLS) or with
+    /// `viewer_takeover: false`; or only until the response head went out with a first piece
+    /// (Pingora's writer offers no other flush), whatever that piece is: the join's PAT + PMT, a
+    /// first chunk, or a keepalive null while the stream starts. `Err` with how the stream ended.
+    async fn through_pingora(&mut self, stay: Stay) -> Result<(), End> {
         let session = self.client.session().clone();
         let mut ring_changed = session.ring.subscribe();
         loop {
@@ -249,55 +264,16 @@ impl Viewer<'_> {
                         .await
                         {
                             leaving.log(self.client, self.id);
-                            return End::Dropped;
+                            return Err(End::Dropped);
                         }
                         self.client.wrote(&chunk);
+                        if stay == Stay::UntilTheHeadIsOut {
+                            return Ok(());
+                        }
                     }
                 }
                 Next::Wait => {
-                    if let Err(end) = self.wait(&mut ring_changed).await {
-                        return end;
-                    }
-                }
-                Next::Lagged(behind) => return self.lagged(behind),
-                Next::End => return End::Finished,
-            }
-        }
-    }
-
-    /// The zero-copy path's start, in Pingora's task: the response head goes out with the first
-    /// piece written through Pingora's writer (the only flush it offers), whatever that piece is:
-    /// the join's PAT + PMT, a first chunk, or a keepalive null while the stream starts. `Err`
-    /// when the stream ended or the client left first.
-    async fn flush_head(&mut self) -> Result<(), End> {
-        let session = self.client.session().clone();
-        let mut ring_changed = session.ring.subscribe();
-        loop {
-            ring_changed.borrow_and_update();
-            match self.client.next_step() {
-                Next::Write(chunks) => {
-                    let Some(first) = chunks.into_iter().next() else {
-                        continue;
-                    };
-                    let write = self.s.write_response_body(Some(first.clone()), false);
-                    if let Err(leaving) = guarded(
-                        write,
-                        self.client,
-                        &mut ring_changed,
-                        self.sessions,
-                        self.config,
-                        self.id,
-                    )
-                    .await
-                    {
-                        leaving.log(self.client, self.id);
-                        return Err(End::Dropped);
-                    }
-                    self.client.wrote(&first);
-                    return Ok(());
-                }
-                Next::Wait => {
-                    if self.wait(&mut ring_changed).await? {
+                    if self.wait(&mut ring_changed).await? && stay == Stay::UntilTheHeadIsOut {
                         return Ok(());
                     }
                 }

@@ -13,9 +13,9 @@
 //! [`LiveSettings`] and of the sessions' configuration.
 
 use crate::access::limits::{LimitSettings, Limits};
+use crate::access::AdminToken;
 use crate::config::{self, Config};
 use crate::engines::{EnginePool, EngineSources};
-use crate::routes::admin::AdminToken;
 use crate::streams::Sessions;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -42,59 +42,52 @@ impl LiveSettings {
     }
 }
 
-/// Keys applied only at start: a reload that changes them keeps the running value and says so.
-/// The sections Pingora reads (`threads`, `pid_file`, `upgrade_sock`, …) are never re-read.
-pub const RESTART_KEYS: &[&str] = &[
-    "listen",
-    "cluster",
-    "trusted_proxies",
-    "proxy_protocol",
-    "max_connections",
-    "request_header_timeout",
-    "keepalive_timeout",
-    "max_request_head_bytes",
-    "client_send_buffer",
-    "passthrough",
-    "stream_token_secret",
-    "health_check_interval",
-    "engine_cache_ttl",
-    "engine_connect_timeout",
-    "max_concurrent_checks",
-    "check_timeout",
-    "orchestrator.report_events",
-];
+/// Declares the keys applied only at start, each once: the field and its YAML key make both
+/// [`RESTART_KEYS`] and the merge that keeps their running values.
+macro_rules! restart_keys {
+    ($($field:ident => $key:literal),* $(,)?) => {
+        /// Keys applied only at start: a reload that changes them keeps the running value and
+        /// says so. The sections Pingora reads (`threads`, `pid_file`, `upgrade_sock`, …) are
+        /// never re-read.
+        pub const RESTART_KEYS: &[&str] = &[$($key,)* "orchestrator.report_events"];
+
+        /// Keeps `old`'s value of every restart key in `merged`; pushes the keys that differed.
+        fn keep_restart_values(old: &Config, merged: &mut Config, kept: &mut Vec<&'static str>) {
+            $(
+                if merged.$field != old.$field {
+                    kept.push($key);
+                    merged.$field = old.$field.clone();
+                }
+            )*
+        }
+    };
+}
+
+restart_keys!(
+    listen => "listen",
+    cluster => "cluster",
+    trusted_proxies => "trusted_proxies",
+    proxy_protocol => "proxy_protocol",
+    max_connections => "max_connections",
+    request_header_timeout => "request_header_timeout",
+    keepalive_timeout => "keepalive_timeout",
+    max_request_head_bytes => "max_request_head_bytes",
+    client_send_buffer => "client_send_buffer",
+    passthrough => "passthrough",
+    stream_token_secret => "stream_token_secret",
+    health_check_interval => "health_check_interval",
+    engine_cache_ttl => "engine_cache_ttl",
+    engine_connect_timeout => "engine_connect_timeout",
+    max_concurrent_checks => "max_concurrent_checks",
+    check_timeout => "check_timeout",
+);
 
 /// Takes `new` but keeps `old`'s value of every [`RESTART_KEYS`] entry; returns the merged
 /// configuration and the restart keys whose value differed.
 pub fn merge(old: &Config, new: Config) -> (Config, Vec<&'static str>) {
     let mut merged = new;
     let mut kept = Vec::new();
-    macro_rules! keep {
-        ($($field:ident => $key:literal),* $(,)?) => {$(
-            if merged.$field != old.$field {
-                kept.push($key);
-                merged.$field = old.$field.clone();
-            }
-        )*};
-    }
-    keep!(
-        listen => "listen",
-        cluster => "cluster",
-        trusted_proxies => "trusted_proxies",
-        proxy_protocol => "proxy_protocol",
-        max_connections => "max_connections",
-        request_header_timeout => "request_header_timeout",
-        keepalive_timeout => "keepalive_timeout",
-        max_request_head_bytes => "max_request_head_bytes",
-        client_send_buffer => "client_send_buffer",
-        passthrough => "passthrough",
-        stream_token_secret => "stream_token_secret",
-        health_check_interval => "health_check_interval",
-        engine_cache_ttl => "engine_cache_ttl",
-        engine_connect_timeout => "engine_connect_timeout",
-        max_concurrent_checks => "max_concurrent_checks",
-        check_timeout => "check_timeout",
-    );
+    keep_restart_values(old, &mut merged, &mut kept);
     // The event reporter was built for the orchestrator at start: its URL may change (engines
     // are listed from the new one) but whether events are sent may not.
     if let (Some(m), Some(o)) = (merged.orchestrator.as_mut(), old.orchestrator.as_ref()) {

@@ -53,6 +53,16 @@ impl std::fmt::Debug for HlsViewer {
 /// Who an HLS viewer is: its session, its address and its User-Agent.
 type HlsViewerKey = (String, Option<std::net::IpAddr>, String);
 
+/// How [`Sessions::attach_inner`] attaches a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attach {
+    /// To the id's session, starting it if there is none.
+    OrStart,
+    /// Only to a live session that is not read from a successor (the upgrade relay's joins: it
+    /// never starts anything).
+    ExistingOnly,
+}
+
 /// Every live session, keyed by content id.
 #[derive(Debug)]
 pub struct Sessions {
@@ -141,7 +151,7 @@ impl Sessions {
         content: &ContentKey,
         addr: Option<ClientAddr>,
     ) -> Option<ClientHandle> {
-        self.attach_inner(content, addr, Protocol::Ts, false)
+        self.attach_inner(content, addr, Protocol::Ts, Attach::ExistingOnly)
             .ok()
             .flatten()
     }
@@ -187,19 +197,20 @@ impl Sessions {
         addr: Option<ClientAddr>,
         protocol: Protocol,
     ) -> Result<ClientHandle, EdgeError> {
-        let attached = self.attach_inner(content, addr, protocol, true)?;
+        let attached = self.attach_inner(content, addr, protocol, Attach::OrStart)?;
         attached.ok_or_else(|| EdgeError::Internal("the session could not be created".into()))
     }
 
-    /// Attaches a client; with `create`, starting the session if there is none, else only to a
-    /// live session that is not read from a successor (`Ok(None)` otherwise).
+    /// Attaches a client as `how` says (`Ok(None)`: [`Attach::ExistingOnly`] found nothing to
+    /// join).
     fn attach_inner(
         self: &Arc<Self>,
         content: &ContentKey,
         addr: Option<ClientAddr>,
         protocol: Protocol,
-        create: bool,
+        how: Attach,
     ) -> Result<Option<ClientHandle>, EdgeError> {
+        let create = how == Attach::OrStart;
         let content_id = content.to_string();
         let content_id = content_id.as_str();
         if self.shutting_down.load(Ordering::Acquire) {
