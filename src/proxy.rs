@@ -186,8 +186,11 @@ impl EdgeProxy {
             &self.passthrough,
             uri.path(),
             uri.query(),
-            self.admin.token.get().is_some(),
-            self.admin.authorized(s),
+            match (self.admin.token.get().is_some(), self.admin.authorized(s)) {
+                (false, _) => passthrough::Admin::NoToken,
+                (true, true) => passthrough::Admin::Authorized,
+                (true, false) => passthrough::Admin::Unauthorized,
+            },
         )
     }
 }

@@ -66,14 +66,23 @@ pub fn default_rules() -> Vec<String> {
     ]
 }
 
+/// Where a request stands with the admin token, for a path no rule opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admin {
+    /// No `admin_token` is configured: only the rules open engine calls.
+    NoToken,
+    /// A token is configured and the request carries it.
+    Authorized,
+    /// A token is configured and the request does not carry it.
+    Unauthorized,
+}
+
 /// Decides a passthrough request: `Ok` to forward it, else the error to answer.
-/// `token`: whether an admin token is configured; `authorized`: whether the request carries it.
 pub fn check(
     rules: &[PassthroughRule],
     path: &str,
     query: Option<&str>,
-    token: bool,
-    authorized: bool,
+    admin: Admin,
 ) -> Result<(), EdgeError> {
     let decoded: String = form_urlencoded::parse(path.as_bytes())
         .map(|(k, v)| {
@@ -102,10 +111,10 @@ pub fn check(
     if !control && rules.iter().any(|r| r.matches(path, method.as_deref())) {
         return Ok(());
     }
-    match (token, authorized) {
-        (true, true) => Ok(()),
-        (true, false) => Err(EdgeError::Unauthorized),
-        (false, _) => Err(EdgeError::Forbidden(format!(
+    match admin {
+        Admin::Authorized => Ok(()),
+        Admin::Unauthorized => Err(EdgeError::Unauthorized),
+        Admin::NoToken => Err(EdgeError::Forbidden(format!(
             "{path} is not passed to the engines: list it in acestream.passthrough, or set acestream.admin_token and send it"
         ))),
     }
@@ -126,39 +135,38 @@ mod tests {
     fn only_opened_calls_pass_without_a_token() {
         let r = rules();
         let svc = "/webui/api/service";
-        assert!(check(&r, svc, Some("method=get_version"), false, false).is_ok());
+        assert!(check(&r, svc, Some("method=get_version"), Admin::NoToken).is_ok());
         let api = "/server/api";
         assert!(check(
             &r,
             api,
             Some("api_version=3&method=get_status"),
-            true,
-            false
+            Admin::Unauthorized
         )
         .is_ok());
         assert_eq!(
-            check(&r, svc, Some("method=shutdown"), true, false),
+            check(&r, svc, Some("method=shutdown"), Admin::Unauthorized),
             Err(EdgeError::Unauthorized)
         );
         assert!(matches!(
-            check(&r, "/server/api", None, false, false),
+            check(&r, "/server/api", None, Admin::NoToken),
             Err(EdgeError::Forbidden(_))
         ));
         assert!(
-            check(&r, "/server/api", None, true, true).is_ok(),
+            check(&r, "/server/api", None, Admin::Authorized).is_ok(),
             "with the token"
         );
         // Engine control is never opened, and `..` never passes.
         let open_all = PassthroughRule::parse("/ace/").unwrap_err();
         assert!(open_all.contains("engine control"));
         assert_eq!(
-            check(&r, "/ace/cmd/x/y", Some("method=stop"), true, false),
+            check(&r, "/ace/cmd/x/y", Some("method=stop"), Admin::Unauthorized),
             Err(EdgeError::Unauthorized)
         );
         for p in ["/webui/../ace/cmd/x", "/webui/%2e%2e/x", "/webui/%2E%2E/x"] {
             assert!(
                 matches!(
-                    check(&r, p, None, true, true),
+                    check(&r, p, None, Admin::Authorized),
                     Err(EdgeError::BadRequest(_))
                 ),
                 "{p}"

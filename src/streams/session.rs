@@ -69,6 +69,15 @@ pub const HISTORY_EVERY: std::time::Duration = std::time::Duration::from_secs(2)
 /// ... for the last 5 minutes.
 pub const HISTORY_SAMPLES: usize = 150;
 
+/// How a session's HLS is cut (`hls_segment_seconds`, `hls_window_segments`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct HlsSettings {
+    /// Target segment length in seconds.
+    segment_seconds: f64,
+    /// Segments in a playlist.
+    window_segments: usize,
+}
+
 /// How long a session without clients lives on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Linger {
@@ -199,8 +208,8 @@ pub struct StreamSession {
     pub ring: Ring,
     /// HLS for this session, from its first HLS request on.
     hls: std::sync::OnceLock<Arc<super::hls::Hls>>,
-    /// `hls_segment_seconds` and `hls_window_segments`.
-    hls_settings: (f64, usize),
+    /// How its HLS is cut, fixed when the session starts.
+    hls_settings: HlsSettings,
     hls_seeded: AtomicBool,
     /// Monotonic creation time.
     pub created: Instant,
@@ -249,10 +258,10 @@ impl StreamSession {
             content,
             hls: std::sync::OnceLock::new(),
             hls_seeded: AtomicBool::new(false),
-            hls_settings: (
-                config.hls_segment_seconds.as_secs_f64(),
-                config.hls_window_segments,
-            ),
+            hls_settings: HlsSettings {
+                segment_seconds: config.hls_segment_seconds.as_secs_f64(),
+                window_segments: config.hls_window_segments,
+            },
             ring: {
                 let retention = Retention {
                     min_bytes: config.stream_buffer_size,
@@ -476,8 +485,11 @@ impl StreamSession {
     pub fn start_hls(&self) -> (&Arc<super::hls::Hls>, super::hls::Cuts) {
         let mut seeded = super::hls::Cuts::default();
         let hls = self.hls.get_or_init(|| {
-            let (target, window) = self.hls_settings;
-            Arc::new(super::hls::Hls::new(target, window))
+            let HlsSettings {
+                segment_seconds,
+                window_segments,
+            } = self.hls_settings;
+            Arc::new(super::hls::Hls::new(segment_seconds, window_segments))
         });
         if !self.hls_seeded.swap(true, Ordering::AcqRel) {
             seeded = hls.seed(self.ring.snapshot());
