@@ -124,6 +124,25 @@ pub struct EngineStatus {
     pub candidate: Candidate,
 }
 
+/// Engine addresses that hold a mark until a deadline (proven working, recently failed): the
+/// one "expiring set" the pool keeps twice.
+#[derive(Debug, Default)]
+struct ExpiringSet(Mutex<HashMap<SocketAddr, std::time::Instant>>);
+
+impl ExpiringSet {
+    /// Marks `addr` until `until` (a later mark replaces an earlier one).
+    fn insert(&self, addr: SocketAddr, until: std::time::Instant) {
+        self.0.locked().insert(addr, until);
+    }
+
+    /// The addresses still marked at `now`; expired marks are dropped.
+    fn current(&self, now: std::time::Instant) -> Vec<SocketAddr> {
+        let mut map = self.0.locked();
+        map.retain(|_, until| *until > now);
+        map.keys().copied().collect()
+    }
+}
+
 /// The engine pool shared by every session.
 pub struct EnginePool {
     lb: Arc<LoadBalancer<RoundRobin>>,
@@ -133,10 +152,10 @@ pub struct EnginePool {
     max_streams: AtomicUsize,
     selection_timeout: Duration,
     failure_penalty: Duration,
-    failed_until: Mutex<HashMap<SocketAddr, std::time::Instant>>,
+    failed_until: ExpiringSet,
     /// Engines that answered a start although their last probe failed: healthy until the next
     /// probe has had time to run.
-    proven_until: Mutex<HashMap<SocketAddr, std::time::Instant>>,
+    proven_until: ExpiringSet,
     health_check_interval: Duration,
     panic_when_all_unhealthy: bool,
     /// When each engine was last given a session (the last tie-break).
@@ -227,8 +246,8 @@ impl EnginePool {
             max_streams: AtomicUsize::new(config.max_streams_per_engine),
             selection_timeout: config.engine_selection_timeout,
             failure_penalty: config.engine_failure_penalty,
-            failed_until: Mutex::new(HashMap::new()),
-            proven_until: Mutex::new(HashMap::new()),
+            failed_until: ExpiringSet::default(),
+            proven_until: ExpiringSet::default(),
             health_check_interval: config.health_check_interval,
             panic_when_all_unhealthy: config.panic_when_all_unhealthy,
             last_assigned: Mutex::new(HashMap::new()),
@@ -239,29 +258,24 @@ impl EnginePool {
     /// An engine just answered a start: it counts as healthy now, whatever its last probe said
     /// (until the next probe has run).
     pub fn mark_working(&self, addr: SocketAddr) {
-        let until = std::time::Instant::now() + self.health_check_interval * 2;
-        self.proven_until.locked().insert(addr, until);
+        let now = std::time::Instant::now();
+        self.proven_until
+            .insert(addr, now + self.health_check_interval * 2);
     }
 
     fn proven(&self) -> Vec<SocketAddr> {
-        let now = std::time::Instant::now();
-        let mut p = self.proven_until.locked();
-        p.retain(|_, until| *until > now);
-        p.keys().copied().collect()
+        self.proven_until.current(std::time::Instant::now())
     }
 
     /// Marks an engine as having failed a live session: it scores lower for
     /// `engine_failure_penalty`.
     pub fn penalize(&self, addr: SocketAddr) {
-        let until = std::time::Instant::now() + self.failure_penalty;
-        self.failed_until.locked().insert(addr, until);
+        let now = std::time::Instant::now();
+        self.failed_until.insert(addr, now + self.failure_penalty);
     }
 
     fn recently_failed(&self) -> Vec<SocketAddr> {
-        let now = std::time::Instant::now();
-        let mut map = self.failed_until.locked();
-        map.retain(|_, until| *until > now);
-        map.keys().copied().collect()
+        self.failed_until.current(std::time::Instant::now())
     }
 
     fn lock_load(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, usize>> {
@@ -543,6 +557,27 @@ impl Drop for StreamLease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A mark holds until its deadline and is gone after it; a new mark replaces the old one.
+    #[test]
+    fn expiring_set_forgets_at_the_deadline() {
+        let set = ExpiringSet::default();
+        let t0 = std::time::Instant::now();
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        set.insert(a, t0 + Duration::from_secs(1));
+        set.insert(b, t0 + Duration::from_secs(3));
+        let mut now = set.current(t0);
+        now.sort();
+        assert_eq!(now, vec![a, b]);
+        assert_eq!(set.current(t0 + Duration::from_secs(2)), vec![b]);
+        set.insert(a, t0 + Duration::from_secs(5));
+        let mut later = set.current(t0 + Duration::from_secs(4));
+        later.sort();
+        assert_eq!(later, vec![a]);
+    }
 
     /// The choice line says why: the winner's score and its parts, and what the others scored.
     #[test]
