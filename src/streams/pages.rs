@@ -123,8 +123,9 @@ impl PageFile {
         self.failed.load(Ordering::Acquire)
     }
 
-    /// Bytes of memory the file holds (its allocated blocks), for status and tests.
-    pub fn resident_bytes(&self) -> u64 {
+    /// Bytes of memory the file holds (its allocated blocks).
+    #[cfg(test)]
+    fn resident_bytes(&self) -> u64 {
         rustix::fs::fstat(&self.fd)
             .map(|st| st.st_blocks as u64 * 512)
             .unwrap_or(0)

@@ -22,7 +22,7 @@
 
 use crate::sync::Lock;
 use pingora::protocols::Stream;
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use rustix::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -207,11 +207,6 @@ impl ViewerSocket {
     /// fd is dropped).
     pub fn finish(&self) {
         let _ = rustix::net::shutdown(self.fd.get_ref(), rustix::net::Shutdown::Write);
-    }
-
-    /// The duplicated fd (for tests).
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.get_ref().as_fd()
     }
 }
 
