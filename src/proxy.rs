@@ -44,9 +44,9 @@ impl EdgeProxy {
         metrics: Arc<Metrics>,
         config: Arc<Config>,
         cluster: Option<Arc<Cluster>>,
-        live: crate::server::reload::LiveSettings,
+        live: crate::access::LiveSettings,
     ) -> Self {
-        let crate::server::reload::LiveSettings {
+        let crate::access::LiveSettings {
             admin_token,
             limits,
         } = live;

@@ -6,8 +6,8 @@
 //! anything. Nothing here touches a session: a [`limits::ViewerPermit`] is held by the route for
 //! as long as its client streams.
 
+pub use crate::config::cidr;
 use crate::sync::ReadWrite;
-pub mod cidr;
 pub mod limits;
 pub mod passthrough;
 pub mod token;
@@ -25,6 +25,25 @@ use std::sync::Arc;
 /// `acestream.admin_token`, as a reload leaves it: who may use the admin routes. Here, where
 /// clients are told apart, so that routes, the cluster and reloads all import it from below.
 pub type AdminToken = crate::config::live::Live<Option<String>>;
+/// The settings a reload replaces that live outside the sessions' configuration.
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    /// `admin_token`.
+    pub admin_token: Arc<AdminToken>,
+    /// The viewer limits (their settings; what they count stays).
+    pub limits: Arc<limits::Limits>,
+}
+
+impl LiveSettings {
+    /// As `config` sets them.
+    pub fn of(config: &Config) -> Self {
+        LiveSettings {
+            admin_token: Arc::new(AdminToken::new(config.admin_token.clone())),
+            limits: Arc::new(limits::Limits::new(limits::LimitSettings::of(config))),
+        }
+    }
+}
+
 /// The IP addresses of a fleet's members (see [`crate::cluster`]): they forward requests, so
 /// their `X-Forwarded-For` is believed like a trusted proxy's. Empty without a cluster.
 #[derive(Debug, Default)]

@@ -129,7 +129,7 @@ impl Default for AceWire {
             session_starts_per_ip_per_minute: 30,
             max_clients: 0,
             max_sessions: 0,
-            passthrough: crate::access::passthrough::default_rules(),
+            passthrough: super::passthrough::default_rules(),
             request_header_timeout: secs(10.0),
             keepalive_timeout: secs(60.0),
             max_request_head_bytes: 16 * 1024,

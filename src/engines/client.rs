@@ -6,6 +6,10 @@
 //! their bodies; `Accept-Encoding: identity`; a fresh `pid` per session; stop is best effort with a
 //! short timeout and tolerates `unknown playback session id`.
 
+mod content;
+
+pub use content::{ContentKey, ContentKind};
+
 use crate::error::EdgeError;
 use crate::http1::{self, Response};
 use serde::Deserialize;
@@ -24,7 +28,7 @@ const MAX_REDIRECTS: usize = 5;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The engine's name does not resolve.
-    #[error("engine {engine}: cannot resolve: {source}")]
+    #[error("engine {engine}: {}", self.detail())]
     Resolve {
         /// `host:port`.
         engine: String,
@@ -33,7 +37,7 @@ pub enum EngineError {
         source: std::io::Error,
     },
     /// Connecting, writing or reading failed.
-    #[error("engine {engine}: {what}: {source}")]
+    #[error("engine {engine}: {}", self.detail())]
     Io {
         /// `host:port`.
         engine: String,
@@ -44,7 +48,7 @@ pub enum EngineError {
         source: std::io::Error,
     },
     /// No answer in time.
-    #[error("engine {engine}: no answer to {what} within {after:?}")]
+    #[error("engine {engine}: {}", self.detail())]
     Timeout {
         /// `host:port`.
         engine: String,
@@ -54,7 +58,7 @@ pub enum EngineError {
         after: Duration,
     },
     /// The answer is not the JSON the API promises.
-    #[error("engine {engine}: {what}: {source}")]
+    #[error("engine {engine}: {}", self.detail())]
     BadJson {
         /// `host:port`.
         engine: String,
@@ -74,6 +78,22 @@ pub enum EngineError {
     },
 }
 
+impl EngineError {
+    /// What went wrong, in words, without the engine's address (which every variant names
+    /// apart): the one place the text of each failure is written.
+    pub fn detail(&self) -> String {
+        match self {
+            EngineError::Resolve { source, .. } => format!("cannot resolve: {source}"),
+            EngineError::Io { what, source, .. } => format!("{what}: {source}"),
+            EngineError::Timeout { what, after, .. } => {
+                format!("no answer to {what} within {after:?}")
+            }
+            EngineError::BadJson { what, source, .. } => format!("{what}: {source}"),
+            EngineError::Refused { reason, .. } => format!("refused: {reason}"),
+        }
+    }
+}
+
 impl From<EngineError> for EdgeError {
     fn from(e: EngineError) -> EdgeError {
         match e {
@@ -83,73 +103,8 @@ impl From<EngineError> for EdgeError {
             | EngineError::Timeout { ref engine, .. }
             | EngineError::BadJson { ref engine, .. } => EdgeError::EngineUnreachable {
                 engine: engine.clone(),
-                reason: e
-                    .to_string()
-                    .trim_start_matches(&format!("engine {engine}: "))
-                    .to_string(),
+                reason: e.detail(),
             },
-        }
-    }
-}
-
-/// What a client asked to play: a content id (`id=`) or a torrent infohash (`infohash=`). The
-/// engine treats them as different keys (`docs/engine-api.md` §2), so the proxy forwards each as
-/// it came and never lets a content id and an infohash share a session.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ContentKey {
-    /// Which key it is.
-    pub kind: ContentKind,
-    /// 40 hex characters, lower case.
-    pub value: String,
-}
-
-/// The kind of a [`ContentKey`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ContentKind {
-    /// `id=` (the content id; `content_id=` on newer engines).
-    ContentId,
-    /// `infohash=`.
-    Infohash,
-}
-
-impl ContentKey {
-    /// A content id.
-    pub fn content_id(value: impl Into<String>) -> Self {
-        ContentKey {
-            kind: ContentKind::ContentId,
-            value: value.into(),
-        }
-    }
-
-    /// The key as [`Display`](std::fmt::Display) writes it (`<hex>` or `infohash:<hex>`), if it
-    /// is one.
-    pub fn parse_key(key: &str) -> Option<Self> {
-        let (kind, value) = match key.strip_prefix("infohash:") {
-            Some(v) => (ContentKind::Infohash, v),
-            None => (ContentKind::ContentId, key),
-        };
-        (value.len() == 40 && value.bytes().all(|b| b.is_ascii_hexdigit())).then(|| ContentKey {
-            kind,
-            value: value.to_ascii_lowercase(),
-        })
-    }
-
-    /// The query parameter the engine is asked with.
-    pub fn param(&self) -> &'static str {
-        match self.kind {
-            ContentKind::ContentId => "id",
-            ContentKind::Infohash => "infohash",
-        }
-    }
-}
-
-/// A content id shows as itself, an infohash as `infohash:<hex>` (the registry key and the name in
-/// log lines).
-impl std::fmt::Display for ContentKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.kind {
-            ContentKind::ContentId => f.write_str(&self.value),
-            ContentKind::Infohash => write!(f, "infohash:{}", self.value),
         }
     }
 }
@@ -460,61 +415,4 @@ fn short(path: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A key reads back as it was written; anything else is not a key.
-    #[test]
-    fn content_keys_parse_from_their_display() {
-        let hex = "AB".repeat(20);
-        let id = ContentKey::parse_key(&hex).unwrap();
-        assert_eq!(
-            (id.kind, id.value.as_str()),
-            (ContentKind::ContentId, "ab".repeat(20).as_str())
-        );
-        let ih = ContentKey::parse_key(&format!("infohash:{hex}")).unwrap();
-        assert_eq!(ih.kind, ContentKind::Infohash);
-        assert_eq!(ContentKey::parse_key(&ih.to_string()), Some(ih));
-        for bad in ["", "abc", "infohash:", &format!("{hex}0"), &"zz".repeat(20)] {
-            assert_eq!(ContentKey::parse_key(bad), None, "{bad}");
-        }
-    }
-
-    /// An engine error keeps its source, and a client sees it as refused or unreachable.
-    #[test]
-    fn engine_errors_map_to_client_errors() {
-        use std::error::Error as _;
-        let io = EngineError::Io {
-            engine: "e:1".into(),
-            what: "/ace/getstream".into(),
-            source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"),
-        };
-        assert!(io.source().is_some());
-        assert_eq!(
-            EdgeError::from(io),
-            EdgeError::EngineUnreachable {
-                engine: "e:1".into(),
-                reason: "/ace/getstream: refused".into()
-            }
-        );
-        let refused = EngineError::Refused {
-            engine: "e:1".into(),
-            reason: "failed to load content".into(),
-        };
-        assert_eq!(EdgeError::from(refused).status(), 503);
-    }
-
-    /// The engine's host is dropped; path and query are kept.
-    #[test]
-    fn returned_urls_keep_only_path_and_query() {
-        assert_eq!(
-            path_of("http://172.17.0.5:6878/ace/r/abc/def?x=1").as_deref(),
-            Some("/ace/r/abc/def?x=1")
-        );
-        assert_eq!(
-            path_of("/content/ab/0.123").as_deref(),
-            Some("/content/ab/0.123")
-        );
-        assert_eq!(path_of("not a url"), None);
-    }
-}
+mod tests;

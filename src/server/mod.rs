@@ -108,7 +108,7 @@ fn build_services(
         predecessor,
         own_process,
     } = process;
-    let live = reload::LiveSettings::of(&config);
+    let live = crate::access::LiveSettings::of(&config);
     let (lb, meta) = engines::load_balancer(&config);
     let lb_service = background_service("engine pool", lb);
     let pool = Arc::new(EnginePool::new(lb_service.task(), meta, &config));

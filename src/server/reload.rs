@@ -12,8 +12,8 @@
 //! Owned by the server: the [`Reloader`] background service is the only writer of the
 //! [`LiveSettings`] and of the sessions' configuration.
 
-use crate::access::limits::{LimitSettings, Limits};
-use crate::access::AdminToken;
+use crate::access::limits::LimitSettings;
+use crate::access::LiveSettings;
 use crate::config::{self, Config};
 use crate::engines::{EnginePool, EngineSources};
 use crate::streams::Sessions;
@@ -22,25 +22,6 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::path::PathBuf;
 use std::sync::Arc;
-
-/// The settings a reload replaces that live outside the sessions' configuration.
-#[derive(Debug, Clone)]
-pub struct LiveSettings {
-    /// `admin_token`.
-    pub admin_token: Arc<AdminToken>,
-    /// The viewer limits (their settings; what they count stays).
-    pub limits: Arc<Limits>,
-}
-
-impl LiveSettings {
-    /// As `config` sets them.
-    pub fn of(config: &Config) -> Self {
-        LiveSettings {
-            admin_token: Arc::new(AdminToken::new(config.admin_token.clone())),
-            limits: Arc::new(Limits::new(LimitSettings::of(config))),
-        }
-    }
-}
 
 /// Declares the keys applied only at start, each once: the field and its YAML key make both
 /// [`RESTART_KEYS`] and the merge that keeps their running values.

@@ -7,6 +7,10 @@
 //! for `stream_idle_timeout`; a client that arrives before then re-attaches to the warm session
 //! without any engine call.
 
+mod hls_viewers;
+
+use hls_viewers::{HlsViewer, HlsViewerKey};
+
 use crate::sync::Lock;
 pub mod client;
 pub mod hls;
@@ -31,27 +35,6 @@ pub use session::{Phase, StopReason, StreamSession, UpstreamFailure};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-/// An HLS viewer: it holds no connection, so it is present while it keeps asking.
-struct HlsViewer {
-    last_seen: std::time::Instant,
-    /// Counts it in its session (dropping it counts it out).
-    handle: ClientHandle,
-    /// Whatever the route holds for it while it is present (its place under the limits).
-    _held: Option<Box<dyn std::any::Any + Send + Sync>>,
-}
-
-impl std::fmt::Debug for HlsViewer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HlsViewer")
-            .field("last_seen", &self.last_seen)
-            .field("client", &self.handle.addr())
-            .finish_non_exhaustive()
-    }
-}
-
-/// Who an HLS viewer is: its session, its address and its User-Agent.
-type HlsViewerKey = (String, Option<std::net::IpAddr>, String);
 
 /// How [`Sessions::attach_inner`] attaches a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,101 +311,6 @@ impl Sessions {
     /// A snapshot of the live sessions.
     pub fn list(&self) -> Vec<Arc<StreamSession>> {
         self.map().values().cloned().collect()
-    }
-
-    /// An HLS request of `client` (with its User-Agent `agent`) for `content`: its session,
-    /// with the viewer counted in as present. A viewer seen before is only marked present again;
-    /// a new one is first admitted by `admit` (told whether its request starts a session and how
-    /// many exist; what it returns is held while the viewer is present), and then attached,
-    /// starting the session if `start` and there is none (else `404`).
-    pub fn hls_viewer(
-        self: &Arc<Self>,
-        content: &ContentKey,
-        client: Option<ClientAddr>,
-        agent: &str,
-        start: bool,
-        admit: impl FnOnce(
-            bool,
-            usize,
-        ) -> Result<Option<Box<dyn std::any::Any + Send + Sync>>, EdgeError>,
-    ) -> Result<Arc<StreamSession>, EdgeError> {
-        let key: HlsViewerKey = (content.to_string(), client.map(|c| c.ip), agent.to_string());
-        let now = std::time::Instant::now();
-        let mut viewers = self.lock_hls_viewers();
-        if let Some(v) = viewers.0.get_mut(&key) {
-            if !v.handle.session().is_ended() {
-                v.last_seen = now;
-                return Ok(v.handle.session().clone());
-            }
-        }
-        // A new viewer (or one whose session ended meanwhile).
-        let stale = viewers.0.remove(&key);
-        let exists = self.get(&key.0).is_some();
-        if !exists && !start {
-            drop(viewers);
-            drop(stale);
-            return Err(EdgeError::NotFound(format!("no session for {content}")));
-        }
-        let held = admit(!exists, self.count())?;
-        let handle = self.attach_as(content, client, Protocol::Hls)?;
-        let session = handle.session().clone();
-        viewers.0.insert(
-            key,
-            HlsViewer {
-                last_seen: now,
-                handle,
-                _held: held,
-            },
-        );
-        self.metrics.hls_viewers.set(viewers.0.len() as i64);
-        if !viewers.1 {
-            viewers.1 = true;
-            tokio::spawn(self.clone().let_hls_viewers_go());
-        }
-        drop(viewers);
-        drop(stale);
-        Ok(session)
-    }
-
-    fn lock_hls_viewers(&self) -> MutexGuard<'_, (HashMap<HlsViewerKey, HlsViewer>, bool)> {
-        self.hls_viewers.locked()
-    }
-
-    /// Counts out the HLS viewers that stopped asking (nothing for three target durations) or
-    /// whose session ended; runs while any viewer is present.
-    async fn let_hls_viewers_go(self: Arc<Self>) {
-        // Fixed: presence is measured in target durations (seconds), a second is fine enough.
-        const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-        loop {
-            tokio::time::sleep(SWEEP_EVERY).await;
-            let now = std::time::Instant::now();
-            let gone: Vec<HlsViewer> = {
-                let mut viewers = self.lock_hls_viewers();
-                let keys: Vec<HlsViewerKey> = viewers
-                    .0
-                    .iter()
-                    .filter(|(_, v)| {
-                        let session = v.handle.session();
-                        let presence = session
-                            .hls()
-                            .map_or(30.0, |h| 3.0 * h.target_duration() as f64);
-                        session.is_ended()
-                            || now.duration_since(v.last_seen).as_secs_f64() > presence
-                    })
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                let gone = keys.iter().filter_map(|k| viewers.0.remove(k)).collect();
-                self.metrics.hls_viewers.set(viewers.0.len() as i64);
-                if viewers.0.is_empty() {
-                    viewers.1 = false;
-                    drop(viewers);
-                    drop(gone);
-                    return;
-                }
-                gone
-            };
-            drop(gone); // counted out of their sessions here, outside the lock
-        }
     }
 
     /// Tells the orchestrator (if it wants to know) that `engine` accepted `session`.

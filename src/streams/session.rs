@@ -9,6 +9,10 @@
 //! request, `HttpSession` where it appears), ours ([`StreamSession`]: one per content id, many
 //! clients) and the engine's ([`crate::engines::EngineSession`]: its playback and command URLs).
 
+mod phase;
+
+pub use phase::{Phase, StopReason, UpstreamFailure};
+
 use super::ring::{Retention, Ring};
 use super::ClientStats;
 use crate::config::Config;
@@ -19,21 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 use tokio::sync::{watch, Notify};
-
-/// Where a session is in its life, as its clients see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Phase {
-    /// Choosing an engine and asking it for the session.
-    Starting,
-    /// An engine accepted the session; waiting for its first byte (prebuffering).
-    Connected,
-    /// Bytes are flowing into the ring.
-    Streaming,
-    /// Starting failed; every waiting client gets this error.
-    Failed(EdgeError),
-    /// The session is over (upstream ended, idle timeout, shutdown).
-    Ended(StopReason),
-}
 
 /// Who reads a session's ring: who paces a stream without a clock, and what the ring must keep
 /// (see [`StreamSession::readers`]).
@@ -92,82 +81,6 @@ impl Linger {
         Linger {
             watched: config.stream_idle_timeout,
             unwatched: config.unwatched_linger,
-        }
-    }
-}
-
-/// Why a session ended.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StopReason {
-    /// Nobody watched for `stream_idle_timeout`.
-    #[error("idle timeout")]
-    IdleTimeout,
-    /// The proxy is shutting down.
-    #[error("proxy shutting down")]
-    Shutdown,
-    /// The upstream failed and the failover budget (`max_failovers` per `failover_window`) was
-    /// spent.
-    #[error("{0}; no failover left")]
-    Upstream(UpstreamFailure),
-    /// The upstream failed and no engine could take the session over.
-    #[error("{failure}; failover failed: {error}")]
-    FailoverFailed {
-        /// How the upstream failed.
-        failure: UpstreamFailure,
-        /// Why the next start failed.
-        error: EdgeError,
-    },
-}
-
-impl StopReason {
-    /// A short label (logs, the orchestrator's `stream_ended` reason).
-    pub fn label(&self) -> &'static str {
-        match self {
-            StopReason::IdleTimeout => "idle_timeout",
-            StopReason::Shutdown => "shutdown",
-            StopReason::Upstream(f) => f.label(),
-            StopReason::FailoverFailed { .. } => "failover_failed",
-        }
-    }
-}
-
-/// How a live upstream failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UpstreamFailure {
-    /// The engine ended the stream.
-    #[error("upstream ended")]
-    Ended,
-    /// Reading failed (connection reset, broken framing).
-    #[error("upstream read failed: {0}")]
-    ReadFailed(String),
-    /// More than a chunk's worth of bytes that are not MPEG-TS.
-    #[error("upstream sent {0} bytes that are not MPEG-TS")]
-    NotTs(usize),
-    /// No byte for `upstream_stall_timeout`.
-    #[error("upstream stalled for {0:?}")]
-    Stalled(std::time::Duration),
-    /// The engine's stats say it no longer knows the session.
-    #[error("the engine reports an unknown playback session")]
-    UnknownSession,
-    /// The engine reports `dl`, but its live position stood still this long.
-    #[error("the engine's live position stood still for {0:?}")]
-    LiveposStuck(std::time::Duration),
-    /// The engine went back to prebuffering for this long.
-    #[error("the engine prebuffered for {0:?}")]
-    Prebuffering(std::time::Duration),
-}
-
-impl UpstreamFailure {
-    /// The `reason` label of `acestream_edge_upstream_failures_total`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            UpstreamFailure::Ended => "ended",
-            UpstreamFailure::ReadFailed(_) => "read_failed",
-            UpstreamFailure::NotTs(_) => "not_ts",
-            UpstreamFailure::Stalled(_) => "stalled",
-            UpstreamFailure::UnknownSession => "unknown_session",
-            UpstreamFailure::LiveposStuck(_) => "livepos_stuck",
-            UpstreamFailure::Prebuffering(_) => "prebuffering",
         }
     }
 }
@@ -534,80 +447,4 @@ impl StreamSession {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    const LINGER: Linger = Linger {
-        watched: Duration::from_secs(300),
-        unwatched: Duration::from_secs(5),
-    };
-
-    /// With the clock paused: a watched session lingers exactly `stream_idle_timeout` after its
-    /// last client leaves; a client coming back within it restarts the linger from zero.
-    #[tokio::test(start_paused = true)]
-    async fn linger_and_rejoin() {
-        let session = Arc::new(StreamSession::new(
-            ContentKey::content_id("a".repeat(40)),
-            &Config::default(),
-        ));
-        let idle = LINGER;
-        session.count_in();
-        session.bytes_out.store(188, Ordering::Relaxed);
-        let s = session.clone();
-        let start = tokio::time::Instant::now();
-        let lingering = tokio::spawn(async move {
-            s.linger(move || idle, || true).await;
-            tokio::time::Instant::now()
-        });
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        assert_eq!(session.count_out(), 0, "last client left at 10 s");
-        tokio::time::sleep(Duration::from_secs(200)).await;
-        assert_eq!(session.count_in(), 1, "a client rejoined at 210 s");
-        assert!(session.state().idle_since.is_none());
-        tokio::time::sleep(Duration::from_secs(400)).await;
-        assert!(!lingering.is_finished(), "nobody left: no expiry");
-        session.count_out(); // at 610 s
-        let ended = lingering.await.unwrap();
-        assert_eq!(
-            ended - start,
-            Duration::from_secs(910),
-            "610 s + the 300 s linger"
-        );
-    }
-
-    /// An expiry the registry refuses (a client attached at that instant) keeps lingering.
-    #[tokio::test(start_paused = true)]
-    async fn refused_expiry_keeps_the_session() {
-        let session =
-            StreamSession::new(ContentKey::content_id("b".repeat(40)), &Config::default());
-        let tries = std::sync::atomic::AtomicUsize::new(0);
-        let start = tokio::time::Instant::now();
-        session
-            .linger(|| LINGER, || tries.fetch_add(1, Ordering::Relaxed) == 2)
-            .await;
-        assert_eq!(tries.load(Ordering::Relaxed), 3);
-        assert_eq!(start.elapsed(), Duration::from_secs(15), "3 × unwatched");
-    }
-
-    /// A session no byte of which reached a client lingers `unwatched_linger`; once a client got
-    /// bytes, the next linger is `stream_idle_timeout`.
-    #[tokio::test(start_paused = true)]
-    async fn unwatched_sessions_linger_briefly() {
-        let session = Arc::new(StreamSession::new(
-            ContentKey::content_id("c".repeat(40)),
-            &Config::default(),
-        ));
-        let start = tokio::time::Instant::now();
-        session.count_in();
-        session.count_out();
-        session.linger(|| LINGER, || true).await;
-        assert_eq!(start.elapsed(), Duration::from_secs(5));
-        session.count_in();
-        session.bytes_out.store(188, Ordering::Relaxed);
-        session.count_out();
-        let start = tokio::time::Instant::now();
-        session.linger(|| LINGER, || true).await;
-        assert_eq!(start.elapsed(), Duration::from_secs(300));
-    }
-}
+mod tests;

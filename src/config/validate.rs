@@ -1,0 +1,313 @@
+//! Validation: the wire form into the typed [`Config`], every problem collected in one pass.
+//!
+//! One function on purpose, so that a file with several mistakes is reported whole by `-t`.
+
+use super::cidr::Cidr;
+use super::load::{ConfigError, ConfigProblem};
+use super::passthrough::PassthroughRule;
+use super::wire::AceWire;
+use super::{ClusterConfig, Config, EngineConfig, OrchestratorConfig};
+use crate::ts::PACKET_SIZE as TS_PACKET_SIZE;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Checks a `host:port` member address; the reason when it is not one.
+fn member_address(a: &str) -> Result<(), String> {
+    let Some((host, port)) = a.rsplit_once(':') else {
+        return Err(format!("{a:?} is not host:port"));
+    };
+    if host.trim_matches(['[', ']']).is_empty() {
+        return Err(format!("{a:?} has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{a:?}: port must be 1..=65535")),
+    }
+}
+
+pub(super) fn validate(w: AceWire) -> Result<Config, ConfigError> {
+    let mut problems = Vec::new();
+    let mut bad = |path: String, reason: String| {
+        problems.push(ConfigProblem {
+            path,
+            reason,
+            line: None,
+        })
+    };
+
+    if w.listen.is_empty() {
+        bad(
+            "acestream.listen".into(),
+            "needs at least one address".into(),
+        );
+    }
+    let mut listen = Vec::new();
+    for (i, a) in w.listen.iter().enumerate() {
+        match a.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => bad(
+                format!("acestream.listen[{i}]"),
+                "port 0 is not allowed".into(),
+            ),
+            Ok(addr) => listen.push(addr),
+            Err(e) => bad(
+                format!("acestream.listen[{i}]"),
+                if a.starts_with("localhost") {
+                    format!(
+                        "{a:?}: names are not resolved; use 127.0.0.1{} (or [::1]:PORT)",
+                        a.trim_start_matches("localhost")
+                    )
+                } else {
+                    format!("{a:?} is not an ip:port address ({e})")
+                },
+            ),
+        }
+    }
+    let mut engines = Vec::new();
+    for (i, e) in w.engines.iter().enumerate() {
+        if e.host.trim().is_empty() {
+            bad(format!("acestream.engines[{i}].host"), "is empty".into());
+        }
+        if e.port == 0 {
+            bad(
+                format!("acestream.engines[{i}].port"),
+                "port 0 is not allowed (1..=65535)".into(),
+            );
+        }
+        engines.push(EngineConfig {
+            host: e.host.trim().to_string(),
+            port: e.port,
+            forwarded: e.forwarded,
+        });
+    }
+    let orchestrator = match w.orchestrator {
+        None => None,
+        Some(o) => {
+            let url = o.url.trim().trim_end_matches('/').to_string();
+            match url.parse::<http::Uri>() {
+                Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {}
+                _ => bad(
+                    "acestream.orchestrator.url".into(),
+                    format!("{:?} is not an http://host:port URL", o.url),
+                ),
+            }
+            Some(OrchestratorConfig {
+                url,
+                api_key: Some(o.api_key).filter(|k| !k.is_empty()),
+                report_events: o.report_events,
+            })
+        }
+    };
+    let cluster = match w.cluster {
+        None => None,
+        Some(c) => {
+            let self_addr = c.self_addr.trim().to_string();
+            if let Err(e) = member_address(&self_addr) {
+                bad("acestream.cluster.self".into(), e);
+            }
+            let mut peers = Vec::new();
+            for (i, p) in c.peers.iter().enumerate() {
+                let p = p.trim().to_string();
+                match member_address(&p) {
+                    Ok(()) => peers.push(p),
+                    Err(e) => bad(format!("acestream.cluster.peers[{i}]"), e),
+                }
+            }
+            for (key, d) in [
+                ("health_check_interval", c.health_check_interval.0),
+                ("peer_timeout", c.peer_timeout.0),
+            ] {
+                if d < Duration::from_millis(100) {
+                    bad(
+                        format!("acestream.cluster.{key}"),
+                        "must be at least 0.1 s".into(),
+                    );
+                }
+            }
+            Some(ClusterConfig {
+                self_addr,
+                peers,
+                mode: c.mode,
+                health_check_interval: c.health_check_interval.0,
+                peer_timeout: c.peer_timeout.0,
+            })
+        }
+    };
+    let copy_chunk_size = (w.copy_chunk_size as usize / TS_PACKET_SIZE) * TS_PACKET_SIZE;
+    if copy_chunk_size == 0 {
+        bad(
+            "acestream.copy_chunk_size".into(),
+            format!("must be at least {TS_PACKET_SIZE} bytes (one TS packet)"),
+        );
+    }
+    let stream_buffer_size = w.stream_buffer_size as usize;
+    if copy_chunk_size > 0 && stream_buffer_size < 2 * copy_chunk_size {
+        bad(
+            "acestream.stream_buffer_size".into(),
+            format!(
+                "must hold at least two chunks ({} bytes)",
+                2 * copy_chunk_size
+            ),
+        );
+    }
+    let stream_buffer_max_bytes = w.stream_buffer_max_bytes as usize;
+    if stream_buffer_max_bytes < stream_buffer_size {
+        bad(
+            "acestream.stream_buffer_max_bytes".into(),
+            format!("must be at least stream_buffer_size ({stream_buffer_size} bytes)"),
+        );
+    }
+    let positive = [
+        ("client_heartbeat_interval", w.client_heartbeat_interval),
+        ("client_timeout", w.client_timeout),
+        ("engine_selection_timeout", w.engine_selection_timeout),
+        ("engine_connect_timeout", w.engine_connect_timeout),
+        ("engine_read_timeout", w.engine_read_timeout),
+        ("session_cleanup_interval", w.session_cleanup_interval),
+        ("health_check_interval", w.health_check_interval),
+        ("empty_stream_timeout", w.empty_stream_timeout),
+        ("chunk_flush_interval", w.chunk_flush_interval),
+        ("upstream_stall_timeout", w.upstream_stall_timeout),
+        ("failover_window", w.failover_window),
+        ("engine_stop_timeout", w.engine_stop_timeout),
+        ("failover_stop_timeout", w.failover_stop_timeout),
+        ("request_header_timeout", w.request_header_timeout),
+        ("keepalive_timeout", w.keepalive_timeout),
+        ("hls_segment_seconds", w.hls_segment_seconds),
+        ("stuck_stream_timeout", w.stuck_stream_timeout),
+        ("check_timeout", w.check_timeout),
+    ];
+    for (key, d) in positive {
+        if d.0.is_zero() {
+            bad(format!("acestream.{key}"), "must be greater than 0".into());
+        }
+    }
+    // Floors that used to be silent clamps in the engine pool, now reported by `-t`.
+    let floors = [
+        (
+            "engine_cache_ttl",
+            w.engine_cache_ttl,
+            0.1,
+            "the engine list is refreshed no faster",
+        ),
+        (
+            "health_check_interval",
+            w.health_check_interval,
+            0.2,
+            "a health probe needs time to answer",
+        ),
+        (
+            "engine_connect_timeout",
+            w.engine_connect_timeout,
+            0.2,
+            "a health probe needs time to connect",
+        ),
+    ];
+    for (key, d, min, why) in floors {
+        if !d.0.is_zero() && d.0.as_secs_f64() < min {
+            bad(
+                format!("acestream.{key}"),
+                format!("must be at least {min} s ({why})"),
+            );
+        }
+    }
+    if w.hls_window_segments < 3 {
+        bad(
+            "acestream.hls_window_segments".into(),
+            "must be at least 3 (a player starts three segments from the end)".into(),
+        );
+    }
+    if w.max_request_head_bytes < 1024 {
+        bad(
+            "acestream.max_request_head_bytes".into(),
+            "must be at least 1024 (a player's request head is a few hundred bytes)".into(),
+        );
+    }
+    if w.max_streams_per_engine == 0 {
+        bad(
+            "acestream.max_streams_per_engine".into(),
+            "must be at least 1".into(),
+        );
+    }
+    let mut ranges = |key: &str, list: &[String]| -> Vec<Cidr> {
+        let mut out = Vec::new();
+        for (i, r) in list.iter().enumerate() {
+            match r.parse::<Cidr>() {
+                Ok(c) => out.push(c),
+                Err(e) => bad(format!("acestream.{key}[{i}]"), e.to_string()),
+            }
+        }
+        out
+    };
+    let trusted_proxies = ranges("trusted_proxies", &w.trusted_proxies);
+    let limit_exempt = ranges("limit_exempt", &w.limit_exempt);
+    let mut passthrough = Vec::new();
+    for (i, r) in w.passthrough.iter().enumerate() {
+        match PassthroughRule::parse(r) {
+            Ok(rule) => passthrough.push(rule),
+            Err(e) => bad(format!("acestream.passthrough[{i}]"), e),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError { problems });
+    }
+    Ok(Config {
+        listen,
+        admin_token: Some(w.admin_token).filter(|t| !t.is_empty()),
+        engines,
+        orchestrator,
+        cluster,
+        log_format: w.log_format,
+        empty_stream_timeout: w.empty_stream_timeout.0,
+        stream_idle_timeout: w.stream_idle_timeout.0,
+        client_heartbeat_interval: w.client_heartbeat_interval.0,
+        client_timeout: w.client_timeout.0,
+        stream_buffer_size,
+        copy_chunk_size,
+        join_burst_bytes: w.join_burst_bytes as usize,
+        chunk_flush_interval: w.chunk_flush_interval.0,
+        engine_selection_timeout: w.engine_selection_timeout.0,
+        engine_cache_ttl: w.engine_cache_ttl.0,
+        engine_connect_timeout: w.engine_connect_timeout.0,
+        engine_read_timeout: w.engine_read_timeout.0,
+        max_streams_per_engine: w.max_streams_per_engine as usize,
+        session_cleanup_interval: w.session_cleanup_interval.0,
+        health_check_interval: w.health_check_interval.0,
+        keepalive_interval: w.keepalive_interval.0,
+        upstream_stall_timeout: w.upstream_stall_timeout.0,
+        max_failovers: w.max_failovers as usize,
+        engine_failure_penalty: w.engine_failure_penalty.0,
+        live_lead: w.live_lead.0,
+        stream_buffer_seconds: w.stream_buffer_seconds.0,
+        stream_buffer_max_bytes,
+        client_send_buffer: w.client_send_buffer as usize,
+        zero_copy: w.zero_copy,
+        viewer_takeover: w.viewer_takeover,
+        send_batch_bytes: w.send_batch_bytes as usize,
+        send_batch_delay: w.send_batch_delay.0,
+        failover_window: w.failover_window.0,
+        engine_stop_timeout: w.engine_stop_timeout.0,
+        failover_stop_timeout: w.failover_stop_timeout.0,
+        unwatched_linger: w.unwatched_linger.0,
+        trusted_proxies,
+        limit_exempt,
+        max_clients_per_ip: w.max_clients_per_ip as usize,
+        max_sessions_per_ip: w.max_sessions_per_ip as usize,
+        session_starts_per_ip_per_minute: w.session_starts_per_ip_per_minute as usize,
+        max_clients: w.max_clients as usize,
+        max_sessions: w.max_sessions as usize,
+        passthrough,
+        request_header_timeout: w.request_header_timeout.0,
+        keepalive_timeout: w.keepalive_timeout.0,
+        max_request_head_bytes: w.max_request_head_bytes as usize,
+        max_connections: w.max_connections as usize,
+        proxy_protocol: w.proxy_protocol,
+        stream_token_secret: Some(w.stream_token_secret).filter(|s| !s.is_empty()),
+        hls_segment_seconds: w.hls_segment_seconds.0,
+        hls_window_segments: w.hls_window_segments as usize,
+        engine_stat_interval: w.engine_stat_interval.0,
+        stuck_stream_timeout: w.stuck_stream_timeout.0,
+        panic_when_all_unhealthy: w.panic_when_all_unhealthy,
+        check_timeout: w.check_timeout.0,
+        max_concurrent_checks: w.max_concurrent_checks as usize,
+    })
+}

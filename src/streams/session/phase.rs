@@ -1,0 +1,94 @@
+//! Where a session is in its life and how it ended: [`Phase`], [`StopReason`] and
+//! [`UpstreamFailure`], the values its clients, the status page and the metrics read.
+
+use super::*;
+
+/// Where a session is in its life, as its clients see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Choosing an engine and asking it for the session.
+    Starting,
+    /// An engine accepted the session; waiting for its first byte (prebuffering).
+    Connected,
+    /// Bytes are flowing into the ring.
+    Streaming,
+    /// Starting failed; every waiting client gets this error.
+    Failed(EdgeError),
+    /// The session is over (upstream ended, idle timeout, shutdown).
+    Ended(StopReason),
+}
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StopReason {
+    /// Nobody watched for `stream_idle_timeout`.
+    #[error("idle timeout")]
+    IdleTimeout,
+    /// The proxy is shutting down.
+    #[error("proxy shutting down")]
+    Shutdown,
+    /// The upstream failed and the failover budget (`max_failovers` per `failover_window`) was
+    /// spent.
+    #[error("{0}; no failover left")]
+    Upstream(UpstreamFailure),
+    /// The upstream failed and no engine could take the session over.
+    #[error("{failure}; failover failed: {error}")]
+    FailoverFailed {
+        /// How the upstream failed.
+        failure: UpstreamFailure,
+        /// Why the next start failed.
+        error: EdgeError,
+    },
+}
+
+impl StopReason {
+    /// A short label (logs, the orchestrator's `stream_ended` reason).
+    pub fn label(&self) -> &'static str {
+        match self {
+            StopReason::IdleTimeout => "idle_timeout",
+            StopReason::Shutdown => "shutdown",
+            StopReason::Upstream(f) => f.label(),
+            StopReason::FailoverFailed { .. } => "failover_failed",
+        }
+    }
+}
+
+/// How a live upstream failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamFailure {
+    /// The engine ended the stream.
+    #[error("upstream ended")]
+    Ended,
+    /// Reading failed (connection reset, broken framing).
+    #[error("upstream read failed: {0}")]
+    ReadFailed(String),
+    /// More than a chunk's worth of bytes that are not MPEG-TS.
+    #[error("upstream sent {0} bytes that are not MPEG-TS")]
+    NotTs(usize),
+    /// No byte for `upstream_stall_timeout`.
+    #[error("upstream stalled for {0:?}")]
+    Stalled(std::time::Duration),
+    /// The engine's stats say it no longer knows the session.
+    #[error("the engine reports an unknown playback session")]
+    UnknownSession,
+    /// The engine reports `dl`, but its live position stood still this long.
+    #[error("the engine's live position stood still for {0:?}")]
+    LiveposStuck(std::time::Duration),
+    /// The engine went back to prebuffering for this long.
+    #[error("the engine prebuffered for {0:?}")]
+    Prebuffering(std::time::Duration),
+}
+
+impl UpstreamFailure {
+    /// The `reason` label of `acestream_edge_upstream_failures_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            UpstreamFailure::Ended => "ended",
+            UpstreamFailure::ReadFailed(_) => "read_failed",
+            UpstreamFailure::NotTs(_) => "not_ts",
+            UpstreamFailure::Stalled(_) => "stalled",
+            UpstreamFailure::UnknownSession => "unknown_session",
+            UpstreamFailure::LiveposStuck(_) => "livepos_stuck",
+            UpstreamFailure::Prebuffering(_) => "prebuffering",
+        }
+    }
+}
