@@ -97,7 +97,9 @@ fn main() -> ExitCode {
     let engines = loaded.acestream.engines.len();
     // With -u, the running process's relay: read before this process writes its own.
     let predecessor = if cli.upgrade {
-        server::upgrade::read_relay(&server::upgrade::relay_file(&loaded.server.upgrade_sock))
+        acestream_edge::streams::relay::read_relay_file(
+            &acestream_edge::streams::relay::relay_file(&loaded.server.upgrade_sock),
+        )
     } else {
         None
     };

@@ -252,3 +252,107 @@ async fn an_unwatched_relayed_session_ends_with_its_relay() {
     assert_eq!(e.stats().getstream_calls.get(&id), Some(&1));
     drop(new);
 }
+
+/// The relay answers only a process of this deployment (issue 26): its file is private (0600)
+/// and names a secret; a local client without it (or with a wrong one) gets a 401 and no byte,
+/// and the engine is asked for nothing. With the secret a reader is served like a viewer, and a
+/// reader that takes nothing is cut after `client_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_relay_serves_only_this_deployment_and_cuts_readers_that_take_nothing() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let e = sim(Knobs {
+        bitrate_bps: 16_000_000,
+        ..Knobs::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let sock = dir.path().join("upgrade.sock");
+    let conf = dir.path().join("edge.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "version: 1\nthreads: 2\npid_file: {}\nupgrade_sock: {}\nacestream:\n  listen: [\"127.0.0.1:{port}\"]\n  engines: [{{host: 127.0.0.1, port: {}}}]\n  client_timeout: 2\n",
+            dir.path().join("edge.pid").display(),
+            sock.display(),
+            e.addr().port()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("edge.log");
+    let _edge = spawn(&conf, false, &log);
+    let file = dir.path().join("upgrade.sock.relay");
+    assert!(wait_until(Duration::from_secs(20), || async { file.exists() }).await);
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the relay file is readable by others");
+    let text_of = std::fs::read_to_string(&file).unwrap();
+    let mut lines = text_of.lines();
+    let relay: SocketAddr = lines.next().unwrap().parse().unwrap();
+    let secret = lines.next().unwrap().to_string();
+    assert_eq!(secret.len(), 64);
+
+    // Asks the relay for `id` (starting it) with `auth`; the status and what came before EOF or
+    // `limit`.
+    let ask = |id: String, auth: Option<String>| async move {
+        let mut s = tokio::net::TcpStream::connect(relay).await.unwrap();
+        let auth = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        s.write_all(
+            format!("GET /relay?key={id}&start=1 HTTP/1.1\r\nHost: x\r\n{auth}\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        s
+    };
+    let id = content_id(26_100);
+    for auth in [None, Some("Bearer wrong".to_string()), Some(secret.clone())] {
+        let mut s = ask(id.clone(), auth.clone().filter(|a| a != &secret)).await;
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+        assert!(read.is_ok(), "no answer to {auth:?}");
+        let head = String::from_utf8_lossy(&got);
+        assert!(head.starts_with("HTTP/1.1 401"), "{auth:?}: {head}");
+        assert!(head.ends_with("\r\n\r\n"), "{auth:?}: a body came: {head}");
+    }
+    assert_eq!(
+        e.stats().getstream_calls.get(&id),
+        None,
+        "the engine was asked"
+    );
+
+    // With the secret: streamed; then not read any more, and cut.
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let mut s = tcp.connect(relay).await.unwrap();
+    s.write_all(
+        format!("GET /relay?key={id}&start=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut first = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < 188 * 100 {
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut first[got..]))
+            .await
+            .expect("no stream through the relay")
+            .unwrap();
+        assert!(n > 0, "the relay ended at once");
+        got += n;
+    }
+    assert!(String::from_utf8_lossy(&first[..got]).starts_with("HTTP/1.1 200"));
+    assert_eq!(e.stats().getstream_calls.get(&id), Some(&1));
+    // Now it takes nothing: cut after client_timeout (2 s) once the kernel buffers are full.
+    let cut = wait_until(Duration::from_secs(30), || async {
+        text(&log).contains("relay reader took nothing")
+    })
+    .await;
+    assert!(
+        cut,
+        "a relay reader that takes nothing was never cut: {}",
+        text(&log)
+    );
+    drop(s);
+}

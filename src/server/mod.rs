@@ -52,7 +52,7 @@ pub struct ProcessOptions {
     /// The `-c` file, re-read on SIGHUP (see [`reload`]).
     pub reload_from: Option<std::path::PathBuf>,
     /// With `-u`: the relay of the process being replaced (see [`upgrade`]).
-    pub predecessor: Option<std::net::SocketAddr>,
+    pub predecessor: Option<crate::streams::relay::RelayPeer>,
     /// The server is the whole process: it serves the upgrade relay, and exits once its
     /// sessions ended and sent their stops (after a stop, or after an upgrade's drain).
     pub own_process: bool,
@@ -90,7 +90,7 @@ pub fn build_process(
         .unwrap_or(DEFAULT_GRACE_PERIOD_SECONDS);
     // The drain must end (and the stops go out) before Pingora's grace period ends.
     let drain = std::time::Duration::from_secs(drain.min(grace.saturating_sub(1)));
-    let relay_file = upgrade::relay_file(&conf.upgrade_sock);
+    let relay_file = crate::streams::relay::relay_file(&conf.upgrade_sock);
     let config = Arc::new(acestream);
     let server = Server::new_with_opt_and_conf(opt, conf);
     build_services(server, config, process, relay_file, drain)
@@ -117,16 +117,7 @@ fn build_services(
     let sessions = Arc::new(Sessions::new(config.clone(), pool.clone(), metrics.clone()));
     if let Some(relay) = predecessor {
         log::info!("upgrade: sessions the running process holds are relayed from it ({relay})");
-        sessions.set_predecessor(Some(relay));
-    }
-    if own_process {
-        server.add_service(background_service(
-            "upgrade relay",
-            upgrade::RelayService {
-                sessions: sessions.clone(),
-                file: relay_file,
-            },
-        ));
+        sessions.handover().set_predecessor(Some(relay));
     }
     let cluster = config.cluster.clone().map(|c| {
         log::info!(
@@ -147,6 +138,16 @@ fn build_services(
         server.add_service(background_service(
             "cluster",
             ClusterService { cluster: c.clone() },
+        ));
+    }
+    if own_process {
+        server.add_service(background_service(
+            "upgrade relay",
+            upgrade::RelayService {
+                sessions: sessions.clone(),
+                file: relay_file,
+                cluster: cluster.clone(),
+            },
         ));
     }
     let app = pingora::proxy::http_proxy(

@@ -26,15 +26,17 @@
 //! the signal watch, and the session reaper asks [`is_upgrading`].
 
 use crate::access::ClientAddr;
+use crate::cluster::{Cluster, Placement};
 use crate::engines::ContentKey;
 use crate::http1;
 use crate::streams::client::Next;
+use crate::streams::relay::{write_relay_file, RelayPeer};
 use crate::streams::Sessions;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -52,17 +54,6 @@ pub fn is_upgrading() -> bool {
     UPGRADING.load(Ordering::Relaxed)
 }
 
-/// The file that names a process's relay address, next to Pingora's upgrade socket.
-pub fn relay_file(upgrade_sock: &str) -> PathBuf {
-    PathBuf::from(format!("{upgrade_sock}.relay"))
-}
-
-/// The relay address a running process wrote, if any (read by a `-u` process before it
-/// writes its own).
-pub fn read_relay(file: &Path) -> Option<SocketAddr> {
-    std::fs::read_to_string(file).ok()?.trim().parse().ok()
-}
-
 /// Serves this process's sessions to the process that replaces it: `GET /relay?key=<id>` streams
 /// a live session's bytes from its live edge (a client of the session, so the session stays
 /// while it is read), `404` when there is none. Loopback only; never started sessions.
@@ -71,6 +62,31 @@ pub struct RelayService {
     pub sessions: Arc<Sessions>,
     /// Where the relay address is written.
     pub file: PathBuf,
+    /// The fleet, if any: the relay starts only ids this node would serve itself.
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+/// Whether this node would start a session of `key` for a request of its own: one it holds
+/// already, or one within `max_sessions` that no other fleet member holds or owns. The relay
+/// starts nothing a viewer's request here could not start.
+async fn would_start_here(
+    sessions: &Sessions,
+    cluster: Option<&Cluster>,
+    key: &str,
+) -> Result<(), String> {
+    if sessions.get(key).is_some() {
+        return Ok(());
+    }
+    let max = sessions.config().max_sessions;
+    if max > 0 && sessions.count() >= max {
+        return Err(format!("max_sessions ({max}) reached"));
+    }
+    if let Some(cluster) = cluster {
+        if let Placement::Forward { to, because } = cluster.place(key, false, &[]).await {
+            return Err(format!("fleet member {to} serves it ({})", because.label()));
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -86,18 +102,22 @@ impl BackgroundService for RelayService {
         let Ok(addr) = listener.local_addr() else {
             return;
         };
-        let tmp = self.file.with_extension("relay.tmp");
-        let written =
-            std::fs::write(&tmp, addr.to_string()).and_then(|()| std::fs::rename(&tmp, &self.file));
-        if let Err(e) = written {
+        let own = RelayPeer::own(addr);
+        if let Err(e) = write_relay_file(&self.file, &own) {
             log::warn!(
                 "upgrade relay: cannot write {} ({e}); an upgrade will restart sessions",
                 self.file.display()
             );
             return;
         }
-        self.sessions.set_relay(self.file.clone(), addr);
-        log::debug!("upgrade relay on {addr} ({})", self.file.display());
+        self.sessions
+            .handover()
+            .set_own(self.file.clone(), own.clone());
+        log::debug!(
+            "upgrade relay on {addr} ({}, mode 0600)",
+            self.file.display()
+        );
+        let own = Arc::new(own);
         // SIGQUIT (the signal watch ends Pingora's main loop on it too): from then on both
         // processes accept for Pingora's hand-over time, and only the new one starts sessions on
         // engines; a new one here is read from it.
@@ -111,7 +131,13 @@ impl BackgroundService for RelayService {
                 }
                 accepted = listener.accept() => match accepted {
                     Ok((sock, peer)) if peer.ip().is_loopback() => {
-                        tokio::spawn(relay(self.sessions.clone(), sock, peer));
+                        tokio::spawn(relay(
+                            self.sessions.clone(),
+                            self.cluster.clone(),
+                            own.clone(),
+                            sock,
+                            peer,
+                        ));
                     }
                     Ok(_) => {}
                     Err(e) => log::debug!("upgrade relay: accept failed: {e}"),
@@ -128,21 +154,50 @@ impl BackgroundService for RelayService {
     }
 }
 
-/// One relay connection.
-async fn relay(sessions: Arc<Sessions>, mut sock: tokio::net::TcpStream, peer: SocketAddr) {
-    let Ok(Some(head)) = http1::read_request_head(&mut sock).await else {
+/// One relay connection: answered only with this process's secret (see
+/// [`crate::streams::relay`]); its reader is cut like any viewer that takes nothing for
+/// `client_timeout`.
+async fn relay(
+    sessions: Arc<Sessions>,
+    cluster: Option<Arc<Cluster>>,
+    own: Arc<RelayPeer>,
+    mut sock: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let config = sessions.config();
+    let head = tokio::time::timeout(
+        config.request_header_timeout,
+        http1::read_request_head(&mut sock),
+    )
+    .await;
+    let Ok(Ok(Some(head))) = head else {
         return;
     };
+    if !own.authorizes(head.header("authorization")) {
+        log::warn!("upgrade relay: a request from {peer} without this deployment's secret refused");
+        let _ = sock
+            .write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+        return;
+    }
     let key = http1::query_param(&head.query, "key").unwrap_or_default();
     let client = Some(ClientAddr::from(peer));
     // `start=1`: the predecessor asks for an id it may not start itself while it hands over:
     // attach as a viewer, starting the session here if needed. Otherwise only a live session
     // is relayed.
     let start = http1::query_param(&head.query, "start").is_some_and(|v| v == "1");
-    let handle = if start {
-        ContentKey::parse_key(&key).and_then(|c| sessions.attach(&c, client).ok())
-    } else {
-        ContentKey::parse_key(&key).and_then(|c| sessions.join_existing(&c, client))
+    let handle = match ContentKey::parse_key(&key) {
+        None => None,
+        Some(c) if !start => sessions.join_existing(&c, client),
+        Some(c) => match would_start_here(&sessions, cluster.as_deref(), &key).await {
+            Ok(()) => sessions.attach(&c, client).ok(),
+            Err(why) => {
+                log::warn!(content_id:% = key; "upgrade relay: not starting {key} for the predecessor: {why}");
+                None
+            }
+        },
     };
     let Some(mut client) = handle else {
         let _ = sock
@@ -173,7 +228,16 @@ async fn relay(sessions: Arc<Sessions>, mut sock: tokio::net::TcpStream, peer: S
         match client.next_step() {
             Next::Write(chunks) => {
                 for chunk in chunks {
-                    if sock.write_all(&chunk).await.is_err() {
+                    let written =
+                        tokio::time::timeout(config.client_timeout, sock.write_all(&chunk)).await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        if written.is_err() {
+                            log::info!(
+                                content_id:% = key;
+                                "session {key}: relay reader took nothing for {:?}; cut",
+                                config.client_timeout
+                            );
+                        }
                         return;
                     }
                     client.wrote(&chunk);
@@ -186,22 +250,5 @@ async fn relay(sessions: Arc<Sessions>, mut sock: tokio::net::TcpStream, peer: S
             }
             Next::Lagged(_) | Next::End => return,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The relay file sits next to the upgrade socket and holds one address.
-    #[test]
-    fn relay_file_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("edge.sock");
-        let file = relay_file(sock.to_str().unwrap());
-        assert_eq!(file, dir.path().join("edge.sock.relay"));
-        assert_eq!(read_relay(&file), None);
-        std::fs::write(&file, "127.0.0.1:4567\n").unwrap();
-        assert_eq!(read_relay(&file), Some("127.0.0.1:4567".parse().unwrap()));
     }
 }

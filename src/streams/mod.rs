@@ -18,6 +18,7 @@ mod ingest;
 pub mod pacer;
 pub mod pages;
 pub mod rechunk;
+pub mod relay;
 pub mod ring;
 pub mod sendfile;
 pub mod session;
@@ -63,15 +64,10 @@ pub struct Sessions {
     metrics: Arc<Metrics>,
     /// Events for the orchestrator about our engine sessions.
     events: crate::engines::events::EventReporter,
-    /// During a graceful upgrade, the relay of the process this one replaces: a session it
-    /// still holds is read from it instead of started on an engine (see
-    /// [`crate::server::upgrade`]). Cleared once that process is gone.
-    predecessor: Mutex<Option<std::net::SocketAddr>>,
     /// Upstream tasks running: a session is done once its task ended (and sent its stop).
     upstreams: Arc<std::sync::atomic::AtomicUsize>,
-    /// This process's relay: the file its address is written to, and the address. During an
-    /// upgrade the file names the successor's relay instead.
-    relay: Mutex<Option<(std::path::PathBuf, std::net::SocketAddr)>>,
+    /// The relays of a graceful upgrade: this process's, its predecessor's, its successor's.
+    handover: relay::Handover,
 }
 
 impl Sessions {
@@ -92,39 +88,19 @@ impl Sessions {
             started_total: AtomicU64::new(0),
             events,
             metrics,
-            predecessor: Mutex::new(None),
             upstreams: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-            relay: Mutex::new(None),
+            handover: relay::Handover::default(),
         }
     }
 
-    /// Records this process's relay (its address file and address).
-    pub fn set_relay(&self, file: std::path::PathBuf, addr: std::net::SocketAddr) {
-        *self.relay.locked() = Some((file, addr));
-    }
-
-    /// The successor's relay, once the process taking over has written its address in place of
-    /// ours.
-    pub fn successor(&self) -> Option<std::net::SocketAddr> {
-        let (file, own) = self.relay.locked().clone()?;
-        let named: std::net::SocketAddr =
-            std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
-        (named != own).then_some(named)
+    /// What this process knows of the processes around an upgrade (the relays).
+    pub fn handover(&self) -> &relay::Handover {
+        &self.handover
     }
 
     /// Sessions whose upstream task still runs (ended sessions may still be sending stops).
     pub fn upstreams_running(&self) -> usize {
         self.upstreams.load(Ordering::Acquire)
-    }
-
-    /// The relay address of the process this one replaces (a `-u` upgrade), if it still runs.
-    pub fn predecessor(&self) -> Option<std::net::SocketAddr> {
-        *self.predecessor.locked()
-    }
-
-    /// Sets (or, with `None`, forgets) the predecessor's relay address.
-    pub fn set_predecessor(&self, relay: Option<std::net::SocketAddr>) {
-        *self.predecessor.locked() = relay;
     }
 
     /// Attaches a client to the session of `content` only if it exists, has not ended and is

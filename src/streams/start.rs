@@ -21,9 +21,9 @@ pub(crate) async fn start_within_deadline(
     exclude: &[SocketAddr],
 ) -> Result<(EngineStream, Bytes), EdgeError> {
     if session.fed_by_successor {
-        return relay_from_successor(sessions, session, config).await;
+        return super::relay::from_successor(sessions, session, config).await;
     }
-    if let Some(relayed) = relay_from_predecessor(sessions, session).await {
+    if let Some(relayed) = super::relay::from_predecessor(sessions, session).await {
         return Ok(relayed);
     }
     let started = tokio::time::timeout(
@@ -43,137 +43,6 @@ pub(crate) async fn start_within_deadline(
             }
             Err(EdgeError::EmptyStream(config.empty_stream_timeout))
         }
-    }
-}
-
-/// How long the predecessor's relay may take to answer: it is on this machine, and a process
-/// that does not answer in this time is not worth waiting for (the engine start follows).
-const RELAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// How often a process handing over looks whether its successor's relay is known yet (a read
-/// of one small file, for at most a second or two).
-const SUCCESSOR_POLL: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// Opens `GET /relay?key=<key>[&start=1]` on another acestream-edge process of this machine
-/// and waits for its first bytes. `Ok(None)`: it has no such session (and was not asked to
-/// start one) or ended it at once.
-async fn open_relay(
-    relay: SocketAddr,
-    content: &crate::engines::ContentKey,
-    start: bool,
-    timeout: std::time::Duration,
-) -> std::io::Result<Option<(crate::http1::Response, Bytes)>> {
-    let key = content.to_string();
-    let path = format!(
-        "/relay?key={}{}",
-        form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>(),
-        if start { "&start=1" } else { "" }
-    );
-    let opened = tokio::time::timeout(timeout, async {
-        let mut resp = crate::http1::get(relay, &path, timeout).await?;
-        if resp.status != 200 {
-            return Ok(None);
-        }
-        let first = loop {
-            match resp.next_chunk().await? {
-                Some(b) if b.is_empty() => continue,
-                Some(b) => break Some(b),
-                None => break None,
-            }
-        };
-        Ok::<_, std::io::Error>(first.map(|b| (resp, b)))
-    })
-    .await;
-    opened.unwrap_or_else(|_| {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no first byte within {timeout:?}"),
-        ))
-    })
-}
-
-/// The session reads `resp` from another process from now on.
-fn relayed(
-    session: &Arc<StreamSession>,
-    resp: crate::http1::Response,
-    first: Bytes,
-    from: &str,
-) -> (EngineStream, Bytes) {
-    session.phase.send_if_modified(|p| {
-        let first_start = *p == Phase::Starting;
-        if first_start {
-            *p = Phase::Connected;
-        }
-        first_start
-    });
-    log::info!(
-        content_id:% = session.content_id;
-        "session {}: relayed from {from}; no engine session of its own",
-        session.content_id
-    );
-    session.state().relayed = true;
-    (EngineStream::relayed(resp), first)
-}
-
-/// During a graceful upgrade: the session's stream read from the process being replaced, if
-/// that process still holds a live session of the id (two starts of one id would make the
-/// engine end the older session, cutting that process's viewers). `None`: start on an engine.
-async fn relay_from_predecessor(
-    sessions: &Sessions,
-    session: &Arc<StreamSession>,
-) -> Option<(EngineStream, Bytes)> {
-    let relay = sessions.predecessor()?;
-    match open_relay(relay, &session.content, false, RELAY_TIMEOUT).await {
-        Ok(Some((resp, first))) => Some(relayed(
-            session,
-            resp,
-            first,
-            &format!("the process being upgraded ({relay})"),
-        )),
-        Ok(None) => None,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            log::info!("the upgraded process is gone ({relay}): sessions start on engines");
-            sessions.set_predecessor(None);
-            None
-        }
-        Err(e) => {
-            log::warn!("relay from the upgraded process failed: {e}");
-            None
-        }
-    }
-}
-
-/// A session created while this process hands over (see [`StreamSession`]'s
-/// `fed_by_successor`): its stream comes from the successor, which starts it if needed (within
-/// `empty_stream_timeout`). Never an engine start here: the successor may be starting the same id.
-async fn relay_from_successor(
-    sessions: &Sessions,
-    session: &Arc<StreamSession>,
-    config: &Config,
-) -> Result<(EngineStream, Bytes), EdgeError> {
-    let handing_over = EdgeError::HandingOver;
-    // The successor writes its relay's address once Pingora handed it the listeners (it polls
-    // for them once a second): until then the client waits, as for any start.
-    let deadline = tokio::time::Instant::now() + config.empty_stream_timeout;
-    let relay = loop {
-        if let Some(relay) = sessions.successor() {
-            break relay;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(handing_over("no successor took over".into()));
-        }
-        tokio::time::sleep(SUCCESSOR_POLL).await;
-    };
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    match open_relay(relay, &session.content, true, left).await {
-        Ok(Some((resp, first))) => Ok(relayed(
-            session,
-            resp,
-            first,
-            &format!("the process taking over ({relay})"),
-        )),
-        Ok(None) => Err(handing_over("the successor could not start it".into())),
-        Err(e) => Err(handing_over(format!("the successor did not answer ({e})"))),
     }
 }
 
