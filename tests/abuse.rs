@@ -13,10 +13,55 @@ use tokio::io::AsyncWriteExt;
 /// Sends a getstream request head and closes the connection at once, as an aborted request or a
 /// probing player does.
 async fn abort_request(addr: SocketAddr, id: &str) {
+    abort_path(addr, &format!("/ace/getstream?id={id}")).await
+}
+
+/// Sends a GET of `path` and closes the connection at once.
+async fn abort_path(addr: SocketAddr, path: &str) {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let head = format!("GET /ace/getstream?id={id} HTTP/1.1\r\nHost: edge\r\n\r\n");
+    let head = format!("GET {path} HTTP/1.1\r\nHost: edge\r\n\r\n");
     s.write_all(head.as_bytes()).await.expect("write head");
     drop(s);
+}
+
+/// Aborted HLS playlist requests (issue 26) release their engine sessions like aborted TS
+/// requests: stopped within `unwatched_linger` (2 s here) + 2 s of the abort, not after the 30 s
+/// an HLS viewer stays present while it keeps asking.
+#[tokio::test(flavor = "multi_thread")]
+async fn aborted_playlist_requests_free_their_engine_sessions() {
+    let e = sim(Knobs {
+        prebuffer: Duration::from_secs(1),
+        ..Knobs::default()
+    })
+    .await;
+    let server = start_proxy(proxy_config(&[&e], "unwatched_linger: 2"));
+    for i in 0..5 {
+        abort_path(
+            server.addr,
+            &format!("/ace/manifest.m3u8?id={}", content_id(2650 + i)),
+        )
+        .await;
+    }
+    let aborted = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            sim_stats(&e).await.sessions_started == 5
+        })
+        .await,
+        "5 engine sessions started: {:?}",
+        sim_stats(&e).await
+    );
+    let stopped = wait_until(Duration::from_secs(15), || async {
+        sim_stats(&e).await.stop_total == 5
+    })
+    .await;
+    let after = aborted.elapsed();
+    eprintln!("5 aborted playlist requests' sessions stopped {after:?} after the aborts");
+    assert!(stopped, "not stopped: {:?}", sim_stats(&e).await);
+    assert!(
+        after <= Duration::from_secs(2 + 1 + 2),
+        "stopped within unwatched_linger + prebuffer + 2 s: {after:?}"
+    );
 }
 
 /// 25 aborted requests for distinct ids start 25 engine sessions; every one is stopped and its

@@ -118,6 +118,11 @@ impl Access {
         Some(client_addr_with(peer, &headers, trusted))
     }
 
+    /// Whether stream URLs are signed (`stream_token_secret` is set).
+    pub fn signs_streams(&self) -> bool {
+        self.tokens.is_some()
+    }
+
     /// Checks a stream request's `token` for content `id` when stream URLs must be signed.
     pub fn check_stream_token(&self, id: &str, query: Option<&str>) -> Result<(), EdgeError> {
         let Some(tokens) = &self.tokens else {

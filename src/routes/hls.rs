@@ -32,9 +32,20 @@ fn user_agent(s: &HttpSession) -> String {
         .to_string()
 }
 
-/// The `token` query parameter, to carry into segment URIs.
-fn token_param(query: Option<&str>) -> Option<String> {
-    super::getstream::query_param(query?, "token")
+/// What segment URIs carry of the playlist request's query: its `token`, percent-encoded, when
+/// stream URLs are signed (a segment needs it then); nothing else, and nothing at all when they
+/// are not (the query's text never reaches the playlist).
+fn segment_token(access: &Access, query: Option<&str>) -> String {
+    if !access.signs_streams() {
+        return String::new();
+    }
+    match query.and_then(|q| super::getstream::query_param(q, "token")) {
+        Some(t) => format!(
+            "&token={}",
+            form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>()
+        ),
+        None => String::new(),
+    }
 }
 
 /// A session's generation: its creation time in milliseconds since the epoch.
@@ -52,17 +63,22 @@ fn requested_content(access: &Access, query: Option<&str>) -> Result<ContentKey,
     Ok(content)
 }
 
+/// Who asks: the client's address and its User-Agent (an HLS viewer is both, with the id).
+fn viewer_of(s: &HttpSession, access: &Access) -> (Option<ClientAddr>, String) {
+    (access.client_of(s), user_agent(s))
+}
+
 /// Finds (or starts, for a playlist) the session of the request's viewer.
 fn viewer_session(
-    s: &HttpSession,
+    viewer: &(Option<ClientAddr>, String),
     sessions: &Arc<Sessions>,
     access: &Access,
     content: &ContentKey,
     start: bool,
 ) -> Result<Arc<StreamSession>, EdgeError> {
-    let client: Option<ClientAddr> = access.client_of(s);
+    let (client, agent) = (viewer.0, viewer.1.as_str());
     let id = content.to_string();
-    sessions.hls_viewer(content, client, &user_agent(s), start, |starts, n| {
+    sessions.hls_viewer(content, client, agent, start, |starts, n| {
         let permit = access.admit_viewer(client, &id, starts, n)?;
         Ok(permit.map(|p| Box::new(p) as Box<dyn std::any::Any + Send + Sync>))
     })
@@ -79,17 +95,15 @@ pub async fn manifest(
         Ok(c) => c,
         Err(e) => return write_error(s, &e).await,
     };
-    let session = match viewer_session(s, sessions, access, &content, true) {
+    let viewer = viewer_of(s, access);
+    let session = match viewer_session(&viewer, sessions, access, &content, true) {
         Ok(x) => x,
         Err(e) => return write_error(s, &e).await,
     };
     let (hls, seeded) = session.start_hls();
     record_cuts(sessions.metrics(), seeded);
     let gen = generation(&session);
-    let tail = match token_param(query.as_deref()) {
-        Some(t) => format!("&token={t}"),
-        None => String::new(),
-    };
+    let tail = segment_token(access, query.as_deref());
     let (param, value) = (content.param(), content.value.clone());
     let uri = move |n: u64| format!("hls/{gen}/{n}.ts?{param}={value}{tail}");
     let deadline = tokio::time::Instant::now() + sessions.config().empty_stream_timeout;
@@ -97,7 +111,9 @@ pub async fn manifest(
     let mut phase = session.watch_phase();
     loop {
         if let Some(text) = hls.playlist(&uri) {
-            return write_playlist(s, text).await;
+            write_playlist(s, text).await?;
+            sessions.hls_viewer_served(&content, viewer.0, &viewer.1);
+            return Ok(());
         }
         let now = phase.borrow_and_update().clone();
         match now {
@@ -115,7 +131,13 @@ pub async fn manifest(
                 let e = EdgeError::EmptyStream(sessions.config().empty_stream_timeout);
                 return write_error(s, &e).await;
             }
-            _ = s.read_body_or_idle(true) => return Ok(()), // the player went away
+            _ = s.read_body_or_idle(true) => {
+                // The player went away before its first playlist.
+                if sessions.hls_viewer_abandoned(&content, viewer.0, &viewer.1) {
+                    log::debug!(content_id:% = content.value; "HLS viewer left before its first playlist");
+                }
+                return Ok(());
+            }
         }
     }
 }
@@ -153,7 +175,8 @@ pub async fn segment(
         Ok(c) => c,
         Err(e) => return write_error(s, &e).await,
     };
-    let session = match viewer_session(s, sessions, access, &content, false) {
+    let viewer = viewer_of(s, access);
+    let session = match viewer_session(&viewer, sessions, access, &content, false) {
         Ok(x) if generation(&x) == gen => x,
         Ok(_) => return write_error(s, &not_found("that session has ended".into())).await,
         Err(e) => return write_error(s, &e).await,
@@ -177,6 +200,7 @@ pub async fn segment(
     for (i, piece) in segment.pieces.into_iter().enumerate() {
         s.write_response_body(Some(piece), i == last).await?;
     }
+    sessions.hls_viewer_served(&content, viewer.0, &viewer.1);
     // The session was watched (it lingers `stream_idle_timeout`, not `unwatched_linger`).
     session
         .bytes_out

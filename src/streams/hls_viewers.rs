@@ -20,7 +20,7 @@ impl Sessions {
             usize,
         ) -> Result<Option<Box<dyn std::any::Any + Send + Sync>>, EdgeError>,
     ) -> Result<Arc<StreamSession>, EdgeError> {
-        let key: HlsViewerKey = (content.to_string(), client.map(|c| c.ip), agent.to_string());
+        let key = hls_key(content, client, agent);
         let now = std::time::Instant::now();
         let mut viewers = self.lock_hls_viewers();
         if let Some(v) = viewers.0.get_mut(&key) {
@@ -44,6 +44,7 @@ impl Sessions {
             key,
             HlsViewer {
                 last_seen: now,
+                served: false,
                 handle,
                 _held: held,
             },
@@ -56,6 +57,41 @@ impl Sessions {
         drop(viewers);
         drop(stale);
         Ok(session)
+    }
+
+    /// Marks the HLS viewer as served: a playlist or a segment reached it, so it stays present
+    /// while it keeps asking.
+    pub fn hls_viewer_served(&self, content: &ContentKey, client: Option<ClientAddr>, agent: &str) {
+        if let Some(v) = self
+            .lock_hls_viewers()
+            .0
+            .get_mut(&hls_key(content, client, agent))
+        {
+            v.served = true;
+        }
+    }
+
+    /// The request of an HLS viewer went away before anything reached it (a player that gave up
+    /// while the session started, a probe): if it was never served, it is counted out now, so
+    /// its session lingers `unwatched_linger` like an aborted TS request's, instead of waiting
+    /// out the viewer's presence. True if it was counted out.
+    pub fn hls_viewer_abandoned(
+        &self,
+        content: &ContentKey,
+        client: Option<ClientAddr>,
+        agent: &str,
+    ) -> bool {
+        let gone = {
+            let mut viewers = self.lock_hls_viewers();
+            let key = hls_key(content, client, agent);
+            let gone = match viewers.0.get(&key) {
+                Some(v) if !v.served => viewers.0.remove(&key),
+                _ => None,
+            };
+            self.metrics.hls_viewers.set(viewers.0.len() as i64);
+            gone
+        };
+        gone.is_some() // dropped here, outside the lock: counted out of its session
     }
 
     fn lock_hls_viewers(&self) -> MutexGuard<'_, (HashMap<HlsViewerKey, HlsViewer>, bool)> {
@@ -103,6 +139,8 @@ impl Sessions {
 /// An HLS viewer: it holds no connection, so it is present while it keeps asking.
 pub(super) struct HlsViewer {
     last_seen: std::time::Instant,
+    /// A playlist or a segment reached it.
+    served: bool,
     /// Counts it in its session (dropping it counts it out).
     handle: ClientHandle,
     /// Whatever the route holds for it while it is present (its place under the limits).
@@ -120,3 +158,7 @@ impl std::fmt::Debug for HlsViewer {
 
 /// Who an HLS viewer is: its session, its address and its User-Agent.
 pub(super) type HlsViewerKey = (String, Option<std::net::IpAddr>, String);
+
+fn hls_key(content: &ContentKey, client: Option<ClientAddr>, agent: &str) -> HlsViewerKey {
+    (content.to_string(), client.map(|c| c.ip), agent.to_string())
+}
