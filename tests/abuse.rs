@@ -714,3 +714,32 @@ async fn malformed_http_is_refused_cleanly() {
         "no session left behind"
     );
 }
+
+/// `max_request_head_bytes` is exact (issue 26): a whole head of 20 KiB sent in one write is
+/// refused like one that comes in pieces (it passed before, up to 24 KiB), while a whole head
+/// just under the limit is answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_head_limit_holds_for_a_head_in_one_write() {
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(&[&e], "max_request_head_bytes: 16384"));
+    let whole_head = |n: usize| {
+        let mut head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: ".to_vec();
+        head.resize(n - 4, b'a');
+        head.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(head.len(), n);
+        head
+    };
+    for (size, answered) in [
+        (16_000, true),
+        (16_385, false),
+        (20 * 1024, false),
+        (24 * 1024, false),
+    ] {
+        let statuses = raw_exchange(server.addr, &whole_head(size)).await;
+        assert_eq!(
+            statuses.contains(&200),
+            answered,
+            "a {size}-byte head: {statuses:?}"
+        );
+    }
+}

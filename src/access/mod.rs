@@ -175,6 +175,16 @@ impl Access {
     }
 }
 
+impl ClientAddr {
+    /// A client a trusted front could not name (`X-Forwarded-For: unknown`, or empty): the
+    /// unspecified address, which is never loopback (no admin route without a token) and which
+    /// the per-address limits count as one address.
+    pub const UNKNOWN: ClientAddr = ClientAddr {
+        ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        port: None,
+    };
+}
+
 /// A client's address as every limit, log line and status field sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientAddr {
@@ -204,8 +214,9 @@ impl fmt::Display for ClientAddr {
 
 /// The client behind a connection from `peer`: the peer itself, or, when the peer is a trusted
 /// proxy, the right-most address of `X-Forwarded-For` that is not itself a trusted proxy (the
-/// entries left of it were written by the client and prove nothing). An unparsable entry ends
-/// the walk there: the peer (the last trusted hop) stays the answer.
+/// entries left of it were written by the client and prove nothing). An entry that is not an
+/// address (`unknown`, empty, garbage) makes the client unknown: [`ClientAddr::UNKNOWN`], never
+/// the trusted hop itself (a front on loopback would otherwise pass its clients off as local).
 pub fn client_addr(peer: SocketAddr, forwarded_for: &[&str], trusted: &[Cidr]) -> ClientAddr {
     client_addr_with(peer, forwarded_for, |ip| any_contains(trusted, ip))
 }
@@ -224,7 +235,7 @@ fn client_addr_with(
     for header in forwarded_for.iter().rev() {
         for entry in header.rsplit(',') {
             let Some(ip) = parse_forwarded_ip(entry) else {
-                return client;
+                return ClientAddr::UNKNOWN;
             };
             client = ClientAddr { ip, port: None };
             if !trusted(ip) {
@@ -293,11 +304,18 @@ mod tests {
             client_addr(outsider, &["198.51.100.7"], &trusted),
             ClientAddr::from(outsider)
         );
-        // Garbage ends the walk at the last trusted hop.
-        assert_eq!(
-            client_addr(peer, &["nonsense"], &trusted),
-            ClientAddr::from(peer)
-        );
+        // Garbage, `unknown` or an empty entry: the client is unknown, not the trusted hop (a
+        // front on loopback must not pass its clients off as local).
+        for header in ["nonsense", "unknown", "", "198.51.100.7, ", " "] {
+            let c = client_addr(peer, &[header], &trusted);
+            assert_eq!(c, ClientAddr::UNKNOWN, "{header:?}");
+            assert!(!c.ip.is_loopback());
+        }
+        let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let front = cidrs(&["127.0.0.1/32"]);
+        assert!(!client_addr(local, &["unknown"], &front).ip.is_loopback());
+        // No header at all: the trusted peer is the client (its own request).
+        assert_eq!(client_addr(local, &[], &front), ClientAddr::from(local));
         assert_eq!(
             client_addr(peer, &["[2001:db8::1]:443"], &trusted).ip,
             ip("2001:db8::1")

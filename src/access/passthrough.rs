@@ -45,13 +45,21 @@ pub fn check(
             "a path with '..' is not passed on".into(),
         ));
     }
-    let method = query.and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "method")
-            .map(|(_, v)| v.into_owned())
-    });
+    let params: Vec<(String, String)> = query
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    // A parameter given twice (`?method=get_version&method=stop`) opens nothing: the engine may
+    // read the other one.
+    let single = params
+        .iter()
+        .enumerate()
+        .all(|(i, (k, _))| params[..i].iter().all(|(seen, _)| seen != k));
+    let method = params
+        .iter()
+        .find(|(k, _)| k == "method")
+        .map(|(_, v)| v.as_str());
     let control = path.starts_with(CONTROL_PREFIX);
-    if !control && rules.iter().any(|r| r.matches(path, method.as_deref())) {
+    if !control && single && rules.iter().any(|r| r.matches(path, method)) {
         return Ok(());
     }
     match admin {
@@ -122,5 +130,27 @@ mod tests {
             None,
             "a prefix opens everything under it"
         );
+    }
+
+    /// A rule opens its exact path (a method rule) or whole segments under it, never a longer
+    /// name; a parameter given twice opens nothing (issue 26).
+    #[test]
+    fn exact_paths_and_single_parameters() {
+        let r = rules();
+        let no = |path: &str, query: &str| check(&r, path, Some(query), Admin::NoToken).is_err();
+        assert!(no("/webui/api/serviceX", "method=get_version"));
+        assert!(no("/webui/api/serviceX/y", "method=get_version"));
+        assert!(no("/webui/api/service/more", "method=get_version"));
+        assert!(no("/webui/api/service", "method=get_version&method=stop"));
+        assert!(no("/webui/api/service", "method=stop&method=get_version"));
+        assert!(no("/server/api", "method=get_status&x=1&x=2"));
+        assert!(!no("/webui/api/service", "method=get_version&format=json"));
+        let dir = vec![PassthroughRule::parse("/ace/stat").unwrap()];
+        let open = |path: &str| check(&dir, path, None, Admin::NoToken).is_ok();
+        assert!(open("/ace/stat"));
+        assert!(open("/ace/stat/abc/def"));
+        assert!(!open("/ace/statistics"));
+        let slash = vec![PassthroughRule::parse("/ace/stat/").unwrap()];
+        assert!(check(&slash, "/ace/stat/x", None, Admin::NoToken).is_ok());
     }
 }

@@ -7,7 +7,7 @@ pub const CONTROL_PREFIX: &str = "/ace/cmd/";
 /// One opened call: a path prefix, and optionally the one `method=` query value it allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PassthroughRule {
-    /// Requests whose path starts with this.
+    /// The path it opens (see [`PassthroughRule::matches`]).
     pub prefix: String,
     /// If set, the query's `method` must be exactly this.
     pub method: Option<String>,
@@ -45,9 +45,18 @@ impl PassthroughRule {
         })
     }
 
-    /// Whether a request for `path` with the query's `method` value is opened by this rule.
+    /// Whether a request for `path` with the query's `method` value is opened by this rule. A
+    /// rule with a method opens exactly its path; one without opens its path and what lies
+    /// under it as whole segments (`/webui/api/service` opens `/webui/api/service/x`, never
+    /// `/webui/api/serviceX`).
     pub fn matches(&self, path: &str, method: Option<&str>) -> bool {
-        path.starts_with(&self.prefix) && self.method.as_deref().is_none_or(|m| Some(m) == method)
+        let Some(rest) = path.strip_prefix(self.prefix.as_str()) else {
+            return false;
+        };
+        match &self.method {
+            Some(m) => rest.is_empty() && Some(m.as_str()) == method,
+            None => rest.is_empty() || self.prefix.ends_with('/') || rest.starts_with('/'),
+        }
     }
 }
 

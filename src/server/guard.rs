@@ -227,13 +227,22 @@ impl GuardedStream {
         let Phase::Head { bytes, last } = &mut self.phase else {
             return Ok(());
         };
+        let too_large = |max: usize| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("request head larger than {max} bytes"),
+            )
+        };
         for (i, &b) in data.iter().enumerate() {
             // A head ends at an empty line: CRLF CRLF, or LF LF as lenient parsers accept.
             let end = b == b'\n' && (last[1] == b'\n' || (last[1] == b'\r' && last[0] == b'\n'));
             last[0] = last[1];
             last[1] = b;
             if end {
-                *bytes += i + 1;
+                // A whole head in one read is measured like one that came in pieces.
+                if *bytes + i + 1 > self.max_head {
+                    return Err(too_large(self.max_head));
+                }
                 self.phase = Phase::Body { responded: false };
                 self.deadline = None;
                 return Ok(());
@@ -241,10 +250,7 @@ impl GuardedStream {
         }
         *bytes += data.len();
         if *bytes > self.max_head {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("request head larger than {} bytes", self.max_head),
-            ));
+            return Err(too_large(self.max_head));
         }
         Ok(())
     }
