@@ -219,13 +219,16 @@ impl ProxyHttp for EdgeProxy {
             // Nothing is started for a POST, PUT, DELETE...
             routes::write_method_not_allowed(s).await
         } else {
-            let placed = if matches!(
-                route,
-                Route::GetStream | Route::Manifest | Route::HlsSegment
-            ) {
-                self.place(s, ctx).await
-            } else {
-                None
+            // Stream routes, and checks (admitted first), are served where the id lives in a
+            // fleet: a check of an id a member holds answers from that session, and one that
+            // needs an engine runs on the id's owner, so it never adds an engine session.
+            let placed = match route {
+                Route::GetStream | Route::Manifest | Route::HlsSegment => self.place(s, ctx).await,
+                Route::Check => match self.admin.admit(s, self.access.client_of(s)) {
+                    Ok(()) => self.place(s, ctx).await,
+                    Err(e) => Some(routes::write_error(s, &e).await),
+                },
+                _ => None,
             };
             if let Some(written) = placed {
                 written
@@ -240,10 +243,8 @@ impl ProxyHttp for EdgeProxy {
                     Route::Health => {
                         routes::write_health(s, self.sessions.is_shutting_down()).await
                     }
-                    Route::Check => match self.admin.admit(s, self.access.client_of(s)) {
-                        Ok(()) => self.checker.serve(s, &self.sessions).await,
-                        Err(e) => routes::write_error(s, &e).await,
-                    },
+                    // Admitted above, with its placement.
+                    Route::Check => self.checker.serve(s, &self.sessions).await,
                     Route::Passthrough => match self.passthrough_allowed(s) {
                         Ok(()) => return Ok(false),
                         Err(e) => routes::write_error(s, &e).await,

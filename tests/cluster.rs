@@ -595,3 +595,50 @@ async fn hls_through_a_non_owner_is_forwarded() {
     );
     assert_eq!(e.stats().sessions_started, 1);
 }
+
+/// `/ace/check` in a fleet (issue 26): with a viewer on the id's owner, three checks of the id on
+/// each node answer from that session (the engine saw one start) and the viewer streams on; a
+/// check of an unwatched id asked on the non-owner runs on the owner (one start, stopped again).
+#[tokio::test(flavor = "multi_thread")]
+async fn checks_answer_where_the_id_lives() {
+    let e = sim(Knobs::default()).await;
+    let nodes = fleet(2, &[&e], "").await;
+    let id = id_owned_by(&nodes[0], nodes[1].addr, 26_200).await;
+    let viewer = Viewer::start(nodes[1].addr, &id).await;
+    assert!(viewer.gets(188 * 100).await, "the viewer got nothing");
+    for round in 0..3 {
+        for node in &nodes {
+            let (status, v) = get_json(node.addr, &format!("/ace/check?id={id}")).await;
+            assert_eq!(status, 200, "{v}");
+            assert_eq!(
+                (v["available"].clone(), v["from_session"].clone()),
+                (true.into(), true.into()),
+                "round {round}, node {}: {v}",
+                node.addr
+            );
+        }
+    }
+    assert_eq!(starts(&[&e]).get(&id), Some(&1), "{:?}", starts(&[&e]));
+    let before = viewer.bytes();
+    assert!(viewer.gets(before + 188 * 100).await, "the viewer stopped");
+    assert!(!viewer.ended());
+    // An id nobody holds: the check runs on its owner only.
+    let other = id_owned_by(&nodes[0], nodes[1].addr, 26_300).await;
+    let (status, v) = get_json(nodes[0].addr, &format!("/ace/check?id={other}")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["from_session"], false, "{v}");
+    assert_eq!(starts(&[&e]).get(&other), Some(&1));
+    assert!(
+        nodes[0]
+            .metric("acestream_edge_cluster_forwarded_requests_total")
+            .await
+            >= 4.0
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            e.stats().stop_calls.get(&other) == Some(&1)
+        })
+        .await,
+        "the check's engine session was not stopped"
+    );
+}

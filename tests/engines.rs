@@ -548,3 +548,29 @@ async fn availability_checks() {
         "only the live session's engine session is left"
     );
 }
+
+/// A check that gives up on a slow engine (its start answered after `check_timeout`) still stops
+/// the engine session that start created, once the engine answers (issue 26).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_check_that_gives_up_stops_the_late_engine_session() {
+    let e = sim(Knobs {
+        json_latency: Duration::from_secs(3),
+        ..Knobs::default()
+    })
+    .await;
+    let server = start_proxy(proxy_config(&[&e], "check_timeout: 1"));
+    let id = content_id(2660);
+    let (status, v) = get_json(server.addr, &format!("/ace/check?id={id}")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["available"], false, "{v}");
+    let stopped = wait_until(Duration::from_secs(10), || async {
+        let s = sim_stats(&e).await;
+        s.sessions_started == 1 && s.stop_calls.get(&id) == Some(&1) && s.sessions_active == 0
+    })
+    .await;
+    assert!(
+        stopped,
+        "the late session was left running: {:?}",
+        sim_stats(&e).await
+    );
+}

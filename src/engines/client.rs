@@ -7,6 +7,7 @@
 //! short timeout and tolerates `unknown playback session id`.
 
 mod content;
+mod late_stop;
 
 pub use content::{ContentKey, ContentKind};
 

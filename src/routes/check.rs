@@ -105,16 +105,30 @@ impl Checker {
             connect: self.config.engine_connect_timeout,
             read: self.config.check_timeout,
         };
+        // The start call itself may outlive the check (engines answer it after their prebuffer):
+        // it runs on with the engines' own timeout, so that a late session is stopped.
+        let start_timeouts = EngineTimeouts {
+            read: self
+                .config
+                .engine_read_timeout
+                .max(self.config.check_timeout),
+            ..t
+        };
         let started = Instant::now();
+        // A start the check gives up on is stopped when the engine answers after all.
         let es = match tokio::time::timeout(
             self.config.check_timeout,
-            engine.endpoint.start_session(content, t),
+            engine.endpoint.start_or_stop_later(
+                content,
+                start_timeouts,
+                self.config.engine_stop_timeout,
+            ),
         )
         .await
         {
             Ok(Ok(es)) => es,
             Ok(Err(e)) => {
-                result.error = Some(EdgeError::from(e).public_text());
+                result.error = Some(e.public_text());
                 return result;
             }
             Err(_) => {

@@ -5,9 +5,7 @@
 use super::session::{Phase, StreamSession};
 use super::Sessions;
 use crate::config::Config;
-use crate::engines::{
-    Engine, EngineEndpoint, EngineError, EngineSession, EngineStream, EngineTimeouts,
-};
+use crate::engines::{Engine, EngineStream, EngineTimeouts};
 use crate::error::EdgeError;
 use bytes::Bytes;
 use std::net::SocketAddr;
@@ -123,77 +121,16 @@ async fn start_and_first_bytes(
     }
 }
 
-/// The engine's JSON start, run as its own task: if the session gives up waiting (the
-/// `empty_stream_timeout`, the session ended) while the engine has not answered yet, the answer
-/// is still awaited in the background and the engine session it created is stopped, so a late
-/// answer never leaves an engine streaming to nobody.
-async fn start_or_stop_later(
-    session: &StreamSession,
-    engine: &Engine,
-    timeouts: EngineTimeouts,
-    stop_timeout: std::time::Duration,
-) -> Result<EngineSession, EdgeError> {
-    let endpoint = engine.endpoint.clone();
-    let content = session.content.clone();
-    let call = tokio::spawn(async move { endpoint.start_session(&content, timeouts).await });
-    let mut pending = StopIfAbandoned {
-        call: Some(call),
-        endpoint: engine.endpoint.clone(),
-        content_id: session.content_id.clone(),
-        stop_timeout,
-    };
-    let answer = match pending.call.as_mut() {
-        Some(call) => call.await,
-        None => unreachable!("set just above"),
-    };
-    pending.call = None;
-    match answer {
-        Ok(r) => Ok(r?),
-        Err(e) => Err(EdgeError::EngineUnreachable {
-            engine: engine.endpoint.to_string(),
-            reason: format!("start call failed: {e}"),
-        }),
-    }
-}
-
-/// Owns an engine start call the session may stop waiting for (see [`start_or_stop_later`]).
-struct StopIfAbandoned {
-    call: Option<tokio::task::JoinHandle<Result<EngineSession, EngineError>>>,
-    endpoint: EngineEndpoint,
-    content_id: String,
-    stop_timeout: std::time::Duration,
-}
-
-impl Drop for StopIfAbandoned {
-    fn drop(&mut self) {
-        let Some(call) = self.call.take() else {
-            return;
-        };
-        let (endpoint, id, timeout) = (
-            self.endpoint.clone(),
-            self.content_id.clone(),
-            self.stop_timeout,
-        );
-        tokio::spawn(async move {
-            let Ok(Ok(es)) = call.await else { return };
-            let Some(cmd) = es.command_path else { return };
-            log::info!(
-                "session {id}: the engine answered after the start was given up; stopping it"
-            );
-            if let Err(e) = endpoint.stop(&cmd, timeout).await {
-                log::warn!("session {id}: stop of the late engine session failed: {e}");
-            }
-        });
-    }
-}
-
 async fn start_on(
     session: &Arc<StreamSession>,
     engine: &Engine,
     timeouts: EngineTimeouts,
     stop_timeout: std::time::Duration,
 ) -> Result<(EngineStream, Bytes), EdgeError> {
-    let es = start_or_stop_later(session, engine, timeouts, stop_timeout).await?;
+    let es = engine
+        .endpoint
+        .start_or_stop_later(&session.content, timeouts, stop_timeout)
+        .await?;
     {
         // Recorded at once: from here on, every way out sends a stop.
         let mut st = session.state();
