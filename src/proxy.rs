@@ -5,10 +5,11 @@
 //! are proxied to the best engine through `upstream_peer`, so the proxy is a drop-in replacement
 //! for an engine's URL.
 
+mod forward;
+
 use crate::access::passthrough::{self, PassthroughRule};
 use crate::access::Access;
-use crate::cluster::{Cluster, Placement, VIA_HEADER};
-use crate::config::ClusterMode;
+use crate::cluster::{Cluster, VIA_HEADER};
 use crate::config::Config;
 use crate::engines::EnginePool;
 use crate::error::EdgeError;
@@ -88,97 +89,12 @@ pub struct RequestCtx {
     /// The route of this request, for the responses metric.
     route: Option<Route>,
     /// The cluster member this request is proxied to, and the members it went through before.
-    forward: Option<(std::net::SocketAddr, Vec<std::net::SocketAddr>)>,
+    forward: Option<forward::Forward>,
+    /// Its forward failed before an answer: place it again before Pingora's retry.
+    replace: bool,
 }
 
 impl EdgeProxy {
-    /// Where a stream request (getstream, playlist, segment) is served in a fleet; `None` when
-    /// here. In `redirect` mode the `302` is written here (`Some(None)`).
-    async fn place(
-        &self,
-        s: &mut HttpSession,
-        ctx: &mut RequestCtx,
-    ) -> Option<pingora::Result<()>> {
-        let cluster = self.cluster.as_ref()?;
-        // A request without a valid id is answered here (with its 400).
-        let key = getstream::content_id(s.req_header().uri.query())
-            .ok()?
-            .to_string();
-        let peer_ip = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let via_header = s
-            .req_header()
-            .headers
-            .get(VIA_HEADER)
-            .and_then(|v| v.to_str().ok());
-        let via = cluster.via_of(peer_ip, via_header);
-        let local = self.sessions.get(&key).is_some();
-        let Placement::Forward { to, because } = cluster.place(&key, local, &via).await else {
-            return None;
-        };
-        match cluster.mode() {
-            ClusterMode::Proxy => {
-                log::debug!(
-                    "{key}: proxied to cluster member {to} ({})",
-                    because.label()
-                );
-                self.metrics
-                    .cluster_forwarded
-                    .with_label_values(&[because.label()])
-                    .inc();
-                ctx.forward = Some((to, via));
-                None
-            }
-            ClusterMode::Redirect => {
-                self.metrics
-                    .cluster_redirects
-                    .with_label_values(&[because.label()])
-                    .inc();
-                let target = s
-                    .req_header()
-                    .uri
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_string();
-                Some(routes::write_redirect(s, &format!("http://{to}{target}")).await)
-            }
-        }
-    }
-
-    /// `GET /proxy/cluster`: for admins, and for the fleet's members (which poll it).
-    async fn serve_cluster(&self, s: &mut HttpSession) -> pingora::Result<()> {
-        let Some(cluster) = &self.cluster else {
-            let e = EdgeError::NotFound(
-                "this node is not in a cluster (acestream.cluster is not set)".into(),
-            );
-            return routes::write_error(s, &e).await;
-        };
-        let peer_ip = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        if !peer_ip.is_some_and(|ip| cluster.is_member_ip(ip)) {
-            if let Err(e) = self.admin.admit(s, self.access.client_of(s)) {
-                return routes::write_error(s, &e).await;
-            }
-        }
-        let id = s
-            .req_header()
-            .uri
-            .query()
-            .and_then(|q| getstream::query_param(q, "id"));
-        let key =
-            id.map(|v| crate::engines::ContentKey::parse_key(&v).map_or(v, |c| c.to_string()));
-        let held = self
-            .sessions
-            .list()
-            .iter()
-            .map(|x| crate::cluster::HeldSession {
-                id: x.content.to_string(),
-                engine: x.state().engine.as_ref().map(|e| e.addr),
-            })
-            .collect();
-        let view = cluster.view(held, key.as_deref());
-        let body = serde_json::to_vec_pretty(&view).unwrap_or_default();
-        routes::write_json(s, 200, body).await
-    }
-
     /// Whether a passthrough request may reach an engine (see [`crate::access::passthrough`]).
     fn passthrough_allowed(&self, s: &HttpSession) -> std::result::Result<(), EdgeError> {
         let uri = &s.req_header().uri;
@@ -271,12 +187,26 @@ impl ProxyHttp for EdgeProxy {
     /// The best engine, by the same score as sessions use (nothing is reserved).
     async fn upstream_peer(
         &self,
-        _s: &mut HttpSession,
+        s: &mut HttpSession,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        if let (Some((to, _)), Some(cluster)) = (&ctx.forward, &self.cluster) {
-            let mut peer = HttpPeer::new(*to, false, String::new());
+        if ctx.replace {
+            self.replace(s, ctx).await;
+            if ctx.forward.is_none() {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(502),
+                    "the cluster member serving this stream did not answer; retry",
+                ));
+            }
+        }
+        if let (Some(f), Some(cluster)) = (&ctx.forward, &self.cluster) {
+            let mut peer = HttpPeer::new(f.to, false, String::new());
             peer.options.connection_timeout = Some(cluster.peer_timeout());
+            peer.options.read_timeout = forward::first_byte_deadline(
+                ctx.route,
+                &self.sessions.config(),
+                cluster.peer_timeout(),
+            );
             return Ok(Box::new(peer));
         }
         let engine = self.engines.best().await.map_err(|e| {
@@ -297,7 +227,7 @@ impl ProxyHttp for EdgeProxy {
         if let Some(host) = &ctx.engine_host {
             upstream_request.insert_header("Host", host.as_str())?;
         }
-        if let (Some((_, via)), Some(cluster)) = (&ctx.forward, &self.cluster) {
+        if let (Some(forward::Forward { via, .. }), Some(cluster)) = (&ctx.forward, &self.cluster) {
             // The member that serves it sees the real client, and where the request has been.
             if let Some(ip) = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
                 upstream_request.append_header("X-Forwarded-For", ip.to_string())?;
@@ -317,15 +247,35 @@ impl ProxyHttp for EdgeProxy {
     /// client's retry goes elsewhere at once.
     fn fail_to_connect(
         &self,
-        _s: &mut HttpSession,
-        peer: &HttpPeer,
+        s: &mut HttpSession,
+        _peer: &HttpPeer,
         ctx: &mut RequestCtx,
-        e: Box<Error>,
+        mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some((to, _)), Some(cluster)) = (&ctx.forward, &self.cluster) {
-            if pingora::upstreams::peer::Peer::address(peer).as_inet() == Some(to) {
-                cluster.mark_unreachable(*to);
-            }
+        if self.forward_failed(s, ctx, &e) {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    /// A forwarded request whose member gave no answer in time is placed again and retried
+    /// (see [`forward`]); everything else keeps Pingora's policy (idempotent requests retried on
+    /// a reused connection).
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        s: &mut HttpSession,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if self.forward_failed(s, ctx, &e) {
+            e.set_retry(true);
+        } else if !s.req_header().method.is_idempotent() || s.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
         }
         e
     }

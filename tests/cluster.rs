@@ -642,3 +642,140 @@ async fn checks_answer_where_the_id_lives() {
         "the check's engine session was not stopped"
     );
 }
+
+/// A fleet member that answers `GET /healthz` and, until `hang` is set, an empty session list;
+/// then it reads every other request and never answers (a member hung behind a healthy probe).
+async fn hanging_member(hang: std::sync::Arc<std::sync::atomic::AtomicBool>) -> SocketAddr {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let hang = hang.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&got).to_string();
+                let body = if head.starts_with("GET /healthz") {
+                    "ok".to_string()
+                } else if head.starts_with("GET /proxy/cluster") && !hang.load(Ordering::SeqCst) {
+                    format!(
+                        "{{\"self\":\"{addr}\",\"mode\":\"proxy\",\"members\":[],\"sessions\":[]}}"
+                    )
+                } else {
+                    // Hung: the connection stays open and silent.
+                    tokio::time::sleep(Duration::from_secs(120)).await;
+                    return;
+                };
+                let _ = sock
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// No member can hang the fleet (issue 26): of three members, one passes `/healthz` but hangs
+/// everything else from a moment on. 12 ids it owned, asked through the other two nodes right
+/// then, each start within `peer_timeout` (0.5 s) + 2 s (a forwarded request that gets no head
+/// in time is placed again), and the hanging member is shown failing in `/proxy/cluster`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hanging_member_does_not_hang_the_fleet() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let e = sim(Knobs::default()).await;
+    let hang = std::sync::Arc::new(AtomicBool::new(false));
+    let fake = hanging_member(hang.clone()).await;
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let mut members = ports.clone();
+    members.push(fake.port());
+    let nodes: Vec<Node> = ports
+        .iter()
+        .map(|p| {
+            let addr: SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
+            Node::spawn(
+                addr,
+                &node_yaml(
+                    *p,
+                    &[&e],
+                    Some((&members, "proxy")),
+                    "  keepalive_interval: 0.5\n  max_streams_per_engine: 50\n",
+                ),
+            )
+        })
+        .collect();
+    for node in &nodes {
+        wait_members(node, 3).await;
+    }
+    let mut ids = Vec::new();
+    let mut n = 26_400;
+    while ids.len() < 12 {
+        ids.push(id_owned_by(&nodes[0], fake, n).await);
+        n = u32::from_str_radix(&ids.last().unwrap()[..8], 16).unwrap() + 1;
+    }
+    hang.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let (addr, id) = (nodes[i % 2].addr, id.clone());
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let mut r = get(addr, &format!("/ace/getstream?id={id}")).await;
+            let status = r.status;
+            // Stream packets (not keepalive nulls) until 50 came.
+            let mut data = Vec::new();
+            let payload = |d: &[u8]| {
+                d.chunks(188)
+                    .filter(|p| p.len() == 188 && !(p[1] == 0x1f && p[2] == 0xff))
+                    .count()
+            };
+            while payload(&data) < 50 {
+                match tokio::time::timeout(Duration::from_secs(8), r.next_chunk()).await {
+                    Ok(Ok(Some(b))) => data.extend_from_slice(&b),
+                    _ => break,
+                }
+            }
+            (id, status, payload(&data), t.elapsed())
+        }));
+    }
+    for t in tasks {
+        let (id, status, payload, took) = t.await.unwrap();
+        assert_eq!(status, 200, "{id}");
+        assert!(payload >= 50, "{id}: only {payload} stream packets");
+        assert!(
+            took <= Duration::from_millis(2500) + Duration::from_secs(1),
+            "{id}: started after {took:?}"
+        );
+        eprintln!("{id}: stream after {took:?}");
+    }
+    eprintln!(
+        "12 ids through a fleet with a hung member: {:?}",
+        started.elapsed()
+    );
+    let shown = wait_until(Duration::from_secs(5), || async {
+        nodes[0].cluster("").await["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["address"] == fake.to_string() && m["failing"].is_string())
+    })
+    .await;
+    assert!(shown, "{}", nodes[0].cluster("").await);
+    assert_eq!(e.stats().sessions_started, 12, "one engine session per id");
+}

@@ -21,8 +21,8 @@
 
 mod poll;
 
-pub use poll::ClusterService;
 use poll::MemberDiscovery;
+pub use poll::{ClusterService, PollScope};
 
 use crate::access::TrustedPeers;
 use crate::config::{ClusterConfig, ClusterMode};
@@ -137,6 +137,10 @@ pub struct MemberView {
     pub sessions: Option<usize>,
     /// Age of that answer, in seconds.
     pub state_age_seconds: Option<f64>,
+    /// Why it is skipped although it passes its health check (its session list did not come
+    /// within `peer_timeout`, or a forwarded request got no answer in time); `null` when not.
+    #[serde(default)]
+    pub failing: Option<String>,
 }
 
 /// The fleet as this node sees it.
@@ -148,6 +152,11 @@ pub struct Cluster {
     /// Members a forwarded connection could not reach, until when they are skipped (the next
     /// health check may not have run yet).
     unreachable: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Members that pass `/healthz` but hang the rest (no session list within `peer_timeout`,
+    /// a forwarded request without an answer in time), with why: skipped like an unhealthy
+    /// member (the ids they own go to the next one on the ring) until a session-list poll of
+    /// theirs answers again.
+    failing: Mutex<HashMap<SocketAddr, String>>,
     /// One fresh poll of the peers at a time; the number counts the polls done.
     refresh: tokio::sync::Mutex<u64>,
     token: Arc<crate::access::AdminToken>,
@@ -213,6 +222,7 @@ impl Cluster {
             members,
             states: RwLock::new(HashMap::new()),
             unreachable: Mutex::new(HashMap::new()),
+            failing: Mutex::new(HashMap::new()),
             refresh: tokio::sync::Mutex::new(0),
             token: admin_token,
             engines,
@@ -251,9 +261,10 @@ impl Cluster {
         self.me() == Some(addr)
     }
 
-    /// A member this node may send requests to now: healthy, reachable at its last try, not us.
+    /// A member this node may send requests to now: healthy, not failing, reachable at its last
+    /// try, not us.
     fn usable(&self, addr: SocketAddr, healthy: bool) -> bool {
-        if self.is_me(addr) || !healthy {
+        if self.is_me(addr) || !healthy || self.failing.locked().contains_key(&addr) {
             return false;
         }
         let mut unreachable = self.unreachable.locked();
@@ -336,7 +347,7 @@ impl Cluster {
         // This node is about to start the session: ask the peers afresh whether one holds it
         // (their state of this moment, not of the last poll), which also brings the fleet's
         // engine load up to date for the engine choice.
-        self.refresh_states().await;
+        self.refresh_states(PollScope::Usable).await;
         holder(Because::Holder).unwrap_or(Placement::Local)
     }
 
@@ -348,6 +359,25 @@ impl Cluster {
         self.unreachable
             .locked()
             .insert(addr, Instant::now() + self.config.health_check_interval);
+    }
+
+    /// `addr` passes its health check but hangs: skipped until a session-list poll of it answers
+    /// (see [`Cluster::failing`]).
+    pub fn mark_failing(&self, addr: SocketAddr, why: String) {
+        let mut failing = self.failing.locked();
+        if !failing.contains_key(&addr) {
+            log::warn!(
+                "cluster member {addr} is failing ({why}): skipped, its ids go to the next member, until it answers again"
+            );
+        }
+        failing.insert(addr, why);
+    }
+
+    /// `addr` answered a session-list poll: no longer failing.
+    fn answered(&self, addr: SocketAddr) {
+        if self.failing.locked().remove(&addr).is_some() {
+            log::info!("cluster member {addr} answers again: back in the fleet");
+        }
     }
 
     /// `GET /proxy/cluster`: members, their health and sessions; for `id`, its owner and the
@@ -373,6 +403,7 @@ impl Cluster {
                         st.map(|s| s.sessions.len())
                     },
                     state_age_seconds: st.map(|s| now.duration_since(s.at).as_secs_f64()),
+                    failing: self.failing.locked().get(&a).cloned(),
                 })
             })
             .collect();

@@ -3,27 +3,42 @@
 
 use super::*;
 
+/// Which peers a poll of session lists asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollScope {
+    /// The usable ones: a request is waiting (a failing member is not waited for).
+    Usable,
+    /// Every healthy one, failing ones included: the background pass, which is how a failing
+    /// member is found and how it comes back.
+    Healthy,
+}
+
 impl Cluster {
-    /// Asks every usable peer for its sessions (in parallel, each within `peer_timeout`); when
-    /// another task is doing it now, waits for that answer instead.
-    pub async fn refresh_states(&self) {
+    /// Asks the peers of `scope` for their sessions (in parallel, each within `peer_timeout`, so
+    /// the whole poll takes at most that); when another task is doing it now, waits for that
+    /// answer instead.
+    pub async fn refresh_states(&self, scope: PollScope) {
         let seen = *self.refresh.lock().await;
         let mut done = self.refresh.lock().await;
         if *done != seen {
             return; // a poll finished while this one waited
         }
-        self.poll_peers().await;
+        self.poll_peers(scope).await;
         *done += 1;
     }
 
-    async fn poll_peers(&self) {
+    async fn poll_peers(&self, scope: PollScope) {
         let backends = self.lb.backends();
         let peers: Vec<SocketAddr> = backends
             .get_backend()
             .iter()
             .filter_map(|b| {
                 let a = *b.addr.as_inet()?;
-                self.usable(a, backends.ready(b)).then_some(a)
+                let asked = match scope {
+                    PollScope::Usable => self.usable(a, backends.ready(b)),
+                    PollScope::Healthy => !self.is_me(a) && backends.ready(b),
+                };
+                asked.then_some(a)
             })
             .collect();
         let mut jobs = tokio::task::JoinSet::new();
@@ -45,10 +60,12 @@ impl Cluster {
                 Ok(sessions) => {
                     let sessions = sessions.into_iter().map(|s| (s.id, s.engine)).collect();
                     states.insert(addr, PeerState { sessions, at: now });
+                    self.answered(addr);
                 }
                 Err(e) => {
                     log::debug!("cluster member {addr}: no session list: {e}");
                     states.remove(&addr);
+                    self.mark_failing(addr, format!("no session list: {e}"));
                 }
             }
         }
@@ -77,7 +94,10 @@ impl Cluster {
             .filter(|b| backends.ready(b))
             .filter_map(|b| b.addr.as_inet().copied())
             .collect();
-        let peers_healthy = healthy.iter().filter(|a| !self.is_me(**a)).count();
+        let peers_healthy = healthy
+            .iter()
+            .filter(|a| !self.is_me(**a) && !self.failing.locked().contains_key(*a))
+            .count();
         self.metrics.cluster_peers_healthy.set(peers_healthy as i64);
         {
             let mut before = self.healthy_before.locked();
@@ -93,7 +113,7 @@ impl Cluster {
             }
             *before = Some(healthy);
         }
-        self.refresh_states().await;
+        self.refresh_states(PollScope::Healthy).await;
         self.ready.send_replace(true);
     }
 }
