@@ -7,6 +7,11 @@ use pingora::server::configuration::Opt;
 use pingora::server::RunArgs;
 use std::process::ExitCode;
 
+/// jemalloc with a background thread gives freed stream chunks back to the system soon after
+/// sessions end, where glibc's malloc kept them in its per-thread arenas (see `Cargo.toml`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The version line: the crate version and the git commit it was built from.
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub client_leaves: IntCounter,
     /// Clients dropped for falling off the ring or not accepting bytes.
     pub slow_client_drops: IntCounter,
+    /// Readers cut to keep `max_buffer_bytes`.
+    pub buffer_budget_drops: IntCounter,
     /// TS viewers by how their bytes are written: `path="sendfile"` (zero copy, `reason="-"`) or
     /// `path="copy"` with why zero copy was not possible (`disabled`, `transport`, `no_pages`,
     /// `socket`).
@@ -181,6 +183,11 @@ impl Metrics {
                 &r,
                 "acestream_edge_slow_client_drops_total",
                 "Clients dropped for falling behind the ring",
+            ),
+            buffer_budget_drops: counter(
+                &r,
+                "acestream_edge_buffer_budget_drops_total",
+                "Readers cut to keep max_buffer_bytes (all sessions' buffers together)",
             ),
             ts_viewer_paths: counter_vec(
                 &r,

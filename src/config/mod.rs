@@ -101,6 +101,10 @@ pub struct Config {
     /// Hard cap on one session's ring, in bytes, whatever `stream_buffer_seconds` asks. Default
     /// 64 MiB.
     pub stream_buffer_max_bytes: usize,
+    /// All sessions' stream buffers together (rings and HLS segments), bytes; over it the readers
+    /// holding the most buffer behind the live edge are cut (see [`crate::streams::budget`]).
+    /// Default: 1 GiB or a quarter of the machine's memory, whichever is smaller.
+    pub max_buffer_bytes: usize,
     /// `SO_SNDBUF` of every client connection, bytes; 0 leaves the kernel's autotuning (which
     /// grows to `net.ipv4.tcp_wmem`'s maximum, 4 MiB on Linux). Bounded by default (256 KiB) so a
     /// stalled player's lag shows in the ring, where it is measured and bounded, rather than

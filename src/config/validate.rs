@@ -156,6 +156,16 @@ pub(super) fn validate(w: AceWire) -> Result<Config, ConfigError> {
             format!("must be at least stream_buffer_size ({stream_buffer_size} bytes)"),
         );
     }
+    let max_buffer_bytes = match w.max_buffer_bytes {
+        Some(n) => n as usize,
+        None => default_buffer_budget(),
+    };
+    if max_buffer_bytes < stream_buffer_size {
+        bad(
+            "acestream.max_buffer_bytes".into(),
+            format!("must be at least stream_buffer_size ({stream_buffer_size} bytes)"),
+        );
+    }
     let positive = [
         ("client_heartbeat_interval", w.client_heartbeat_interval),
         ("client_timeout", w.client_timeout),
@@ -279,6 +289,7 @@ pub(super) fn validate(w: AceWire) -> Result<Config, ConfigError> {
         live_lead: w.live_lead.0,
         stream_buffer_seconds: w.stream_buffer_seconds.0,
         stream_buffer_max_bytes,
+        max_buffer_bytes,
         client_send_buffer: w.client_send_buffer as usize,
         zero_copy: w.zero_copy,
         viewer_takeover: w.viewer_takeover,
@@ -310,4 +321,22 @@ pub(super) fn validate(w: AceWire) -> Result<Config, ConfigError> {
         check_timeout: w.check_timeout.0,
         max_concurrent_checks: w.max_concurrent_checks as usize,
     })
+}
+
+/// `max_buffer_bytes` when not set: 1 GiB, or a quarter of the machine's memory
+/// (`/proc/meminfo`) when that is less.
+fn default_buffer_budget() -> usize {
+    const GIB: usize = 1 << 30;
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemTotal:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<usize>()
+            .ok()
+    });
+    match total {
+        Some(kib) => GIB.min(kib * 1024 / 4),
+        None => GIB,
+    }
 }

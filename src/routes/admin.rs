@@ -209,6 +209,7 @@ impl Admin {
             total_sessions: self.sessions.started_total(),
             active_sessions: sessions.iter().filter(|x| is_active(x)).count(),
             total_clients: sessions.iter().map(|x| x.client_count()).sum(),
+            buffer: self.sessions.buffer_use(),
             sessions: sessions
                 .iter()
                 .map(|x| {

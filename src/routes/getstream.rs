@@ -367,6 +367,10 @@ impl Leaving {
 /// Logs and counts a slow-client drop (one warning line, lag in bytes and stream seconds) and
 /// returns the reason.
 pub(super) fn lagged(sessions: &Sessions, client: &ClientHandle, id: &str, behind: u64) -> String {
+    if client.is_cut() {
+        // Logged and counted when the budget cut it (see `streams::budget`).
+        return format!("cut to keep max_buffer_bytes, {behind} bytes behind the live edge");
+    }
     let metrics = sessions.metrics();
     metrics.slow_client_drops.inc();
     let ring = &client.session().ring;

@@ -205,6 +205,12 @@ fn build_services(
         },
     ));
     server.add_service(background_service(
+        "buffer budget",
+        BudgetKeeper {
+            sessions: sessions.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "session reaper",
         Reaper {
             sessions: sessions.clone(),
@@ -271,6 +277,26 @@ impl BackgroundService for HistorySampler {
             for x in self.sessions.list() {
                 x.sample_history(now, unix_ms);
             }
+        }
+    }
+}
+
+/// Keeps all sessions' buffers within `max_buffer_bytes` (see [`crate::streams::budget`]).
+struct BudgetKeeper {
+    sessions: Arc<Sessions>,
+}
+
+#[async_trait]
+impl BackgroundService for BudgetKeeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(crate::streams::budget::CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            self.sessions.keep_buffer_budget();
         }
     }
 }

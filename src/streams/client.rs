@@ -53,6 +53,21 @@ pub struct ClientStats {
     /// False while it waits for the stream's first keyframe: such a client does not pace a
     /// stream without a clock (it would wait for the ring while the ring waits for it).
     pub reading: AtomicBool,
+    /// Cut to keep `max_buffer_bytes` (see [`crate::streams::budget`]): it no longer holds its
+    /// ring back and leaves at its next step.
+    cut: AtomicBool,
+}
+
+impl ClientStats {
+    /// Cuts the client (see [`ClientStats::is_cut`]).
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the buffer budget cut it.
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Relaxed)
+    }
 }
 
 /// A client counted into a session. Dropping it counts the client out.
@@ -78,7 +93,8 @@ pub enum Next {
     Write(Vec<Bytes>),
     /// Nothing new: wait for the ring to change.
     Wait,
-    /// The client fell off the ring's tail by this many bytes: disconnect it.
+    /// The client fell off the ring's tail by this many bytes, or the buffer budget cut it
+    /// ([`ClientHandle::is_cut`]): disconnect it.
     Lagged(u64),
     /// The stream ended: finish the response.
     End,
@@ -100,6 +116,7 @@ impl ClientHandle {
             cursor: AtomicU64::new(0),
             // An HLS viewer reads segments, not the ring: it never paces or holds the ring.
             reading: AtomicBool::new(protocol == Protocol::Ts),
+            cut: AtomicBool::new(false),
         });
         session.add_client_stats(stats.clone());
         ClientHandle {
@@ -175,8 +192,21 @@ impl ClientHandle {
         self.stats.cursor.store(cursor, Ordering::Relaxed);
     }
 
+    /// Whether the buffer budget cut this client (it must leave; see [`Next::Lagged`]).
+    pub fn is_cut(&self) -> bool {
+        self.stats.is_cut()
+    }
+
     /// The next step for this client.
     pub fn next_step(&mut self) -> Next {
+        if self.stats.is_cut() {
+            return Next::Lagged(
+                self.session
+                    .ring
+                    .published_bytes()
+                    .saturating_sub(self.offset),
+            );
+        }
         if self.awaiting_keyframe {
             let ring = &self.session.ring;
             if let Some(join) = ring.first_keyframe_join() {

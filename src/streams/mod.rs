@@ -12,6 +12,7 @@ mod hls_viewers;
 use hls_viewers::{HlsViewer, HlsViewerKey};
 
 use crate::sync::Lock;
+pub mod budget;
 pub mod client;
 pub mod hls;
 mod ingest;
@@ -61,6 +62,8 @@ pub struct Sessions {
     /// here (two starts of one id would end each other's engine sessions).
     handing_over: AtomicBool,
     started_total: AtomicU64,
+    /// Readers cut to keep `max_buffer_bytes`.
+    budget_drops: budget::BudgetDrops,
     metrics: Arc<Metrics>,
     /// Events for the orchestrator about our engine sessions.
     events: crate::engines::events::EventReporter,
@@ -86,6 +89,7 @@ impl Sessions {
             shutting_down: AtomicBool::new(false),
             handing_over: AtomicBool::new(false),
             started_total: AtomicU64::new(0),
+            budget_drops: budget::BudgetDrops::default(),
             events,
             metrics,
             upstreams: Arc::new(std::sync::atomic::AtomicUsize::new(0)),

@@ -235,7 +235,7 @@ impl StreamSession {
         let clients = self.client_list();
         let reading = clients
             .iter()
-            .filter(|c| c.reading.load(Ordering::Relaxed))
+            .filter(|c| c.reading.load(Ordering::Relaxed) && !c.is_cut())
             .map(|c| {
                 (
                     c.cursor.load(Ordering::Relaxed),

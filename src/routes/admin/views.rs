@@ -13,6 +13,8 @@ pub struct StatusView {
     pub(super) total_sessions: u64,
     pub(super) active_sessions: usize,
     pub(super) total_clients: usize,
+    /// `max_buffer_bytes` and what all sessions' buffers hold now.
+    pub(super) buffer: crate::streams::budget::BufferUse,
     pub(super) sessions: Vec<SessionView>,
 }
 
