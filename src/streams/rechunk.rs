@@ -165,7 +165,13 @@ impl Rechunker {
         if let Some(sp) = self.splice.as_mut() {
             sp.scan_from = sp.scan_from.saturating_sub(n);
         }
-        let data = self.pending.split_to(n).freeze();
+        // Each chunk its own allocation of exactly its size, and `pending` a staging buffer that
+        // is never shared (so it is reused in place): a chunk split off `pending` kept the
+        // whole buffer it was cut from alive, up to 1.7 times the chunk's bytes while rings held
+        // it (measured: 1.6 GiB of RSS for 1 GiB of ring). One memcpy per stream byte at
+        // ingest, not per viewer.
+        let data = Bytes::copy_from_slice(&self.pending[..n]);
+        self.pending.advance(n);
         let offset = self.emitted;
         self.emitted += n as u64;
         let mut found = Findings::default();
