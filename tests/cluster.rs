@@ -759,7 +759,7 @@ async fn a_hanging_member_does_not_hang_the_fleet() {
         assert_eq!(status, 200, "{id}");
         assert!(payload >= 50, "{id}: only {payload} stream packets");
         assert!(
-            took <= Duration::from_millis(2500) + Duration::from_secs(1),
+            took <= Duration::from_millis(2500),
             "{id}: started after {took:?}"
         );
         eprintln!("{id}: stream after {took:?}");
