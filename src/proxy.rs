@@ -59,6 +59,7 @@ impl EdgeProxy {
             status_cache: Default::default(),
             started: std::time::Instant::now(),
             tokens: config
+                .access
                 .stream_token_secret
                 .as_deref()
                 .map(crate::access::token::StreamTokens::new),
@@ -70,8 +71,8 @@ impl EdgeProxy {
         EdgeProxy {
             access,
             cluster,
-            passthrough: config.passthrough.clone(),
-            keepalive_secs: config.keepalive_timeout.as_secs().max(1),
+            passthrough: config.access.passthrough.clone(),
+            keepalive_secs: config.connections.keepalive_timeout.as_secs().max(1),
             checker: crate::routes::check::Checker::new(engines.clone(), config.clone()),
             sessions,
             engines,

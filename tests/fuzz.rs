@@ -47,10 +47,10 @@ proptest! {
             Ok(c) => {
                 let c = c.acestream;
                 prop_assert!(!c.listen.is_empty());
-                prop_assert!(c.copy_chunk_size > 0 && c.copy_chunk_size % 188 == 0);
-                prop_assert!(c.stream_buffer_size >= 2 * c.copy_chunk_size);
-                prop_assert!(c.stream_buffer_max_bytes >= c.stream_buffer_size);
-                prop_assert!(!c.client_timeout.is_zero());
+                prop_assert!(c.buffers.copy_chunk_size > 0 && c.buffers.copy_chunk_size % 188 == 0);
+                prop_assert!(c.buffers.stream_buffer_size >= 2 * c.buffers.copy_chunk_size);
+                prop_assert!(c.buffers.stream_buffer_max_bytes >= c.buffers.stream_buffer_size);
+                prop_assert!(!c.viewers.client_timeout.is_zero());
             }
             Err(e) => {
                 let is_yaml = serde_yaml::from_str::<serde_yaml::Value>(&text).is_ok();

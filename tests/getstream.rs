@@ -544,23 +544,19 @@ async fn sendfile_and_copying_viewers_get_identical_bytes() {
         "zero copy is close-delimited"
     );
     let (a_before, _) = read_for(&mut a, Duration::from_secs(5), 300_000).await;
-    server
-        .edge
-        .sessions
-        .set_config(acestream_edge::config::Config {
-            zero_copy: false,
-            ..config.clone()
-        });
+    server.edge.sessions.set_config({
+        let mut c = config.clone();
+        c.viewers.zero_copy = false;
+        c
+    });
     let mut b = get(server.addr, &path).await;
     assert_eq!(b.status, 200);
     assert!(b.header("transfer-encoding").is_none());
-    server
-        .edge
-        .sessions
-        .set_config(acestream_edge::config::Config {
-            viewer_takeover: false,
-            ..config.clone()
-        });
+    server.edge.sessions.set_config({
+        let mut c = config.clone();
+        c.viewers.viewer_takeover = false;
+        c
+    });
     let mut c = get(server.addr, &path).await;
     assert_eq!(c.status, 200);
     assert_eq!(c.header("transfer-encoding"), Some("chunked"));

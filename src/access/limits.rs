@@ -7,8 +7,7 @@
 //! counted with `pingora-limits`' [`Rate`] over one-minute windows, read as a sliding window
 //! (the previous minute weighted by how much of it still overlaps).
 
-use super::cidr::{any_contains, Cidr};
-use crate::config::Config;
+use super::cidr::any_contains;
 use crate::sync::{Lock, ReadWrite};
 use pingora_limits::rate::Rate;
 use std::collections::HashMap;
@@ -80,36 +79,8 @@ pub struct Refusal {
     pub retry_after: Duration,
 }
 
-/// The configured limits (0 = no limit).
-#[derive(Debug, Clone, PartialEq)]
-pub struct LimitSettings {
-    /// Concurrent viewers of one address.
-    pub max_clients_per_ip: usize,
-    /// Distinct content ids one address watches at once.
-    pub max_sessions_per_ip: usize,
-    /// New sessions one address may start per minute.
-    pub session_starts_per_ip_per_minute: usize,
-    /// Concurrent viewers in all.
-    pub max_clients: usize,
-    /// Sessions in all.
-    pub max_sessions: usize,
-    /// Addresses the per-address limits do not apply to.
-    pub exempt: Vec<Cidr>,
-}
-
-impl LimitSettings {
-    /// The limits of `config`.
-    pub fn of(config: &Config) -> Self {
-        LimitSettings {
-            max_clients_per_ip: config.max_clients_per_ip,
-            max_sessions_per_ip: config.max_sessions_per_ip,
-            session_starts_per_ip_per_minute: config.session_starts_per_ip_per_minute,
-            max_clients: config.max_clients,
-            max_sessions: config.max_sessions,
-            exempt: config.limit_exempt.clone(),
-        }
-    }
-}
+/// The limits' settings: the `limits` section of the configuration, as a reload leaves it.
+pub use crate::config::Limits as LimitSettings;
 
 #[derive(Debug, Default)]
 struct State {
@@ -191,7 +162,7 @@ impl Limits {
         sessions_now: usize,
     ) -> Result<ViewerPermit, Refusal> {
         let s = self.settings.read_locked();
-        let per_ip = !any_contains(&s.exempt, ip);
+        let per_ip = !any_contains(&s.limit_exempt, ip);
         let concurrency = |limit, max| Refusal {
             limit,
             max,
@@ -278,7 +249,7 @@ mod tests {
             session_starts_per_ip_per_minute: 0,
             max_clients: 0,
             max_sessions: 0,
-            exempt: vec!["127.0.0.0/8".parse().unwrap()],
+            limit_exempt: vec!["127.0.0.0/8".parse().unwrap()],
         };
         f(&mut s);
         Arc::new(Limits::new(s))

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::error::EdgeError;
 use crate::metrics::Metrics;
 use cidr::{any_contains, Cidr};
-use limits::{LimitSettings, Limits, ViewerPermit};
+use limits::{Limits, ViewerPermit};
 use pingora::proxy::Session as HttpSession;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -39,7 +39,7 @@ impl LiveSettings {
     pub fn of(config: &Config) -> Self {
         LiveSettings {
             admin_token: Arc::new(AdminToken::new(config.admin_token.clone())),
-            limits: Arc::new(limits::Limits::new(limits::LimitSettings::of(config))),
+            limits: Arc::new(limits::Limits::new(config.limits.clone())),
         }
     }
 }
@@ -84,18 +84,19 @@ impl Access {
         Self::with_limits(
             config,
             metrics,
-            Arc::new(Limits::new(LimitSettings::of(config))),
+            Arc::new(Limits::new(config.limits.clone())),
         )
     }
 
     /// Identity as `config` sets it, counted against `limits` (shared with the reloader).
     pub fn with_limits(config: &Config, metrics: Arc<Metrics>, limits: Arc<Limits>) -> Self {
         Access {
-            trusted_proxies: config.trusted_proxies.clone(),
+            trusted_proxies: config.connections.trusted_proxies.clone(),
             peers: Arc::new(TrustedPeers::default()),
             limits,
             metrics,
             tokens: config
+                .access
                 .stream_token_secret
                 .as_deref()
                 .map(token::StreamTokens::new),

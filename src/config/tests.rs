@@ -18,20 +18,20 @@ fn minimal_file_takes_spec_defaults() {
         .unwrap()
         .acestream;
     assert_eq!(c.listen, vec!["127.0.0.1:8000".parse().unwrap()]);
-    assert_eq!(c.empty_stream_timeout, Duration::from_secs(30));
-    assert_eq!(c.stream_idle_timeout, Duration::from_secs(300));
-    assert_eq!(c.client_timeout, Duration::from_secs(30));
-    assert_eq!(c.stream_buffer_size, 4_194_304);
-    assert_eq!(c.copy_chunk_size, 65_424); // 65536 rounded down to 348 packets
-    assert_eq!(c.max_streams_per_engine, 10);
-    assert_eq!(c.engine_cache_ttl, Duration::from_secs(2));
-    assert_eq!(c.health_check_interval, Duration::from_secs(5));
+    assert_eq!(c.sessions.empty_stream_timeout, Duration::from_secs(30));
+    assert_eq!(c.sessions.stream_idle_timeout, Duration::from_secs(300));
+    assert_eq!(c.viewers.client_timeout, Duration::from_secs(30));
+    assert_eq!(c.buffers.stream_buffer_size, 4_194_304);
+    assert_eq!(c.buffers.copy_chunk_size, 65_424); // 65536 rounded down to 348 packets
+    assert_eq!(c.pool.max_streams_per_engine, 10);
+    assert_eq!(c.probes.engine_cache_ttl, Duration::from_secs(2));
+    assert_eq!(c.probes.health_check_interval, Duration::from_secs(5));
     assert_eq!(c.engines[0].port, 6878);
     assert!(!c.engines[0].forwarded);
     assert_eq!(c.admin_token, None);
-    assert_eq!(c.live_lead, Duration::from_secs(2));
-    assert_eq!(c.stream_buffer_seconds, Duration::from_secs(15));
-    assert_eq!(c.stream_buffer_max_bytes, 64 << 20);
+    assert_eq!(c.sessions.live_lead, Duration::from_secs(2));
+    assert_eq!(c.buffers.stream_buffer_seconds, Duration::from_secs(15));
+    assert_eq!(c.buffers.stream_buffer_max_bytes, 64 << 20);
 }
 
 /// Durations: seconds, fractions, and unit strings.
@@ -42,10 +42,10 @@ fn durations_accept_seconds_fractions_and_units() {
         )
         .unwrap()
         .acestream;
-    assert_eq!(c.stream_idle_timeout, Duration::from_millis(500));
-    assert_eq!(c.client_timeout, Duration::from_millis(500));
-    assert_eq!(c.empty_stream_timeout, Duration::from_secs(300));
-    assert_eq!(c.engine_cache_ttl, Duration::from_secs(3));
+    assert_eq!(c.sessions.stream_idle_timeout, Duration::from_millis(500));
+    assert_eq!(c.viewers.client_timeout, Duration::from_millis(500));
+    assert_eq!(c.sessions.empty_stream_timeout, Duration::from_secs(300));
+    assert_eq!(c.probes.engine_cache_ttl, Duration::from_secs(3));
 }
 
 /// A port out of range is named by its key path.

@@ -221,20 +221,21 @@ pub fn load_balancer(config: &Config) -> (LoadBalancer<RoundRobin>, Arc<Discover
     let discovery = discovery::EngineDiscovery::new(
         config.engines.clone(),
         config.orchestrator.clone(),
-        config.engine_selection_timeout,
+        config.pool.engine_selection_timeout,
         meta.clone(),
     );
     let mut backends = Backends::new(Box::new(discovery));
     // A probe never outlives its interval; validation keeps both at least 0.2 s.
     let probe_timeout = config
+        .probes
         .health_check_interval
-        .min(config.engine_connect_timeout);
+        .min(config.probes.engine_connect_timeout);
     backends.set_health_check(Box::new(health::EngineHealthCheck {
         timeout: probe_timeout,
     }));
     let mut lb = LoadBalancer::from_backends(backends);
-    lb.update_frequency = Some(config.engine_cache_ttl);
-    lb.health_check_frequency = Some(config.health_check_interval);
+    lb.update_frequency = Some(config.probes.engine_cache_ttl);
+    lb.health_check_frequency = Some(config.probes.health_check_interval);
     lb.parallel_health_check = true;
     (lb, meta)
 }
@@ -247,13 +248,13 @@ impl EnginePool {
             meta,
             load: Mutex::new(HashMap::new()),
             rotation: AtomicUsize::new(0),
-            max_streams: AtomicUsize::new(config.max_streams_per_engine),
-            selection_timeout: config.engine_selection_timeout,
-            failure_penalty: config.engine_failure_penalty,
+            max_streams: AtomicUsize::new(config.pool.max_streams_per_engine),
+            selection_timeout: config.pool.engine_selection_timeout,
+            failure_penalty: config.pool.engine_failure_penalty,
             failed_until: ExpiringSet::default(),
             proven_until: ExpiringSet::default(),
-            health_check_interval: config.health_check_interval,
-            panic_when_all_unhealthy: config.panic_when_all_unhealthy,
+            health_check_interval: config.probes.health_check_interval,
+            panic_when_all_unhealthy: config.pool.panic_when_all_unhealthy,
             last_assigned: Mutex::new(HashMap::new()),
             peer_streams: Mutex::new(HashMap::new()),
         }

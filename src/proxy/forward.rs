@@ -39,10 +39,10 @@ pub fn first_byte_deadline(
     peer: Duration,
 ) -> Option<Duration> {
     let waits = match route {
-        Some(Route::GetStream) if config.keepalive_interval.is_zero() => return None,
-        Some(Route::GetStream) => config.keepalive_interval,
-        Some(Route::Manifest) => config.empty_stream_timeout,
-        Some(Route::Check) => config.check_timeout,
+        Some(Route::GetStream) if config.viewers.keepalive_interval.is_zero() => return None,
+        Some(Route::GetStream) => config.viewers.keepalive_interval,
+        Some(Route::Manifest) => config.sessions.empty_stream_timeout,
+        Some(Route::Check) => config.checks.check_timeout,
         _ => Duration::from_secs(1),
     };
     Some(peer + waits)

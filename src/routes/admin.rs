@@ -201,7 +201,7 @@ impl Admin {
         let sessions = self.sessions.list();
         // Read per render: a reload changes `stream_idle_timeout` and `unwatched_linger` for the
         // sessions' lingers, and the countdown shown must be theirs.
-        let linger = crate::streams::session::Linger::of(&self.sessions.config());
+        let linger = crate::streams::session::Linger::of(&self.sessions.config().sessions);
         StatusView {
             running: true,
             version: env!("CARGO_PKG_VERSION"),

@@ -47,7 +47,7 @@ impl Checker {
     /// A checker with `max_concurrent_checks` slots.
     pub fn new(engines: Arc<EnginePool>, config: Arc<Config>) -> Self {
         Checker {
-            slots: Semaphore::new(config.max_concurrent_checks.max(1)),
+            slots: Semaphore::new(config.checks.max_concurrent_checks.max(1)),
             engines,
             config,
         }
@@ -77,7 +77,7 @@ impl Checker {
                 let e = EdgeError::TooManyRequests {
                     message: format!(
                         "at most {} checks run at once",
-                        self.config.max_concurrent_checks
+                        self.config.checks.max_concurrent_checks
                     ),
                     retry_after: CHECK_RETRY_AFTER,
                 };
@@ -102,26 +102,27 @@ impl Checker {
             }
         };
         let t = EngineTimeouts {
-            connect: self.config.engine_connect_timeout,
-            read: self.config.check_timeout,
+            connect: self.config.probes.engine_connect_timeout,
+            read: self.config.checks.check_timeout,
         };
         // The start call itself may outlive the check (engines answer it after their prebuffer):
         // it runs on with the engines' own timeout, so that a late session is stopped.
         let start_timeouts = EngineTimeouts {
             read: self
                 .config
+                .pool
                 .engine_read_timeout
-                .max(self.config.check_timeout),
+                .max(self.config.checks.check_timeout),
             ..t
         };
         let started = Instant::now();
         // A start the check gives up on is stopped when the engine answers after all.
         let es = match tokio::time::timeout(
-            self.config.check_timeout,
+            self.config.checks.check_timeout,
             engine.endpoint.start_or_stop_later(
                 content,
                 start_timeouts,
-                self.config.engine_stop_timeout,
+                self.config.pool.engine_stop_timeout,
             ),
         )
         .await
@@ -137,7 +138,7 @@ impl Checker {
             }
         };
         // From here on, whatever happens, the engine session is stopped.
-        let deadline = started + self.config.check_timeout;
+        let deadline = started + self.config.checks.check_timeout;
         let first_byte = tokio::time::timeout_at(deadline.into(), async {
             let mut stream = engine.endpoint.open_stream(&es, t).await.ok()?;
             loop {
@@ -166,7 +167,7 @@ impl Checker {
         if let Some(cmd) = &es.command_path {
             if let Err(e) = engine
                 .endpoint
-                .stop(cmd, self.config.engine_stop_timeout)
+                .stop(cmd, self.config.pool.engine_stop_timeout)
                 .await
             {
                 log::warn!("check of {content}: stop failed: {e}");

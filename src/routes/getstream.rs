@@ -5,6 +5,7 @@
 //! (`client_timeout`) drops a client whose socket accepts nothing, and falling off the ring's tail
 //! drops it too. Neither ever slows the session or another client.
 
+pub(super) use super::leaving::{guarded, lagged, Leaving};
 use super::zero_copy::ZeroCopyViewer;
 use super::{write_error, Route};
 use crate::access::Access;
@@ -18,7 +19,6 @@ use crate::streams::{Phase, Sessions};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session as HttpSession;
-use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -105,7 +105,7 @@ pub async fn serve(
     let session = client.session().clone();
     let mut phase = session.watch_phase();
     let config = sessions.config();
-    let keepalive = !config.keepalive_interval.is_zero();
+    let keepalive = !config.viewers.keepalive_interval.is_zero();
     let mut waited = false;
     loop {
         let current = phase.borrow_and_update().clone();
@@ -132,17 +132,17 @@ pub async fn serve(
         }
     }
     client.position(waited);
-    s.set_write_timeout(Some(config.client_timeout));
+    s.set_write_timeout(Some(config.viewers.client_timeout));
     // Decided before the head: it sets the framing (close-delimited when this task writes the
     // socket itself, see below). On a plain socket the viewer is served directly, with
     // `sendfile` from the page file, or (`zero_copy: false`, no page file) by writing the ring's
     // chunks; anything else goes through Pingora's writer.
-    let path = if config.viewer_takeover {
+    let path = if config.viewers.viewer_takeover {
         ViewerSocket::of(s.stream())
     } else {
         Err(CopyReason::Disabled)
     };
-    let sendfile = if !config.zero_copy {
+    let sendfile = if !config.viewers.zero_copy {
         Err(CopyReason::Disabled)
     } else if session.ring.pages().is_none() {
         Err(CopyReason::NoPages)
@@ -286,8 +286,8 @@ impl Viewer<'_> {
     /// Waits for the ring to change; sends a keepalive null packet when due. `Ok(true)` when a
     /// null went out, `Err` when the client is gone.
     async fn wait(&mut self, ring_changed: &mut watch::Receiver<u64>) -> Result<bool, End> {
-        let keepalive = !self.config.keepalive_interval.is_zero();
-        let keepalive_due = tokio::time::Instant::now() + self.config.keepalive_interval;
+        let keepalive = !self.config.viewers.keepalive_interval.is_zero();
+        let keepalive_due = tokio::time::Instant::now() + self.config.viewers.keepalive_interval;
         tokio::select! {
             _ = ring_changed.changed() => return Ok(false),
             _ = self.s.read_body_or_idle(true) => return Err(End::Dropped),
@@ -314,80 +314,6 @@ impl Viewer<'_> {
         Leaving::Dropped(why).log(self.client, self.id);
         End::Dropped
     }
-}
-
-/// A write to a viewer, bounded the same way on both paths: dropped (and counted) when its
-/// socket accepts nothing for `client_timeout`, or when the ring evicts the chunk it is writing
-/// (it fell off the tail); any other failure means the client left.
-pub(super) async fn guarded<T, E: std::fmt::Display>(
-    write: impl Future<Output = Result<T, E>>,
-    client: &ClientHandle,
-    ring_changed: &mut watch::Receiver<u64>,
-    sessions: &Sessions,
-    config: &Config,
-    id: &str,
-) -> Result<T, Leaving> {
-    tokio::select! {
-        r = tokio::time::timeout(config.client_timeout, write) => match r {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Leaving::Closed(e.to_string())),
-            Err(_) => {
-                sessions.metrics().slow_client_drops.inc();
-                sessions.metrics().client_lag_at_drop.observe(client.lag_seconds());
-                Err(Leaving::Dropped(format!("accepted nothing for {:?}", config.client_timeout)))
-            }
-        },
-        behind = client.fell_off(ring_changed) => Err(Leaving::Dropped(lagged(sessions, client, id, behind))),
-    }
-}
-
-/// Why a client's stream ended before the stream did.
-pub(super) enum Leaving {
-    /// The client closed its connection (or it broke): it left. The session logs the leave.
-    Closed(String),
-    /// The proxy dropped it (too slow, accepted nothing), with the reason in words.
-    Dropped(String),
-}
-
-impl Leaving {
-    pub(super) fn log(&self, client: &ClientHandle, id: &str) {
-        let addr = client.addr_text();
-        match self {
-            Leaving::Closed(how) => {
-                log::debug!("client {addr} of {id} closed its connection: {how}")
-            }
-            Leaving::Dropped(why) => log::info!(
-                content_id:% = id, client:% = addr, reason:% = why;
-                "client {addr} of {id} dropped: {why}"
-            ),
-        }
-    }
-}
-
-/// Logs and counts a slow-client drop (one warning line, lag in bytes and stream seconds) and
-/// returns the reason.
-pub(super) fn lagged(sessions: &Sessions, client: &ClientHandle, id: &str, behind: u64) -> String {
-    if client.is_cut() {
-        // Logged and counted when the budget cut it (see `streams::budget`).
-        return format!("cut to keep max_buffer_bytes, {behind} bytes behind the live edge");
-    }
-    let metrics = sessions.metrics();
-    metrics.slow_client_drops.inc();
-    let ring = &client.session().ring;
-    // The client's own chunk is gone; at least the ring's span, and its bytes at the bitrate.
-    let by_bytes = ring
-        .bitrate_bps()
-        .map_or(0.0, |bps| behind as f64 * 8.0 / bps);
-    let seconds = client.lag_seconds().max(by_bytes);
-    metrics.client_lag_at_drop.observe(seconds);
-    log::warn!(
-        content_id:% = id, client:% = client.addr_text(), reason = "slow";
-        "slow client {} of {id} dropped: {behind} bytes ({seconds:.1} s of stream) behind the live edge (ring {} bytes, {:.1} s)",
-        client.addr_text(),
-        ring.held_bytes(),
-        ring.lag_seconds(ring.first_seq()),
-    );
-    format!("fell {behind} bytes ({seconds:.1} s) behind the live edge")
 }
 
 /// `200 video/mp2t`: chunked for HTTP/1.1 on the copying path; close-delimited (the body ends with

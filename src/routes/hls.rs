@@ -106,7 +106,7 @@ pub async fn manifest(
     let tail = segment_token(access, query.as_deref());
     let (param, value) = (content.param(), content.value.clone());
     let uri = move |n: u64| format!("hls/{gen}/{n}.ts?{param}={value}{tail}");
-    let deadline = tokio::time::Instant::now() + sessions.config().empty_stream_timeout;
+    let deadline = tokio::time::Instant::now() + sessions.config().sessions.empty_stream_timeout;
     let mut produced = hls.subscribe();
     let mut phase = session.watch_phase();
     loop {
@@ -128,7 +128,7 @@ pub async fn manifest(
             _ = produced.changed() => {}
             _ = phase.changed() => {}
             _ = tokio::time::sleep_until(deadline) => {
-                let e = EdgeError::EmptyStream(sessions.config().empty_stream_timeout);
+                let e = EdgeError::EmptyStream(sessions.config().sessions.empty_stream_timeout);
                 return write_error(s, &e).await;
             }
             _ = s.read_body_or_idle(true) => {

@@ -169,8 +169,8 @@ impl ZeroCopyViewer {
     ) -> Result<bool, End> {
         let session = self.client.session();
         let pending: usize = chunks.iter().map(|c| c.len()).sum();
-        let due = caught_up + self.config.send_batch_delay;
-        if pending >= self.config.send_batch_bytes
+        let due = caught_up + self.config.viewers.send_batch_delay;
+        if pending >= self.config.viewers.send_batch_bytes
             || tokio::time::Instant::now() >= due
             || session.ring.is_closed()
             || session.is_clockless()
@@ -190,8 +190,8 @@ impl ZeroCopyViewer {
     /// Waits for the ring to change; sends a keepalive null packet when due. `Err` when the
     /// client is gone.
     async fn wait(&self, ring_changed: &mut watch::Receiver<u64>) -> Result<(), End> {
-        let keepalive = !self.config.keepalive_interval.is_zero();
-        let keepalive_due = tokio::time::Instant::now() + self.config.keepalive_interval;
+        let keepalive = !self.config.viewers.keepalive_interval.is_zero();
+        let keepalive_due = tokio::time::Instant::now() + self.config.viewers.keepalive_interval;
         tokio::select! {
             _ = ring_changed.changed() => return Ok(()),
             _ = self.socket.closed() => {

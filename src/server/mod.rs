@@ -172,7 +172,7 @@ fn build_services(
             },
         ));
     }
-    let guarded = GuardedApp::new(app, connection_limits(&config), metrics.clone());
+    let guarded = GuardedApp::new(app, connection_limits(&config.connections), metrics.clone());
     let mut proxy = Service::new("acestream-edge".to_string(), guarded);
     for addr in &config.listen {
         if !addr.ip().is_loopback() {
@@ -190,7 +190,7 @@ fn build_services(
             write: None,
         };
         let mut socket = TcpSocketOptions::default();
-        socket.tcp_snd_buf = Some(config.client_send_buffer).filter(|n| *n > 0);
+        socket.tcp_snd_buf = Some(config.connections.client_send_buffer).filter(|n| *n > 0);
         proxy.add_listener(
             ListenerConfig::tcp(addr.to_string())
                 .l4_buffer(buffers)
@@ -230,9 +230,9 @@ fn build_services(
 
 /// The connection guard's settings; `max_connections: 0` is derived from the file-descriptor
 /// limit, raised to its hard limit first.
-fn connection_limits(config: &Config) -> ConnectionLimits {
-    let max_connections = if config.max_connections > 0 {
-        config.max_connections
+fn connection_limits(c: &crate::config::Connections) -> ConnectionLimits {
+    let max_connections = if c.max_connections > 0 {
+        c.max_connections
     } else {
         let fds = match rlimit::increase_nofile_limit(u64::MAX) {
             Ok(n) => n,
@@ -248,11 +248,11 @@ fn connection_limits(config: &Config) -> ConnectionLimits {
         n
     };
     ConnectionLimits {
-        request_header_timeout: config.request_header_timeout,
-        keepalive_timeout: config.keepalive_timeout,
-        max_request_head_bytes: config.max_request_head_bytes,
+        request_header_timeout: c.request_header_timeout,
+        keepalive_timeout: c.keepalive_timeout,
+        max_request_head_bytes: c.max_request_head_bytes,
         max_connections,
-        proxy_protocol: config.proxy_protocol,
+        proxy_protocol: c.proxy_protocol,
     }
 }
 
@@ -350,7 +350,7 @@ impl BackgroundService for Reaper {
         self.sessions.shutdown();
         if self.exit_when_done {
             // Each session's stop is bounded by engine_stop_timeout; a margin for the rest.
-            let stops = self.sessions.config().engine_stop_timeout * 2 + REAP_POLL * 10;
+            let stops = self.sessions.config().pool.engine_stop_timeout * 2 + REAP_POLL * 10;
             self.wait_done(stops).await;
             log::info!("acestream-edge stopped");
             std::process::exit(0);

@@ -6,13 +6,12 @@
 //! `admin_token`, the viewer limits, `max_streams_per_engine`, and every setting the sessions
 //! read when they start or serve a client (timeouts, buffers, HLS, failover). Running sessions
 //! and their clients are not touched. Keys that are wired into listeners, the connection guard
-//! or background tasks at start ([`RESTART_KEYS`]) keep their running value, with a warning
+//! or background tasks at start ([`restart_keys`]) keep their running value, with a warning
 //! that names them.
 //!
 //! Owned by the server: the [`Reloader`] background service is the only writer of the
 //! [`LiveSettings`] and of the sessions' configuration.
 
-use crate::access::limits::LimitSettings;
 use crate::access::LiveSettings;
 use crate::config::{self, Config};
 use crate::engines::{EnginePool, EngineSources};
@@ -23,47 +22,49 @@ use pingora::services::background::BackgroundService;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Declares the keys applied only at start, each once: the field and its YAML key make both
-/// [`RESTART_KEYS`] and the merge that keeps their running values.
-macro_rules! restart_keys {
-    ($($field:ident => $key:literal),* $(,)?) => {
-        /// Keys applied only at start: a reload that changes them keeps the running value and
-        /// says so. The sections Pingora reads (`threads`, `pid_file`, `upgrade_sock`, …) are
-        /// never re-read.
-        pub const RESTART_KEYS: &[&str] = &[$($key,)* "orchestrator.report_events"];
-
-        /// Keeps `old`'s value of every restart key in `merged`; pushes the keys that differed.
-        fn keep_restart_values(old: &Config, merged: &mut Config, kept: &mut Vec<&'static str>) {
-            $(
-                if merged.$field != old.$field {
-                    kept.push($key);
-                    merged.$field = old.$field.clone();
-                }
-            )*
-        }
-    };
+/// Keeps `old`'s value of every restart-only section (see [`crate::config::Reload`]) in `merged`;
+/// pushes the keys whose value differed. Each restart-only section is named here once; its keys
+/// come from its declaration.
+fn keep_restart_values(old: &Config, merged: &mut Config, kept: &mut Vec<&'static str>) {
+    if merged.listen != old.listen {
+        kept.push("listen");
+        merged.listen = old.listen.clone();
+    }
+    if merged.cluster != old.cluster {
+        kept.push("cluster");
+        merged.cluster = old.cluster.clone();
+    }
+    kept.extend(merged.connections.differing(&old.connections));
+    merged.connections = old.connections.clone();
+    kept.extend(merged.access.differing(&old.access));
+    merged.access = old.access.clone();
+    kept.extend(merged.probes.differing(&old.probes));
+    merged.probes = old.probes.clone();
+    kept.extend(merged.checks.differing(&old.checks));
+    merged.checks = old.checks.clone();
 }
 
-restart_keys!(
-    listen => "listen",
-    cluster => "cluster",
-    trusted_proxies => "trusted_proxies",
-    proxy_protocol => "proxy_protocol",
-    max_connections => "max_connections",
-    request_header_timeout => "request_header_timeout",
-    keepalive_timeout => "keepalive_timeout",
-    max_request_head_bytes => "max_request_head_bytes",
-    client_send_buffer => "client_send_buffer",
-    passthrough => "passthrough",
-    stream_token_secret => "stream_token_secret",
-    health_check_interval => "health_check_interval",
-    engine_cache_ttl => "engine_cache_ttl",
-    engine_connect_timeout => "engine_connect_timeout",
-    max_concurrent_checks => "max_concurrent_checks",
-    check_timeout => "check_timeout",
-);
+// The sections kept above are the restart-only ones, as they declare themselves.
+const _: () = {
+    use config::Reload::AtRestartOnly;
+    assert!(matches!(config::Connections::RELOAD, AtRestartOnly));
+    assert!(matches!(config::AccessRules::RELOAD, AtRestartOnly));
+    assert!(matches!(config::Probes::RELOAD, AtRestartOnly));
+    assert!(matches!(config::Checks::RELOAD, AtRestartOnly));
+};
 
-/// Takes `new` but keeps `old`'s value of every [`RESTART_KEYS`] entry; returns the merged
+/// Keys applied only at start: a reload that changes them keeps the running value and says so.
+/// The sections Pingora reads (`threads`, `pid_file`, `upgrade_sock`, …) are never re-read.
+pub fn restart_keys() -> Vec<&'static str> {
+    let mut keys = vec!["listen", "cluster", "orchestrator.report_events"];
+    keys.extend(config::Connections::KEYS);
+    keys.extend(config::AccessRules::KEYS);
+    keys.extend(config::Probes::KEYS);
+    keys.extend(config::Checks::KEYS);
+    keys
+}
+
+/// Takes `new` but keeps `old`'s value of every [`restart_keys`] entry; returns the merged
 /// configuration and the restart keys whose value differed.
 pub fn merge(old: &Config, new: Config) -> (Config, Vec<&'static str>) {
     let mut merged = new;
@@ -93,9 +94,9 @@ pub fn apply(
         statics: merged.engines.clone(),
         orchestrator: merged.orchestrator.clone(),
     });
-    engines.set_max_streams(merged.max_streams_per_engine);
+    engines.set_max_streams(merged.pool.max_streams_per_engine);
     live.admin_token.set(merged.admin_token.clone());
-    live.limits.set_settings(LimitSettings::of(&merged));
+    live.limits.set_settings(merged.limits.clone());
     sessions.set_config(merged);
     kept
 }
@@ -170,19 +171,20 @@ mod tests {
     #[test]
     fn merge_keeps_restart_keys() {
         let old = Config::default();
-        let new = Config {
+        let mut new = Config {
             listen: vec!["127.0.0.1:9999".parse().unwrap()],
             admin_token: Some("new".into()),
-            max_clients_per_ip: 3,
             ..Config::default()
         };
+        new.limits.max_clients_per_ip = 3;
+        new.probes.engine_cache_ttl = std::time::Duration::from_secs(9);
         let (merged, kept) = merge(&old, new);
-        assert_eq!(kept, vec!["listen"]);
+        assert_eq!(kept, vec!["listen", "engine_cache_ttl"]);
         assert_eq!(merged.listen, old.listen);
         assert_eq!(merged.admin_token.as_deref(), Some("new"));
-        assert_eq!(merged.max_clients_per_ip, 3);
+        assert_eq!(merged.limits.max_clients_per_ip, 3);
         for k in kept {
-            assert!(RESTART_KEYS.contains(&k));
+            assert!(restart_keys().contains(&k));
         }
     }
 }

@@ -74,7 +74,7 @@ impl RunningServer {
             .listen
             .first()
             .ok_or_else(|| std::io::Error::other("no listen address"))?;
-        let proxy_protocol = config.proxy_protocol;
+        let proxy_protocol = config.connections.proxy_protocol;
         let (mut server, edge) = build(
             None,
             LoadedConfig {

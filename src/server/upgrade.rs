@@ -77,7 +77,7 @@ async fn would_start_here(
     if sessions.get(key).is_some() {
         return Ok(());
     }
-    let max = sessions.config().max_sessions;
+    let max = sessions.config().limits.max_sessions;
     if max > 0 && sessions.count() >= max {
         return Err(format!("max_sessions ({max}) reached"));
     }
@@ -166,7 +166,7 @@ async fn relay(
 ) {
     let config = sessions.config();
     let head = tokio::time::timeout(
-        config.request_header_timeout,
+        config.connections.request_header_timeout,
         http1::read_request_head(&mut sock),
     )
     .await;
@@ -229,13 +229,14 @@ async fn relay(
             Next::Write(chunks) => {
                 for chunk in chunks {
                     let written =
-                        tokio::time::timeout(config.client_timeout, sock.write_all(&chunk)).await;
+                        tokio::time::timeout(config.viewers.client_timeout, sock.write_all(&chunk))
+                            .await;
                     if !matches!(written, Ok(Ok(()))) {
                         if written.is_err() {
                             log::info!(
                                 content_id:% = key;
                                 "session {key}: relay reader took nothing for {:?}; cut",
-                                config.client_timeout
+                                config.viewers.client_timeout
                             );
                         }
                         return;

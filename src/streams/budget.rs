@@ -138,7 +138,7 @@ impl Sessions {
             .map(|x| x.ring.held_bytes() + x.hls().map_or(0, |h| h.held_bytes()))
             .sum();
         BufferUse {
-            budget_bytes: self.config().max_buffer_bytes,
+            budget_bytes: self.config().buffers.max_buffer_bytes,
             used_bytes: used,
             budget_drops: self.budget_drops.get(),
         }
@@ -151,17 +151,17 @@ impl Sessions {
         let sessions = self.list();
         let (loads, readers): (Vec<SessionLoad>, Vec<Vec<Arc<ClientStats>>>) = sessions
             .iter()
-            .map(|x| load_of(x, config.stream_buffer_size))
+            .map(|x| load_of(x, config.buffers.stream_buffer_size))
             .unzip();
         let total: usize = loads.iter().map(|l| l.ring + l.fixed).sum();
-        if total <= config.max_buffer_bytes {
+        if total <= config.buffers.max_buffer_bytes {
             return 0;
         }
         let held: usize = sessions
             .iter()
             .map(|x| x.ring.held_bytes() + x.hls().map_or(0, |h| h.held_bytes()))
             .sum();
-        let cuts = plan(&loads, config.max_buffer_bytes);
+        let cuts = plan(&loads, config.buffers.max_buffer_bytes);
         for (s, r) in &cuts {
             let (session, client) = (&sessions[*s], &readers[*s][*r]);
             client.cut();
@@ -173,14 +173,14 @@ impl Sessions {
                 reason = "buffer_budget";
                 "client of {} cut to keep max_buffer_bytes ({} bytes; the sessions held {held}): it was {} bytes behind the live edge",
                 session.content_id,
-                config.max_buffer_bytes,
+                config.buffers.max_buffer_bytes,
                 loads[*s].behind[*r]
             );
         }
         if cuts.is_empty() {
             log::debug!(
                 "buffers hold {total} bytes, over max_buffer_bytes ({}), but no reader holds more than its ring's minimum",
-                config.max_buffer_bytes
+                config.buffers.max_buffer_bytes
             );
         }
         // The rings let go of what only the cut readers needed at their next publish (their

@@ -172,7 +172,7 @@ impl ClientHandle {
         let join = self
             .session
             .ring
-            .join_point(config.join_burst_bytes.min(one_second));
+            .join_point(config.buffers.join_burst_bytes.min(one_second));
         self.set_cursor(join.cursor);
         self.offset = join.offset;
         self.lead_in = join.lead_in;
@@ -220,7 +220,8 @@ impl ClientHandle {
                 || ring.no_keyframe_to_wait_for()
                 || self.session.is_clockless()
                 || ring.edge_media() >= FIRST_KEYFRAME_WAIT_SECONDS
-                || ring.published_bytes() >= self.sessions.config().stream_buffer_size as u64
+                || ring.published_bytes()
+                    >= self.sessions.config().buffers.stream_buffer_size as u64
             {
                 // No keyframe to wait for (audio only, no clock, a GOP longer than the wait):
                 // start like a joiner, near the live edge, rather than behind everyone.

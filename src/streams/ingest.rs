@@ -39,8 +39,11 @@ impl<'a> Ingest<'a> {
         Ingest {
             session,
             metrics,
-            pacer: Pacer::new(config.live_lead),
-            read_ahead: config.join_burst_bytes.max(config.copy_chunk_size),
+            pacer: Pacer::new(config.sessions.live_lead),
+            read_ahead: config
+                .buffers
+                .join_burst_bytes
+                .max(config.buffers.copy_chunk_size),
             needed_at: None,
         }
     }

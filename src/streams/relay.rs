@@ -271,7 +271,7 @@ pub(super) async fn from_successor(
     let handing_over = EdgeError::HandingOver;
     // The successor writes its relay once Pingora handed it the listeners (it polls for them
     // once a second): until then the client waits, as for any start.
-    let deadline = tokio::time::Instant::now() + config.empty_stream_timeout;
+    let deadline = tokio::time::Instant::now() + config.sessions.empty_stream_timeout;
     let relay = loop {
         if let Some(relay) = sessions.handover().successor() {
             break relay;

@@ -77,10 +77,10 @@ pub(crate) struct Linger {
 }
 
 impl Linger {
-    pub(crate) fn of(config: &Config) -> Self {
+    pub(crate) fn of(sessions: &crate::config::Sessions) -> Self {
         Linger {
-            watched: config.stream_idle_timeout,
-            unwatched: config.unwatched_linger,
+            watched: sessions.stream_idle_timeout,
+            unwatched: sessions.unwatched_linger,
         }
     }
 }
@@ -172,16 +172,16 @@ impl StreamSession {
             hls: std::sync::OnceLock::new(),
             hls_seeded: AtomicBool::new(false),
             hls_settings: HlsSettings {
-                segment_seconds: config.hls_segment_seconds.as_secs_f64(),
-                window_segments: config.hls_window_segments,
+                segment_seconds: config.hls.hls_segment_seconds.as_secs_f64(),
+                window_segments: config.hls.hls_window_segments,
             },
             ring: {
                 let retention = Retention {
-                    min_bytes: config.stream_buffer_size,
-                    min_seconds: config.stream_buffer_seconds.as_secs_f64(),
-                    max_bytes: config.stream_buffer_max_bytes,
+                    min_bytes: config.buffers.stream_buffer_size,
+                    min_seconds: config.buffers.stream_buffer_seconds.as_secs_f64(),
+                    max_bytes: config.buffers.stream_buffer_max_bytes,
                 };
-                if config.zero_copy {
+                if config.viewers.zero_copy {
                     Ring::with_pages(retention)
                 } else {
                     Ring::new(retention)

@@ -25,7 +25,7 @@ pub(crate) async fn start_within_deadline(
         return Ok(relayed);
     }
     let started = tokio::time::timeout(
-        config.empty_stream_timeout,
+        config.sessions.empty_stream_timeout,
         start_and_first_bytes(sessions, session, config, exclude),
     )
     .await;
@@ -39,7 +39,7 @@ pub(crate) async fn start_within_deadline(
                     .with_label_values(&[&engine.addr.to_string(), "no_first_byte"])
                     .inc();
             }
-            Err(EdgeError::EmptyStream(config.empty_stream_timeout))
+            Err(EdgeError::EmptyStream(config.sessions.empty_stream_timeout))
         }
     }
 }
@@ -66,8 +66,8 @@ async fn start_and_first_bytes(
     exclude: &[SocketAddr],
 ) -> Result<(EngineStream, Bytes), EdgeError> {
     let timeouts = EngineTimeouts {
-        connect: config.engine_connect_timeout,
-        read: config.engine_read_timeout,
+        connect: config.probes.engine_connect_timeout,
+        read: config.pool.engine_read_timeout,
     };
     let mut tried = exclude.to_vec();
     let mut last_error = None;
@@ -80,7 +80,7 @@ async fn start_and_first_bytes(
         tried.push(engine.addr);
         let label = engine.addr.to_string();
         let metrics = sessions.metrics();
-        match start_on(session, &engine, timeouts, config.engine_stop_timeout).await {
+        match start_on(session, &engine, timeouts, config.pool.engine_stop_timeout).await {
             Ok(started) => {
                 // It answered: healthy now, whatever its last probe said.
                 sessions.engines().mark_working(engine.addr);
@@ -112,7 +112,10 @@ async fn start_and_first_bytes(
                 // before trying the next engine.
                 let es = session.state().engine_session.take();
                 if let Some(cmd) = es.and_then(|es| es.command_path) {
-                    let _ = engine.endpoint.stop(&cmd, config.engine_stop_timeout).await;
+                    let _ = engine
+                        .endpoint
+                        .stop(&cmd, config.pool.engine_stop_timeout)
+                        .await;
                 }
                 session.state().engine = None;
                 last_error = Some(e);

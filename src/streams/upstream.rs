@@ -37,7 +37,7 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<StreamSes
         outcome = stream(&sessions, &session, &config) => outcome,
         // The linger is read when it starts: a reload applies to running sessions too, as
         // `/proxy/status` shows it.
-        _ = session.linger(|| Linger::of(&sessions.config()), || sessions.expire_if_idle(&session)) => {
+        _ = session.linger(|| Linger::of(&sessions.config().sessions), || sessions.expire_if_idle(&session)) => {
             Outcome::Stopped(StopReason::IdleTimeout)
         }
         reason = cancel.wait_for(|r| r.is_some()) => {
@@ -103,7 +103,11 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<StreamSes
     }
     if let (Some(engine), Some(es)) = (engine, engine_session) {
         if let Some(cmd) = &es.command_path {
-            if let Err(e) = engine.endpoint.stop(cmd, config.engine_stop_timeout).await {
+            if let Err(e) = engine
+                .endpoint
+                .stop(cmd, config.pool.engine_stop_timeout)
+                .await
+            {
                 log::warn!("session {}: stop failed: {e}", session.content_id);
             }
         }
@@ -170,7 +174,7 @@ async fn stream(sessions: &Sessions, session: &Arc<StreamSession>, config: &Conf
         session.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         metrics.upstream_bytes.inc_by(n as u64);
     };
-    let mut chunker = Rechunker::new(config.copy_chunk_size);
+    let mut chunker = Rechunker::new(config.buffers.copy_chunk_size);
     let mut ingest = Ingest::new(session, metrics, config);
     count_in(first.len());
     chunker.push(&first);
@@ -179,11 +183,14 @@ async fn stream(sessions: &Sessions, session: &Arc<StreamSession>, config: &Conf
         ingest.release(chunk).await;
     }
     session.phase.send_replace(Phase::Streaming);
-    let mut budget = FailoverBudget::new(config.max_failovers, config.failover_window);
+    let mut budget = FailoverBudget::new(
+        config.sessions.max_failovers,
+        config.sessions.failover_window,
+    );
     loop {
         let reason = tokio::select! {
             r = pump(config, &mut upstream, &mut chunker, &mut ingest, &count_in) => r,
-            r = watch_stats(session, config, metrics), if !config.engine_stat_interval.is_zero() => r,
+            r = watch_stats(session, config, metrics), if !config.pool.engine_stat_interval.is_zero() => r,
         };
         metrics
             .upstream_failures
@@ -226,7 +233,7 @@ async fn stream(sessions: &Sessions, session: &Arc<StreamSession>, config: &Conf
             if let Some(cmd) = old_session.and_then(|es| es.command_path) {
                 if let Err(e) = engine
                     .endpoint
-                    .stop(&cmd, config.failover_stop_timeout)
+                    .stop(&cmd, config.sessions.failover_stop_timeout)
                     .await
                 {
                     log::warn!(
@@ -294,8 +301,11 @@ async fn watch_stats(
     let (Some(endpoint), Some(path)) = (endpoint, path) else {
         return std::future::pending().await;
     };
-    let mut detector = StuckDetector::new(config.stuck_stream_timeout, config.empty_stream_timeout);
-    let mut tick = tokio::time::interval(config.engine_stat_interval);
+    let mut detector = StuckDetector::new(
+        config.pool.stuck_stream_timeout,
+        config.sessions.empty_stream_timeout,
+    );
+    let mut tick = tokio::time::interval(config.pool.engine_stat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -329,9 +339,9 @@ async fn pump(
     let mut last_flush = tokio::time::Instant::now();
     let mut garbage = 0usize;
     loop {
-        let flush_at = last_flush + config.chunk_flush_interval;
+        let flush_at = last_flush + config.buffers.chunk_flush_interval;
         let read = tokio::select! {
-            r = tokio::time::timeout(config.upstream_stall_timeout, upstream.next_chunk()) => r,
+            r = tokio::time::timeout(config.sessions.upstream_stall_timeout, upstream.next_chunk()) => r,
             _ = tokio::time::sleep_until(flush_at), if chunker.pending() >= PACKET_SIZE => {
                 if let Some(chunk) = chunker.next_flush() {
                     ingest.release(chunk).await;
@@ -355,13 +365,13 @@ async fn pump(
                     last_flush = tokio::time::Instant::now();
                     garbage = 0;
                 }
-                if garbage >= config.copy_chunk_size {
+                if garbage >= config.buffers.copy_chunk_size {
                     return UpstreamFailure::NotTs(garbage);
                 }
             }
             Ok(Ok(None)) => return UpstreamFailure::Ended,
             Ok(Err(e)) => return UpstreamFailure::ReadFailed(e.to_string()),
-            Err(_) => return UpstreamFailure::Stalled(config.upstream_stall_timeout),
+            Err(_) => return UpstreamFailure::Stalled(config.sessions.upstream_stall_timeout),
         }
     }
 }
