@@ -70,7 +70,7 @@ impl Checker {
                 peers: stats.as_ref().and_then(|s| s.peers),
                 speed_down: stats.as_ref().and_then(|s| s.speed_down),
                 first_byte_ms: st.first_byte_ms,
-                error: st.error.clone(),
+                error: x.error_text(),
             }
         } else {
             let Ok(_slot) = self.slots.try_acquire() else {

@@ -11,6 +11,7 @@
 
 mod phase;
 
+pub(crate) use phase::Linger;
 pub use phase::{Phase, StopReason, UpstreamFailure};
 
 use super::ring::{Retention, Ring};
@@ -67,24 +68,6 @@ struct HlsSettings {
     window_segments: usize,
 }
 
-/// How long a session without clients lives on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Linger {
-    /// After a client got stream bytes (`stream_idle_timeout`).
-    pub(crate) watched: std::time::Duration,
-    /// When no stream byte ever reached a client (`unwatched_linger`).
-    pub(crate) unwatched: std::time::Duration,
-}
-
-impl Linger {
-    pub(crate) fn of(sessions: &crate::config::Sessions) -> Self {
-        Linger {
-            watched: sessions.stream_idle_timeout,
-            unwatched: sessions.unwatched_linger,
-        }
-    }
-}
-
 /// Mutable bookkeeping, guarded by one short-lived lock.
 #[derive(Debug, Default)]
 pub(crate) struct SessionState {
@@ -104,8 +87,6 @@ pub(crate) struct SessionState {
     pub started_at: Option<SystemTime>,
     /// Wall-clock time the session ended.
     pub ended_at: Option<SystemTime>,
-    /// Why the session ended or failed.
-    pub error: Option<String>,
     /// The stream reserved on the engine; released when the session is dropped or ends.
     pub lease: Option<StreamLease>,
 }
@@ -289,6 +270,15 @@ impl StreamSession {
 
     pub(crate) fn state(&self) -> MutexGuard<'_, SessionState> {
         self.state.locked()
+    }
+
+    /// Why the session ended or failed, in words (from its phase: one record of it).
+    pub fn error_text(&self) -> Option<String> {
+        match self.phase() {
+            Phase::Failed(e) => Some(e.to_string()),
+            Phase::Ended(reason) => Some(reason.to_string()),
+            _ => None,
+        }
     }
 
     /// The current phase.

@@ -73,9 +73,6 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<StreamSes
     let (engine, engine_session) = {
         let mut st = session.state();
         st.ended_at = Some(SystemTime::now());
-        if !matches!(phase, Phase::Ended(_)) || st.error.is_none() {
-            st.error = Some(reason.clone());
-        }
         (st.engine.clone(), st.engine_session.clone())
     };
     session.ring.close();

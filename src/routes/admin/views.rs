@@ -167,7 +167,7 @@ impl SessionView {
             created_at: rfc3339(x.created_at),
             started_at: st.started_at.map(rfc3339),
             ended_at: st.ended_at.map(rfc3339),
-            error: st.error.clone(),
+            error: x.error_text(),
             relayed: st.relayed,
             idle_seconds: st.idle_since.map_or(0.0, |t| t.elapsed().as_secs_f64()),
             bytes_in: x.bytes_in.load(Ordering::Relaxed),

@@ -1,4 +1,4 @@
-//! Where a session is in its life and how it ended: [`Phase`], [`StopReason`] and
+//! Where a session is in its life, how long it lingers and how it ended: [`Phase`], [`StopReason`] and
 //! [`UpstreamFailure`], the values its clients, the status page and the metrics read.
 
 use super::*;
@@ -89,6 +89,25 @@ impl UpstreamFailure {
             UpstreamFailure::UnknownSession => "unknown_session",
             UpstreamFailure::LiveposStuck(_) => "livepos_stuck",
             UpstreamFailure::Prebuffering(_) => "prebuffering",
+        }
+    }
+}
+
+/// How long a session without clients lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Linger {
+    /// After a client got stream bytes (`stream_idle_timeout`).
+    pub(crate) watched: std::time::Duration,
+    /// When no stream byte ever reached a client (`unwatched_linger`).
+    pub(crate) unwatched: std::time::Duration,
+}
+
+impl Linger {
+    /// The lingers the `sessions` section sets.
+    pub(crate) fn of(sessions: &crate::config::Sessions) -> Self {
+        Linger {
+            watched: sessions.stream_idle_timeout,
+            unwatched: sessions.unwatched_linger,
         }
     }
 }
