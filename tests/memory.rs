@@ -86,16 +86,6 @@ async fn never_reading_clients_are_dropped_and_memory_returns() {
     reader.abort();
 }
 
-/// VmRSS of process `pid`, KiB.
-fn rss_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// The global buffer budget (issue 26): 6 ids at 16 Mbit/s, each with a line-speed reader and
 /// one that takes 1 KB/s, rings of up to 16 MiB each, `max_buffer_bytes` 48 MiB. The proxy (its
 /// own process) never holds more than the budget + 40 MiB above its idle RSS, the slow readers
@@ -103,7 +93,6 @@ fn rss_of(pid: u32) -> u64 {
 /// is within 30 MiB of idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_buffer_budget_bounds_memory_and_memory_comes_back() {
-    use std::process::{Command, Stdio};
     use tokio::io::AsyncReadExt as _;
     let e = sim(Knobs {
         bitrate_bps: 16_000_000,
@@ -122,17 +111,7 @@ async fn the_buffer_budget_bounds_memory_and_memory_comes_back() {
         ),
     )
     .unwrap();
-    let proxy = Process::new(
-        Command::new(env!("CARGO_BIN_EXE_acestream-edge"))
-            .arg("-c")
-            .arg(&conf)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("edge.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let proxy = spawn_edge(&conf, false, &dir.path().join("edge.log"));
     assert!(
         wait_until(Duration::from_secs(20), || async {
             tokio::net::TcpStream::connect(addr).await.is_ok()
@@ -152,7 +131,7 @@ async fn the_buffer_budget_bounds_memory_and_memory_comes_back() {
         .await
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle = rss_of(proxy.id());
+    let idle = rss_kib_of(proxy.id());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut line = Vec::new();
     let mut slow = Vec::new();
@@ -192,7 +171,7 @@ async fn the_buffer_budget_bounds_memory_and_memory_comes_back() {
     let mut peak = idle;
     let until = std::time::Instant::now() + Duration::from_secs(20);
     while std::time::Instant::now() < until {
-        peak = peak.max(rss_of(proxy.id()));
+        peak = peak.max(rss_kib_of(proxy.id()));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (_, status) = get_json(addr, "/proxy/status").await;
@@ -232,7 +211,7 @@ async fn the_buffer_budget_bounds_memory_and_memory_comes_back() {
         .await
     );
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let after = rss_of(proxy.id());
+    let after = rss_kib_of(proxy.id());
     eprintln!("budget: 10 s after the sessions ended: {after} KiB (idle {idle} KiB)");
     assert!(
         after <= idle + 30 * 1024,

@@ -8,24 +8,11 @@ use acestream_edge::sim::Knobs;
 use common::*;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_acestream-edge");
-
 fn spawn(conf: &Path, upgrade: bool, log: &Path) -> Process {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("-c").arg(conf);
-    if upgrade {
-        cmd.arg("-u");
-    }
-    cmd.env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .map(Process::new)
-        .unwrap()
+    spawn_edge(conf, upgrade, log)
 }
 
 fn text(log: &Path) -> String {

@@ -213,12 +213,35 @@ pub async fn ffmpeg_play(url: String, seconds: u32) -> (bool, String) {
 
 /// This process's resident memory, KiB (for tests that run alone in their binary).
 pub fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .expect("/proc/self/status")
+    rss_kib_of(std::process::id())
+}
+
+/// VmRSS of process `pid`, KiB (0 once it is gone).
+pub fn rss_kib_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+        .unwrap_or(0)
+}
+
+/// Starts the real `acestream-edge` binary with `-c conf` (and `-u` for an upgrade), its log
+/// (RUST_LOG=info) to `log`; killed when dropped.
+#[allow(dead_code)] // not every test binary starts one
+pub fn spawn_edge(conf: &std::path::Path, upgrade: bool, log: &std::path::Path) -> Process {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_acestream-edge"));
+    cmd.arg("-c").arg(conf);
+    if upgrade {
+        cmd.arg("-u");
+    }
+    cmd.env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .map(Process::new)
+        .expect("start acestream-edge")
 }
 
 /// A fake orchestrator: serves `GET /engines` with whatever JSON it is given, records the
