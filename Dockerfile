@@ -13,6 +13,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
+# jemalloc's settings (background purge), compiled into the binary.
+COPY .cargo ./.cargo
 COPY src ./src
 COPY benches ./benches
 COPY web ./web
