@@ -128,7 +128,7 @@ impl EdgeProxy {
             .iter()
             .map(|x| crate::cluster::HeldSession {
                 id: x.content.to_string(),
-                engine: x.state().engine.as_ref().map(|e| e.addr),
+                engine: x.state().source.engine().map(|e| e.addr),
             })
             .collect();
         let view = cluster.view(held, key.as_deref());

@@ -272,7 +272,7 @@ impl Admin {
         m.engine_speed_down.reset();
         for x in self.sessions.list() {
             let st = x.state();
-            if let (Some(e), Some((stat, _))) = (st.engine.as_ref(), st.engine_stats.as_ref()) {
+            if let (Some(e), Some((stat, _))) = (st.source.engine(), st.engine_stats.as_ref()) {
                 let label = e.addr.to_string();
                 m.engine_peers
                     .with_label_values(&[&label])

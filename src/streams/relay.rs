@@ -228,7 +228,7 @@ fn relayed(
         "session {}: relayed from {from}; no engine session of its own",
         session.content_id
     );
-    session.state().relayed = true;
+    session.state().source = super::session::Source::Relay;
     (EngineStream::relayed(resp), first)
 }
 

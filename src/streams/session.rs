@@ -11,13 +11,13 @@
 
 mod phase;
 
-pub(crate) use phase::Linger;
+pub(crate) use phase::{Linger, Source};
 pub use phase::{Phase, StopReason, UpstreamFailure};
 
 use super::ring::{Retention, Ring};
 use super::ClientStats;
 use crate::config::Config;
-use crate::engines::{ContentKey, Engine, EngineSession, StreamLease};
+use crate::engines::ContentKey;
 use crate::error::EdgeError;
 use crate::sync::Lock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -73,22 +73,16 @@ struct HlsSettings {
 pub(crate) struct SessionState {
     /// When the last client left (None while clients are attached).
     pub idle_since: Option<Instant>,
-    /// The engine serving this session.
-    pub engine: Option<Engine>,
-    /// The engine's session (URLs, ids), once started.
-    pub engine_session: Option<EngineSession>,
+    /// Where its stream comes from now: nothing, an engine session, or a relay.
+    pub source: Source,
     /// The engine's last stat sample for this session, and when it was taken.
     pub engine_stats: Option<(crate::engines::stat::EngineStat, SystemTime)>,
     /// Milliseconds from session start to the first upstream byte.
     pub first_byte_ms: Option<u64>,
-    /// Its stream is read from the process a graceful upgrade replaces, not from an engine.
-    pub relayed: bool,
     /// Wall-clock time of the first upstream byte.
     pub started_at: Option<SystemTime>,
     /// Wall-clock time the session ended.
     pub ended_at: Option<SystemTime>,
-    /// The stream reserved on the engine; released when the session is dropped or ends.
-    pub lease: Option<StreamLease>,
 }
 
 /// One content id's shared stream.

@@ -2,7 +2,7 @@
 //! open its stream and wait for the first bytes, trying the next-best engine on a refusal or
 //! failure (each engine once), all within `empty_stream_timeout`.
 
-use super::session::{Phase, StreamSession};
+use super::session::{Phase, Source, StreamSession};
 use super::Sessions;
 use crate::config::Config;
 use crate::engines::{Engine, EngineStream, EngineTimeouts};
@@ -32,7 +32,7 @@ pub(crate) async fn start_within_deadline(
     match started {
         Ok(r) => r,
         Err(_) => {
-            if let Some(engine) = session.state().engine.clone() {
+            if let Some(engine) = session.state().source.engine().cloned() {
                 sessions
                     .metrics()
                     .engine_start_errors
@@ -84,14 +84,14 @@ async fn start_and_first_bytes(
             Ok(started) => {
                 // It answered: healthy now, whatever its last probe said.
                 sessions.engines().mark_working(engine.addr);
-                if let Some(es) = session.state().engine_session.clone() {
+                if let Some(es) = session.state().source.engine_session().cloned() {
                     sessions.report_started(session, &engine, &es);
                 }
                 metrics
                     .engine_selections
                     .with_label_values(&[&label, "started"])
                     .inc();
-                session.state().lease = Some(lease);
+                session.state().source.hold(lease);
                 return Ok(started);
             }
             Err(e) => {
@@ -110,14 +110,13 @@ async fn start_and_first_bytes(
                     .inc();
                 // A started engine session that failed before its first byte is stopped now,
                 // before trying the next engine.
-                let es = session.state().engine_session.take();
+                let es = session.state().source.take_engine().map(|(_, es)| es);
                 if let Some(cmd) = es.and_then(|es| es.command_path) {
                     let _ = engine
                         .endpoint
                         .stop(&cmd, config.pool.engine_stop_timeout)
                         .await;
                 }
-                session.state().engine = None;
                 last_error = Some(e);
             }
         }
@@ -136,10 +135,11 @@ async fn start_on(
         .await?;
     {
         // Recorded at once: from here on, every way out sends a stop.
-        let mut st = session.state();
-        st.engine = Some(engine.clone());
-        st.engine_session = Some(es.clone());
-        st.relayed = false;
+        session.state().source = Source::Engine {
+            engine: engine.clone(),
+            session: es.clone(),
+            lease: None,
+        };
     }
     session.phase.send_if_modified(|p| {
         let first_start = *p == Phase::Starting;

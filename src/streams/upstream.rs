@@ -73,7 +73,10 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<StreamSes
     let (engine, engine_session) = {
         let mut st = session.state();
         st.ended_at = Some(SystemTime::now());
-        (st.engine.clone(), st.engine_session.clone())
+        (
+            st.source.engine().cloned(),
+            st.source.engine_session().cloned(),
+        )
     };
     session.ring.close();
     session.phase.send_replace(phase);
@@ -109,7 +112,7 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<StreamSes
             }
         }
     }
-    session.state().lease = None;
+    session.state().source.release_lease();
 }
 
 /// At most `max` failovers within any `window`: a session whose engines keep failing ends
@@ -196,7 +199,7 @@ async fn stream(sessions: &Sessions, session: &Arc<StreamSession>, config: &Conf
         while let Some(chunk) = chunker.next_flush() {
             ingest.release(chunk).await;
         }
-        if session.state().relayed && session.client_count() == 0 {
+        if session.state().source.is_relay() && session.client_count() == 0 {
             // A relayed session (a graceful upgrade) that nobody watches any more ends with its
             // relay: an engine session started for it would serve no one.
             return Outcome::Stopped(StopReason::IdleTimeout);
@@ -209,9 +212,8 @@ async fn stream(sessions: &Sessions, session: &Arc<StreamSession>, config: &Conf
         // Clients stay attached (and get keepalives) while the next engine starts.
         let (old_engine, old_session) = {
             let mut st = session.state();
-            st.lease = None;
             st.engine_stats = None;
-            (st.engine.take(), st.engine_session.take())
+            st.source.take_engine().unzip()
         };
         let mut exclude = Vec::new();
         if let Some(engine) = old_engine {
@@ -260,8 +262,8 @@ async fn stream(sessions: &Sessions, session: &Arc<StreamSession>, config: &Conf
                     session.content_id,
                     session
                         .state()
-                        .engine
-                        .as_ref()
+                        .source
+                        .engine()
                         .map(|e| e.endpoint.to_string())
                         .unwrap_or_default()
                 );
@@ -290,10 +292,10 @@ async fn watch_stats(
     let (endpoint, path) = {
         let st = session.state();
         let path = st
-            .engine_session
-            .as_ref()
+            .source
+            .engine_session()
             .and_then(|es| es.stat_path.clone());
-        (st.engine.as_ref().map(|e| e.endpoint.clone()), path)
+        (st.source.engine().map(|e| e.endpoint.clone()), path)
     };
     let (Some(endpoint), Some(path)) = (endpoint, path) else {
         return std::future::pending().await;

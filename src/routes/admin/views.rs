@@ -152,8 +152,8 @@ impl SessionView {
             })
             .collect();
         let st = x.state();
-        let engine = st.engine.as_ref();
-        let es = st.engine_session.as_ref();
+        let engine = st.source.engine();
+        let es = st.source.engine_session();
         SessionView {
             stream_id: x.content.value.clone(),
             ace_id: x.content.value.clone(),
@@ -168,7 +168,7 @@ impl SessionView {
             started_at: st.started_at.map(rfc3339),
             ended_at: st.ended_at.map(rfc3339),
             error: x.error_text(),
-            relayed: st.relayed,
+            relayed: st.source.is_relay(),
             idle_seconds: st.idle_since.map_or(0.0, |t| t.elapsed().as_secs_f64()),
             bytes_in: x.bytes_in.load(Ordering::Relaxed),
             bytes_out: x.bytes_out.load(Ordering::Relaxed),

@@ -111,3 +111,79 @@ impl Linger {
         }
     }
 }
+
+/// Where a session's stream comes from now: one value, set by the upstream task as the session
+/// moves between engines, so that what exists with an engine (its session, the stream reserved
+/// on it) exists only with it.
+// One per session, inside its state lock: the empty variants' unused bytes cost nothing worth a
+// box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Default)]
+pub(crate) enum Source {
+    /// Nothing yet, or nothing any more (starting, between engines after a failure).
+    #[default]
+    None,
+    /// An engine session: every way out of it sends its stop.
+    Engine {
+        /// The engine.
+        engine: crate::engines::Engine,
+        /// Its session (URLs, ids).
+        session: crate::engines::EngineSession,
+        /// The stream reserved on it once it sent its first bytes; released with the source.
+        lease: Option<crate::engines::StreamLease>,
+    },
+    /// Another acestream-edge process of this machine: a graceful upgrade's relay.
+    Relay,
+}
+
+impl Source {
+    /// The engine, with an engine session.
+    pub(crate) fn engine(&self) -> Option<&crate::engines::Engine> {
+        match self {
+            Source::Engine { engine, .. } => Some(engine),
+            _ => None,
+        }
+    }
+
+    /// The engine session.
+    pub(crate) fn engine_session(&self) -> Option<&crate::engines::EngineSession> {
+        match self {
+            Source::Engine { session, .. } => Some(session),
+            _ => None,
+        }
+    }
+
+    /// Whether the stream comes from a relay.
+    pub(crate) fn is_relay(&self) -> bool {
+        matches!(self, Source::Relay)
+    }
+
+    /// Holds `lease` with the engine session (it counts in the engine's load until released).
+    pub(crate) fn hold(&mut self, lease: crate::engines::StreamLease) {
+        if let Source::Engine { lease: held, .. } = self {
+            *held = Some(lease);
+        }
+    }
+
+    /// Releases the reserved stream, keeping the rest (the session's stop is still to be sent).
+    pub(crate) fn release_lease(&mut self) {
+        if let Source::Engine { lease, .. } = self {
+            *lease = None;
+        }
+    }
+
+    /// Takes the engine and its session out (the lease is released), leaving nothing.
+    pub(crate) fn take_engine(
+        &mut self,
+    ) -> Option<(crate::engines::Engine, crate::engines::EngineSession)> {
+        match std::mem::take(self) {
+            Source::Engine {
+                engine, session, ..
+            } => Some((engine, session)),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+}
