@@ -12,6 +12,7 @@ use crate::sync::{Lock, ReadWrite};
 use pingora_limits::rate::Rate;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -169,24 +170,24 @@ impl Limits {
             retry_after: CONCURRENCY_RETRY_AFTER,
         };
         let mut st = self.lock();
-        if s.max_clients > 0 && st.clients >= s.max_clients {
-            return Err(concurrency(Limit::Clients, s.max_clients));
+        if let Some(max) = reached(s.max_clients, st.clients) {
+            return Err(concurrency(Limit::Clients, max));
         }
-        if starts_session && s.max_sessions > 0 && sessions_now >= s.max_sessions {
-            return Err(concurrency(Limit::Sessions, s.max_sessions));
+        if let Some(max) = reached(s.max_sessions, sessions_now).filter(|_| starts_session) {
+            return Err(concurrency(Limit::Sessions, max));
         }
         if per_ip {
             let ids = st.per_ip.get(&ip);
             let watching: usize = ids.map_or(0, |m| m.values().sum());
-            if s.max_clients_per_ip > 0 && watching >= s.max_clients_per_ip {
-                return Err(concurrency(Limit::ClientsPerIp, s.max_clients_per_ip));
+            if let Some(max) = reached(s.max_clients_per_ip, watching) {
+                return Err(concurrency(Limit::ClientsPerIp, max));
             }
             let new_id = ids.is_none_or(|m| !m.contains_key(content));
             let distinct = ids.map_or(0, |m| m.len());
-            if new_id && s.max_sessions_per_ip > 0 && distinct >= s.max_sessions_per_ip {
-                return Err(concurrency(Limit::SessionsPerIp, s.max_sessions_per_ip));
+            if let Some(max) = reached(s.max_sessions_per_ip, distinct).filter(|_| new_id) {
+                return Err(concurrency(Limit::SessionsPerIp, max));
             }
-            let max_starts = s.session_starts_per_ip_per_minute;
+            let max_starts = s.session_starts_per_ip_per_minute.map_or(0, |m| m.get());
             if starts_session && max_starts > 0 {
                 let (recent, wait) = self.starts.rate_with(&ip, |r| {
                     let weighted = r.prev_samples as f64 * (1.0 - r.current_interval_fraction)
@@ -238,17 +239,22 @@ impl Limits {
     }
 }
 
+/// The limit `max` if `n` reached it (`None`: no limit, or not reached).
+fn reached(max: Option<NonZeroUsize>, n: usize) -> Option<usize> {
+    max.map(NonZeroUsize::get).filter(|m| n >= *m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn limits(f: impl FnOnce(&mut LimitSettings)) -> Arc<Limits> {
         let mut s = LimitSettings {
-            max_clients_per_ip: 0,
-            max_sessions_per_ip: 0,
-            session_starts_per_ip_per_minute: 0,
-            max_clients: 0,
-            max_sessions: 0,
+            max_clients_per_ip: None,
+            max_sessions_per_ip: None,
+            session_starts_per_ip_per_minute: None,
+            max_clients: None,
+            max_sessions: None,
             limit_exempt: vec!["127.0.0.0/8".parse().unwrap()],
         };
         f(&mut s);
@@ -262,7 +268,7 @@ mod tests {
     /// place frees when a permit is dropped.
     #[test]
     fn clients_per_ip() {
-        let l = limits(|s| s.max_clients_per_ip = 4);
+        let l = limits(|s| s.max_clients_per_ip = NonZeroUsize::new(4));
         let mut held: Vec<_> = (0..4).map(|_| l.admit(A, "x", false, 1).unwrap()).collect();
         let r = l.admit(A, "x", false, 1).unwrap_err();
         assert_eq!((r.limit, r.max), (Limit::ClientsPerIp, 4));
@@ -279,7 +285,7 @@ mod tests {
     /// Distinct ids per address count ids, not viewers.
     #[test]
     fn sessions_per_ip() {
-        let l = limits(|s| s.max_sessions_per_ip = 2);
+        let l = limits(|s| s.max_sessions_per_ip = NonZeroUsize::new(2));
         let _a = l.admit(A, "x", true, 0).unwrap();
         let _b = l.admit(A, "y", true, 1).unwrap();
         let _c = l.admit(A, "y", false, 2).unwrap();
@@ -294,7 +300,7 @@ mod tests {
     /// within the minute.
     #[test]
     fn session_starts_per_minute() {
-        let l = limits(|s| s.session_starts_per_ip_per_minute = 20);
+        let l = limits(|s| s.session_starts_per_ip_per_minute = NonZeroUsize::new(20));
         let mut held = Vec::new();
         for i in 0..20 {
             held.push(l.admit(A, &format!("id{i}"), true, i).unwrap());
@@ -315,8 +321,8 @@ mod tests {
     #[test]
     fn global_limits() {
         let l = limits(|s| {
-            s.max_clients = 2;
-            s.max_sessions = 1;
+            s.max_clients = NonZeroUsize::new(2);
+            s.max_sessions = NonZeroUsize::new(1);
         });
         let _a = l.admit(A, "x", true, 0).unwrap();
         assert_eq!(l.admit(B, "y", true, 1).unwrap_err().limit, Limit::Sessions);

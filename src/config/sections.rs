@@ -6,6 +6,7 @@
 
 use super::cidr::Cidr;
 use super::passthrough::PassthroughRule;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 /// Whether a SIGHUP may change a section while the proxy runs.
@@ -259,18 +260,19 @@ section!(
     /// `::1`): a local player, a reverse proxy on the same host not yet listed in
     /// `trusted_proxies`, the project's own load tests.
         limit_exempt: Vec<Cidr>,
-    /// Concurrent viewers of one address (0: no limit). Default 16: a household behind one NAT
-    /// with several players, each with a probe.
-        max_clients_per_ip: usize,
-    /// Distinct content ids one address watches at once (0: no limit). Default 8.
-        max_sessions_per_ip: usize,
-    /// New engine sessions one address may start per minute (0: no limit). Default 30: zapping
-    /// through channels, not walking an id list.
-        session_starts_per_ip_per_minute: usize,
-    /// Concurrent viewers in all (0: no limit, the default; `max_connections` bounds them).
-        max_clients: usize,
-    /// Sessions in all (0: no limit, the default; engines × `max_streams_per_engine` bound them).
-        max_sessions: usize,
+    /// Concurrent viewers of one address (`None`: no limit, `0` in the file). Default 16: a
+    /// household behind one NAT with several players, each with a probe.
+        max_clients_per_ip: Option<NonZeroUsize>,
+    /// Distinct content ids one address watches at once (`None`: no limit). Default 8.
+        max_sessions_per_ip: Option<NonZeroUsize>,
+    /// New engine sessions one address may start per minute (`None`: no limit). Default 30:
+    /// zapping through channels, not walking an id list.
+        session_starts_per_ip_per_minute: Option<NonZeroUsize>,
+    /// Concurrent viewers in all (`None`, the default: no limit; `max_connections` bounds them).
+        max_clients: Option<NonZeroUsize>,
+    /// Sessions in all (`None`, the default: no limit; engines × `max_streams_per_engine` bound
+    /// them).
+        max_sessions: Option<NonZeroUsize>,
     }
 );
 

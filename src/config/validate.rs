@@ -12,6 +12,7 @@ use super::{
 };
 use crate::ts::PACKET_SIZE as TS_PACKET_SIZE;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 /// Checks a `host:port` member address; the reason when it is not one.
@@ -333,11 +334,14 @@ pub(super) fn validate(w: AceWire) -> Result<Config, ConfigError> {
         },
         limits: Limits {
             limit_exempt,
-            max_clients_per_ip: w.max_clients_per_ip as usize,
-            max_sessions_per_ip: w.max_sessions_per_ip as usize,
-            session_starts_per_ip_per_minute: w.session_starts_per_ip_per_minute as usize,
-            max_clients: w.max_clients as usize,
-            max_sessions: w.max_sessions as usize,
+            // A limit of 0 in the file means none.
+            max_clients_per_ip: NonZeroUsize::new(w.max_clients_per_ip as usize),
+            max_sessions_per_ip: NonZeroUsize::new(w.max_sessions_per_ip as usize),
+            session_starts_per_ip_per_minute: NonZeroUsize::new(
+                w.session_starts_per_ip_per_minute as usize,
+            ),
+            max_clients: NonZeroUsize::new(w.max_clients as usize),
+            max_sessions: NonZeroUsize::new(w.max_sessions as usize),
         },
         hls: Hls {
             hls_segment_seconds: w.hls_segment_seconds.0,

@@ -176,13 +176,16 @@ mod tests {
             admin_token: Some("new".into()),
             ..Config::default()
         };
-        new.limits.max_clients_per_ip = 3;
+        new.limits.max_clients_per_ip = std::num::NonZeroUsize::new(3);
         new.probes.engine_cache_ttl = std::time::Duration::from_secs(9);
         let (merged, kept) = merge(&old, new);
         assert_eq!(kept, vec!["listen", "engine_cache_ttl"]);
         assert_eq!(merged.listen, old.listen);
         assert_eq!(merged.admin_token.as_deref(), Some("new"));
-        assert_eq!(merged.limits.max_clients_per_ip, 3);
+        assert_eq!(
+            merged.limits.max_clients_per_ip,
+            std::num::NonZeroUsize::new(3)
+        );
         for k in kept {
             assert!(restart_keys().contains(&k));
         }

@@ -78,7 +78,7 @@ async fn would_start_here(
         return Ok(());
     }
     let max = sessions.config().limits.max_sessions;
-    if max > 0 && sessions.count() >= max {
+    if let Some(max) = max.filter(|m| sessions.count() >= m.get()) {
         return Err(format!("max_sessions ({max}) reached"));
     }
     if let Some(cluster) = cluster {
