@@ -123,7 +123,7 @@ acestream:
 }
 
 /// The example configuration lists every key of the `acestream:` section (the list comes from the
-/// loader itself: an unknown key's error names every key it knows).
+/// loader itself).
 #[test]
 fn example_config_lists_every_key() {
     let example = std::fs::read_to_string(concat!(
@@ -131,24 +131,42 @@ fn example_config_lists_every_key() {
         "/conf/acestream-edge.yaml"
     ))
     .unwrap();
-    let err = acestream_edge::config::load_str("acestream: {no_such_key: 1}")
-        .expect_err("unknown key")
-        .to_string();
-    let known: Vec<&str> = err
-        .split("expected one of ")
-        .nth(1)
-        .expect("the known keys")
-        .split(", ")
-        .map(|k| k.trim().trim_matches('`'))
-        .collect();
+    let known = acestream_edge::config::acestream_keys();
     assert!(known.len() >= 30, "{known:?}");
-    let missing: Vec<&&str> = known
+    let missing: Vec<&String> = known
         .iter()
         .filter(|k| !example.contains(&format!("  {k}:")) && !example.contains(&format!("# {k}:")))
         .collect();
     assert!(
         missing.is_empty(),
         "conf/acestream-edge.yaml lacks {missing:?}"
+    );
+}
+
+/// `-t` says which key a typo meant (not the whole list), and prints the top-level warnings with
+/// the errors (issue 27).
+#[test]
+fn check_suggests_keys_and_keeps_warnings_with_errors() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(
+        b"thread: 2\nacestream:\n  stream_idel_timeout: 3\n  engines: [{host: 127.0.0.1, port: 6878}]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["-t", "-c"])
+        .arg(f.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("did you mean stream_idle_timeout?"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("expected one of"), "{stderr}");
+    assert!(
+        stderr.contains("warning: thread (line 1)") && stderr.contains("did you mean threads?"),
+        "{stderr}"
     );
 }
 

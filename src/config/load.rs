@@ -29,11 +29,14 @@ impl fmt::Display for ConfigProblem {
     }
 }
 
-/// Every problem found in one configuration file.
+/// Every problem found in one configuration file, and what looks like a mistake besides.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
     /// At least one problem.
     pub problems: Vec<ConfigProblem>,
+    /// Not errors, but probably mistakes (see [`super::LoadedConfig::warnings`]): shown with the
+    /// errors, so one run tells everything.
+    pub warnings: Vec<ConfigProblem>,
 }
 
 impl fmt::Display for ConfigError {
@@ -43,6 +46,9 @@ impl fmt::Display for ConfigError {
                 writeln!(f)?;
             }
             write!(f, "{p}")?;
+        }
+        for w in &self.warnings {
+            write!(f, "\nwarning: {w}")?;
         }
         Ok(())
     }
@@ -56,6 +62,7 @@ impl ConfigError {
                 reason: reason.into(),
                 line: None,
             }],
+            warnings: Vec::new(),
         }
     }
 }
@@ -137,7 +144,10 @@ pub fn load_str(text: &str) -> Result<LoadedConfig, ConfigError> {
             server,
             acestream,
         }),
-        _ => Err(ConfigError { problems }),
+        _ => Err(ConfigError {
+            problems,
+            warnings: unknown_top_level_keys(&doc, text),
+        }),
     }
 }
 
@@ -156,10 +166,20 @@ fn unknown_top_level_keys(doc: &serde_yaml::Value, text: &str) -> Vec<ConfigProb
     m.keys()
         .filter_map(|k| k.as_str())
         .filter(|k| *k != "acestream" && !known.iter().any(|n| n == k))
-        .map(|k| ConfigProblem {
-            path: k.to_string(),
-            reason: "not a Pingora setting and not `acestream`: ignored (a typo?)".into(),
-            line: line_of(text, k),
+        .map(|k| {
+            let mut names: Vec<&str> = known.iter().map(String::as_str).collect();
+            names.push("acestream");
+            let reason = match did_you_mean(k, &names) {
+                Some(near) => format!(
+                    "not a Pingora setting and not `acestream`: ignored; did you mean {near}?"
+                ),
+                None => "not a Pingora setting and not `acestream`: ignored (a typo?)".into(),
+            };
+            ConfigProblem {
+                path: k.to_string(),
+                reason,
+                line: line_of(text, k),
+            }
         })
         .collect()
 }
@@ -221,9 +241,72 @@ fn strip_location(reason: &str) -> String {
     }
 }
 
+/// The known name closest to `key` by edit distance, if it is close enough to be a typo of it
+/// (at most a third of its letters, at least 2, apart).
+pub(super) fn did_you_mean<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    let limit = (key.chars().count() / 3).max(2);
+    known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance (insertions, deletions, substitutions), by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// Every key of the `acestream:` section, as its wire form knows them (serde names them all when
+/// it meets one it does not know).
+pub fn acestream_keys() -> Vec<String> {
+    let Err(e) = serde_yaml::from_str::<FileWire>("acestream: {\"\": 0}") else {
+        return Vec::new();
+    };
+    let text = e.to_string();
+    let Some((_, list)) = text.split_once("expected one of ") else {
+        return Vec::new();
+    };
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`, …" as a user wants it: the key it
+/// probably meant, not the whole list.
+fn unknown_key(reason: &str) -> Option<String> {
+    let rest = reason.strip_prefix("unknown field `")?;
+    let (key, rest) = rest.split_once('`')?;
+    let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    Some(match did_you_mean(key, &expected) {
+        Some(near) => format!("unknown key `{key}`: did you mean {near}?"),
+        None => format!(
+            "unknown key `{key}` (the {} keys of this section are in the README's configuration table)",
+            expected.len()
+        ),
+    })
+}
+
 /// Serde's words for types, in a user's words.
 fn humanize(key_path: &str, reason: &str) -> String {
     let reason = strip_location(reason);
+    if let Some(unknown) = unknown_key(&reason) {
+        return unknown;
+    }
     if key_path.ends_with("port") && reason.contains("u16") {
         return "a port is a whole number 1–65535".to_string() + &got(&reason);
     }

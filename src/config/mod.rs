@@ -16,7 +16,7 @@ pub mod sections;
 mod validate;
 mod wire;
 
-pub use load::{load_str, ConfigError, ConfigProblem};
+pub use load::{acestream_keys, load_str, ConfigError, ConfigProblem};
 use pingora::server::configuration::ServerConf;
 pub use sections::*;
 use std::net::SocketAddr;

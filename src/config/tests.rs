@@ -119,3 +119,15 @@ fn all_validation_problems_are_reported_together() {
         ]
     );
 }
+
+/// A typo'd key is answered with the key it probably meant, not with every key (issue 27).
+#[test]
+fn unknown_keys_get_a_suggestion() {
+    let e = load_str("acestream:\n  stream_idel_timeout: 3\n  zzzzzzzzzz: 1\n").expect_err("typos");
+    let text = e.to_string();
+    assert!(text.contains("did you mean stream_idle_timeout?"), "{text}");
+    assert!(text.contains("unknown key `zzzzzzzzzz`"), "{text}");
+    assert!(!text.contains("expected one of"), "{text}");
+    assert!(acestream_keys().len() >= 50);
+    assert!(acestream_keys().iter().any(|k| k == "max_buffer_bytes"));
+}

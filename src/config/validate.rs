@@ -262,7 +262,10 @@ pub(super) fn validate(w: AceWire) -> Result<Config, ConfigError> {
         }
     }
     if !problems.is_empty() {
-        return Err(ConfigError { problems });
+        return Err(ConfigError {
+            problems,
+            warnings: Vec::new(),
+        });
     }
     Ok(Config {
         listen,
