@@ -597,7 +597,12 @@ async fn signed_stream_urls() {
     let (a, b) = (content_id(1990), content_id(1991));
     let (status, v) = get_json(server.addr, &format!("/proxy/token?id={a}&ttl=60")).await;
     assert_eq!(status, 200, "{v}");
-    let url = v["url"].as_str().unwrap().to_string();
+    let url = v["path"].as_str().unwrap().to_string();
+    assert_eq!(
+        v["url"].as_str().unwrap(),
+        format!("http://{}{url}", server.addr),
+        "an absolute URL from the request's Host"
+    );
     let expires = v["expires"].as_u64().unwrap();
     assert!(expires > unix_now() && expires <= unix_now() + 60);
     let mut r = get(server.addr, &url).await;

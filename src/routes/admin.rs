@@ -59,7 +59,11 @@ const MAX_TOKEN_TTL: u64 = 7 * 24 * 3600;
 pub struct TokenView {
     token: String,
     expires: u64,
+    /// The signed stream URL, absolute: `http://` and the Host the request was sent to (a front
+    /// with another scheme or name rewrites it, like any absolute URL it passes on).
     url: String,
+    /// The same, as a path.
+    path: String,
 }
 
 /// `/proxy/status` is rendered at most this often and shared between callers: with hundreds of
@@ -143,7 +147,7 @@ impl Admin {
                 }
             }
             Route::ProxyEngines => write_value(s, &self.engines_view()).await,
-            Route::ProxyToken => match self.mint(s.req_header().uri.query()) {
+            Route::ProxyToken => match self.mint(s.req_header().uri.query(), request_host(s)) {
                 Ok(v) => write_value(s, &v).await,
                 Err(e) => write_error(s, &e).await,
             },
@@ -152,7 +156,7 @@ impl Admin {
     }
 
     /// `GET /proxy/token?id=<40 hex>&ttl=<seconds>`: a signed stream URL.
-    fn mint(&self, query: Option<&str>) -> Result<TokenView, EdgeError> {
+    fn mint(&self, query: Option<&str>, host: Option<String>) -> Result<TokenView, EdgeError> {
         let Some(tokens) = &self.tokens else {
             return Err(EdgeError::NotFound(
                 "stream URLs are not signed here (acestream.stream_token_secret is empty)".into(),
@@ -175,8 +179,10 @@ impl Admin {
             crate::engines::ContentKind::ContentId => "id",
             crate::engines::ContentKind::Infohash => "infohash",
         };
+        let path = format!("/ace/getstream?{param}={}&token={token}", content.value);
         Ok(TokenView {
-            url: format!("/ace/getstream?{param}={}&token={token}", content.value),
+            url: host.map_or_else(|| path.clone(), |h| format!("http://{h}{path}")),
+            path,
             token,
             expires,
         })
@@ -299,6 +305,22 @@ impl Admin {
         s.write_response_header(Box::new(h), false).await?;
         s.write_response_body(Some(Bytes::from(body)), true).await
     }
+}
+
+/// The request's Host (HTTP/1.1 header, or HTTP/2 authority), when it is a plain host[:port].
+fn request_host(s: &HttpSession) -> Option<String> {
+    let h = s.req_header();
+    let host = h
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| h.uri.authority().map(|a| a.to_string()))?;
+    let plain = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    plain.then_some(host)
 }
 
 async fn write_value(s: &mut HttpSession, v: &impl Serialize) -> pingora::Result<()> {
