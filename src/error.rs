@@ -71,6 +71,10 @@ pub enum EdgeError {
     /// The engine started a session but sent no stream byte in time.
     #[error("no stream data from the engine within {0:?}")]
     EmptyStream(Duration),
+    /// Stream data came, but the first playlist's segments were not cut within the time they
+    /// need after the first byte (a stream without keyframes and a clock, a stall just then).
+    #[error("the stream's first HLS segments were not ready within {0:?} of its first byte")]
+    PlaylistNotReady(Duration),
     /// The client hit one of the viewer limits; nothing was started.
     #[error("{message}")]
     TooManyRequests {
@@ -105,7 +109,8 @@ impl EdgeError {
             | EdgeError::SessionEnded(_)
             | EdgeError::EngineRefused { .. }
             | EdgeError::EngineUnreachable { .. }
-            | EdgeError::EmptyStream(_) => 503,
+            | EdgeError::EmptyStream(_)
+            | EdgeError::PlaylistNotReady(_) => 503,
             EdgeError::Internal(_) => 500,
         }
     }

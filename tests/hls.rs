@@ -367,3 +367,33 @@ async fn query_text_never_reaches_a_playlist() {
     assert!(uri.ends_with(&format!("&token={encoded}")), "{uri}");
     assert!(!fetch(signed.addr, &uri).await.is_empty());
 }
+
+/// A slow engine is not a false 503 (issue 27): the playlist waits for the first stream byte
+/// within `empty_stream_timeout` (4 s here, the prebuffer takes 3 s), then for its segments
+/// within what cutting them takes, and answers 200 (before, the 4 s covered both and it
+/// answered 503 "no stream data" although data had come).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_engine_start_is_not_a_false_503() {
+    let e = sim(Knobs {
+        prebuffer: Duration::from_secs(3),
+        ..Knobs::default()
+    })
+    .await;
+    let server = start_proxy(proxy_config(
+        &[&e],
+        "hls_segment_seconds: 1\nempty_stream_timeout: 4",
+    ));
+    let t = std::time::Instant::now();
+    let (status, text) = playlist(
+        server.addr,
+        &format!("/ace/manifest.m3u8?id={}", content_id(2750)),
+    )
+    .await;
+    eprintln!("first playlist after {:?}", t.elapsed());
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("#EXTINF"), "{text}");
+    assert!(
+        t.elapsed() > Duration::from_secs(4),
+        "the prebuffer was not waited for"
+    );
+}

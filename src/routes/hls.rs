@@ -106,7 +106,11 @@ pub async fn manifest(
     let tail = segment_token(access, query.as_deref());
     let (param, value) = (content.param(), content.value.clone());
     let uri = move |n: u64| format!("hls/{gen}/{n}.ts?{param}={value}{tail}");
-    let deadline = tokio::time::Instant::now() + sessions.config().sessions.empty_stream_timeout;
+    // Two waits, each for what it is: the first stream byte within `empty_stream_timeout` (an
+    // engine's prebuffer takes 8–30 s), then the first segments within what cutting them takes.
+    let empty_stream_timeout = sessions.config().sessions.empty_stream_timeout;
+    let first_byte_by = tokio::time::Instant::now() + empty_stream_timeout;
+    let mut segments_by: Option<tokio::time::Instant> = None;
     let mut produced = hls.subscribe();
     let mut phase = session.watch_phase();
     loop {
@@ -116,6 +120,13 @@ pub async fn manifest(
             return Ok(());
         }
         let now = phase.borrow_and_update().clone();
+        if now == Phase::Streaming && segments_by.is_none() {
+            segments_by = Some(tokio::time::Instant::now() + hls.first_playlist_within());
+        }
+        let (deadline, timed_out) = match segments_by {
+            Some(by) => (by, EdgeError::PlaylistNotReady(hls.first_playlist_within())),
+            None => (first_byte_by, EdgeError::EmptyStream(empty_stream_timeout)),
+        };
         match now {
             Phase::Failed(e) => return write_error(s, &e).await,
             Phase::Ended(reason) => {
@@ -128,8 +139,8 @@ pub async fn manifest(
             _ = produced.changed() => {}
             _ = phase.changed() => {}
             _ = tokio::time::sleep_until(deadline) => {
-                let e = EdgeError::EmptyStream(sessions.config().sessions.empty_stream_timeout);
-                return write_error(s, &e).await;
+                log::warn!(content_id:% = content.value; "playlist of {}: {timed_out}", content.value);
+                return write_error(s, &timed_out).await;
             }
             _ = s.read_body_or_idle(true) => {
                 // The player went away before its first playlist.

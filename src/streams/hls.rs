@@ -122,6 +122,16 @@ impl Hls {
     pub fn target_duration(&self) -> u64 {
         self.lock().target_duration()
     }
+
+    /// The longest the first playlist can take once stream bytes flow: its
+    /// [`MIN_PLAYLIST_SEGMENTS`] segments, each cut at the latest when it reaches the forced-cut
+    /// length, plus a second for the first keyframe's wait.
+    pub fn first_playlist_within(&self) -> std::time::Duration {
+        let target = self.lock().target;
+        std::time::Duration::from_secs_f64(
+            MIN_PLAYLIST_SEGMENTS as f64 * target * FORCED_CUT_FACTOR + 1.0,
+        )
+    }
 }
 
 /// A forced cut happens when a segment reaches this many targets without a keyframe.
