@@ -184,12 +184,42 @@ async fn the_dashboard_shows_sessions_and_previews() {
         viewer(server.addr, a.clone()),
         viewer(server.addr, b.clone()),
     ];
+    // The viewers play before the page opens (a dashboard opened on a running node).
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            let (_, v) = get_json(server.addr, "/proxy/status").await;
+            v["sessions"].as_array().is_some_and(|s| {
+                s.len() == 2 && s.iter().all(|x| x["bytes_out"].as_u64() > Some(188 * 100))
+            })
+        })
+        .await,
+        "the viewers never played"
+    );
     let origin = format!("http://{}", server.addr);
     cdp.call(
         "Page.navigate",
         serde_json::json!({"url": format!("{origin}/")}),
     )
     .await;
+    // The first render with the sessions on it: its egress figure is already non-zero (issue 27).
+    let mut first_egress = serde_json::Value::Null;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        cdp.pump(Duration::from_millis(200)).await;
+        let v = cdp
+            .eval("({n: document.querySelectorAll('.session').length, egress: document.getElementById('egress').textContent})")
+            .await;
+        if v["n"].as_u64() == Some(2) {
+            first_egress = v["egress"].clone();
+            break;
+        }
+    }
+    assert!(
+        first_egress
+            .as_str()
+            .is_some_and(|e| e.ends_with("Mbit/s") && !e.starts_with("0.00")),
+        "egress on the first render: {first_egress}"
+    );
     // Three polls, and history samples (one every 2 s) for the sparklines.
     let start = Instant::now();
     let mut shown = serde_json::Value::Null;
@@ -224,6 +254,10 @@ async fn the_dashboard_shows_sessions_and_previews() {
     assert!(
         ids.contains(&a.as_str()) && ids.contains(&b.as_str()),
         "{shown}"
+    );
+    assert_eq!(
+        ids[0], a,
+        "the session with the most viewers comes first: {shown}"
     );
     let mut clients: Vec<&str> = shown["clients"]
         .as_array()
@@ -261,8 +295,17 @@ async fn the_dashboard_shows_sessions_and_previews() {
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-1280x800.png");
     std::fs::write(&path, &png).unwrap();
     eprintln!("screenshot: {}", path.display());
-    // The preview plays.
+    // The preview opens in view, and plays.
     cdp.eval(&format!("preview('{a}')")).await;
+    cdp.pump(Duration::from_millis(500)).await;
+    let top = cdp
+        .eval("document.getElementById('preview-box').getBoundingClientRect().top")
+        .await;
+    let height = cdp.eval("window.innerHeight").await;
+    assert!(
+        top.as_f64().unwrap() >= -1.0 && top.as_f64().unwrap() < height.as_f64().unwrap(),
+        "the preview is out of view: top {top}, window {height}"
+    );
     let mut played = 0.0;
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(40) && played < 5.0 {

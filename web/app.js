@@ -66,6 +66,24 @@ function chartFor(s, box) {
   box.dataset.points = String(h.length);
 }
 
+// A session's ingest and egress in bit/s, from its byte counters: since this page's previous
+// poll, or on the first render since the session was created (the history's samples are two
+// seconds apart and its first may predate the first viewer's bytes).
+const seenBytes = new Map();
+function rates(s) {
+  const now = Date.now();
+  const prev = seenBytes.get(s.stream_id);
+  const from = prev || { t: Date.parse(s.created_at), i: 0, o: 0 };
+  const secs = (now - from.t) / 1000;
+  // Polls closer than half a second keep the last figure (too short to measure).
+  const enough = prev ? secs >= 0.5 : secs > 0.05;
+  if (!prev || enough) seenBytes.set(s.stream_id, { t: now, i: s.bytes_in, o: s.bytes_out, r: prev ? prev.r : null });
+  const kept = seenBytes.get(s.stream_id);
+  if (!enough) return kept.r || [0, 0];
+  kept.r = [Math.max(0, s.bytes_in - from.i) * 8 / secs, Math.max(0, s.bytes_out - from.o) * 8 / secs];
+  return kept.r;
+}
+
 function renderSession(s, engines) {
   const id = s.stream_id;
   const card = el("div", { class: "session", "data-id": id });
@@ -103,11 +121,16 @@ function render(status, engines) {
   $("version").textContent = "v" + status.version;
   $("sessions-count").textContent = status.sessions.length;
   let ts = 0, hlsN = 0, inBps = 0, outBps = 0;
+  const rate = new Map();
   for (const s of status.sessions) {
     for (const c of s.clients) c.protocol === "hls" ? hlsN++ : ts++;
-    const last = (s.history || []).slice(-1)[0];
-    if (last) { inBps += last[1]; outBps += last[2]; }
+    const [i, o] = rates(s);
+    rate.set(s.stream_id, o);
+    inBps += i; outBps += o;
   }
+  for (const id of [...seenBytes.keys()]) if (!rate.has(id)) seenBytes.delete(id);
+  // The sessions people watch first (most viewers), then by how much they send.
+  const sessions = [...status.sessions].sort((x, y) => (y.client_count - x.client_count) || (rate.get(y.stream_id) - rate.get(x.stream_id)));
   $("clients-count").textContent = ts + " / " + hlsN;
   $("egress").textContent = mbps(outBps);
   $("ingest").textContent = mbps(inBps);
@@ -116,7 +139,7 @@ function render(status, engines) {
   box.replaceChildren();
   if (!status.sessions.length) box.append(el("p", { class: "empty" }, "No session."));
   const seen = new Set();
-  for (const s of status.sessions) {
+  for (const s of sessions) {
     const [card, chart] = renderSession(s, engines);
     if (open.has(s.stream_id)) card.querySelector("details").open = true;
     box.append(card);
@@ -152,6 +175,7 @@ async function poll() {
 function preview(id) {
   const video = $("preview");
   $("preview-box").hidden = false;
+  $("preview-box").scrollIntoView({ block: "start" });
   if (hls) hls.destroy();
   const src = "/ace/manifest.m3u8?id=" + encodeURIComponent(id);
   if (window.Hls && Hls.isSupported()) {

@@ -352,19 +352,21 @@ impl StreamSession {
             self.bytes_out.load(Ordering::Relaxed),
         );
         let mut last = self.history_last.locked();
-        if let Some((t, i, o)) = *last {
-            let secs = now.duration_since(t).as_secs_f64().max(0.001);
-            let rate = |d: u64| (d as f64 * 8.0 / secs) as u64;
-            let mut h = self.history.locked();
-            h.push_back((
-                unix_ms,
-                rate(bin.saturating_sub(i)),
-                rate(bout.saturating_sub(o)),
-            ));
-            while h.len() > HISTORY_SAMPLES {
-                h.pop_front();
-            }
+        // The first sample measures from the session's creation, so a chart (and the dashboard's
+        // egress figure) is right from the first sample, not from the second.
+        let (t, i, o) = last.unwrap_or((self.created, 0, 0));
+        let secs = now.duration_since(t).as_secs_f64().max(0.001);
+        let rate = |d: u64| (d as f64 * 8.0 / secs) as u64;
+        let mut h = self.history.locked();
+        h.push_back((
+            unix_ms,
+            rate(bin.saturating_sub(i)),
+            rate(bout.saturating_sub(o)),
+        ));
+        while h.len() > HISTORY_SAMPLES {
+            h.pop_front();
         }
+        drop(h);
         *last = Some((now, bin, bout));
     }
 
