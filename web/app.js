@@ -54,10 +54,13 @@ function chartFor(s, box) {
   if (u && u.root.parentNode !== box) { u.destroy(); u = null; }
   if (!u) {
     u = new uPlot({
-      width: Math.min(box.clientWidth || 600, 900), height: 90,
-      legend: { show: false }, cursor: { show: false },
-      axes: [{ show: false }, { size: 40, stroke: "#8d96a0", grid: { stroke: "rgba(128,128,128,.2)" } }],
-      series: [{}, { label: "ingest Mbit/s", stroke: "#3b82f6", width: 1.5 }, { label: "egress Mbit/s", stroke: "#22c55e", width: 1.5 }],
+      width: Math.min(box.clientWidth || 600, 900), height: 140,
+      legend: { show: true, live: false }, cursor: { show: false },
+      axes: [
+        { stroke: "#8d96a0", grid: { show: false }, values: (u, ts) => ts.map((t) => new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })) },
+        { size: 48, label: "Mbit/s", stroke: "#8d96a0", grid: { stroke: "rgba(128,128,128,.2)" } },
+      ],
+      series: [{ label: "time" }, { label: "ingest (from the engine), Mbit/s", stroke: "#3b82f6", width: 1.5 }, { label: "egress (to viewers, all together), Mbit/s", stroke: "#22c55e", width: 1.5 }],
     }, data, box);
     charts.set(s.stream_id, u);
   } else {
