@@ -33,30 +33,31 @@ pub struct OrchestratorEvent {
 }
 
 impl OrchestratorEvent {
-    /// `stream_started`: the engine accepted a session.
-    #[allow(clippy::too_many_arguments)]
+    /// `stream_started`: `engine` accepted `session` for `content`.
     pub fn started(
-        container_id: Option<&str>,
-        host: &str,
-        port: u16,
-        key_type: &str,
-        key: &str,
-        playback_session_id: Option<&str>,
-        stat_url: Option<&str>,
-        command_url: Option<&str>,
-        is_live: bool,
+        engine: &super::Engine,
+        content: &super::ContentKey,
+        session: &super::EngineSession,
     ) -> Self {
+        let key_type = match content.kind {
+            super::ContentKind::ContentId => "content_id",
+            super::ContentKind::Infohash => "infohash",
+        };
+        let url = |path: &Option<String>| {
+            path.as_ref()
+                .map(|p| format!("http://{}{p}", engine.endpoint))
+        };
         OrchestratorEvent {
             path: "/events/stream_started",
             body: serde_json::json!({
-                "container_id": container_id,
-                "engine": {"host": host, "port": port},
-                "stream": {"key_type": key_type, "key": key},
+                "container_id": engine.container_id,
+                "engine": {"host": engine.endpoint.host, "port": engine.endpoint.port},
+                "stream": {"key_type": key_type, "key": content.value},
                 "session": {
-                    "playback_session_id": playback_session_id,
-                    "stat_url": stat_url,
-                    "command_url": command_url,
-                    "is_live": is_live as u8,
+                    "playback_session_id": session.playback_session_id,
+                    "stat_url": url(&session.stat_path),
+                    "command_url": url(&session.command_path),
+                    "is_live": session.is_live as u8,
                 },
                 "labels": {},
             }),

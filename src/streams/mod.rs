@@ -300,25 +300,11 @@ impl Sessions {
         engine: &crate::engines::Engine,
         es: &crate::engines::EngineSession,
     ) {
-        let key_type = match session.content.kind {
-            crate::engines::ContentKind::ContentId => "content_id",
-            crate::engines::ContentKind::Infohash => "infohash",
-        };
-        let url = |path: &Option<String>| {
-            path.as_ref()
-                .map(|p| format!("http://{}{p}", engine.endpoint))
-        };
         self.events
             .report(crate::engines::events::OrchestratorEvent::started(
-                engine.container_id.as_deref(),
-                &engine.endpoint.host,
-                engine.endpoint.port,
-                key_type,
-                &session.content.value,
-                es.playback_session_id.as_deref(),
-                url(&es.stat_path).as_deref(),
-                url(&es.command_path).as_deref(),
-                es.is_live,
+                engine,
+                &session.content,
+                es,
             ));
     }
 
