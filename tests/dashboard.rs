@@ -230,6 +230,7 @@ async fn the_dashboard_shows_sessions_and_previews() {
                 r#"({
                 ids: [...document.querySelectorAll('.session')].map(s => s.dataset.id),
                 clients: [...document.querySelectorAll('.session .clients')].map(c => c.textContent),
+                lags: [...document.querySelectorAll('.session .lag')].map(c => c.textContent),
                 points: [...document.querySelectorAll('.session .chart')].map(c => Number(c.dataset.points || 0)),
                 canvases: document.querySelectorAll('.session .chart canvas').length,
                 health: [...document.querySelectorAll('#engines .health')].map(h => h.textContent),
@@ -268,6 +269,13 @@ async fn the_dashboard_shows_sessions_and_previews() {
     clients.sort();
     assert_eq!(clients, ["1 client", "2 clients"], "{shown}");
     assert_eq!(shown["total"], "3 / 0");
+    assert!(
+        shown["lags"].as_array().is_some_and(|l| l.len() == 2
+            && l.iter().all(|x| x
+                .as_str()
+                .is_some_and(|t| t.starts_with("lag ") && t.ends_with(" s")))),
+        "each card shows its viewers' lag: {shown}"
+    );
     assert!(
         shown["canvases"].as_u64() >= Some(2),
         "sparklines drawn: {shown}"

@@ -87,6 +87,14 @@ function rates(s) {
   return kept.r;
 }
 
+// The spread of the viewers' lag behind the live edge ("lag 0.2–14.5 s"), empty without viewers.
+function lagSpread(clients) {
+  const lags = clients.map((c) => c.lag_seconds).filter((x) => x != null);
+  if (!lags.length) return "";
+  const lo = Math.min(...lags), hi = Math.max(...lags);
+  return "lag " + (hi - lo < 0.1 ? hi.toFixed(1) : lo.toFixed(1) + "–" + hi.toFixed(1)) + " s";
+}
+
 function renderSession(s, engines) {
   const id = s.stream_id;
   const card = el("div", { class: "session", "data-id": id });
@@ -98,6 +106,7 @@ function renderSession(s, engines) {
     el("span", { class: "phase " + s.phase }, phaseText(s)),
     el("span", {}, "engine " + (s.engine_host ? s.engine_host + ":" + s.engine_port : "–")),
     el("span", { class: "clients" }, s.client_count + " client" + (s.client_count === 1 ? "" : "s")),
+    el("span", { class: "muted lag", title: "how far behind the live edge its viewers are: least – most" }, lagSpread(s.clients)),
     el("span", { class: "muted" }, "first byte " + (s.first_byte_ms != null ? s.first_byte_ms + " ms" : "–")),
     el("span", { class: "muted" }, "failovers " + s.failovers),
     el("span", { class: "muted" }, last ? "in " + mbps(last[1]) + " · out " + mbps(last[2]) : ""),
