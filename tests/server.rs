@@ -106,16 +106,9 @@ acestream:
             "{err}"
         );
     }
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    f.write_all(b"thread: 2\nacestream: {engines: [{host: 127.0.0.1, port: 6878}]}\n")
-        .unwrap();
-    let out = Command::new(BIN)
-        .args(["-t", "-c"])
-        .arg(f.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, stderr) =
+        check("thread: 2\nacestream: {engines: [{host: 127.0.0.1, port: 6878}]}\n");
+    assert!(ok);
     assert!(
         stderr.contains("thread") && stderr.contains("line 1"),
         "{stderr}"
@@ -147,18 +140,10 @@ fn example_config_lists_every_key() {
 /// the errors (issue 27).
 #[test]
 fn check_suggests_keys_and_keeps_warnings_with_errors() {
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    f.write_all(
-        b"thread: 2\nacestream:\n  stream_idel_timeout: 3\n  engines: [{host: 127.0.0.1, port: 6878}]\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["-t", "-c"])
-        .arg(f.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, stderr) = check(
+        "thread: 2\nacestream:\n  stream_idel_timeout: 3\n  engines: [{host: 127.0.0.1, port: 6878}]\n",
+    );
+    assert!(!ok);
     assert!(
         stderr.contains("did you mean stream_idle_timeout?"),
         "{stderr}"

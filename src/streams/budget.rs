@@ -103,6 +103,14 @@ impl BudgetDrops {
     }
 }
 
+/// What the sessions' rings and HLS segments hold together, bytes.
+fn held_bytes(sessions: &[Arc<StreamSession>]) -> usize {
+    sessions
+        .iter()
+        .map(|x| x.ring.held_bytes() + x.hls().map_or(0, |h| h.held_bytes()))
+        .sum()
+}
+
 /// One session's reading clients and its load.
 fn load_of(session: &StreamSession, ring_min: usize) -> (SessionLoad, Vec<Arc<ClientStats>>) {
     let edge = session.ring.published_bytes();
@@ -132,11 +140,7 @@ fn load_of(session: &StreamSession, ring_min: usize) -> (SessionLoad, Vec<Arc<Cl
 impl Sessions {
     /// The budget, what the sessions hold now and the cuts so far.
     pub fn buffer_use(&self) -> BufferUse {
-        let used = self
-            .list()
-            .iter()
-            .map(|x| x.ring.held_bytes() + x.hls().map_or(0, |h| h.held_bytes()))
-            .sum();
+        let used = held_bytes(&self.list());
         BufferUse {
             budget_bytes: self.config().buffers.max_buffer_bytes,
             used_bytes: used,
@@ -149,18 +153,20 @@ impl Sessions {
     pub fn keep_buffer_budget(&self) -> usize {
         let config = self.config();
         let sessions = self.list();
+        // The cheap sum first (every 100 ms, whatever the load): the readers are only looked at
+        // when it is over the budget.
+        let held = held_bytes(&sessions);
+        if held <= config.buffers.max_buffer_bytes {
+            return 0;
+        }
         let (loads, readers): (Vec<SessionLoad>, Vec<Vec<Arc<ClientStats>>>) = sessions
             .iter()
             .map(|x| load_of(x, config.buffers.stream_buffer_size))
             .unzip();
         let total: usize = loads.iter().map(|l| l.ring + l.fixed).sum();
         if total <= config.buffers.max_buffer_bytes {
-            return 0;
+            return 0; // what is over goes once the rings let go of readers cut before
         }
-        let held: usize = sessions
-            .iter()
-            .map(|x| x.ring.held_bytes() + x.hls().map_or(0, |h| h.held_bytes()))
-            .sum();
         let cuts = plan(&loads, config.buffers.max_buffer_bytes);
         for (s, r) in &cuts {
             let (session, client) = (&sessions[*s], &readers[*s][*r]);
