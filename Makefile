@@ -4,7 +4,7 @@ SIM_ADDR ?= 127.0.0.1:6878
 CONF ?= conf/acestream-edge.yaml
 ID ?= 0123456789abcdef0123456789abcdef01234567
 
-.PHONY: run test bench bench-quick lint check-conf check-conf-built deps deps-test docker-native
+.PHONY: run test bench bench-quick lint check-conf check-conf-built check-docs deps deps-test docker-native
 
 # Pingora's build needs cmake (libz-ng-sys); the tests use ffprobe/ffmpeg and mpv as real players.
 deps:
@@ -28,10 +28,11 @@ run: deps
 	@echo ""
 	@echo "  simulator on http://$(SIM_ADDR) (like a real engine: 3 s prebuffer, then a 20 MB burst, then 4 Mbit/s),"
 	@echo "  proxy with $(CONF). Try:"
-	@echo "    curl --max-time 10 -o /tmp/a.ts 'http://127.0.0.1:8000/ace/getstream?id=$(ID)'"
+	@echo "    curl -s 'http://127.0.0.1:8000/ace/getstream?id=$(ID)' | head -c 4000000 > /tmp/a.ts"
 	@echo "    mpv 'http://127.0.0.1:8000/ace/getstream?id=$(ID)'"
 	@echo "    vlc 'http://127.0.0.1:8000/ace/getstream?id=$(ID)'"
 	@echo "    mpv 'http://127.0.0.1:8000/ace/manifest.m3u8?id=$(ID)'   (HLS)"
+	@echo "    http://127.0.0.1:8000/   (the dashboard; #preview=$(ID) plays that id)"
 	@echo "  Ctrl-C stops both."
 	@echo ""
 	@# The simulator runs in its own session (setsid), so Ctrl-C reaches the proxy alone: it stops its
@@ -47,6 +48,12 @@ run: deps
 check-conf:
 	$(CARGO) build --bin acestream-edge
 	@$(MAKE) --no-print-directory check-conf-built
+	@$(MAKE) --no-print-directory check-docs
+
+# The README's shell lines, run as written against `make run`'s pair (a release build; lines that
+# need a display, root, systemd or Docker say so and are skipped).
+check-docs: deps
+	@scripts/check-docs
 
 check-conf-built:
 	@for f in conf/*.yaml; do \

@@ -69,6 +69,9 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     /// HLS segments cut, by how (`keyframe`, `forced`: no keyframe within 2.5× the target).
     pub hls_segments: IntCounterVec,
+    /// Low-latency HLS requests that asked to be held (blocking reloads, awaited parts), by
+    /// outcome (`held`, `refused`: the address held `hls_max_blocking_requests` already).
+    pub hls_blocking_requests: IntCounterVec,
     /// Upstream failures, by reason (`ended`, `read_failed`, `not_ts`, `stalled`,
     /// `unknown_session`, `livepos_stuck`, `prebuffering`).
     pub upstream_failures: IntCounterVec,
@@ -271,6 +274,12 @@ impl Metrics {
                 "acestream_edge_hls_segments_total",
                 "HLS segments cut, by cut (keyframe, or forced when no keyframe came in 2.5x the target)",
                 &["cut"],
+            ),
+            hls_blocking_requests: counter_vec(
+                &r,
+                "acestream_edge_hls_blocking_requests_total",
+                "Low-latency HLS requests that asked to be held open, by outcome (held, refused: over hls_max_blocking_requests)",
+                &["outcome"],
             ),
             upstream_failures: counter_vec(
                 &r,

@@ -15,22 +15,27 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HLS_JS: &[u8] = include_bytes!("../web/vendor/hls.light.min.js");
 
-/// What the page reported last: (currentTime, fatal error if any).
-type Report = Arc<Mutex<Option<(f64, String)>>>;
+/// What the page reported: (currentTime, hls.js `latency`, fatal error if any), oldest first.
+type Report = Arc<Mutex<Vec<(f64, f64, String)>>>;
 
-fn page(playlist: &str) -> String {
+/// The page: hls.js playing `playlist`, with `lowLatencyMode` as given. With it on, also the
+/// catch-up a low-latency page sets (`maxLiveSyncPlaybackRate`: play up to 1.5× while further
+/// behind than the target, as hls.js's own low-latency demo does): a player that starts late (a
+/// busy machine) comes back to the live edge instead of staying behind by its start delay.
+fn page(playlist: &str, low_latency: bool) -> String {
+    let rate = if low_latency { 1.5 } else { 1.0 };
     format!(
         r#"<!doctype html><html><body><video id="v" muted autoplay playsinline></video>
 <script src="/hls.js"></script>
 <script>
 let fatal = "";
 const v = document.getElementById("v");
-const hls = new Hls();
+const hls = new Hls({{ lowLatencyMode: {low_latency}, maxLiveSyncPlaybackRate: {rate} }});
 hls.on(Hls.Events.ERROR, (_, d) => {{ if (d.fatal) fatal = d.type + ":" + d.details; }});
 hls.loadSource("{playlist}");
 hls.attachMedia(v);
 hls.on(Hls.Events.MANIFEST_PARSED, () => v.play().catch(e => fatal = "play:" + e));
-setInterval(() => fetch("/report?t=" + v.currentTime + "&fatal=" + encodeURIComponent(fatal)), 500);
+setInterval(() => fetch("/report?t=" + v.currentTime + "&latency=" + hls.latency + "&fatal=" + encodeURIComponent(fatal)), 500);
 </script></body></html>"#
     )
 }
@@ -51,16 +56,17 @@ async fn serve_page(listener: tokio::net::TcpListener, html: String, report: Rep
             let (ctype, body): (&str, Vec<u8>) = if path == "/hls.js" {
                 ("application/javascript", HLS_JS.to_vec())
             } else if let Some(q) = path.strip_prefix("/report?") {
-                let mut t = 0.0;
+                let (mut t, mut latency) = (0.0, 0.0);
                 let mut fatal = String::new();
                 for (k, v) in form_urlencoded::parse(q.as_bytes()) {
                     match &*k {
                         "t" => t = v.parse().unwrap_or(0.0),
+                        "latency" => latency = v.parse().unwrap_or(f64::NAN),
                         "fatal" => fatal = v.into_owned(),
                         _ => {}
                     }
                 }
-                *report.lock().unwrap() = Some((t, fatal));
+                report.lock().unwrap().push((t, latency, fatal));
                 ("text/plain", b"ok".to_vec())
             } else {
                 ("text/html", html.into_bytes())
@@ -75,55 +81,118 @@ async fn serve_page(listener: tokio::net::TcpListener, html: String, report: Rep
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn chromium_plays_hls_with_hls_js() {
+/// What a page did: the reports of its `seconds` of playback (from its first advancing
+/// `currentTime`), or the fatal hls.js error that ended it.
+struct Playback {
+    reports: Vec<(f64, f64, String)>,
+    fatal: String,
+}
+
+/// Plays a fresh id's playlist in Chromium for `seconds`, hls.js with `lowLatencyMode` as given,
+/// from a proxy with `proxy_extra` config. `None` when Chromium is not installed.
+async fn play_in_chromium(
+    low_latency: bool,
+    proxy_extra: &str,
+    id: u32,
+    seconds: u64,
+) -> Option<Playback> {
     let profile = tempfile::tempdir().unwrap();
     let Some(mut chromium) = chromium(profile.path()) else {
         eprintln!("SKIPPED: chromium is not installed (apt-get install chromium)");
-        return;
+        return None;
     };
     let e = sim(Knobs::default()).await;
-    let server = start_proxy(proxy_config(&[&e], "hls_segment_seconds: 2"));
+    let server = start_proxy(proxy_config(&[&e], proxy_extra));
     let playlist = format!(
         "http://{}/ace/manifest.m3u8?id={}",
         server.addr,
-        content_id(2500)
+        content_id(id)
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let page_url = format!("http://{}/", listener.local_addr().unwrap());
     let report: Report = Default::default();
-    tokio::spawn(serve_page(listener, page(&playlist), report.clone()));
+    tokio::spawn(serve_page(
+        listener,
+        page(&playlist, low_latency),
+        report.clone(),
+    ));
     let mut browser = chromium
         .arg(&page_url)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("chromium starts");
-    // Playback starts once the playlist lists three segments (about 6 s); then 15 s of play.
+    // Playback starts after the first segment (about a second of stream); then `seconds` of play.
     let start = Instant::now();
-    let mut playing_since: Option<Instant> = None;
-    let mut result = None;
-    while start.elapsed() < Duration::from_secs(50) {
+    let mut playing_from: Option<usize> = None;
+    let mut fatal = String::new();
+    while start.elapsed() < Duration::from_secs(seconds + 35) {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let Some((t, fatal)) = report.lock().unwrap().clone() else {
-            continue;
-        };
-        if !fatal.is_empty() {
-            result = Some((t, fatal));
+        let r = report.lock().unwrap().clone();
+        if let Some(f) = r.iter().map(|x| &x.2).find(|f| !f.is_empty()) {
+            fatal = f.clone();
             break;
         }
-        if t > 0.0 && playing_since.is_none() {
-            playing_since = Some(Instant::now());
+        if playing_from.is_none() {
+            playing_from = r.iter().position(|x| x.0 > 0.0);
         }
-        if playing_since.is_some_and(|p| p.elapsed() >= Duration::from_secs(15)) {
-            result = Some((t, fatal));
+        // Reports come every half second.
+        if playing_from.is_some_and(|p| r.len() - p >= 2 * seconds as usize) {
             break;
         }
     }
     let _ = browser.kill();
     let _ = browser.wait();
-    let (t, fatal) = result.expect("the page played for 15 s (reports came in)");
+    let reports = report.lock().unwrap().split_off(playing_from.unwrap_or(0));
+    Some(Playback { reports, fatal })
+}
+
+/// hls.js with `lowLatencyMode` off plays the low-latency playlist as a plain one: 15 s of
+/// playback take the video at least 10 s in.
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_plays_hls_with_hls_js() {
+    let Some(p) = play_in_chromium(
+        false,
+        "hls_segment_seconds: 2\nhls_low_latency: true",
+        2500,
+        15,
+    )
+    .await
+    else {
+        return;
+    };
+    assert!(p.fatal.is_empty(), "fatal hls.js error: {}", p.fatal);
+    let t = p.reports.last().map_or(0.0, |x| x.0);
     eprintln!("hls.js in Chromium: currentTime {t:.1} s after 15 s of playback");
-    assert!(fatal.is_empty(), "fatal hls.js error: {fatal}");
+    assert!(
+        p.reports.len() >= 30,
+        "reports of 15 s of playback: {}",
+        p.reports.len()
+    );
     assert!(t >= 10.0, "currentTime {t} after 15 s");
+}
+
+/// Low-latency HLS in hls.js (`lowLatencyMode`, blocking reloads and parts; default 4 s
+/// segments, 0.5 s parts): 20 s of a fresh id play, and hls.js's `latency` (how far behind the
+/// playlist's live edge it plays) stays at most 4 s over the last 10 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_plays_low_latency_hls_within_4_s_of_live() {
+    let Some(p) = play_in_chromium(true, "hls_low_latency: true", 2510, 20).await else {
+        return;
+    };
+    assert!(p.fatal.is_empty(), "fatal hls.js error: {}", p.fatal);
+    assert!(
+        p.reports.len() >= 40,
+        "reports of 20 s of playback: {}",
+        p.reports.len()
+    );
+    let t = p.reports.last().map_or(0.0, |x| x.0);
+    assert!(t >= 15.0, "currentTime {t} after 20 s");
+    let last_10s = &p.reports[p.reports.len() - 20..];
+    let latencies: Vec<f64> = last_10s.iter().map(|x| x.1).collect();
+    eprintln!("hls.js low-latency: currentTime {t:.1} s; latency over the last 10 s {latencies:?}");
+    assert!(
+        latencies.iter().all(|l| l.is_finite() && *l <= 4.0),
+        "latency above 4 s: {latencies:?}"
+    );
 }

@@ -295,7 +295,7 @@ fn unknown_key(reason: &str) -> Option<String> {
     Some(match did_you_mean(key, &expected) {
         Some(near) => format!("unknown key `{key}`: did you mean {near}?"),
         None => format!(
-            "unknown key `{key}` (the {} keys of this section are in the README's configuration table)",
+            "unknown key `{key}` (the {} keys of this section are in docs/reference.md under Configuration)",
             expected.len()
         ),
     })

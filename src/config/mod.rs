@@ -26,7 +26,7 @@ use validate::validate;
 use wire::AceWire;
 
 /// The validated settings of the proxy, in sections (see [`sections`]). Defaults are the seed's
-/// (README, "Configuration").
+/// (docs/reference.md, "Configuration").
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Addresses serving getstream, admin and metrics. Default `127.0.0.1:8000`.

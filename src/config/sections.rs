@@ -232,7 +232,7 @@ section!(
     /// stream in memory, none per viewer), close-delimited. `false`, or a connection where it is
     /// not possible (HTTP/2, a kernel without `memfd`), uses the copying path. Default false:
     /// measured on this project's machine (Linux 6.18, 4 KiB shmem pages) a vectored `send` of the
-    /// ring's chunks cost less CPU than `sendfile` (see the README's Performance section).
+    /// ring's chunks cost less CPU than `sendfile` (see docs/performance.md).
         zero_copy: bool,
     /// An HTTP/1 TS viewer takes its connection over from Pingora once its head is out and is
     /// written by its own small task (close-delimited, batched at the live edge, a few KiB per
@@ -243,7 +243,7 @@ section!(
     /// `send_batch_delay` passed), not at every chunk the ring publishes: every send costs the
     /// kernel a fixed amount, whatever its size. Default 0 (off: every chunk goes out when it is
     /// published): measured here it saved nothing, because a viewer is still woken at every
-    /// publish to count what is pending (see the README's Performance section).
+    /// publish to count what is pending (see docs/performance.md).
         send_batch_bytes: usize,
     /// The longest a zero-copy viewer at the live edge holds new bytes back to batch them
     /// (latency it adds, at most). Default 0.2 s.
@@ -285,5 +285,23 @@ section!(
         hls_segment_seconds: Duration,
     /// Segments an HLS playlist lists (at least 3); as many more stay fetchable. Default 6.
         hls_window_segments: usize,
+    /// A new session's first segment is cut at the first keyframe after this much stream time,
+    /// each next one twice as long, up to `hls_segment_seconds`: a player can start after one
+    /// short segment. Zero: every segment full length. Default 1 s.
+        hls_first_segment_seconds: Duration,
+    /// While a session has HLS, its engine is read up to this many bytes ahead of the paced TS
+    /// edge, so the engine's burst (its live cache, ~20 MB after prebuffering) becomes segments
+    /// at once; TS viewers still get the stream on its clock. Zero: HLS gets the stream when TS
+    /// viewers do. Default 24 MiB.
+        hls_read_ahead_bytes: usize,
+    /// Low-latency HLS (RFC 8216bis): parts, preload hints and blocking playlist reloads.
+    /// Players that do not know the tags play the segments as before. Default false: TV apps
+    /// handle the tags unevenly.
+        hls_low_latency: bool,
+    /// Low-latency HLS part length (`PART-TARGET`), stream time. Default 0.5 s.
+        hls_part_seconds: Duration,
+    /// Requests one client address may hold open waiting for a playlist update or a part
+    /// (blocking reloads, preload hints); more are answered at once. Default 4.
+        hls_max_blocking_requests: usize,
     }
 );

@@ -187,6 +187,7 @@ pub(super) fn validate(w: AceWire) -> Result<Config, ConfigError> {
         ("request_header_timeout", w.request_header_timeout),
         ("keepalive_timeout", w.keepalive_timeout),
         ("hls_segment_seconds", w.hls_segment_seconds),
+        ("hls_part_seconds", w.hls_part_seconds),
         ("stuck_stream_timeout", w.stuck_stream_timeout),
         ("check_timeout", w.check_timeout),
     ];
@@ -228,6 +229,21 @@ pub(super) fn validate(w: AceWire) -> Result<Config, ConfigError> {
         bad(
             "acestream.hls_window_segments".into(),
             "must be at least 3 (a player starts three segments from the end)".into(),
+        );
+    }
+    if w.hls_part_seconds.0 > w.hls_segment_seconds.0 / 2 {
+        bad(
+            "acestream.hls_part_seconds".into(),
+            format!(
+                "must be at most half of hls_segment_seconds ({} s): a segment holds several parts",
+                w.hls_segment_seconds.0.as_secs_f64()
+            ),
+        );
+    }
+    if w.hls_part_seconds.0 < Duration::from_millis(100) && !w.hls_part_seconds.0.is_zero() {
+        bad(
+            "acestream.hls_part_seconds".into(),
+            "must be at least 0.1 s (a part is a request per viewer)".into(),
         );
     }
     if w.max_request_head_bytes < 1024 {
@@ -349,6 +365,11 @@ pub(super) fn validate(w: AceWire) -> Result<Config, ConfigError> {
         hls: Hls {
             hls_segment_seconds: w.hls_segment_seconds.0,
             hls_window_segments: w.hls_window_segments as usize,
+            hls_first_segment_seconds: w.hls_first_segment_seconds.0,
+            hls_read_ahead_bytes: w.hls_read_ahead_bytes as usize,
+            hls_low_latency: w.hls_low_latency,
+            hls_part_seconds: w.hls_part_seconds.0,
+            hls_max_blocking_requests: w.hls_max_blocking_requests as usize,
         },
     })
 }

@@ -1,6 +1,6 @@
 //! The YAML wire format of the `acestream:` section.
 //!
-//! These serde types mirror the configuration contract (README, "Configuration") key for key. They exist only to be turned into the
+//! These serde types mirror the configuration contract (docs/reference.md, "Configuration") key for key. They exist only to be turned into the
 //! validated [`crate::config::Config`]; nothing outside `config/` sees them, so the file format can
 //! change without touching the proxy (River's split of wire and internal config).
 
@@ -75,6 +75,11 @@ pub struct AceWire {
     pub stream_token_secret: String,
     pub hls_segment_seconds: DurationWire,
     pub hls_window_segments: u64,
+    pub hls_first_segment_seconds: DurationWire,
+    pub hls_read_ahead_bytes: u64,
+    pub hls_low_latency: bool,
+    pub hls_part_seconds: DurationWire,
+    pub hls_max_blocking_requests: u64,
     pub engine_stat_interval: DurationWire,
     pub stuck_stream_timeout: DurationWire,
     pub panic_when_all_unhealthy: bool,
@@ -140,6 +145,11 @@ impl Default for AceWire {
             stream_token_secret: String::new(),
             hls_segment_seconds: secs(4.0),
             hls_window_segments: 6,
+            hls_first_segment_seconds: secs(1.0),
+            hls_read_ahead_bytes: 24 * 1024 * 1024,
+            hls_low_latency: false,
+            hls_part_seconds: secs(0.5),
+            hls_max_blocking_requests: 4,
             engine_stat_interval: secs(2.0),
             stuck_stream_timeout: secs(30.0),
             panic_when_all_unhealthy: true,

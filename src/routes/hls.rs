@@ -1,23 +1,31 @@
-//! `GET /ace/manifest.m3u8?id=<content id>` and its segments `GET /ace/hls/<generation>/<n>.ts`:
-//! HLS cut from the same session TS clients read (see [`crate::streams::hls`]).
+//! `GET /ace/manifest.m3u8?id=<content id>`, its segments `GET /ace/hls/<generation>/<n>.ts` and,
+//! with low-latency HLS, its parts `GET /ace/hls/<generation>/<n>.<part>.ts`: HLS cut from the
+//! same session TS clients read (see [`crate::streams::hls`]).
 //!
 //! A playlist request counts its viewer in (admitted by the limits like a TS client; keyed by
 //! address and User-Agent, present while it keeps asking), starts the session if needed, and
-//! answers once the playlist lists three segments (bounded by `empty_stream_timeout`, `503`
-//! after). Segment URIs are relative, carry the id (and the request's `token`, when stream URLs
-//! are signed) and the session's generation, so a cached segment of an ended session is never
-//! served for a new one.
+//! answers once the playlist lists a segment: the stream's first byte is waited for within
+//! `empty_stream_timeout` (an engine's prebuffer), the first segment within what cutting it takes
+//! after that (`503` with what was waited for, either way). A playlist of fewer than three
+//! segments waits a quarter second for more (an engine's burst brings them at once). Segment
+//! URIs are relative, carry the id (and the request's `token`, when stream URLs are signed) and
+//! the session's generation, so a cached segment of an ended session is never served for a new
+//! one. With `hls_low_latency`, `_HLS_msn`/`_HLS_part` hold a reload until the playlist has what
+//! it names, and a part not cut yet (a preload hint) is awaited; both are bounded in time and per
+//! address (`hls_max_blocking_requests`).
 
 use super::getstream::content_id;
 use super::write_error;
 use crate::access::{Access, ClientAddr};
 use crate::engines::ContentKey;
 use crate::error::EdgeError;
-use crate::streams::{record_cuts, Phase, Sessions, StreamSession};
+use crate::streams::hls::MIN_WINDOW_SEGMENTS;
+use crate::streams::{record_cuts, BlockingHold, Phase, Sessions, StreamSession};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session as HttpSession;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Segments never change, so caches may keep them (a new session gets new URIs).
 const SEGMENT_CACHE_CONTROL: &str = "public, max-age=86400, immutable";
@@ -105,16 +113,52 @@ pub async fn manifest(
     let gen = generation(&session);
     let tail = segment_token(access, query.as_deref());
     let (param, value) = (content.param(), content.value.clone());
-    let uri = move |n: u64| format!("hls/{gen}/{n}.ts?{param}={value}{tail}");
+    let uri = move |n: u64, part: Option<usize>| match part {
+        None => format!("hls/{gen}/{n}.ts?{param}={value}{tail}"),
+        Some(p) => format!("hls/{gen}/{n}.{p}.ts?{param}={value}{tail}"),
+    };
     // Two waits, each for what it is: the first stream byte within `empty_stream_timeout` (an
     // engine's prebuffer takes 8–30 s), then the first segments within what cutting them takes.
     let empty_stream_timeout = sessions.config().sessions.empty_stream_timeout;
     let first_byte_by = tokio::time::Instant::now() + empty_stream_timeout;
     let mut segments_by: Option<tokio::time::Instant> = None;
+    let wanted = match blocking_reload(query.as_deref(), hls) {
+        Ok(w) => w,
+        Err(e) => return write_error(s, &e).await,
+    };
+    // A blocking reload is held until the playlist has what it asks for, at most three target
+    // durations (RFC 8216bis §6.2.5.2: then the current playlist), and only while its address
+    // holds fewer than `hls_max_blocking_requests`.
+    let mut hold: Option<(Option<BlockingHold>, tokio::time::Instant)> = None;
+    let mut grace_until: Option<tokio::time::Instant> = None;
     let mut produced = hls.subscribe();
     let mut phase = session.watch_phase();
     loop {
-        if let Some(text) = hls.playlist(&uri) {
+        let ready = |hold: &mut Option<(Option<BlockingHold>, tokio::time::Instant)>| {
+            let Some((msn, part)) = wanted else {
+                return true;
+            };
+            if hls.has(msn, part) {
+                return true;
+            }
+            let (held, until) = hold.get_or_insert_with(|| {
+                let wait = Duration::from_secs(hls.target_duration() * BLOCKING_RELOAD_TARGETS);
+                (
+                    sessions.hold_hls_request(viewer.0),
+                    tokio::time::Instant::now() + wait,
+                )
+            });
+            held.is_none() || tokio::time::Instant::now() >= *until
+        };
+        // A playlist shorter than a player's usual start distance waits a moment for more: an
+        // engine's burst (read ahead) brings them within milliseconds, and a player given one
+        // segment reads it and then waits a segment's length before it reloads.
+        let short = hls.listed() < MIN_WINDOW_SEGMENTS;
+        if short && grace_until.is_none() && hls.listed() > 0 {
+            grace_until = Some(tokio::time::Instant::now() + SHORT_PLAYLIST_GRACE);
+        }
+        let graced = !short || grace_until.is_some_and(|t| tokio::time::Instant::now() >= t);
+        if let Some(text) = hls.playlist(&uri).filter(|_| graced && ready(&mut hold)) {
             write_playlist(s, text).await?;
             sessions.hls_viewer_served(&content, viewer.0, &viewer.1);
             return Ok(());
@@ -135,10 +179,17 @@ pub async fn manifest(
             }
             _ => {}
         }
+        // A held reload wakes at its own deadline and answers with the playlist it has; a short
+        // one at the end of its grace.
+        let block_until = hold
+            .as_ref()
+            .map(|(_, until)| *until)
+            .or(grace_until.filter(|_| !graced));
         tokio::select! {
             _ = produced.changed() => {}
             _ = phase.changed() => {}
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = tokio::time::sleep_until(block_until.unwrap_or(deadline)), if block_until.is_some() => {}
+            _ = tokio::time::sleep_until(deadline), if block_until.is_none() => {
                 log::warn!(content_id:% = content.value; "playlist of {}: {timed_out}", content.value);
                 return write_error(s, &timed_out).await;
             }
@@ -153,6 +204,46 @@ pub async fn manifest(
     }
 }
 
+/// How long a playlist of fewer than [`MIN_WINDOW_SEGMENTS`] segments waits for more. Fixed:
+/// a burst read ahead cuts its segments within a few milliseconds; a stream at its live edge
+/// gains nothing by waiting, and a quarter second is a small part of the one-GOP first segment.
+const SHORT_PLAYLIST_GRACE: Duration = Duration::from_millis(250);
+
+/// A blocking reload holds for at most this many target durations: RFC 8216bis §6.2.5.2 has the
+/// client treat a longer wait as a failure.
+const BLOCKING_RELOAD_TARGETS: u64 = 3;
+
+/// What a blocking playlist reload asks for: `_HLS_msn` (a segment) and optionally `_HLS_part`
+/// (a part of it). Only with low-latency HLS on; `400` for a part without a segment or a segment
+/// more than two past the one being built (RFC 8216bis §6.2.5.2).
+fn blocking_reload(
+    query: Option<&str>,
+    hls: &crate::streams::hls::Hls,
+) -> Result<Option<(u64, Option<u64>)>, EdgeError> {
+    if !hls.low_latency() {
+        return Ok(None);
+    }
+    let num = |name: &str| -> Result<Option<u64>, EdgeError> {
+        match query.and_then(|q| super::getstream::query_param(q, name)) {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| EdgeError::BadRequest(format!("{name} must be a number, not {v:?}"))),
+        }
+    };
+    let (msn, part) = (num("_HLS_msn")?, num("_HLS_part")?);
+    match (msn, part) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(EdgeError::BadRequest("_HLS_part needs _HLS_msn".into())),
+        (Some(m), _) if m > hls.building() + 2 => Err(EdgeError::BadRequest(format!(
+            "_HLS_msn {m} is more than two segments past the playlist's last ({})",
+            hls.building()
+        ))),
+        (Some(m), p) => Ok(Some((m, p))),
+    }
+}
+
 async fn write_playlist(s: &mut HttpSession, text: String) -> pingora::Result<()> {
     let mut h = ResponseHeader::build(200, Some(4))?;
     h.insert_header("Content-Type", "application/vnd.apple.mpegurl")?;
@@ -163,14 +254,19 @@ async fn write_playlist(s: &mut HttpSession, text: String) -> pingora::Result<()
     s.write_response_body(Some(Bytes::from(text)), true).await
 }
 
-/// `<generation>/<sequence>` from `/ace/hls/<generation>/<sequence>.ts`.
-fn segment_path(path: &str) -> Option<(u128, u64)> {
+/// What a media request names: `/ace/hls/<generation>/<sequence>.ts` (a segment) or
+/// `/ace/hls/<generation>/<sequence>.<part>.ts` (a low-latency part).
+fn segment_path(path: &str) -> Option<(u128, u64, Option<usize>)> {
     let rest = path.strip_prefix("/ace/hls/")?.strip_suffix(".ts")?;
-    let (gen, seq) = rest.split_once('/')?;
-    Some((gen.parse().ok()?, seq.parse().ok()?))
+    let (gen, name) = rest.split_once('/')?;
+    let (seq, part) = match name.split_once('.') {
+        Some((seq, part)) => (seq, Some(part.parse().ok()?)),
+        None => (name, None),
+    };
+    Some((gen.parse().ok()?, seq.parse().ok()?, part))
 }
 
-/// Answers a segment request.
+/// Answers a segment or part request.
 pub async fn segment(
     s: &mut HttpSession,
     sessions: &Arc<Sessions>,
@@ -178,7 +274,7 @@ pub async fn segment(
     path: &str,
 ) -> pingora::Result<()> {
     let not_found = |what: String| EdgeError::NotFound(what);
-    let Some((gen, seq)) = segment_path(path) else {
+    let Some((gen, seq, part)) = segment_path(path) else {
         return write_error(s, &not_found(format!("no route {path}"))).await;
     };
     let query = s.req_header().uri.query().map(str::to_string);
@@ -192,13 +288,26 @@ pub async fn segment(
         Ok(_) => return write_error(s, &not_found("that session has ended".into())).await,
         Err(e) => return write_error(s, &e).await,
     };
-    let Some(segment) = session.hls().and_then(|h| h.segment(seq)) else {
-        let e = not_found(format!("segment {seq} is not held (gone, or not cut yet)"));
+    let Some(hls) = session.hls() else {
+        return write_error(s, &not_found("the session has no HLS".into())).await;
+    };
+    let media = match part {
+        None => hls.segment(seq).map(|x| (x.pieces, x.len)),
+        Some(n) => awaited_part(sessions, hls, viewer.0, seq, n)
+            .await
+            .map(|x| (x.pieces, x.len)),
+    };
+    let Some((pieces, len)) = media else {
+        let what = match part {
+            None => format!("segment {seq}"),
+            Some(n) => format!("part {n} of segment {seq}"),
+        };
+        let e = not_found(format!("{what} is not held (gone, or not cut yet)"));
         return write_error(s, &e).await;
     };
     let mut h = ResponseHeader::build(200, Some(4))?;
     h.insert_header("Content-Type", "video/mp2t")?;
-    h.insert_header("Content-Length", segment.len.to_string())?;
+    h.insert_header("Content-Length", len.to_string())?;
     h.insert_header("Cache-Control", SEGMENT_CACHE_CONTROL)?;
     // Browser players (hls.js) on another origin may read them, as any HLS server allows.
     h.insert_header("Access-Control-Allow-Origin", "*")?;
@@ -207,20 +316,50 @@ pub async fn segment(
     if head_only {
         return Ok(());
     }
-    let last = segment.pieces.len().saturating_sub(1);
-    for (i, piece) in segment.pieces.into_iter().enumerate() {
+    let last = pieces.len().saturating_sub(1);
+    for (i, piece) in pieces.into_iter().enumerate() {
         s.write_response_body(Some(piece), i == last).await?;
     }
     sessions.hls_viewer_served(&content, viewer.0, &viewer.1);
     // The session was watched (it lingers `stream_idle_timeout`, not `unwatched_linger`).
     session
         .bytes_out
-        .fetch_add(segment.len as u64, std::sync::atomic::Ordering::Relaxed);
-    sessions
-        .metrics()
-        .downstream_bytes
-        .inc_by(segment.len as u64);
+        .fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
+    sessions.metrics().downstream_bytes.inc_by(len as u64);
     Ok(())
+}
+
+/// A part, held or (the one a preload hint names, not cut yet) awaited: for at most a target
+/// duration, while the client may hold a request; `None` if it is gone or did not come.
+async fn awaited_part(
+    sessions: &Sessions,
+    hls: &crate::streams::hls::Hls,
+    client: Option<crate::access::ClientAddr>,
+    seq: u64,
+    index: usize,
+) -> Option<crate::streams::hls::Part> {
+    let mut produced = hls.subscribe();
+    if let Some(p) = hls.part(seq, index) {
+        return Some(p);
+    }
+    if seq != hls.building() {
+        return None;
+    }
+    let _hold = sessions.hold_hls_request(client)?;
+    let until = tokio::time::Instant::now() + Duration::from_secs(hls.target_duration());
+    loop {
+        tokio::select! {
+            r = produced.changed() => r.ok()?,
+            _ = tokio::time::sleep_until(until) => return None,
+        }
+        if let Some(p) = hls.part(seq, index) {
+            return Some(p);
+        }
+        if seq != hls.building() {
+            // The segment was cut before that part: the hint named one that never came.
+            return None;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -229,7 +368,9 @@ mod tests {
 
     #[test]
     fn segment_paths() {
-        assert_eq!(segment_path("/ace/hls/17/3.ts"), Some((17, 3)));
+        assert_eq!(segment_path("/ace/hls/17/3.ts"), Some((17, 3, None)));
+        assert_eq!(segment_path("/ace/hls/17/3.2.ts"), Some((17, 3, Some(2))));
+        assert_eq!(segment_path("/ace/hls/17/3.x.ts"), None);
         assert_eq!(segment_path("/ace/hls/17/x.ts"), None);
         assert_eq!(segment_path("/ace/hls/3.ts"), None);
     }

@@ -1,32 +1,41 @@
-//! HLS from the session's own stream: a segmenter cuts what the upstream task releases into
-//! segments at keyframes, and a live media playlist (RFC 8216, version 3) lists the newest ones.
+//! HLS from the session's own stream: a segmenter cuts what the upstream task reads into segments
+//! at keyframes (and, with low-latency HLS, into parts), and a live media playlist (RFC 8216,
+//! version 3; version 6 with RFC 8216bis parts) lists the newest ones.
 //!
 //! **Who owns what.** A session's [`Hls`] is created on its first HLS request and lives as long as
-//! the session. The upstream task feeds it every released chunk (after publishing it to the
-//! ring), with the chunk's keyframe marks and whether the stream's clock jumped there; routes
-//! read segments and playlists. Segments hold the ring's chunks by reference ([`Bytes`] slices):
-//! no second copy of the stream exists, only the PAT/PMT packets put in front of each segment.
+//! the session. The upstream task feeds it every chunk it reads (with HLS on, read ahead of the
+//! paced ring: see [`super::ingest`]), with the chunk's keyframe marks and whether the stream's
+//! clock jumped there; routes read segments, parts and playlists. Segments and parts hold the
+//! ring's chunks by reference ([`Bytes`] slices): no second copy of the stream exists, only the
+//! PAT/PMT packets put in front of each segment.
 //!
-//! **Cutting.** A segment starts on a keyframe, with the PAT and PMT current there, and ends
-//! where the next segment starts: at the first keyframe at or after `hls_segment_seconds` of
+//! **Cutting** ([`cut`]). A segment starts on a keyframe, with the PAT and PMT current there, and
+//! ends where the next segment starts: at the first keyframe at or after `hls_segment_seconds` of
 //! stream time (keyframe PTS, 33-bit wrap handled; the session's PCR-based media clock where a
-//! PTS is missing). With no keyframe by 2.5× the target, the segment is cut anyway at a chunk
-//! boundary and the cut is counted. A stream without video is cut at chunk boundaries. The
-//! concatenation of the segments is the stream from the first cut on: nothing is lost or
-//! repeated between two segments.
+//! PTS is missing). A new session's first segment is cut after `hls_first_segment_seconds`, each
+//! next one twice as long up to the target, so a player can start after about a second. With no
+//! keyframe by 2.5× the target, the segment is cut anyway at a chunk boundary and the cut is
+//! counted. A stream without video is cut at chunk boundaries. The concatenation of the segments
+//! is the stream from the first cut on: nothing is lost or repeated between two segments.
+//! **Parts** ([`parts`]) are cut every `hls_part_seconds` on a frame's first packet; a segment's
+//! parts are its bytes, in order.
 //!
-//! **Playlist.** `#EXT-X-TARGETDURATION` is the longest segment the cutter can make (2.5× the
-//! target, rounded up), fixed for the session's life; `#EXT-X-MEDIA-SEQUENCE` only grows; a
-//! splice or clock jump puts `#EXT-X-DISCONTINUITY` before the first segment after it, and
-//! `#EXT-X-DISCONTINUITY-SEQUENCE` counts the ones that left the window. The playlist shows
-//! `hls_window_segments`; segments that left it stay fetchable for one more window.
+//! **Playlist** ([`playlist`]). `#EXT-X-TARGETDURATION` is the longest segment the cutter can make
+//! (2.5× the target, rounded up), fixed for the session's life; `#EXT-X-MEDIA-SEQUENCE` only
+//! grows; a splice or clock jump puts `#EXT-X-DISCONTINUITY` before the first segment after it,
+//! and `#EXT-X-DISCONTINUITY-SEQUENCE` counts the ones that left the window. The playlist shows
+//! `hls_window_segments`; segments that left it stay fetchable for one more window. It is served
+//! from its first segment on.
 
+mod cut;
+mod parts;
 mod playlist;
 
 use super::ring::RingSnapshot;
 use crate::sync::Lock;
 use crate::ts::{wrapping_delta, KeyframeMark, PTS_WRAP};
 use bytes::Bytes;
+use cut::Pending;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::{Mutex, MutexGuard};
@@ -40,11 +49,41 @@ pub struct Hls {
     produced: watch::Sender<u64>,
 }
 
+/// How a session's HLS is cut and listed (from the `hls_*` keys when it starts).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HlsSettings {
+    /// `hls_segment_seconds`.
+    pub segment_seconds: f64,
+    /// `hls_window_segments`.
+    pub window_segments: usize,
+    /// `hls_first_segment_seconds` (zero: full length from the start).
+    pub first_segment_seconds: f64,
+    /// `hls_part_seconds` when `hls_low_latency` is on.
+    pub part_seconds: Option<f64>,
+}
+
+impl HlsSettings {
+    /// The settings the config asks for.
+    pub fn of(c: &crate::config::Hls) -> Self {
+        HlsSettings {
+            segment_seconds: c.hls_segment_seconds.as_secs_f64(),
+            window_segments: c.hls_window_segments,
+            first_segment_seconds: c.hls_first_segment_seconds.as_secs_f64(),
+            part_seconds: c
+                .hls_low_latency
+                .then_some(c.hls_part_seconds.as_secs_f64()),
+        }
+    }
+}
+
 impl Hls {
-    /// HLS cutting at `target_seconds` with a playlist of `window` segments.
-    pub fn new(target_seconds: f64, window: usize) -> Self {
+    /// HLS cut and listed as `settings` say.
+    pub fn new(settings: HlsSettings) -> Self {
+        let segmenter = Segmenter::new(settings.segment_seconds, settings.window_segments)
+            .with_start(settings.first_segment_seconds)
+            .with_parts(settings.part_seconds);
         Hls {
-            segmenter: Mutex::new(Segmenter::new(target_seconds, window)),
+            segmenter: Mutex::new(segmenter),
             produced: watch::channel(0).0,
         }
     }
@@ -56,16 +95,17 @@ impl Hls {
     /// Feeds a released chunk; returns the cuts it made.
     pub fn feed(&self, chunk: FedChunk) -> Cuts {
         let mut seg = self.lock();
-        let before = seg.cuts;
+        let (before, parts_before) = (seg.cuts, seg.parts_cut);
         seg.feed(chunk);
-        let after = seg.cuts;
+        let (after, parts_after) = (seg.cuts, seg.parts_cut);
         drop(seg);
         let made = Cuts {
             keyframe: after.keyframe - before.keyframe,
             forced: after.forced - before.forced,
         };
-        if made.keyframe + made.forced > 0 {
-            self.produced.send_replace(after.keyframe + after.forced);
+        if made.keyframe + made.forced > 0 || parts_after > parts_before {
+            self.produced
+                .send_replace(after.keyframe + after.forced + parts_after);
         }
         made
     }
@@ -102,10 +142,36 @@ impl Hls {
         self.produced.subscribe()
     }
 
-    /// The playlist, once it lists at least [`MIN_PLAYLIST_SEGMENTS`] segments.
-    pub fn playlist(&self, uri: impl Fn(u64) -> String) -> Option<String> {
+    /// The playlist, once it lists at least [`MIN_PLAYLIST_SEGMENTS`] segments. Segment URIs are
+    /// `uri(sequence, None)`, part URIs `uri(sequence, Some(part))`.
+    pub fn playlist(&self, uri: impl Fn(u64, Option<usize>) -> String) -> Option<String> {
         let seg = self.lock();
         (seg.playlist_len() >= MIN_PLAYLIST_SEGMENTS).then(|| seg.playlist(uri))
+    }
+
+    /// Segments the playlist lists now.
+    pub fn listed(&self) -> usize {
+        self.lock().playlist_len()
+    }
+
+    /// Whether the playlist has segment `msn` (and its part `part`): see [`Segmenter::has`].
+    pub fn has(&self, msn: u64, part: Option<u64>) -> bool {
+        self.lock().has(msn, part)
+    }
+
+    /// The sequence number of the segment being built.
+    pub fn building(&self) -> u64 {
+        self.lock().building()
+    }
+
+    /// A part still held (or of the segment being built).
+    pub fn part(&self, sequence: u64, index: usize) -> Option<Part> {
+        self.lock().part(sequence, index).cloned()
+    }
+
+    /// Whether low-latency parts are cut.
+    pub fn low_latency(&self) -> bool {
+        self.lock().part_target().is_some()
     }
 
     /// A segment still held.
@@ -123,13 +189,13 @@ impl Hls {
         self.lock().target_duration()
     }
 
-    /// The longest the first playlist can take once stream bytes flow: its
-    /// [`MIN_PLAYLIST_SEGMENTS`] segments, each cut at the latest when it reaches the forced-cut
-    /// length, plus a second for the first keyframe's wait.
+    /// The longest the first playlist can take once stream bytes flow: the first keyframe (a
+    /// segment starts on one), then its [`MIN_PLAYLIST_SEGMENTS`] segments, each at most the
+    /// forced-cut length, plus a second of slack.
     pub fn first_playlist_within(&self) -> std::time::Duration {
         let target = self.lock().target;
         std::time::Duration::from_secs_f64(
-            MIN_PLAYLIST_SEGMENTS as f64 * target * FORCED_CUT_FACTOR + 1.0,
+            (MIN_PLAYLIST_SEGMENTS + 1) as f64 * target * FORCED_CUT_FACTOR + 1.0,
         )
     }
 }
@@ -137,8 +203,15 @@ impl Hls {
 /// A forced cut happens when a segment reaches this many targets without a keyframe.
 const FORCED_CUT_FACTOR: f64 = 2.5;
 
-/// Segments the playlist must list before it is served: a player starting on fewer stalls.
-pub const MIN_PLAYLIST_SEGMENTS: usize = 3;
+/// Segments the playlist must list before it is served. One: with a new session's first
+/// segments cut short (`hls_first_segment_seconds`), a player starts after about a second of
+/// stream. RFC 8216 §6.3.3 asks a client not to start within three target durations of the end,
+/// which on a shorter playlist means at its start; ffmpeg, hls.js and Safari all start there.
+pub const MIN_PLAYLIST_SEGMENTS: usize = 1;
+
+/// The playlist window is at least this many segments, so a player that starts three segments
+/// from the end (RFC 8216 §6.3.3) has them once the session runs.
+pub const MIN_WINDOW_SEGMENTS: usize = 3;
 
 /// One released chunk, as the segmenter sees it.
 #[derive(Debug, Clone)]
@@ -174,42 +247,21 @@ pub struct Segment {
     pub discontinuity: bool,
     /// Cut without a keyframe at its end (forced).
     pub forced: bool,
+    /// Its parts (low-latency HLS; empty without): together the same bytes as `pieces`.
+    pub parts: Vec<Part>,
 }
 
-/// The segment being built.
-#[derive(Debug)]
-struct Pending {
-    /// Pieces from the segment's start, with their stream offsets.
-    pieces: Vec<(u64, Bytes)>,
-    /// PAT + PMT to put in front.
-    psi: Bytes,
-    /// Keyframe PTS at the start, if the segment starts on one that has it.
-    start_pts: Option<u64>,
-    /// Media time at the start.
-    start_media: f64,
-    discontinuity: bool,
-}
-
-impl Pending {
-    /// Splits the pieces at stream offset `at`: keeps those before it, returns the rest.
-    fn split_off(&mut self, at: u64) -> Vec<(u64, Bytes)> {
-        let mut rest = Vec::new();
-        let mut keep = Vec::new();
-        for (o, b) in self.pieces.drain(..) {
-            let end = o + b.len() as u64;
-            if end <= at {
-                keep.push((o, b));
-            } else if o >= at {
-                rest.push((o, b));
-            } else {
-                let cut = (at - o) as usize;
-                keep.push((o, b.slice(..cut)));
-                rest.push((at, b.slice(cut..)));
-            }
-        }
-        self.pieces = keep;
-        rest
-    }
+/// A part of a segment (low-latency HLS): a stretch of it, by reference.
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// Its duration in seconds (stream time).
+    pub duration: f64,
+    /// It starts on a keyframe (with PAT and PMT in front), or the stream has no video.
+    pub independent: bool,
+    /// Its bytes.
+    pub pieces: Vec<Bytes>,
+    /// Total length.
+    pub len: usize,
 }
 
 /// Counts of what the segmenter did (the caller turns them into metrics).
@@ -226,6 +278,21 @@ pub struct Cuts {
 pub struct Segmenter {
     target: f64,
     window: usize,
+    /// The first segment's target (zero: full length from the start); see [`Self::with_start`].
+    first: f64,
+    /// Part length, with low-latency HLS.
+    part_target: Option<f64>,
+    /// Where fed chunks started in stream time, (offset, media), newest last, from the one at
+    /// or before the current part's start on: where a part's end lies is read from them.
+    marks: VecDeque<(u64, f64)>,
+    /// Offset and media time of the end of what was fed.
+    fed_end: (u64, f64),
+    /// Parts cut so far.
+    parts_cut: u64,
+    /// The stream has video keyframes to cut on.
+    has_video: bool,
+    /// The video PID (that of the packets keyframes start in), once a segment started on one.
+    video_pid: Option<u16>,
     pending: Option<Pending>,
     /// Offset the next fed chunk must start at (chunks already seen are skipped).
     next_offset: Option<u64>,
@@ -240,200 +307,6 @@ pub struct Segmenter {
     discontinuity_next: bool,
     /// Totals since creation.
     pub cuts: Cuts,
-}
-
-impl Segmenter {
-    /// A segmenter cutting at `target_seconds`, with a playlist of `window` segments.
-    pub fn new(target_seconds: f64, window: usize) -> Self {
-        Segmenter {
-            target: target_seconds,
-            window: window.max(MIN_PLAYLIST_SEGMENTS),
-            pending: None,
-            next_offset: None,
-            psi: None,
-            segments: VecDeque::new(),
-            next_sequence: 0,
-            discontinuity_sequence: 0,
-            discontinuity_next: false,
-            cuts: Cuts::default(),
-        }
-    }
-
-    /// `#EXT-X-TARGETDURATION`: the longest segment the cutter can make, in whole seconds.
-    pub fn target_duration(&self) -> u64 {
-        (self.target * FORCED_CUT_FACTOR).ceil() as u64
-    }
-
-    /// Bytes held by the finished segments (shared with the ring while it still holds them).
-    pub fn held_bytes(&self) -> usize {
-        self.segments.iter().map(|s| s.len).sum()
-    }
-
-    /// Segments in the playlist window now.
-    pub fn playlist_len(&self) -> usize {
-        self.segments.len().min(self.window)
-    }
-
-    /// A segment by sequence number, if still held.
-    pub fn segment(&self, sequence: u64) -> Option<&Segment> {
-        let first = self.segments.front()?.sequence;
-        self.segments.get(sequence.checked_sub(first)? as usize)
-    }
-
-    /// Feeds one released chunk.
-    pub fn feed(&mut self, c: FedChunk) {
-        let end = c.offset + c.data.len() as u64;
-        match self.next_offset {
-            Some(next) if end <= next => return, // already seen (fed from the ring at start)
-            Some(next) if c.offset > next => {
-                // A gap: what was pending cannot continue across it.
-                self.pending = None;
-                self.discontinuity_next = true;
-            }
-            _ => {}
-        }
-        self.next_offset = Some(end);
-        let (m0, m1) = c.media;
-        if c.discontinuity {
-            // The old timeline ends before this chunk; the next segment starts a new one.
-            if let Some(p) = self.pending.as_ref() {
-                let elapsed = m0 - p.start_media;
-                self.cut(c.offset, elapsed, false);
-            }
-            self.pending = None;
-            self.discontinuity_next = true;
-        }
-        if c.psi.is_some() {
-            self.psi = c.psi.clone();
-        }
-        let media_at = |offset: u64| -> f64 {
-            let f = offset.saturating_sub(c.offset) as f64 / c.data.len().max(1) as f64;
-            m0 + (m1 - m0) * f.clamp(0.0, 1.0)
-        };
-        match self.pending.as_mut() {
-            Some(p) => p.pieces.push((c.offset, c.data.clone())),
-            None => {
-                self.start(&c, &media_at);
-                return;
-            }
-        }
-        if !c.has_video {
-            self.cut_on_time(end, m1, self.target, false);
-            return;
-        }
-        for k in &c.keyframes {
-            let Some(p) = self.pending.as_ref() else {
-                break;
-            };
-            let start_offset = p.pieces.first().map_or(u64::MAX, |(o, _)| *o);
-            if k.offset <= start_offset {
-                continue;
-            }
-            let elapsed = match (p.start_pts, k.pts) {
-                (Some(a), Some(b)) => wrapping_delta(a, b, PTS_WRAP) as f64 / 90_000.0,
-                _ => media_at(k.offset) - p.start_media,
-            };
-            // A hair of slack: a GOP of exactly the target cuts there, not a GOP later.
-            if elapsed >= self.target - 0.01 {
-                let rest = self.cut(k.offset, elapsed, false);
-                self.begin(rest, k.psi.clone(), k.pts, media_at(k.offset));
-            }
-        }
-        self.cut_on_time(end, m1, self.target * FORCED_CUT_FACTOR, true);
-    }
-
-    /// Cuts at the chunk's end `end` (media time `m1`) if the segment has reached `limit`
-    /// seconds: a stream without video at the target, a video stream with no keyframe in time.
-    fn cut_on_time(&mut self, end: u64, m1: f64, limit: f64, forced: bool) {
-        let Some(p) = self.pending.as_ref() else {
-            return;
-        };
-        let elapsed = m1 - p.start_media;
-        if elapsed >= limit {
-            let rest = self.cut(end, elapsed, forced);
-            let psi = self.psi.clone().unwrap_or_default();
-            self.begin(rest, psi, None, m1);
-        }
-    }
-
-    /// Starts the first segment (or the first after a gap or a clock jump): on this chunk's
-    /// first keyframe, or on its start for a stream without video.
-    fn start(&mut self, c: &FedChunk, media_at: &dyn Fn(u64) -> f64) {
-        let end = c.offset + c.data.len() as u64;
-        if c.has_video {
-            let Some(k) = c
-                .keyframes
-                .iter()
-                .find(|k| k.offset >= c.offset && k.offset < end)
-            else {
-                return;
-            };
-            let skip = (k.offset - c.offset) as usize;
-            let pieces = vec![(k.offset, c.data.slice(skip..))];
-            self.begin(pieces, k.psi.clone(), k.pts, media_at(k.offset));
-        } else if let Some(psi) = self.psi.clone() {
-            self.begin(vec![(c.offset, c.data.clone())], psi, None, c.media.0);
-        }
-    }
-
-    /// Begins the next segment with `pieces` (from its first byte on).
-    fn begin(&mut self, pieces: Vec<(u64, Bytes)>, psi: Bytes, pts: Option<u64>, media: f64) {
-        self.pending = Some(Pending {
-            pieces,
-            psi,
-            start_pts: pts,
-            start_media: media,
-            discontinuity: std::mem::take(&mut self.discontinuity_next),
-        });
-    }
-
-    /// Finishes the pending segment at stream offset `at` as `elapsed` seconds long; returns
-    /// the pieces after `at` (the next segment's start).
-    fn cut(&mut self, at: u64, elapsed: f64, forced: bool) -> Vec<(u64, Bytes)> {
-        let Some(mut p) = self.pending.take() else {
-            return Vec::new();
-        };
-        let rest = p.split_off(at);
-        if p.pieces.is_empty() {
-            return rest;
-        }
-        let mut pieces = Vec::with_capacity(p.pieces.len() + 1);
-        if !p.psi.is_empty() {
-            pieces.push(p.psi);
-        }
-        pieces.extend(p.pieces.into_iter().map(|(_, b)| b));
-        let len = pieces.iter().map(Bytes::len).sum();
-        if forced {
-            self.cuts.forced += 1;
-        } else {
-            self.cuts.keyframe += 1;
-        }
-        self.segments.push_back(Segment {
-            sequence: self.next_sequence,
-            duration: elapsed.max(0.0),
-            pieces,
-            len,
-            discontinuity: p.discontinuity,
-            forced,
-        });
-        self.next_sequence += 1;
-        // The segment that just left the playlist window: its discontinuity is counted now.
-        if let Some(left) = self
-            .segments
-            .len()
-            .checked_sub(self.window + 1)
-            .and_then(|i| self.segments.get(i))
-        {
-            if left.discontinuity {
-                self.discontinuity_sequence += 1;
-            }
-        }
-        // The playlist window, plus one more window still fetchable.
-        while self.segments.len() > 2 * self.window {
-            self.segments.pop_front();
-        }
-        rest
-    }
 }
 
 #[cfg(all(test, feature = "sim"))]

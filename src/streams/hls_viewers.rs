@@ -162,3 +162,44 @@ pub(super) type HlsViewerKey = (String, Option<std::net::IpAddr>, String);
 fn hls_key(content: &ContentKey, client: Option<ClientAddr>, agent: &str) -> HlsViewerKey {
     (content.to_string(), client.map(|c| c.ip), agent.to_string())
 }
+
+/// Requests held open per client address (blocking playlist reloads, awaited parts): each is a
+/// connection and a task, so one address holds at most `hls_max_blocking_requests` at once.
+#[derive(Debug, Default, Clone)]
+pub struct BlockingHolds(Arc<Mutex<HashMap<Option<std::net::IpAddr>, usize>>>);
+
+/// One held request; counted out when dropped.
+#[derive(Debug)]
+pub struct BlockingHold {
+    holds: BlockingHolds,
+    key: Option<std::net::IpAddr>,
+}
+
+impl BlockingHolds {
+    /// A hold for `client` if it has fewer than `max` open.
+    pub fn try_hold(&self, client: Option<ClientAddr>, max: usize) -> Option<BlockingHold> {
+        let key = client.map(|c| c.ip);
+        let mut map = self.0.locked();
+        let n = map.entry(key).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(BlockingHold {
+            holds: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for BlockingHold {
+    fn drop(&mut self) {
+        let mut map = self.holds.0.locked();
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}

@@ -32,6 +32,7 @@ use crate::engines::{ContentKey, EnginePool};
 use crate::error::EdgeError;
 use crate::metrics::Metrics;
 pub use client::{ClientHandle, ClientStats, Protocol};
+pub use hls_viewers::BlockingHold;
 pub(crate) use ingest::record_cuts;
 pub use session::{Phase, StopReason, StreamSession, UpstreamFailure};
 use std::collections::HashMap;
@@ -56,6 +57,8 @@ pub struct Sessions {
     map: Mutex<HashMap<String, Arc<StreamSession>>>,
     /// HLS viewers present, and whether the task that lets them go runs.
     hls_viewers: Mutex<(HashMap<HlsViewerKey, HlsViewer>, bool)>,
+    /// HLS requests held open (blocking reloads, awaited parts), per client address.
+    hls_holds: hls_viewers::BlockingHolds,
     shutting_down: AtomicBool,
     /// A graceful upgrade is handing the listeners to a new process: clients still join running
     /// sessions here, but a new session is read from the successor, never started on an engine
@@ -86,6 +89,7 @@ impl Sessions {
             engines,
             map: Mutex::new(HashMap::new()),
             hls_viewers: Mutex::new((HashMap::new(), false)),
+            hls_holds: Default::default(),
             shutting_down: AtomicBool::new(false),
             handing_over: AtomicBool::new(false),
             started_total: AtomicU64::new(0),
@@ -117,6 +121,19 @@ impl Sessions {
         self.attach_inner(content, addr, Protocol::Ts, Attach::ExistingOnly)
             .ok()
             .flatten()
+    }
+
+    /// Holds an HLS request open for `client` (a blocking reload, an awaited part), if it holds
+    /// fewer than `hls_max_blocking_requests`; `None` means answer now.
+    pub fn hold_hls_request(&self, client: Option<ClientAddr>) -> Option<BlockingHold> {
+        let max = self.config().hls.hls_max_blocking_requests;
+        let hold = self.hls_holds.try_hold(client, max);
+        let outcome = if hold.is_some() { "held" } else { "refused" };
+        self.metrics
+            .hls_blocking_requests
+            .with_label_values(&[outcome])
+            .inc();
+        hold
     }
 
     /// The metrics sessions report into.

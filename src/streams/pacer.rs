@@ -142,10 +142,13 @@ impl Pacer {
 
     /// How far the released edge runs ahead of real time at `now` (zero without a clock).
     pub fn lead(&self, now: Instant) -> Duration {
-        match (self.has_clock(), self.due) {
-            (true, Some(due)) => due.saturating_duration_since(now),
-            _ => Duration::ZERO,
-        }
+        self.edge_due()
+            .map_or(Duration::ZERO, |due| due.saturating_duration_since(now))
+    }
+
+    /// When the edge admitted last plays, while the stream has a clock.
+    pub fn edge_due(&self) -> Option<Instant> {
+        self.due.filter(|_| self.has_clock())
     }
 
     /// Decides when a chunk of `len` bytes whose last PCR sample is `pcr` (and whose PCRs

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::engines::ContentKey;
 use crate::error::EdgeError;
 use crate::sync::Lock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 use tokio::sync::{watch, Notify};
@@ -59,15 +59,6 @@ pub const HISTORY_EVERY: std::time::Duration = std::time::Duration::from_secs(2)
 /// ... for the last 5 minutes.
 pub const HISTORY_SAMPLES: usize = 150;
 
-/// How a session's HLS is cut (`hls_segment_seconds`, `hls_window_segments`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct HlsSettings {
-    /// Target segment length in seconds.
-    segment_seconds: f64,
-    /// Segments in a playlist.
-    window_segments: usize,
-}
-
 /// Mutable bookkeeping, guarded by one short-lived lock.
 #[derive(Debug, Default)]
 pub(crate) struct SessionState {
@@ -97,7 +88,7 @@ pub struct StreamSession {
     /// HLS for this session, from its first HLS request on.
     hls: std::sync::OnceLock<Arc<super::hls::Hls>>,
     /// How its HLS is cut, fixed when the session starts.
-    hls_settings: HlsSettings,
+    hls_settings: super::hls::HlsSettings,
     hls_seeded: AtomicBool,
     /// Monotonic creation time.
     pub created: Instant,
@@ -122,6 +113,8 @@ pub struct StreamSession {
     history_last: Mutex<Option<(Instant, u64, u64)>>,
     /// How far the ring's edge runs ahead of real time, seconds (f64 bits; NaN without a clock).
     ingest_lead: AtomicU64,
+    /// Bytes read from the engine and not yet in the ring (HLS's read-ahead).
+    read_ahead: AtomicUsize,
     /// Set while the upstream task waits for the leading client (reader-paced ingest).
     ingest_waiting: AtomicBool,
     /// Signalled by clients that advanced while the upstream task waits for them.
@@ -146,10 +139,7 @@ impl StreamSession {
             content,
             hls: std::sync::OnceLock::new(),
             hls_seeded: AtomicBool::new(false),
-            hls_settings: HlsSettings {
-                segment_seconds: config.hls.hls_segment_seconds.as_secs_f64(),
-                window_segments: config.hls.hls_window_segments,
-            },
+            hls_settings: super::hls::HlsSettings::of(&config.hls),
             ring: {
                 let retention = Retention {
                     min_bytes: config.buffers.stream_buffer_size,
@@ -173,6 +163,7 @@ impl StreamSession {
             history: Mutex::new(std::collections::VecDeque::new()),
             history_last: Mutex::new(None),
             ingest_lead: AtomicU64::new(f64::NAN.to_bits()),
+            read_ahead: AtomicUsize::new(0),
             ingest_waiting: AtomicBool::new(false),
             client_progress: Notify::new(),
             clockless: AtomicBool::new(false),
@@ -383,13 +374,9 @@ impl StreamSession {
     /// The session's HLS, started now (and fed what the ring holds) if it was not yet.
     pub fn start_hls(&self) -> (&Arc<super::hls::Hls>, super::hls::Cuts) {
         let mut seeded = super::hls::Cuts::default();
-        let hls = self.hls.get_or_init(|| {
-            let HlsSettings {
-                segment_seconds,
-                window_segments,
-            } = self.hls_settings;
-            Arc::new(super::hls::Hls::new(segment_seconds, window_segments))
-        });
+        let hls = self
+            .hls
+            .get_or_init(|| Arc::new(super::hls::Hls::new(self.hls_settings)));
         if !self.hls_seeded.swap(true, Ordering::AcqRel) {
             seeded = hls.seed(self.ring.snapshot());
         }
@@ -412,6 +399,16 @@ impl StreamSession {
     pub(crate) fn set_ingest_lead(&self, lead: Option<f64>) {
         self.ingest_lead
             .store(lead.unwrap_or(f64::NAN).to_bits(), Ordering::Relaxed);
+    }
+
+    /// Records the bytes read ahead of the ring's edge (see [`super::ingest`]).
+    pub(crate) fn set_read_ahead(&self, bytes: usize) {
+        self.read_ahead.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes read from the engine that wait for their time in the ring (HLS has them already).
+    pub fn read_ahead_bytes(&self) -> usize {
+        self.read_ahead.load(Ordering::Relaxed)
     }
 
     /// How far the ring's edge runs ahead of real time, in seconds; `None` while the stream has

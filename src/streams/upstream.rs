@@ -242,7 +242,15 @@ async fn stream(sessions: &Sessions, session: &Arc<StreamSession>, config: &Conf
                 }
             }
         }
-        let mut next = start_within_deadline(sessions, session, config, &exclude).await;
+        // What was read ahead goes on into the ring on its time while the next engine starts.
+        let mut next = {
+            let start = start_within_deadline(sessions, session, config, &exclude);
+            tokio::pin!(start);
+            tokio::select! {
+                r = &mut start => r,
+                _ = ingest.drain() => start.await,
+            }
+        };
         if matches!(next, Err(EdgeError::NoEngine(_))) && !exclude.is_empty() {
             // The failed engine is the only one: try it again rather than give up.
             next = start_within_deadline(sessions, session, config, &[]).await;
@@ -337,15 +345,27 @@ async fn pump(
 ) -> UpstreamFailure {
     let mut last_flush = tokio::time::Instant::now();
     let mut garbage = 0usize;
+    // The stall deadline runs from when the task was last ready to read (after a byte came and
+    // its chunks were released: a release may wait seconds for the stream's clock, and that wait
+    // is not the engine's), whatever else the loop wakes up for meanwhile.
+    let stall = config.sessions.upstream_stall_timeout;
+    let mut stall_at = tokio::time::Instant::now() + stall;
     loop {
         let flush_at = last_flush + config.buffers.chunk_flush_interval;
+        let due = ingest.next_due();
         let read = tokio::select! {
-            r = tokio::time::timeout(config.sessions.upstream_stall_timeout, upstream.next_chunk()) => r,
+            r = tokio::time::timeout_at(stall_at, upstream.next_chunk()) => r,
             _ = tokio::time::sleep_until(flush_at), if chunker.pending() >= PACKET_SIZE => {
                 if let Some(chunk) = chunker.next_flush() {
                     ingest.release(chunk).await;
                 }
                 last_flush = tokio::time::Instant::now();
+                stall_at = last_flush + stall;
+                continue;
+            }
+            // Read-ahead chunks go into the ring on their time while the engine is read.
+            _ = tokio::time::sleep_until(due.unwrap_or(flush_at)), if due.is_some() => {
+                ingest.publish_due();
                 continue;
             }
         };
@@ -355,8 +375,9 @@ async fn pump(
                 garbage += chunker.push(&bytes);
                 let mut released = false;
                 while let Some(chunk) = chunker.next_full() {
-                    // Waits for the chunk's time on the stream clock: meanwhile nothing is read,
-                    // and the rest of an engine's burst stays in the engine.
+                    // Waits for the chunk's time on the stream clock, or (with HLS) until the
+                    // read-ahead has room: meanwhile nothing is read, and the rest of an engine's
+                    // burst stays in the engine.
                     ingest.release(chunk).await;
                     released = true;
                 }
@@ -364,13 +385,14 @@ async fn pump(
                     last_flush = tokio::time::Instant::now();
                     garbage = 0;
                 }
+                stall_at = tokio::time::Instant::now() + stall;
                 if garbage >= config.buffers.copy_chunk_size {
                     return UpstreamFailure::NotTs(garbage);
                 }
             }
             Ok(Ok(None)) => return UpstreamFailure::Ended,
             Ok(Err(e)) => return UpstreamFailure::ReadFailed(e.to_string()),
-            Err(_) => return UpstreamFailure::Stalled(config.sessions.upstream_stall_timeout),
+            Err(_) => return UpstreamFailure::Stalled(stall),
         }
     }
 }

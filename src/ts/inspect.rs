@@ -52,7 +52,7 @@ pub struct Findings {
 
 /// Longest access-unit start examined for its first slice. SEI before the slice can be long:
 /// x265 writes its whole option string (about 2 KB) into the first keyframe's SEI.
-const AU_SCAN_PACKETS: u8 = 32;
+pub const AU_SCAN_PACKETS: u8 = 32;
 
 #[derive(Debug)]
 struct AccessUnitScan {

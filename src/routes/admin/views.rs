@@ -85,6 +85,9 @@ pub struct SessionView {
     pub(super) engine_score: Option<i64>,
     pub(super) bitrate_bps: Option<u64>,
     pub(super) ingest_lead_seconds: Option<f64>,
+    /// Bytes read from the engine ahead of the paced edge (HLS's read-ahead; see
+    /// `hls_read_ahead_bytes`).
+    pub(super) read_ahead_bytes: usize,
     pub(super) buffer_seconds: f64,
     pub(super) buffer_bytes: usize,
     /// The engine's last stat sample for the session (`null` before the first).
@@ -177,6 +180,7 @@ impl SessionView {
             engine_score: engine.map(|e| e.score),
             bitrate_bps: x.ring.bitrate_bps().map(|b| b.round() as u64),
             ingest_lead_seconds: x.ingest_lead_seconds(),
+            read_ahead_bytes: x.read_ahead_bytes(),
             buffer_seconds: x.ring.lag_seconds(x.ring.first_seq()),
             buffer_bytes: x.ring.held_bytes(),
             hls_bytes: x.hls().map_or(0, |h| h.held_bytes()),

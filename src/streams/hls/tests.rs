@@ -91,7 +91,7 @@ fn playlist_window_and_discontinuities() {
     for c in fed {
         seg.feed(c);
     }
-    let text = seg.playlist(|n| format!("hls/{n}.ts"));
+    let text = seg.playlist(|n, _| format!("hls/{n}.ts"));
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         &lines[..3],
@@ -109,4 +109,116 @@ fn playlist_window_and_discontinuities() {
     // The discontinuity was early: it left the window and is counted.
     assert!(text.contains("#EXT-X-DISCONTINUITY-SEQUENCE:1"), "{text}");
     assert!(!text.contains("#EXT-X-DISCONTINUITY\n"), "{text}");
+}
+
+/// A new session's first segments are short (`hls_first_segment_seconds` 1 s, doubling up to the
+/// 4 s target): a GOP (1.04 s), then two, then four, then four on.
+#[test]
+fn first_segments_grow_to_the_target() {
+    let mut seg = Segmenter::new(4.0, 6).with_start(1.0);
+    for c in chunks(30.0) {
+        seg.feed(c);
+    }
+    let durations: Vec<f64> = seg.segments.iter().map(|s| s.duration).collect();
+    let expected = [1.04, 2.08, 4.16, 4.16, 4.16];
+    for (d, e) in durations.iter().zip(expected) {
+        assert!((d - e).abs() < 0.01, "{durations:?}");
+    }
+    assert_eq!(
+        seg.target_duration(),
+        10,
+        "TARGETDURATION stays the full target's"
+    );
+}
+
+/// Low-latency parts: each at most `PART-TARGET` (0.5 s) long, only a segment's first part is
+/// independent and starts with PAT and PMT, and a segment's parts are its bytes exactly.
+#[test]
+fn parts_are_their_segment_in_order() {
+    let mut seg = Segmenter::new(2.0, 6).with_parts(Some(0.5));
+    for c in chunks(20.0) {
+        seg.feed(c);
+    }
+    assert!(seg.segments.len() >= 8, "{}", seg.segments.len());
+    for s in &seg.segments {
+        assert!(
+            s.parts.len() >= 4,
+            "{} parts in {} s",
+            s.parts.len(),
+            s.duration
+        );
+        let mut joined = Vec::new();
+        for (i, p) in s.parts.iter().enumerate() {
+            assert!(
+                p.duration <= 0.5 + 1e-9 && p.duration > 0.0,
+                "{}",
+                p.duration
+            );
+            assert_eq!(p.independent, i == 0);
+            assert_eq!(p.len, p.pieces.iter().map(|b| b.len()).sum::<usize>());
+            assert_eq!(p.len % PACKET_SIZE, 0);
+            joined.extend(p.pieces.iter().flat_map(|b| b.iter().copied()));
+        }
+        assert_eq!(joined, bytes(s), "segment {}", s.sequence);
+        let total: f64 = s.parts.iter().map(|p| p.duration).sum();
+        assert!(
+            (total - s.duration).abs() < 0.05,
+            "{total} vs {}",
+            s.duration
+        );
+        // All but the last part are full length (the last ends where the segment does).
+        for p in &s.parts[..s.parts.len() - 1] {
+            assert!(p.duration > 0.45, "{}", p.duration);
+        }
+    }
+}
+
+/// The low-latency playlist: server control, part target, parts of the newest segments and of
+/// the one being built, a preload hint for the next part; what a blocking reload waits for.
+#[test]
+fn low_latency_playlist_and_blocking() {
+    let mut seg = Segmenter::new(2.0, 4).with_parts(Some(0.5));
+    for c in chunks(13.0) {
+        seg.feed(c);
+    }
+    let uri = |n: u64, p: Option<usize>| match p {
+        None => format!("{n}.ts"),
+        Some(p) => format!("{n}.{p}.ts"),
+    };
+    let text = seg.playlist(uri);
+    assert!(text.contains("#EXT-X-VERSION:6\n"), "{text}");
+    assert!(
+        text.contains("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.500\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("#EXT-X-PART-INF:PART-TARGET=0.500\n"),
+        "{text}"
+    );
+    let building = seg.building();
+    let (parts, _) = seg.building_parts();
+    let n = parts.len();
+    assert!(text.ends_with(&format!(
+        "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{building}.{n}.ts\"\n"
+    )));
+    // Parts of the last two finished segments and of the one being built are listed.
+    let last = building - 1;
+    assert!(
+        text.contains(&format!("URI=\"{last}.0.ts\",INDEPENDENT=YES")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("URI=\"{}.0.ts\"", last - 1)),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&format!("URI=\"{}.0.ts\"", last - 2)),
+        "{text}"
+    );
+    assert!(seg.has(last, None) && seg.has(last, Some(9)));
+    assert!(!seg.has(building, None));
+    assert_eq!(seg.has(building, Some(0)), n > 0);
+    assert!(!seg.has(building, Some(n as u64)));
+    assert!(seg.part(building, n).is_none());
+    assert!(seg.part(last, 0).is_some());
 }
