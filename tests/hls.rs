@@ -466,3 +466,79 @@ async fn a_fresh_playlist_plays_soon_after_the_first_byte() {
     assert!(slow.0 >= Duration::from_secs(20), "{slow:?}");
     assert!(slow.1 <= Duration::from_millis(1500), "{slow:?}");
 }
+
+/// The segment and part a low-latency playlist's preload hint names (`hls/<g>/<n>.<p>.ts`).
+fn hint(text: &str) -> (u64, u64, String) {
+    let uri = text
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("a preload hint: {text}"))
+        .to_string();
+    let name = uri.split('?').next().unwrap().rsplit('/').next().unwrap();
+    let mut it = name.trim_end_matches(".ts").split('.');
+    let n = it.next().unwrap().parse().unwrap();
+    let p = it.next().unwrap().parse().unwrap();
+    (n, p, uri)
+}
+
+/// Blocking reloads (issue 27, `hls_low_latency`): `_HLS_msn` holds a reload until the
+/// playlist lists that segment; a second one from the same address while the first is held
+/// (`hls_max_blocking_requests: 1`) is answered at once; a segment more than two ahead is
+/// `400`; the preload hint's part, asked before it exists, comes once it is cut.
+#[tokio::test(flavor = "multi_thread")]
+async fn blocking_reloads_wait_for_what_they_name_within_their_bound() {
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(
+        &[&e],
+        "hls_low_latency: true\nhls_segment_seconds: 1\nhls_max_blocking_requests: 1\nlimit_exempt: []",
+    ));
+    let path = format!("/ace/manifest.m3u8?id={}", content_id(2900));
+    let (status, text) = playlist(server.addr, &path).await;
+    assert_eq!(status, 200, "{text}");
+    let (building, _, _) = hint(&text);
+
+    let (status, body) = playlist(server.addr, &format!("{path}&_HLS_msn={}", building + 3)).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = playlist(server.addr, &format!("{path}&_HLS_part=1")).await;
+    assert_eq!(status, 400, "{body}");
+
+    // Held until segment `building + 1` is listed (after `building` and `building + 1` are cut).
+    let next = building + 1;
+    let held_path = format!("{path}&_HLS_msn={next}");
+    let addr = server.addr;
+    let held = tokio::spawn(async move { playlist(addr, &held_path).await });
+    let metrics = &server.edge.metrics;
+    let outcome = |o: &str| metrics.hls_blocking_requests.with_label_values(&[o]).get();
+    assert!(
+        wait_until(Duration::from_secs(5), || async { outcome("held") == 1 }).await,
+        "the first reload is held"
+    );
+    let listed = |text: &str, n: u64| text.contains(&format!("/{n}.ts?"));
+    let (status, at_once) = playlist(server.addr, &format!("{path}&_HLS_msn={next}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        outcome("refused"),
+        1,
+        "the second is over the address's bound"
+    );
+    assert!(!held.is_finished(), "the held reload still waits");
+    assert!(
+        !listed(&at_once, next),
+        "answered before {next} was cut: {at_once}"
+    );
+    let (status, text) = held.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(listed(&text, next), "the held reload lists {next}: {text}");
+
+    // The preload hint's part, asked for before it is cut.
+    let (n, p, uri) = hint(&text);
+    let mut r = get(server.addr, &format!("/ace/{uri}")).await;
+    assert_eq!(r.status, 200, "part {n}.{p}");
+    let body = r.read_to_end(16 << 20).await.unwrap();
+    assert!(
+        !body.is_empty() && ts_aligned(&body),
+        "{} bytes",
+        body.len()
+    );
+}

@@ -33,11 +33,14 @@ pub enum Target {
     Direct,
     /// `GET /ace/manifest.m3u8?id=` on the proxy, then its segments, as an HLS player.
     Hls,
+    /// The same as a low-latency HLS player: blocking reloads (`_HLS_msn`, `_HLS_part`), then
+    /// every new part.
+    HlsLowLatency,
 }
 
 pub async fn open(target: Target, addr: SocketAddr, id: &str) -> std::io::Result<Response> {
     match target {
-        Target::Proxy | Target::Hls => {
+        Target::Proxy | Target::Hls | Target::HlsLowLatency => {
             http1::get(
                 addr,
                 &format!("/ace/getstream?id={id}"),
@@ -165,6 +168,106 @@ pub async fn run_hls_client(addr: SocketAddr, id: String, k: usize, w: Window) -
             next_seq = Some(seq + 1);
         }
         tokio::time::sleep(HLS_RELOAD.min(w.end.saturating_duration_since(Instant::now()))).await;
+    }
+    res
+}
+
+/// `(segment, part)` and URI of every `#EXT-X-PART` of a low-latency playlist, in order.
+fn parts_of(text: &str) -> Vec<((u64, u64), String)> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("#EXT-X-PART:"))
+        .filter_map(|attrs| {
+            let uri = attrs.split("URI=\"").nth(1)?.split('"').next()?.to_string();
+            let name = uri
+                .split('?')
+                .next()?
+                .rsplit('/')
+                .next()?
+                .trim_end_matches(".ts");
+            let (n, p) = name.split_once('.')?;
+            Some(((n.parse().ok()?, p.parse().ok()?), uri))
+        })
+        .collect()
+}
+
+/// One low-latency HLS viewer, as hls.js in `lowLatencyMode` is: each reload blocks
+/// (`_HLS_msn`/`_HLS_part`) until the part after the newest it has is listed, then it fetches
+/// every new part. Starts at the newest independent part.
+pub async fn run_ll_hls_client(addr: SocketAddr, id: String, k: usize, w: Window) -> ClientResult {
+    tokio::time::sleep_until(w.start_at.into()).await;
+    let t0 = Instant::now();
+    let mut res = ClientResult {
+        stall_after: Some(3 * HLS_SEGMENT),
+        ..ClientResult::default()
+    };
+    let opts = http1::GetOptions {
+        headers: vec![("User-Agent".into(), format!("loadgen-llhls/{k}"))],
+        ..Default::default()
+    };
+    let get = |path: String| {
+        let opts = opts.clone();
+        async move {
+            let s = tokio::net::TcpStream::connect(addr).await?;
+            http1::get_on(s, &addr.to_string(), &path, &opts).await
+        }
+    };
+    // The newest part fetched, and the next one a reload waits for.
+    let mut have: Option<(u64, u64)> = None;
+    let mut want: Option<(u64, u64)> = None;
+    let mut last = Instant::now();
+    while !now_after(w.end) {
+        let block = match want {
+            Some((n, p)) => format!("&_HLS_msn={n}&_HLS_part={p}"),
+            None => String::new(),
+        };
+        let Ok(mut r) = get(format!("/ace/manifest.m3u8?id={id}{block}")).await else {
+            res.disconnected = true;
+            break;
+        };
+        res.status = r.status;
+        if r.status != 200 {
+            res.disconnected = true;
+            break;
+        }
+        let text =
+            String::from_utf8_lossy(&r.read_to_end(1 << 20).await.unwrap_or_default()).to_string();
+        let parts = parts_of(&text);
+        let start = match have {
+            Some(h) => parts.iter().position(|(at, _)| *at > h),
+            // The newest segment start (its first part is independent).
+            None => parts.iter().rposition(|((_, p), _)| *p == 0),
+        };
+        for (at, uri) in parts.into_iter().skip(start.unwrap_or(usize::MAX)) {
+            let Ok(mut part) = get(format!("/ace/{uri}")).await else {
+                res.disconnected = true;
+                return res;
+            };
+            let body = part.read_to_end(64 << 20).await.unwrap_or_default();
+            let now = Instant::now();
+            if part.status != 200 {
+                continue;
+            }
+            if res.ttfb.is_none() {
+                res.ttfb = Some(now - t0);
+            } else {
+                res.max_gap = res.max_gap.max(now - last);
+            }
+            last = now;
+            res.misaligned += body.chunks(188).filter(|p| p[0] != 0x47).count() as u64;
+            if now >= w.from && now <= w.end {
+                res.window_bytes += body.len() as u64;
+            }
+            have = Some(at);
+        }
+        // The next part; a segment that is complete without it goes on with the next segment.
+        want = have.map(|(n, p)| {
+            let complete = text.contains(&format!("/{n}.ts?"));
+            if complete && !text.contains(&format!("/{n}.{}.ts", p + 1)) {
+                (n + 1, 0)
+            } else {
+                (n, p + 1)
+            }
+        });
     }
     res
 }
@@ -352,6 +455,7 @@ pub async fn run_load(scenario: &str, run: u32, l: Load) -> Report {
             let addr = addrs[(k * 7 + k / l.per_id.max(1)) % addrs.len()];
             tasks.push(match l.target {
                 Target::Hls => tokio::spawn(run_hls_client(addr, id.clone(), k, w)),
+                Target::HlsLowLatency => tokio::spawn(run_ll_hls_client(addr, id.clone(), k, w)),
                 _ => tokio::spawn(run_client(l.target, addr, id.clone(), w, l.read_bps)),
             });
             k += 1;
@@ -393,6 +497,7 @@ pub async fn run_load(scenario: &str, run: u32, l: Load) -> Report {
             Target::Proxy => "proxy",
             Target::Direct => "direct",
             Target::Hls => "proxy (HLS)",
+            Target::HlsLowLatency => "proxy (LL-HLS)",
         }
         .into(),
         run,

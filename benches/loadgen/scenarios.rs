@@ -421,25 +421,34 @@ pub async fn attach(out: &mut Vec<Report>) {
     record(out, run_load("attach", 1, load).await);
 }
 
-/// N HLS viewers of one id against N TS clients of one id, each on a fresh proxy: the proxy's
-/// CPU and RSS side by side (2 s segments, playlists reloaded every second).
+/// N HLS viewers of one id, N low-latency HLS viewers (blocking reloads, every part) and N TS
+/// clients of one id, each on a fresh proxy: the proxy's CPU and RSS side by side (2 s
+/// segments, 0.5 s parts, playlists reloaded every second or blocking).
 pub async fn hls(o: &Opts, out: &mut Vec<Report>) {
     let n = if o.quick { 50 } else { 200 };
     let bitrate = 4_000_000;
     for run in 1..=o.runs {
-        for target in [Target::Proxy, Target::Hls] {
+        for target in [Target::Proxy, Target::Hls, Target::HlsLowLatency] {
             let sim = start_sim(bitrate);
+            let low_latency = matches!(target, Target::HlsLowLatency);
             let p = start_proxy(
                 sim.addr,
-                &format!("  hls_segment_seconds: {}\n", HLS_SEGMENT.as_secs()),
+                &format!(
+                    "  hls_segment_seconds: {}\n  hls_low_latency: {low_latency}\n",
+                    HLS_SEGMENT.as_secs()
+                ),
             );
             let load = Load {
-                // HLS viewers wait for three segments before their first byte.
+                // HLS viewers start after the first segments are cut.
                 warmup: Duration::from_secs(8),
                 ..Load::streaming(target, p.addr, p.pid(), vec![content_id(9000)], n, bitrate)
             };
             let mut r = run_load("hls", run, load).await;
-            r.note = "one id; HLS: 2 s segments, playlist reloaded every 1 s".into();
+            r.note = match target {
+                Target::HlsLowLatency => "one id; LL-HLS: 0.5 s parts, blocking reloads",
+                _ => "one id; HLS: 2 s segments, playlist reloaded every 1 s",
+            }
+            .into();
             record(out, r);
         }
     }

@@ -125,8 +125,17 @@ impl Sessions {
 
     /// Holds an HLS request open for `client` (a blocking reload, an awaited part), if it holds
     /// fewer than `hls_max_blocking_requests`; `None` means answer now.
+    /// Addresses in `limit_exempt` (loopback by default: a local reverse proxy carries many
+    /// viewers on one address) are counted but not bounded, like every per-address limit.
     pub fn hold_hls_request(&self, client: Option<ClientAddr>) -> Option<BlockingHold> {
-        let max = self.config().hls.hls_max_blocking_requests;
+        let config = self.config();
+        let exempt = client
+            .is_some_and(|c| crate::config::cidr::any_contains(&config.limits.limit_exempt, c.ip));
+        let max = if exempt {
+            usize::MAX
+        } else {
+            config.hls.hls_max_blocking_requests
+        };
         let hold = self.hls_holds.try_hold(client, max);
         let outcome = if hold.is_some() { "held" } else { "refused" };
         self.metrics
