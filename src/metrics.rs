@@ -72,6 +72,16 @@ pub struct Metrics {
     /// Low-latency HLS requests that asked to be held (blocking reloads, awaited parts), by
     /// outcome (`held`, `refused`: the address held `hls_max_blocking_requests` already).
     pub hls_blocking_requests: IntCounterVec,
+    /// Bytes the DVR spills hold on disk, all sessions together.
+    pub dvr_spill_bytes: IntGauge,
+    /// DVR spills that ended before their session, by reason (`io_error`, `backlog`).
+    pub dvr_spills_cut: IntCounterVec,
+    /// Spill files dropped early to keep `dvr_max_bytes`.
+    pub dvr_budget_drops: IntCounter,
+    /// TS viewers that started behind the live edge (`offset=` or `start=`).
+    pub dvr_rewound_viewers: IntCounter,
+    /// Reads from DVR spills (each up to 256 KiB).
+    pub dvr_spill_reads: IntCounter,
     /// Upstream failures, by reason (`ended`, `read_failed`, `not_ts`, `stalled`,
     /// `unknown_session`, `livepos_stuck`, `prebuffering`).
     pub upstream_failures: IntCounterVec,
@@ -274,6 +284,32 @@ impl Metrics {
                 "acestream_edge_hls_segments_total",
                 "HLS segments cut, by cut (keyframe, or forced when no keyframe came in 2.5x the target)",
                 &["cut"],
+            ),
+            dvr_spill_bytes: gauge(
+                &r,
+                "acestream_edge_dvr_spill_bytes",
+                "Bytes the DVR spills hold on disk, all sessions together",
+            ),
+            dvr_spills_cut: counter_vec(
+                &r,
+                "acestream_edge_dvr_spills_cut_total",
+                "DVR spills that ended before their session, by reason (io_error, backlog)",
+                &["reason"],
+            ),
+            dvr_budget_drops: counter(
+                &r,
+                "acestream_edge_dvr_budget_drops_total",
+                "Spill files dropped early to keep dvr_max_bytes (the longest spill's oldest first)",
+            ),
+            dvr_rewound_viewers: counter(
+                &r,
+                "acestream_edge_dvr_rewound_viewers_total",
+                "TS viewers that started behind the live edge (offset= or start=)",
+            ),
+            dvr_spill_reads: counter(
+                &r,
+                "acestream_edge_dvr_spill_reads_total",
+                "Reads from DVR spills (each up to 256 KiB)",
             ),
             hls_blocking_requests: counter_vec(
                 &r,

@@ -88,6 +88,22 @@ pub struct Window {
     pub end: Instant,
 }
 
+/// The part of `len` bytes that arrived in one piece at `now` (the previous piece at `prev`)
+/// that counts in the measurement window: spread over the time since the previous piece. An
+/// HLS player gets the stream a segment (or a part) at a time, all viewers of a session at the
+/// same instants, so counting whole pieces by their arrival made a window hold five 2 s
+/// segments or six depending on where it fell (83 % or 100 % of the bitrate for every viewer).
+fn window_share(len: usize, prev: Instant, now: Instant, w: &Window) -> u64 {
+    let span = now.saturating_duration_since(prev).as_secs_f64();
+    if span <= 0.0 {
+        return u64::from(now >= w.from && now <= w.end) * len as u64;
+    }
+    let from = prev.max(w.from);
+    let to = now.min(w.end);
+    let inside = to.saturating_duration_since(from).as_secs_f64();
+    (len as f64 * inside / span) as u64
+}
+
 /// How often an HLS client reloads its playlist (a player reloads about once a segment; the
 /// bench's segments are 2 s).
 const HLS_RELOAD: Duration = Duration::from_secs(1);
@@ -116,7 +132,10 @@ pub async fn run_hls_client(addr: SocketAddr, id: String, k: usize, w: Window) -
     };
     let mut next_seq: Option<u64> = None;
     let mut last = Instant::now();
-    while !now_after(w.end) {
+    // Until the first piece after the window's end: its share of the window counts too (a
+    // player's next segment is in flight when the window closes).
+    let hard_end = w.end + 3 * HLS_SEGMENT;
+    while last <= w.end && !now_after(hard_end) {
         let Ok(mut r) = get(format!("/ace/manifest.m3u8?id={id}")).await else {
             res.disconnected = true;
             break;
@@ -160,14 +179,13 @@ pub async fn run_hls_client(addr: SocketAddr, id: String, k: usize, w: Window) -
             } else {
                 res.max_gap = res.max_gap.max(now - last);
             }
+            res.window_bytes += window_share(body.len(), last, now, &w);
             last = now;
             res.misaligned += body.chunks(188).filter(|p| p[0] != 0x47).count() as u64;
-            if now >= w.from && now <= w.end {
-                res.window_bytes += body.len() as u64;
-            }
             next_seq = Some(seq + 1);
         }
-        tokio::time::sleep(HLS_RELOAD.min(w.end.saturating_duration_since(Instant::now()))).await;
+        tokio::time::sleep(HLS_RELOAD.min(hard_end.saturating_duration_since(Instant::now())))
+            .await;
     }
     res
 }
@@ -215,7 +233,10 @@ pub async fn run_ll_hls_client(addr: SocketAddr, id: String, k: usize, w: Window
     let mut have: Option<(u64, u64)> = None;
     let mut want: Option<(u64, u64)> = None;
     let mut last = Instant::now();
-    while !now_after(w.end) {
+    // Until the first piece after the window's end: its share of the window counts too (a
+    // player's next segment is in flight when the window closes).
+    let hard_end = w.end + 3 * HLS_SEGMENT;
+    while last <= w.end && !now_after(hard_end) {
         let block = match want {
             Some((n, p)) => format!("&_HLS_msn={n}&_HLS_part={p}"),
             None => String::new(),
@@ -252,11 +273,9 @@ pub async fn run_ll_hls_client(addr: SocketAddr, id: String, k: usize, w: Window
             } else {
                 res.max_gap = res.max_gap.max(now - last);
             }
+            res.window_bytes += window_share(body.len(), last, now, &w);
             last = now;
             res.misaligned += body.chunks(188).filter(|p| p[0] != 0x47).count() as u64;
-            if now >= w.from && now <= w.end {
-                res.window_bytes += body.len() as u64;
-            }
             have = Some(at);
         }
         // The next part; a segment that is complete without it goes on with the next segment.

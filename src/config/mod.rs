@@ -14,6 +14,7 @@ mod load;
 pub mod passthrough;
 pub mod sections;
 mod validate;
+pub use validate::usable_dir;
 mod wire;
 
 pub use load::{acestream_keys, load_str, ConfigError, ConfigProblem};
@@ -61,6 +62,8 @@ pub struct Config {
     pub limits: Limits,
     /// Shared HLS: segment length and playlist window. (reloadable)
     pub hls: Hls,
+    /// DVR: the on-disk window behind each session's ring. (restart only)
+    pub dvr: Dvr,
 }
 
 /// `acestream.cluster`: the nodes of a fleet, each owning the content ids Ketama hashing gives

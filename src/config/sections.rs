@@ -305,3 +305,21 @@ section!(
         hls_max_blocking_requests: usize,
     }
 );
+
+section!(
+    /// DVR: each session's recent stream kept on disk behind its ring, for rewound and paused
+    /// viewers (see [`crate::streams::dvr`]). Its directory is prepared at start.
+    Dvr,
+    Reload::AtRestartOnly,
+    {
+    /// How much stream each session keeps on disk for rewinding (wall time). Zero: DVR off.
+    /// Default 30 min.
+        dvr_window: Duration,
+    /// Where the spills are written: created at start, emptied of an earlier run's spills.
+    /// Default `<system temp dir>/acestream-edge-dvr`.
+        dvr_dir: std::path::PathBuf,
+    /// All spills together, bytes; over it the oldest data of the longest spill goes first.
+    /// Default 4 GiB.
+        dvr_max_bytes: u64,
+    }
+);

@@ -7,8 +7,8 @@ use super::load::{ConfigError, ConfigProblem};
 use super::passthrough::PassthroughRule;
 use super::wire::AceWire;
 use super::{
-    AccessRules, Buffers, Checks, ClusterConfig, Config, Connections, EngineConfig, Hls, Limits,
-    OrchestratorConfig, Pool, Probes, Sessions, Viewers,
+    AccessRules, Buffers, Checks, ClusterConfig, Config, Connections, Dvr, EngineConfig, Hls,
+    Limits, OrchestratorConfig, Pool, Probes, Sessions, Viewers,
 };
 use crate::ts::PACKET_SIZE as TS_PACKET_SIZE;
 use std::net::SocketAddr;
@@ -246,6 +246,22 @@ pub(super) fn validate(w: AceWire) -> Result<Config, ConfigError> {
             "must be at least 0.1 s (a part is a request per viewer)".into(),
         );
     }
+    if !w.dvr_window.0.is_zero() {
+        if let Some(dir) = &w.dvr_dir {
+            if let Err(e) = usable_dir(dir) {
+                bad(
+                    "acestream.dvr_dir".into(),
+                    format!("{} cannot hold DVR spills: {e}", dir.display()),
+                );
+            }
+        }
+        if w.dvr_max_bytes < 64 << 20 {
+            bad(
+                "acestream.dvr_max_bytes".into(),
+                "must be at least 67108864 (64 MiB: a few spill files of every session)".into(),
+            );
+        }
+    }
     if w.max_request_head_bytes < 1024 {
         bad(
             "acestream.max_request_head_bytes".into(),
@@ -371,6 +387,14 @@ pub(super) fn validate(w: AceWire) -> Result<Config, ConfigError> {
             hls_part_seconds: w.hls_part_seconds.0,
             hls_max_blocking_requests: w.hls_max_blocking_requests as usize,
         },
+        dvr: Dvr {
+            dvr_window: w.dvr_window.0,
+            dvr_dir: w
+                .dvr_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join("acestream-edge-dvr")),
+            dvr_max_bytes: w.dvr_max_bytes,
+        },
     })
 }
 
@@ -390,4 +414,13 @@ fn default_buffer_budget() -> usize {
         Some(kib) => GIB.min(kib * 1024 / 4),
         None => GIB,
     }
+}
+
+/// Whether `dir` can hold DVR spills: it exists or can be created, and a file can be written in
+/// it (the file is removed again).
+pub fn usable_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::write(&probe, b"acestream-edge")?;
+    std::fs::remove_file(&probe)
 }

@@ -86,6 +86,10 @@ pub async fn serve(
             return write_error(s, &e).await;
         }
     }
+    let rewind = match super::rewind::requested(s.req_header().uri.query()) {
+        Ok(r) => r,
+        Err(e) => return write_error(s, &e).await,
+    };
     if s.req_header().method == http::Method::HEAD {
         // A player's probe: answer the stream's headers without starting anything.
         let h = stream_header(s, false)?;
@@ -130,6 +134,15 @@ pub async fn serve(
                 }
             }
         }
+    }
+    // A rewound viewer reads the DVR spill from the keyframe at its time (a time at or past
+    // live, or a session without a spill, plays live).
+    let start = rewind.and_then(|r| {
+        let spill = session.spill()?.clone();
+        spill.start_for(r).map(|from| (spill, from))
+    });
+    if let Some((spill, from)) = start {
+        return super::rewind::serve(s, sessions, client, spill, from, &id).await;
     }
     client.position(waited);
     s.set_write_timeout(Some(config.viewers.client_timeout));
@@ -320,7 +333,10 @@ impl Viewer<'_> {
 /// the connection, RFC 9112 §6.3) for HTTP/1.0 and for zero-copy viewers, whose `sendfile` runs
 /// would each need a chunk-size line and CRLF written around them (two more syscalls per send),
 /// for a stream that ends with its connection anyway.
-fn stream_header(s: &mut HttpSession, close_delimited: bool) -> pingora::Result<ResponseHeader> {
+pub(super) fn stream_header(
+    s: &mut HttpSession,
+    close_delimited: bool,
+) -> pingora::Result<ResponseHeader> {
     let mut h = ResponseHeader::build(200, Some(4))?;
     h.insert_header("Content-Type", "video/mp2t")?;
     h.insert_header("Cache-Control", "no-cache, no-store")?;

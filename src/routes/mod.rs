@@ -7,6 +7,7 @@ pub mod dashboard;
 pub mod getstream;
 pub mod hls;
 mod leaving;
+mod rewind;
 mod zero_copy;
 
 /// Every route the proxy knows, decided from the path alone. Its label is the `route` label of

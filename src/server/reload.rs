@@ -42,6 +42,8 @@ fn keep_restart_values(old: &Config, merged: &mut Config, kept: &mut Vec<&'stati
     merged.probes = old.probes.clone();
     kept.extend(merged.checks.differing(&old.checks));
     merged.checks = old.checks.clone();
+    kept.extend(merged.dvr.differing(&old.dvr));
+    merged.dvr = old.dvr.clone();
 }
 
 // The sections kept above are the restart-only ones, as they declare themselves.
@@ -51,6 +53,7 @@ const _: () = {
     assert!(matches!(config::AccessRules::RELOAD, AtRestartOnly));
     assert!(matches!(config::Probes::RELOAD, AtRestartOnly));
     assert!(matches!(config::Checks::RELOAD, AtRestartOnly));
+    assert!(matches!(config::Dvr::RELOAD, AtRestartOnly));
 };
 
 /// Keys applied only at start: a reload that changes them keeps the running value and says so.
@@ -61,6 +64,7 @@ pub fn restart_keys() -> Vec<&'static str> {
     keys.extend(config::AccessRules::KEYS);
     keys.extend(config::Probes::KEYS);
     keys.extend(config::Checks::KEYS);
+    keys.extend(config::Dvr::KEYS);
     keys
 }
 

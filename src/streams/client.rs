@@ -56,6 +56,9 @@ pub struct ClientStats {
     /// Cut to keep `max_buffer_bytes` (see [`crate::streams::budget`]): it no longer holds its
     /// ring back and leaves at its next step.
     cut: AtomicBool,
+    /// It reads the session's DVR spill, not the ring (a rewound viewer): its `offset` is in the
+    /// spill, and it never holds the ring back.
+    pub dvr: AtomicBool,
 }
 
 impl ClientStats {
@@ -117,6 +120,7 @@ impl ClientHandle {
             // An HLS viewer reads segments, not the ring: it never paces or holds the ring.
             reading: AtomicBool::new(protocol == Protocol::Ts),
             cut: AtomicBool::new(false),
+            dvr: AtomicBool::new(false),
         });
         session.add_client_stats(stats.clone());
         ClientHandle {
@@ -273,6 +277,31 @@ impl ClientHandle {
     }
 
     /// Records that one piece returned by [`ClientHandle::next_step`] was written.
+    /// Makes this a rewound viewer starting at stream offset `offset` of the DVR spill: it stops
+    /// reading (and holding) the ring.
+    pub fn become_dvr(&mut self, offset: u64) {
+        self.stats.reading.store(false, Ordering::Relaxed);
+        self.stats.dvr.store(true, Ordering::Relaxed);
+        self.offset = offset;
+        self.stats.offset.store(offset, Ordering::Relaxed);
+        self.lead_in.clear();
+    }
+
+    /// A rewound viewer wrote `n` bytes: its position is now stream offset `offset`.
+    pub fn wrote_from_spill(&mut self, n: usize, offset: u64) {
+        self.offset = offset;
+        self.stats.offset.store(offset, Ordering::Relaxed);
+        self.count_sent(n as u64);
+    }
+
+    /// Counts `n` bytes sent to this client.
+    fn count_sent(&self, n: u64) {
+        self.stats.bytes_sent.fetch_add(n, Ordering::Relaxed);
+        self.session.bytes_out.fetch_add(n, Ordering::Relaxed);
+        self.sessions.metrics().downstream_bytes.inc_by(n);
+    }
+
+    /// The client wrote `chunk` (the one it was given).
     pub fn wrote(&mut self, chunk: &Bytes) {
         let n = chunk.len() as u64;
         if self.lead_in.is_empty() {
@@ -284,9 +313,7 @@ impl ClientHandle {
             // Join pieces: the offset already points past them.
             self.lead_in.remove(0);
         }
-        self.stats.bytes_sent.fetch_add(n, Ordering::Relaxed);
-        self.session.bytes_out.fetch_add(n, Ordering::Relaxed);
-        self.sessions.metrics().downstream_bytes.inc_by(n);
+        self.count_sent(n);
     }
 
     /// How far behind the live edge this client is, in stream seconds.

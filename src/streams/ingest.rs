@@ -234,6 +234,17 @@ impl<'a> Ingest<'a> {
             plays_at,
             ..
         } = a;
+        // The DVR spill gets every chunk the ring does, with its keyframes (not waited for).
+        if let Some(spill) = self.session.spill() {
+            let marks = chunk
+                .found
+                .keyframes
+                .iter()
+                .map(|k| (k.offset, k.psi.clone()))
+                .collect();
+            let media = (media.start, media.end);
+            spill.append(self.metrics, chunk.offset, chunk.data.clone(), media, marks);
+        }
         if let Some(psi) = chunk.found.psi {
             ring.set_psi(psi, chunk.found.has_video);
         }

@@ -14,6 +14,7 @@ use hls_viewers::{HlsViewer, HlsViewerKey};
 use crate::sync::Lock;
 pub mod budget;
 pub mod client;
+pub mod dvr;
 pub mod hls;
 mod ingest;
 pub mod pacer;
@@ -59,6 +60,10 @@ pub struct Sessions {
     hls_viewers: Mutex<(HashMap<HlsViewerKey, HlsViewer>, bool)>,
     /// HLS requests held open (blocking reloads, awaited parts), per client address.
     hls_holds: hls_viewers::BlockingHolds,
+    /// The DVR store (none with `dvr_window: 0` or an unusable `dvr_dir`).
+    dvr: Option<Arc<dvr::DvrStore>>,
+    /// Spills made so far (names them uniquely).
+    spills_made: AtomicU64,
     shutting_down: AtomicBool,
     /// A graceful upgrade is handing the listeners to a new process: clients still join running
     /// sessions here, but a new session is read from the successor, never started on an engine
@@ -90,6 +95,8 @@ impl Sessions {
             map: Mutex::new(HashMap::new()),
             hls_viewers: Mutex::new((HashMap::new(), false)),
             hls_holds: Default::default(),
+            dvr: dvr::DvrStore::open(&config.dvr, metrics.clone()),
+            spills_made: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             handing_over: AtomicBool::new(false),
             started_total: AtomicU64::new(0),
@@ -143,6 +150,13 @@ impl Sessions {
             .with_label_values(&[outcome])
             .inc();
         hold
+    }
+
+    /// A DVR spill for `session` (none with DVR off).
+    pub(crate) fn new_spill(&self, session: &StreamSession) -> Option<dvr::Spill> {
+        let store = self.dvr.as_ref()?;
+        let n = self.spills_made.fetch_add(1, Ordering::Relaxed);
+        store.spill(&dvr::spill_name(&session.content_id, n))
     }
 
     /// The metrics sessions report into.

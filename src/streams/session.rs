@@ -87,6 +87,8 @@ pub struct StreamSession {
     pub ring: Ring,
     /// HLS for this session, from its first HLS request on.
     hls: std::sync::OnceLock<Arc<super::hls::Hls>>,
+    /// The session's DVR spill, once it streams (none with DVR off).
+    spill: std::sync::OnceLock<Arc<super::dvr::Spill>>,
     /// How its HLS is cut, fixed when the session starts.
     hls_settings: super::hls::HlsSettings,
     hls_seeded: AtomicBool,
@@ -138,6 +140,7 @@ impl StreamSession {
             content_id: content.to_string(),
             content,
             hls: std::sync::OnceLock::new(),
+            spill: std::sync::OnceLock::new(),
             hls_seeded: AtomicBool::new(false),
             hls_settings: super::hls::HlsSettings::of(&config.hls),
             ring: {
@@ -220,7 +223,8 @@ impl StreamSession {
                 offset,
                 slowest,
             },
-            None if clients.is_empty() => Readers::None,
+            // Rewound viewers read the DVR spill: they neither pace nor hold the ring.
+            None if clients.iter().all(|c| c.dvr.load(Ordering::Relaxed)) => Readers::None,
             None => Readers::Starting,
         }
     }
@@ -364,6 +368,16 @@ impl StreamSession {
     /// True once the session has ended (stopped or failed).
     pub fn is_ended(&self) -> bool {
         matches!(self.phase(), Phase::Ended(_) | Phase::Failed(_))
+    }
+
+    /// The session's DVR spill (none with DVR off, before the first byte, or after a fault).
+    pub fn spill(&self) -> Option<&Arc<super::dvr::Spill>> {
+        self.spill.get()
+    }
+
+    /// Gives the session its DVR spill (once; the upstream task does at the first byte).
+    pub(crate) fn set_spill(&self, spill: super::dvr::Spill) {
+        let _ = self.spill.set(Arc::new(spill));
     }
 
     /// The session's HLS, if an HLS request asked for it.

@@ -79,6 +79,9 @@ pub(crate) async fn run_upstream(sessions: Arc<Sessions>, session: Arc<StreamSes
         )
     };
     session.ring.close();
+    if let Some(spill) = session.spill() {
+        spill.close();
+    }
     session.phase.send_replace(phase);
     sessions.remove(&session);
     log::info!(
@@ -174,6 +177,9 @@ async fn stream(sessions: &Sessions, session: &Arc<StreamSession>, config: &Conf
         session.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         metrics.upstream_bytes.inc_by(n as u64);
     };
+    if let Some(spill) = sessions.new_spill(session) {
+        session.set_spill(spill);
+    }
     let mut chunker = Rechunker::new(config.buffers.copy_chunk_size);
     let mut ingest = Ingest::new(session, metrics, config);
     count_in(first.len());

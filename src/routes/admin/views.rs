@@ -88,6 +88,10 @@ pub struct SessionView {
     /// Bytes read from the engine ahead of the paced edge (HLS's read-ahead; see
     /// `hls_read_ahead_bytes`).
     pub(super) read_ahead_bytes: usize,
+    /// Seconds of stream the DVR spill holds now (0 with DVR off).
+    pub(super) dvr_seconds: f64,
+    /// Bytes the DVR spill holds on disk.
+    pub(super) dvr_bytes: u64,
     pub(super) buffer_seconds: f64,
     pub(super) buffer_bytes: usize,
     /// The engine's last stat sample for the session (`null` before the first).
@@ -136,6 +140,8 @@ pub struct ClientView {
     pub(super) bytes_sent: u64,
     pub(super) lag_bytes: u64,
     pub(super) lag_seconds: f64,
+    /// A rewound viewer reading the DVR spill (its lag is measured there).
+    pub(super) dvr: bool,
 }
 
 impl SessionView {
@@ -145,15 +151,25 @@ impl SessionView {
         let clients = x
             .clients()
             .iter()
-            .map(|c| ClientView {
-                address: c.addr.map(|a| a.to_string()),
-                protocol: c.protocol.label(),
-                connected_seconds: c.joined.elapsed().as_secs_f64(),
-                bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
-                lag_bytes: published.saturating_sub(c.offset.load(Ordering::Relaxed)),
-                lag_seconds: x.ring.lag_seconds(c.cursor.load(Ordering::Relaxed)),
+            .map(|c| {
+                let dvr = c.dvr.load(Ordering::Relaxed);
+                let offset = c.offset.load(Ordering::Relaxed);
+                let lag_seconds = match x.spill() {
+                    Some(spill) if dvr => spill.lag_seconds(offset),
+                    _ => x.ring.lag_seconds(c.cursor.load(Ordering::Relaxed)),
+                };
+                ClientView {
+                    address: c.addr.map(|a| a.to_string()),
+                    protocol: c.protocol.label(),
+                    connected_seconds: c.joined.elapsed().as_secs_f64(),
+                    bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+                    lag_bytes: published.saturating_sub(offset),
+                    lag_seconds,
+                    dvr,
+                }
             })
             .collect();
+        let dvr = x.spill().map_or((0.0, 0), |s| s.held());
         let st = x.state();
         let engine = st.source.engine();
         let es = st.source.engine_session();
@@ -181,6 +197,8 @@ impl SessionView {
             bitrate_bps: x.ring.bitrate_bps().map(|b| b.round() as u64),
             ingest_lead_seconds: x.ingest_lead_seconds(),
             read_ahead_bytes: x.read_ahead_bytes(),
+            dvr_seconds: dvr.0,
+            dvr_bytes: dvr.1,
             buffer_seconds: x.ring.lag_seconds(x.ring.first_seq()),
             buffer_bytes: x.ring.held_bytes(),
             hls_bytes: x.hls().map_or(0, |h| h.held_bytes()),
