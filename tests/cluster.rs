@@ -111,7 +111,7 @@ fn node_yaml(
         None => String::new(),
     };
     format!(
-        "version: 1\nthreads: 2\npid_file: /tmp/ace-edge-cluster-{port}.pid\nupgrade_sock: /tmp/ace-edge-cluster-{port}.sock\ngrace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 1\nacestream:\n  listen: [\"127.0.0.1:{port}\"]\n  engines:\n{engines}  health_check_interval: 0.5\n  stream_idle_timeout: 1\n  empty_stream_timeout: 5\n{cluster}{extra}"
+        "version: 1\nthreads: 2\npid_file: /tmp/ace-edge-cluster-{port}.pid\nupgrade_sock: /tmp/ace-edge-cluster-{port}.sock\ngrace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 1\nacestream:\n  listen: [\"127.0.0.1:{port}\"]\n  engines:\n{engines}  health_check_interval: 0.5\n  stream_idle_timeout: 1\n  empty_stream_timeout: 5\n  dvr_window: 0\n{cluster}{extra}"
     )
 }
 

@@ -183,7 +183,7 @@ fn whole_frames(data: &[u8]) -> &[u8] {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rewound_viewer_reaches_live_seamlessly() {
     let e = sim(Knobs::default()).await;
-    let server = start_proxy(proxy_config(&[&e], ""));
+    let server = start_proxy(proxy_config(&[&e], "dvr_window: 5m"));
     let id = content_id(3010);
     let live = format!("/ace/getstream?id={id}");
     let keeper = keep_watching(server.addr, live.clone());

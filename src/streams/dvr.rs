@@ -24,7 +24,7 @@ use bytes::Bytes;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -90,8 +90,9 @@ impl DvrStore {
             log::error!("DVR is off: {} cannot hold spills: {e}", dir.display());
             return None;
         }
-        // Spills of processes that are gone (a crash, a kill): a running process's spills stay,
-        // as during a graceful upgrade, when the old and the new process share the directory.
+        // Spills of processes that are gone (a crash, a kill, a container restarted with the
+        // same pid): a running process's spills stay, as during a graceful upgrade, when the old
+        // and the new process share the directory.
         if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
                 let path = entry.path();
@@ -100,9 +101,10 @@ impl DvrStore {
                     .and_then(|n| n.to_str())
                     .and_then(|n| n.strip_prefix(SPILL_PREFIX))
                     .and_then(|n| n.split('-').next())
-                    .and_then(|pid| pid.parse::<u32>().ok());
-                let stale = owner.is_some_and(|pid| {
-                    pid == std::process::id() || !Path::new(&format!("/proc/{pid}")).exists()
+                    .map(str::to_string);
+                let stale = owner.is_some_and(|tag| {
+                    let pid = tag.split('.').next().and_then(|p| p.parse::<u32>().ok());
+                    pid.and_then(process_tag).as_deref() != Some(tag.as_str())
                 });
                 if stale {
                     let _ = std::fs::remove_dir_all(&path);
@@ -126,9 +128,8 @@ impl DvrStore {
     /// A new spill for a session (`name` unique among running sessions); `None` if its
     /// directory cannot be made (logged).
     pub fn spill(self: &Arc<Self>, name: &str) -> Option<Spill> {
-        let dir = self
-            .dir
-            .join(format!("{SPILL_PREFIX}{}-{name}", std::process::id()));
+        let owner = process_tag(std::process::id()).unwrap_or_else(|| "0".into());
+        let dir = self.dir.join(format!("{SPILL_PREFIX}{owner}-{name}"));
         if let Err(e) = std::fs::create_dir_all(&dir) {
             log::warn!("DVR off for {name}: {}: {e}", dir.display());
             self.metrics
@@ -188,8 +189,8 @@ impl DvrStore {
     }
 }
 
-/// Spill directories are `spill-<pid>-<session>`, so a start removes only what processes that
-/// are gone left.
+/// Spill directories are `spill-<pid>.<process start>-<session>`, so a start removes only what
+/// processes that are gone left.
 const SPILL_PREFIX: &str = "spill-";
 
 /// One chunk as the index knows it.
@@ -605,6 +606,17 @@ fn media_at(chunks: &VecDeque<ChunkMark>, at: u64) -> (f64, f64) {
         }
         None => chunks.front().map_or((0.0, 0.0), |c| (c.media.0, c.unix)),
     }
+}
+
+/// `<pid>.<start time>` of a running process (from `/proc/<pid>/stat`): the pair names one
+/// process, where a pid alone may be reused (pid 1 in every container start).
+fn process_tag(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces and parentheses); the start time is
+    // field 22 of the line, the 20th after the name.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let start = rest.split_whitespace().nth(19)?;
+    Some(format!("{pid}.{start}"))
 }
 
 /// A directory name for a session's spill: its id and a per-process sequence number.

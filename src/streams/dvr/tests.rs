@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::config::Dvr;
+use std::path::Path;
 
 fn store(dir: &Path, window: Duration, max_bytes: u64) -> Arc<DvrStore> {
     let config = Dvr {
@@ -123,4 +124,32 @@ fn the_budget_takes_from_the_longest_spill() {
     assert_eq!(short.held().1, 1_000_000, "the short spill is untouched");
     assert!(matches!(long.read(0, 10).unwrap(), SpillRead::Gone));
     assert!(store.metrics.dvr_budget_drops.get() >= 1);
+}
+
+/// A start removes the spills of processes that are gone (a dead pid, or a live pid whose start
+/// time differs: a reused pid) and keeps those of running ones (this process's other stores).
+#[test]
+fn a_start_removes_only_what_dead_processes_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = process_tag(std::process::id()).unwrap();
+    assert_eq!(
+        process_tag(std::process::id()).as_deref(),
+        Some(me.as_str())
+    );
+    let pid = std::process::id();
+    for name in [
+        format!("spill-{me}-a-0"),
+        format!("spill-{pid}.1-b-0"),
+        "spill-4194304999.7-c-0".to_string(),
+        "other".to_string(),
+    ] {
+        std::fs::create_dir(dir.path().join(name)).unwrap();
+    }
+    let _store = store(dir.path(), Duration::from_secs(60), 1 << 30);
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec!["other".to_string(), format!("spill-{me}-a-0")]);
 }
