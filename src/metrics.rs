@@ -82,6 +82,9 @@ pub struct Metrics {
     pub dvr_rewound_viewers: IntCounter,
     /// Reads from DVR spills (each up to 256 KiB).
     pub dvr_spill_reads: IntCounter,
+    /// Live TS viewers that fell off their ring's tail (a paused player) and continued from the
+    /// DVR spill instead of being dropped.
+    pub dvr_continued_viewers: IntCounter,
     /// Upstream failures, by reason (`ended`, `read_failed`, `not_ts`, `stalled`,
     /// `unknown_session`, `livepos_stuck`, `prebuffering`).
     pub upstream_failures: IntCounterVec,
@@ -310,6 +313,11 @@ impl Metrics {
                 &r,
                 "acestream_edge_dvr_spill_reads_total",
                 "Reads from DVR spills (each up to 256 KiB)",
+            ),
+            dvr_continued_viewers: counter(
+                &r,
+                "acestream_edge_dvr_continued_viewers_total",
+                "Live TS viewers that fell off the ring's tail (a paused player) and continued from the DVR spill",
             ),
             hls_blocking_requests: counter_vec(
                 &r,

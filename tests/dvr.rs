@@ -241,3 +241,65 @@ async fn an_unusable_dvr_dir_is_reported_and_dvr_can_be_off() {
     let (_, v) = get_json(server.addr, "/proxy/sessions").await;
     assert_eq!(v["sessions"][0]["dvr_seconds"], 0.0);
 }
+
+/// Pause (issue 28): with a 1 MiB ring and `dvr_window: 5m`, a player that stops reading for
+/// 60 s (its socket full) falls off the ring's tail and goes on from the spill instead of being
+/// dropped; reading at twice the stream's rate afterwards, its `lag_seconds` falls back under
+/// 5 s. `client_timeout` is 120 s here: a socket that accepts nothing for longer is still cut.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_player_continues_from_the_spill() {
+    let e = sim(Knobs::default()).await; // 4 Mbit/s
+    let server = start_proxy(proxy_config(
+        &[&e],
+        "dvr_window: 5m\nstream_buffer_size: 1048576\nstream_buffer_max_bytes: 1048576\nstream_buffer_seconds: 2\nclient_timeout: 120",
+    ));
+    let path = format!("/ace/getstream?id={}", content_id(3030));
+    let mut r = get_small_buffer(server.addr, &path, 64 * 1024).await;
+    assert_eq!(r.status, 200);
+    let (first, _) = read_for(&mut r, Duration::from_secs(10), 1_000_000).await;
+    assert!(first.len() >= 1_000_000);
+    // The pause: nothing read for 60 s.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let m = &server.edge.metrics;
+    // Read at 2× the stream's rate (8 Mbit/s: 100 kB every 100 ms) until its lag is under 5 s.
+    // Its blocked write completes first (the bytes it was writing are its own); at its next step
+    // it has fallen off the ring and goes on from the spill.
+    let lag = || async {
+        let (_, v) = get_json(server.addr, "/proxy/sessions").await;
+        v["sessions"][0]["clients"][0]["lag_seconds"]
+            .as_f64()
+            .unwrap_or(f64::MAX)
+    };
+    let t0 = Instant::now();
+    let (mut start_lag, mut last_lag) = (0.0f64, f64::MAX);
+    while t0.elapsed() < Duration::from_secs(120) {
+        let (got, _) = read_for(&mut r, Duration::from_millis(100), 100_000).await;
+        assert!(!got.is_empty(), "the stream went on");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if t0.elapsed().as_millis() % 2000 < 200 {
+            last_lag = lag().await;
+            start_lag = start_lag.max(last_lag);
+            if start_lag > 50.0 && last_lag < 5.0 {
+                break;
+            }
+        }
+    }
+
+    eprintln!(
+        "lag {start_lag:.1} s after the pause, {last_lag:.1} s after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        m.dvr_continued_viewers.get(),
+        1,
+        "it went on from the spill"
+    );
+    assert!(
+        start_lag > 50.0,
+        "after the pause it was {start_lag} s behind"
+    );
+    assert!(last_lag < 5.0, "lag {last_lag}");
+    assert_eq!(m.slow_client_drops.get(), 0, "never disconnected");
+    let (_, v) = get_json(server.addr, "/proxy/sessions").await;
+    assert_eq!(v["sessions"][0]["clients"][0]["dvr"], true);
+}

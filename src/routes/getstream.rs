@@ -290,7 +290,24 @@ impl Viewer<'_> {
                         return Ok(());
                     }
                 }
-                Next::Lagged(behind) => return Err(self.lagged(behind)),
+                Next::Lagged(behind) => {
+                    // A viewer that paused past the ring's tail goes on from the DVR spill.
+                    let offset = self.client.stream_offset();
+                    let spill =
+                        super::rewind::continue_from(self.sessions, self.client, offset, self.id);
+                    let Some(spill) = spill else {
+                        return Err(self.lagged(behind));
+                    };
+                    let end = super::rewind::follow(
+                        self.s,
+                        self.sessions,
+                        self.client,
+                        spill,
+                        offset,
+                        self.id,
+                    );
+                    return Err(end.await);
+                }
                 Next::End => return Err(End::Finished),
             }
         }

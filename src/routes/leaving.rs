@@ -28,8 +28,18 @@ pub(super) async fn guarded<T, E: std::fmt::Display>(
                 Err(Leaving::Dropped(format!("accepted nothing for {:?}", config.viewers.client_timeout)))
             }
         },
-        behind = client.fell_off(ring_changed) => Err(Leaving::Dropped(lagged(sessions, client, id, behind))),
+        // A write of bytes it holds may outlast the ring keeping them when the session has a
+        // DVR spill: the viewer (a paused player) then goes on from the spill at its next step.
+        behind = client.fell_off(ring_changed), if !spill_takes_over(client) => {
+            Err(Leaving::Dropped(lagged(sessions, client, id, behind)))
+        }
     }
+}
+
+/// Whether a viewer that falls off the ring's tail goes on from the session's DVR spill (it has
+/// a live one, and the viewer was not cut by the buffer budget).
+fn spill_takes_over(client: &ClientHandle) -> bool {
+    !client.is_cut() && client.session().spill().is_some_and(|s| s.is_live())
 }
 
 /// Why a client's stream ended before the stream did.

@@ -9,7 +9,7 @@
 //! of the session's stream. A time before the window starts at the window's oldest keyframe; a
 //! time at or past live starts live (the caller serves it as usual).
 
-use super::getstream::query_param;
+use super::getstream::{query_param, End};
 use super::leaving::Leaving;
 use crate::error::EdgeError;
 use crate::streams::dvr::{Rewind, Spill, SpillRead};
@@ -17,6 +17,7 @@ use crate::streams::{ClientHandle, Sessions};
 use bytes::Bytes;
 use pingora::proxy::Session as HttpSession;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Bytes read from the spill per write. Fixed: large sequential reads from the page cache, a
 /// quarter second of a 8 Mbit/s stream, so a viewer catching up does so in few writes.
@@ -77,56 +78,144 @@ pub async fn serve(
         return Ok(());
     }
     client.wrote_from_spill(psi_len, from);
-    let keepalive = config.viewers.keepalive_interval;
-    let mut offset = from;
-    let mut written = spill.written();
-    let leaving = loop {
-        let reader = spill.clone();
-        let read = tokio::task::spawn_blocking(move || reader.read(offset, SPILL_READ_BYTES)).await;
-        match read {
-            Ok(Ok(SpillRead::Data(bytes))) => {
-                metrics.dvr_spill_reads.inc();
-                let n = bytes.len();
-                if let Err(e) = s.write_response_body(Some(bytes), false).await {
-                    break Some(Leaving::Closed(e.to_string()));
-                }
-                offset += n as u64;
-                client.wrote_from_spill(n, offset);
-            }
-            Ok(Ok(SpillRead::Pending)) => {
-                written.borrow_and_update();
-                tokio::select! {
-                    _ = written.changed() => {}
-                    _ = s.read_body_or_idle(true) => break Some(Leaving::Closed("closed".into())),
-                    _ = tokio::time::sleep(keepalive), if !keepalive.is_zero() => {
-                        // Nothing new (a stall, a failover): a null packet keeps the player.
-                        let null = Bytes::from_static(&crate::ts::NULL_PACKET);
-                        if let Err(e) = s.write_response_body(Some(null), false).await {
-                            break Some(Leaving::Closed(e.to_string()));
-                        }
-                    }
-                }
-            }
-            Ok(Ok(SpillRead::Gone)) if !spill.is_live() => break None,
-            Ok(Ok(SpillRead::Gone)) => {
-                break Some(Leaving::Dropped(format!(
-                    "fell out of the DVR window (reading at stream offset {offset})"
-                )))
-            }
-            Ok(Err(e)) => break Some(Leaving::Dropped(format!("DVR read failed: {e}"))),
-            Err(e) => break Some(Leaving::Dropped(format!("DVR read task failed: {e}"))),
-        }
-    };
-    match leaving {
-        None => {
+    match follow(s, sessions, &mut client, spill, from, id).await {
+        End::Finished => {
             let _ = s.write_response_body(None, true).await;
         }
-        Some(l) => {
-            l.log(&client, id);
-            s.shutdown().await;
-        }
+        End::Dropped => s.shutdown().await,
     }
     Ok(())
+}
+
+/// Streams the spill from stream offset `offset` through Pingora's writer (a rewound viewer, or
+/// a live one that fell off the ring's tail and continues from the spill) until the session
+/// ends (`Finished`), or the viewer leaves or falls out of the window (`Dropped`, logged).
+pub(super) async fn follow(
+    s: &mut HttpSession,
+    sessions: &Sessions,
+    client: &mut ClientHandle,
+    spill: Arc<Spill>,
+    offset: u64,
+    id: &str,
+) -> End {
+    let config = sessions.config();
+    let mut cursor = SpillCursor::new(spill, offset);
+    loop {
+        let step = tokio::select! {
+            step = cursor.next(sessions, config.viewers.keepalive_interval) => step,
+            _ = s.read_body_or_idle(true) => {
+                Leaving::Closed("closed by the client".into()).log(client, id);
+                return End::Dropped;
+            }
+        };
+        let (piece, stream) = match step {
+            Step::Data(bytes) => (bytes, true),
+            Step::Idle => (Bytes::from_static(&crate::ts::NULL_PACKET), false),
+            Step::End => return End::Finished,
+            Step::Drop(why) => {
+                Leaving::Dropped(why).log(client, id);
+                return End::Dropped;
+            }
+        };
+        let n = piece.len();
+        if let Err(e) = s.write_response_body(Some(piece), false).await {
+            Leaving::Closed(e.to_string()).log(client, id);
+            return End::Dropped;
+        }
+        if stream {
+            client.wrote_from_spill(n, cursor.offset);
+        }
+    }
+}
+
+/// Where a live viewer that fell off the ring's tail continues: the session's spill, from the
+/// stream offset `offset` it had reached, if the spill still holds it (and the buffer budget did
+/// not cut the viewer). The viewer becomes a DVR reader (its lag is measured in the spill).
+pub(super) fn continue_from(
+    sessions: &Sessions,
+    client: &mut ClientHandle,
+    offset: u64,
+    id: &str,
+) -> Option<Arc<Spill>> {
+    if client.is_cut() {
+        return None;
+    }
+    let spill = client.session().spill()?.clone();
+    if !spill.is_live() || !spill.holds(offset) {
+        return None;
+    }
+    log::info!(
+        content_id:% = id, client:% = client.addr_text();
+        "client {} of {id} fell off the ring's tail; it continues from the DVR spill",
+        client.addr_text()
+    );
+    sessions.metrics().dvr_continued_viewers.inc();
+    client.become_dvr(offset);
+    Some(spill)
+}
+
+/// What a viewer reading the spill does next.
+pub(super) enum Step {
+    /// Write these stream bytes.
+    Data(Bytes),
+    /// Nothing new for `keepalive_interval` (a stall, a failover): write a null packet.
+    Idle,
+    /// The session ended and everything was read.
+    End,
+    /// Out of the window (too slow), or a read failed: drop the viewer, for this reason.
+    Drop(String),
+}
+
+/// A viewer's position in the spill, and the reads that move it.
+pub(super) struct SpillCursor {
+    spill: Arc<Spill>,
+    /// Stream offset of the next byte to read.
+    pub(super) offset: u64,
+    written: tokio::sync::watch::Receiver<u64>,
+}
+
+impl SpillCursor {
+    /// A cursor at stream offset `offset`.
+    pub(super) fn new(spill: Arc<Spill>, offset: u64) -> Self {
+        let written = spill.written();
+        SpillCursor {
+            spill,
+            offset,
+            written,
+        }
+    }
+
+    /// The next step: bytes from the cursor on (read off the async workers), or waiting for the
+    /// writer (a null packet's worth of `keepalive` at most; zero: no keepalive).
+    pub(super) async fn next(&mut self, sessions: &Sessions, keepalive: Duration) -> Step {
+        loop {
+            let (reader, offset) = (self.spill.clone(), self.offset);
+            let read =
+                tokio::task::spawn_blocking(move || reader.read(offset, SPILL_READ_BYTES)).await;
+            match read {
+                Ok(Ok(SpillRead::Data(bytes))) => {
+                    sessions.metrics().dvr_spill_reads.inc();
+                    self.offset += bytes.len() as u64;
+                    return Step::Data(bytes);
+                }
+                Ok(Ok(SpillRead::Pending)) => {
+                    self.written.borrow_and_update();
+                    tokio::select! {
+                        changed = self.written.changed() => if changed.is_err() { return Step::End },
+                        _ = tokio::time::sleep(keepalive), if !keepalive.is_zero() => return Step::Idle,
+                    }
+                }
+                Ok(Ok(SpillRead::Gone)) if !self.spill.is_live() => return Step::End,
+                Ok(Ok(SpillRead::Gone)) => {
+                    return Step::Drop(format!(
+                        "fell out of the DVR window (reading at stream offset {offset})"
+                    ))
+                }
+                Ok(Err(e)) => return Step::Drop(format!("DVR read failed: {e}")),
+                Err(e) => return Step::Drop(format!("DVR read task failed: {e}")),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

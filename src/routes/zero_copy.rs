@@ -16,6 +16,7 @@
 //! the stream pauses, the response finished when the stream ends.
 
 use super::getstream::{guarded, lagged, End, Leaving};
+use super::rewind::{SpillCursor, Step};
 use crate::config::Config;
 use crate::streams::client::Next;
 use crate::streams::sendfile::{Connection, ViewerSocket};
@@ -82,6 +83,19 @@ impl ZeroCopyViewer {
                     Err(end) => return end,
                 },
                 Next::Lagged(behind) => {
+                    // A viewer that paused past the ring's tail goes on from the DVR spill, from
+                    // the byte it had reached (a send may have stopped inside a chunk).
+                    let reached = self.client.stream_offset();
+                    let offset = sent_upto.filter(|u| *u >= reached).unwrap_or(reached);
+                    let spill = super::rewind::continue_from(
+                        &self.sessions,
+                        &mut self.client,
+                        offset,
+                        &self.id,
+                    );
+                    if let Some(spill) = spill {
+                        return self.stream_spill(spill, offset).await;
+                    }
                     let why = lagged(&self.sessions, &self.client, &self.id, behind);
                     Leaving::Dropped(why).log(&self.client, &self.id);
                     return End::Dropped;
@@ -153,6 +167,48 @@ impl ZeroCopyViewer {
             if let Err(leaving) = sent {
                 leaving.log(&self.client, &self.id);
                 return End::Dropped;
+            }
+        }
+    }
+
+    /// Streams the DVR spill from stream offset `offset` (a viewer that fell off the ring's
+    /// tail) until the session ends, the viewer leaves, or it falls out of the DVR window.
+    async fn stream_spill(&mut self, spill: Arc<crate::streams::dvr::Spill>, offset: u64) -> End {
+        let timeout = self.config.viewers.client_timeout;
+        let mut cursor = SpillCursor::new(spill, offset);
+        loop {
+            let step = tokio::select! {
+                step = cursor.next(&self.sessions, self.config.viewers.keepalive_interval) => step,
+                _ = self.socket.closed() => {
+                    Leaving::Closed("closed by the client".into()).log(&self.client, &self.id);
+                    return End::Dropped;
+                }
+            };
+            let (piece, stream) = match step {
+                Step::Data(bytes) => (bytes, true),
+                Step::Idle => (Bytes::from_static(&crate::ts::NULL_PACKET), false),
+                Step::End => return End::Finished,
+                Step::Drop(why) => {
+                    Leaving::Dropped(why).log(&self.client, &self.id);
+                    return End::Dropped;
+                }
+            };
+            let leaving = match tokio::time::timeout(timeout, self.socket.send_all(&piece)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(Leaving::Closed(e.to_string())),
+                Err(_) => {
+                    self.sessions.metrics().slow_client_drops.inc();
+                    Some(Leaving::Dropped(format!(
+                        "accepted nothing for {timeout:?}"
+                    )))
+                }
+            };
+            if let Some(l) = leaving {
+                l.log(&self.client, &self.id);
+                return End::Dropped;
+            }
+            if stream {
+                self.client.wrote_from_spill(piece.len(), cursor.offset);
             }
         }
     }

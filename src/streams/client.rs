@@ -287,6 +287,11 @@ impl ClientHandle {
         self.lead_in.clear();
     }
 
+    /// Stream offset of the next byte this client gets.
+    pub fn stream_offset(&self) -> u64 {
+        self.offset
+    }
+
     /// A rewound viewer wrote `n` bytes: its position is now stream offset `offset`.
     pub fn wrote_from_spill(&mut self, n: usize, offset: u64) {
         self.offset = offset;

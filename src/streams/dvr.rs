@@ -427,6 +427,13 @@ impl Spill {
         Some((k.offset, k.psi.clone()))
     }
 
+    /// Whether stream offset `offset` is in the window (written, not dropped yet).
+    pub fn holds(&self, offset: u64) -> bool {
+        let st = self.shared.state.locked();
+        st.files.front().is_some_and(|f| f.start <= offset)
+            && st.files.back().is_some_and(|f| offset < f.end)
+    }
+
     /// Seconds of stream between stream offset `offset` and the live edge.
     pub fn lag_seconds(&self, offset: u64) -> f64 {
         let st = self.shared.state.locked();
