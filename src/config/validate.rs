@@ -255,10 +255,10 @@ pub(super) fn validate(w: AceWire) -> Result<Config, ConfigError> {
                 );
             }
         }
-        if w.dvr_max_bytes < 64 << 20 {
+        if w.dvr_max_bytes < 16 << 20 {
             bad(
                 "acestream.dvr_max_bytes".into(),
-                "must be at least 67108864 (64 MiB: a few spill files of every session)".into(),
+                "must be at least 16777216 (16 MiB: two 8 MiB spill files)".into(),
             );
         }
     }
