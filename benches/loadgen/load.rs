@@ -110,26 +110,44 @@ const HLS_RELOAD: Duration = Duration::from_secs(1);
 /// The bench's HLS segment length (`hls_segment_seconds` in the `hls` scenario).
 pub const HLS_SEGMENT: Duration = Duration::from_secs(2);
 
-/// One HLS viewer (its own User-Agent, so each counts as one): reloads the playlist, fetches
-/// each new segment (starting three from the end, as players do), counts segment bytes.
-pub async fn run_hls_client(addr: SocketAddr, id: String, k: usize, w: Window) -> ClientResult {
+/// An HLS viewer's start: waits for its time, then its clock, its result, and its requests
+/// (each on a new connection, with the viewer's own User-Agent so each counts as one viewer).
+async fn hls_viewer_start(
+    addr: SocketAddr,
+    agent: String,
+    w: &Window,
+) -> (
+    Instant,
+    ClientResult,
+    impl Fn(
+        String,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<http1::Response>> + Send>,
+    >,
+) {
     tokio::time::sleep_until(w.start_at.into()).await;
-    let t0 = Instant::now();
-    let mut res = ClientResult {
+    let res = ClientResult {
         stall_after: Some(3 * HLS_SEGMENT),
         ..ClientResult::default()
     };
     let opts = http1::GetOptions {
-        headers: vec![("User-Agent".into(), format!("loadgen-hls/{k}"))],
+        headers: vec![("User-Agent".into(), agent)],
         ..Default::default()
     };
-    let get = |path: String| {
+    let get = move |path: String| {
         let opts = opts.clone();
-        async move {
+        Box::pin(async move {
             let s = tokio::net::TcpStream::connect(addr).await?;
             http1::get_on(s, &addr.to_string(), &path, &opts).await
-        }
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
     };
+    (Instant::now(), res, get)
+}
+
+/// One HLS viewer (its own User-Agent, so each counts as one): reloads the playlist, fetches
+/// each new segment (starting three from the end, as players do), counts segment bytes.
+pub async fn run_hls_client(addr: SocketAddr, id: String, k: usize, w: Window) -> ClientResult {
+    let (t0, mut res, get) = hls_viewer_start(addr, format!("loadgen-hls/{k}"), &w).await;
     let mut next_seq: Option<u64> = None;
     let mut last = Instant::now();
     // Until the first piece after the window's end: its share of the window counts too (a
@@ -212,23 +230,7 @@ fn parts_of(text: &str) -> Vec<((u64, u64), String)> {
 /// (`_HLS_msn`/`_HLS_part`) until the part after the newest it has is listed, then it fetches
 /// every new part. Starts at the newest independent part.
 pub async fn run_ll_hls_client(addr: SocketAddr, id: String, k: usize, w: Window) -> ClientResult {
-    tokio::time::sleep_until(w.start_at.into()).await;
-    let t0 = Instant::now();
-    let mut res = ClientResult {
-        stall_after: Some(3 * HLS_SEGMENT),
-        ..ClientResult::default()
-    };
-    let opts = http1::GetOptions {
-        headers: vec![("User-Agent".into(), format!("loadgen-llhls/{k}"))],
-        ..Default::default()
-    };
-    let get = |path: String| {
-        let opts = opts.clone();
-        async move {
-            let s = tokio::net::TcpStream::connect(addr).await?;
-            http1::get_on(s, &addr.to_string(), &path, &opts).await
-        }
-    };
+    let (t0, mut res, get) = hls_viewer_start(addr, format!("loadgen-llhls/{k}"), &w).await;
     // The newest part fetched, and the next one a reload waits for.
     let mut have: Option<(u64, u64)> = None;
     let mut want: Option<(u64, u64)> = None;

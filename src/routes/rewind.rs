@@ -108,14 +108,9 @@ pub(super) async fn follow(
                 return End::Dropped;
             }
         };
-        let (piece, stream) = match step {
-            Step::Data(bytes) => (bytes, true),
-            Step::Idle => (Bytes::from_static(&crate::ts::NULL_PACKET), false),
-            Step::End => return End::Finished,
-            Step::Drop(why) => {
-                Leaving::Dropped(why).log(client, id);
-                return End::Dropped;
-            }
+        let (piece, stream) = match step.into_piece() {
+            Ok(p) => p,
+            Err(why) => return ended(why, client, id),
         };
         let n = piece.len();
         if let Err(e) = s.write_response_body(Some(piece), false).await {
@@ -164,6 +159,30 @@ pub(super) enum Step {
     End,
     /// Out of the window (too slow), or a read failed: drop the viewer, for this reason.
     Drop(String),
+}
+
+impl Step {
+    /// What to write: the bytes, and whether they are stream (a keepalive null is not). `Err`
+    /// when the viewer's stream is over: `None` at the session's end, else why it is dropped.
+    pub(super) fn into_piece(self) -> Result<(Bytes, bool), Option<String>> {
+        match self {
+            Step::Data(bytes) => Ok((bytes, true)),
+            Step::Idle => Ok((Bytes::from_static(&crate::ts::NULL_PACKET), false)),
+            Step::End => Err(None),
+            Step::Drop(why) => Err(Some(why)),
+        }
+    }
+}
+
+/// How a spill reader's stream ended ([`Step::into_piece`]'s `Err`), logged if it was dropped.
+pub(super) fn ended(why: Option<String>, client: &ClientHandle, id: &str) -> End {
+    match why {
+        None => End::Finished,
+        Some(why) => {
+            Leaving::Dropped(why).log(client, id);
+            End::Dropped
+        }
+    }
 }
 
 /// A viewer's position in the spill, and the reads that move it.

@@ -16,7 +16,7 @@
 //! the stream pauses, the response finished when the stream ends.
 
 use super::getstream::{guarded, lagged, End, Leaving};
-use super::rewind::{SpillCursor, Step};
+use super::rewind::{ended, SpillCursor};
 use crate::config::Config;
 use crate::streams::client::Next;
 use crate::streams::sendfile::{Connection, ViewerSocket};
@@ -184,14 +184,9 @@ impl ZeroCopyViewer {
                     return End::Dropped;
                 }
             };
-            let (piece, stream) = match step {
-                Step::Data(bytes) => (bytes, true),
-                Step::Idle => (Bytes::from_static(&crate::ts::NULL_PACKET), false),
-                Step::End => return End::Finished,
-                Step::Drop(why) => {
-                    Leaving::Dropped(why).log(&self.client, &self.id);
-                    return End::Dropped;
-                }
+            let (piece, stream) = match step.into_piece() {
+                Ok(p) => p,
+                Err(why) => return ended(why, &self.client, &self.id),
             };
             let leaving = match tokio::time::timeout(timeout, self.socket.send_all(&piece)).await {
                 Ok(Ok(())) => None,
