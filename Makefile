@@ -48,7 +48,6 @@ run: deps
 check-conf:
 	$(CARGO) build --bin acestream-edge
 	@$(MAKE) --no-print-directory check-conf-built
-	@$(MAKE) --no-print-directory check-docs
 
 # The README's shell lines, run as written against `make run`'s pair (a release build; lines that
 # need a display, root, systemd or Docker say so and are skipped).
@@ -72,6 +71,7 @@ test: deps-test
 	  $(CARGO) test --all-targets; \
 	fi
 	@$(MAKE) --no-print-directory check-conf-built
+	@$(MAKE) --no-print-directory check-docs
 
 # Side-by-side load benchmarks (release build; about 15 minutes) and criterion micro-benchmarks.
 # `make bench-quick` runs one small pass of each scenario.
