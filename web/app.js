@@ -108,6 +108,8 @@ function renderSession(s, engines) {
     el("span", { class: "clients" }, s.client_count + " client" + (s.client_count === 1 ? "" : "s")),
     el("span", { class: "muted lag", title: "how far behind the live edge its viewers are: least – most" }, lagSpread(s.clients)),
     el("span", { class: "muted" }, "first byte " + (s.first_byte_ms != null ? s.first_byte_ms + " ms" : "–")),
+    el("span", { class: "muted dvr", title: "DVR: how far back viewers can rewind (offset=-<s>), and its size on disk" },
+      s.dvr_seconds > 0 ? "rewind " + duration(s.dvr_seconds) + " (" + (s.dvr_bytes / 1e6).toFixed(0) + " MB)" : ""),
     el("span", { class: "muted" }, "failovers " + s.failovers),
     el("span", { class: "muted" }, last ? "in " + mbps(last[1]) + " · out " + mbps(last[2]) : ""),
     stats ? el("span", { class: "muted" }, "engine: " + (stats.status || "?") + ", " + (stats.peers ?? "?") + " peers, " + (stats.speed_down ?? "?") + " KB/s") : "",
@@ -120,7 +122,7 @@ function renderSession(s, engines) {
   const body = el("tbody");
   for (const c of s.clients) {
     body.append(el("tr", {}, el("td", {}, c.address || "–"), el("td", {}, c.protocol), el("td", {}, duration(c.connected_seconds)),
-      el("td", {}, (c.bytes_sent / 1e6).toFixed(1) + " MB"), el("td", {}, c.lag_seconds.toFixed(1) + " s")));
+      el("td", {}, (c.bytes_sent / 1e6).toFixed(1) + " MB"), el("td", {}, c.lag_seconds.toFixed(1) + " s" + (c.dvr ? " (DVR)" : ""))));
   }
   table.append(body);
   clients.append(table);
