@@ -116,15 +116,7 @@ async fn hls_viewer_start(
     addr: SocketAddr,
     agent: String,
     w: &Window,
-) -> (
-    Instant,
-    ClientResult,
-    impl Fn(
-        String,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = std::io::Result<http1::Response>> + Send>,
-    >,
-) {
+) -> (Instant, ClientResult, impl Fn(String) -> HlsGet) {
     tokio::time::sleep_until(w.start_at.into()).await;
     let res = ClientResult {
         stall_after: Some(3 * HLS_SEGMENT),
@@ -139,10 +131,34 @@ async fn hls_viewer_start(
         Box::pin(async move {
             let s = tokio::net::TcpStream::connect(addr).await?;
             http1::get_on(s, &addr.to_string(), &path, &opts).await
-        }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+        }) as HlsGet
     };
     (Instant::now(), res, get)
 }
+
+/// A playlist's text, or `None` (the viewer counted as disconnected) when the request fails or
+/// answers anything but `200`.
+async fn playlist_text(
+    get: &impl Fn(String) -> HlsGet,
+    path: String,
+    res: &mut ClientResult,
+) -> Option<String> {
+    let Ok(mut r) = get(path).await else {
+        res.disconnected = true;
+        return None;
+    };
+    res.status = r.status;
+    if r.status != 200 {
+        res.disconnected = true;
+        return None;
+    }
+    let body = r.read_to_end(1 << 20).await.unwrap_or_default();
+    Some(String::from_utf8_lossy(&body).to_string())
+}
+
+/// One HLS request of a viewer, in flight.
+type HlsGet =
+    std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<http1::Response>> + Send>>;
 
 /// One HLS viewer (its own User-Agent, so each counts as one): reloads the playlist, fetches
 /// each new segment (starting three from the end, as players do), counts segment bytes.
@@ -154,17 +170,10 @@ pub async fn run_hls_client(addr: SocketAddr, id: String, k: usize, w: Window) -
     // player's next segment is in flight when the window closes).
     let hard_end = w.end + 3 * HLS_SEGMENT;
     while last <= w.end && !now_after(hard_end) {
-        let Ok(mut r) = get(format!("/ace/manifest.m3u8?id={id}")).await else {
-            res.disconnected = true;
+        let Some(text) = playlist_text(&get, format!("/ace/manifest.m3u8?id={id}"), &mut res).await
+        else {
             break;
         };
-        res.status = r.status;
-        if r.status != 200 {
-            res.disconnected = true;
-            break;
-        }
-        let text =
-            String::from_utf8_lossy(&r.read_to_end(1 << 20).await.unwrap_or_default()).to_string();
         let uris: Vec<(u64, String)> = text
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -243,17 +252,10 @@ pub async fn run_ll_hls_client(addr: SocketAddr, id: String, k: usize, w: Window
             Some((n, p)) => format!("&_HLS_msn={n}&_HLS_part={p}"),
             None => String::new(),
         };
-        let Ok(mut r) = get(format!("/ace/manifest.m3u8?id={id}{block}")).await else {
-            res.disconnected = true;
+        let path = format!("/ace/manifest.m3u8?id={id}{block}");
+        let Some(text) = playlist_text(&get, path, &mut res).await else {
             break;
         };
-        res.status = r.status;
-        if r.status != 200 {
-            res.disconnected = true;
-            break;
-        }
-        let text =
-            String::from_utf8_lossy(&r.read_to_end(1 << 20).await.unwrap_or_default()).to_string();
         let parts = parts_of(&text);
         let start = match have {
             Some(h) => parts.iter().position(|(at, _)| *at > h),
