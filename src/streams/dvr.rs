@@ -144,6 +144,7 @@ impl DvrStore {
             state: Mutex::new(SpillState::default()),
             written: watch::channel(0).0,
             ended: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             bytes: AtomicU64::new(0),
         });
         self.spills.locked().push(Arc::downgrade(&shared));
@@ -237,6 +238,9 @@ struct Shared {
     written: watch::Sender<u64>,
     /// The spill ended (the session ended, or a fault): nothing more is written.
     ended: AtomicBool,
+    /// The session ended: the writer stops at its next chunk even if the end message did not
+    /// fit in a full queue.
+    closing: AtomicBool,
     /// Bytes its files hold.
     bytes: AtomicU64,
 }
@@ -360,8 +364,9 @@ impl Spill {
         }
     }
 
-    /// Ends the spill (the session ended): its files are removed.
+    /// Ends the spill (the session ended): its files are removed (by the writer thread).
     pub fn close(&self) {
+        self.shared.closing.store(true, Ordering::Release);
         let _ = self.tx.try_send(Message::End);
     }
 
@@ -490,7 +495,9 @@ impl Writer {
             else {
                 break;
             };
-            if self.shared.ended.load(Ordering::Relaxed) {
+            if self.shared.ended.load(Ordering::Relaxed)
+                || self.shared.closing.load(Ordering::Acquire)
+            {
                 break;
             }
             if let Err(e) = self.append(offset, &data, media, unix, keyframes) {
