@@ -88,6 +88,21 @@ pub struct Window {
     pub end: Instant,
 }
 
+impl ClientResult {
+    /// An HLS viewer got a segment or part `body` at `now` (the one before at `prev`; it
+    /// started at `t0`): its first byte, the longest gap, its share of the window, packets off
+    /// the 188-byte grid.
+    fn got_piece(&mut self, body: &[u8], t0: Instant, prev: Instant, now: Instant, w: &Window) {
+        if self.ttfb.is_none() {
+            self.ttfb = Some(now - t0);
+        } else {
+            self.max_gap = self.max_gap.max(now - prev);
+        }
+        self.window_bytes += window_share(body.len(), prev, now, w);
+        self.misaligned += body.chunks(188).filter(|p| p[0] != 0x47).count() as u64;
+    }
+}
+
 /// The part of `len` bytes that arrived in one piece at `now` (the previous piece at `prev`)
 /// that counts in the measurement window: spread over the time since the previous piece. An
 /// HLS player gets the stream a segment (or a part) at a time, all viewers of a session at the
@@ -201,14 +216,8 @@ pub async fn run_hls_client(addr: SocketAddr, id: String, k: usize, w: Window) -
             if seg.status != 200 {
                 continue; // left the window meanwhile: a player skips it
             }
-            if res.ttfb.is_none() {
-                res.ttfb = Some(now - t0);
-            } else {
-                res.max_gap = res.max_gap.max(now - last);
-            }
-            res.window_bytes += window_share(body.len(), last, now, &w);
+            res.got_piece(&body, t0, last, now, &w);
             last = now;
-            res.misaligned += body.chunks(188).filter(|p| p[0] != 0x47).count() as u64;
             next_seq = Some(seq + 1);
         }
         tokio::time::sleep(HLS_RELOAD.min(hard_end.saturating_duration_since(Instant::now())))
@@ -272,14 +281,8 @@ pub async fn run_ll_hls_client(addr: SocketAddr, id: String, k: usize, w: Window
             if part.status != 200 {
                 continue;
             }
-            if res.ttfb.is_none() {
-                res.ttfb = Some(now - t0);
-            } else {
-                res.max_gap = res.max_gap.max(now - last);
-            }
-            res.window_bytes += window_share(body.len(), last, now, &w);
+            res.got_piece(&body, t0, last, now, &w);
             last = now;
-            res.misaligned += body.chunks(188).filter(|p| p[0] != 0x47).count() as u64;
             have = Some(at);
         }
         // The next part; a segment that is complete without it goes on with the next segment.
