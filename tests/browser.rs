@@ -15,8 +15,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HLS_JS: &[u8] = include_bytes!("../web/vendor/hls.light.min.js");
 
-/// What the page reported: (currentTime, hls.js `latency`, fatal error if any), oldest first.
-type Report = Arc<Mutex<Vec<(f64, f64, String)>>>;
+/// One report of the page, every half second.
+#[derive(Clone, Debug)]
+struct Sample {
+    /// The video's `currentTime`, seconds.
+    t: f64,
+    /// hls.js `latency`: how far behind the playlist's live edge it plays, seconds.
+    latency: f64,
+    /// hls.js `targetLatency`: what it steers to (its start plus 1 s per stall by default).
+    target: f64,
+    /// How often the video waited for data (`waiting` events).
+    stalls: u32,
+    /// hls.js's non-fatal errors so far, each with the `currentTime` it came at.
+    events: String,
+    /// The fatal hls.js error, if any.
+    fatal: String,
+}
+
+/// What the page reported, oldest first.
+type Report = Arc<Mutex<Vec<Sample>>>;
 
 /// The page: hls.js playing `playlist`, with `lowLatencyMode` as given. With it on, also the
 /// catch-up a low-latency page sets (`maxLiveSyncPlaybackRate`: play up to 2× while further
@@ -32,11 +49,14 @@ fn page(playlist: &str, low_latency: bool) -> String {
 let fatal = "";
 const v = document.getElementById("v");
 const hls = new Hls({{ lowLatencyMode: {low_latency}, maxLiveSyncPlaybackRate: {rate} }});
-hls.on(Hls.Events.ERROR, (_, d) => {{ if (d.fatal) fatal = d.type + ":" + d.details; }});
+let events = "";
+hls.on(Hls.Events.ERROR, (_, d) => {{ if (d.fatal) fatal = d.type + ":" + d.details; else events += d.details + "@" + v.currentTime.toFixed(2) + " "; }});
 hls.loadSource("{playlist}");
 hls.attachMedia(v);
 hls.on(Hls.Events.MANIFEST_PARSED, () => v.play().catch(e => fatal = "play:" + e));
-setInterval(() => fetch("/report?t=" + v.currentTime + "&latency=" + hls.latency + "&fatal=" + encodeURIComponent(fatal)), 500);
+let stalls = 0;
+v.addEventListener("waiting", () => stalls++);
+setInterval(() => fetch("/report?t=" + v.currentTime + "&latency=" + hls.latency + "&target=" + hls.targetLatency + "&stalls=" + stalls + "&events=" + encodeURIComponent(events) + "&fatal=" + encodeURIComponent(fatal)), 500);
 </script></body></html>"#
     )
 }
@@ -57,17 +77,26 @@ async fn serve_page(listener: tokio::net::TcpListener, html: String, report: Rep
             let (ctype, body): (&str, Vec<u8>) = if path == "/hls.js" {
                 ("application/javascript", HLS_JS.to_vec())
             } else if let Some(q) = path.strip_prefix("/report?") {
-                let (mut t, mut latency) = (0.0, 0.0);
-                let mut fatal = String::new();
+                let mut sample = Sample {
+                    t: 0.0,
+                    latency: 0.0,
+                    target: f64::NAN,
+                    stalls: 0,
+                    events: String::new(),
+                    fatal: String::new(),
+                };
                 for (k, v) in form_urlencoded::parse(q.as_bytes()) {
                     match &*k {
-                        "t" => t = v.parse().unwrap_or(0.0),
-                        "latency" => latency = v.parse().unwrap_or(f64::NAN),
-                        "fatal" => fatal = v.into_owned(),
+                        "t" => sample.t = v.parse().unwrap_or(0.0),
+                        "latency" => sample.latency = v.parse().unwrap_or(f64::NAN),
+                        "target" => sample.target = v.parse().unwrap_or(f64::NAN),
+                        "stalls" => sample.stalls = v.parse().unwrap_or(0),
+                        "events" => sample.events = v.into_owned(),
+                        "fatal" => sample.fatal = v.into_owned(),
                         _ => {}
                     }
                 }
-                report.lock().unwrap().push((t, latency, fatal));
+                report.lock().unwrap().push(sample);
                 ("text/plain", b"ok".to_vec())
             } else {
                 ("text/html", html.into_bytes())
@@ -85,7 +114,7 @@ async fn serve_page(listener: tokio::net::TcpListener, html: String, report: Rep
 /// What a page did: the reports of its `seconds` of playback (from its first advancing
 /// `currentTime`), or the fatal hls.js error that ended it.
 struct Playback {
-    reports: Vec<(f64, f64, String)>,
+    reports: Vec<Sample>,
     fatal: String,
 }
 
@@ -130,12 +159,12 @@ async fn play_in_chromium(
     while start.elapsed() < Duration::from_secs(seconds + 35) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let r = report.lock().unwrap().clone();
-        if let Some(f) = r.iter().map(|x| &x.2).find(|f| !f.is_empty()) {
+        if let Some(f) = r.iter().map(|x| &x.fatal).find(|f| !f.is_empty()) {
             fatal = f.clone();
             break;
         }
         if playing_from.is_none() {
-            playing_from = r.iter().position(|x| x.0 > 0.0);
+            playing_from = r.iter().position(|x| x.t > 0.0);
         }
         // Reports come every half second.
         if playing_from.is_some_and(|p| r.len() - p >= 2 * seconds as usize) {
@@ -163,7 +192,7 @@ async fn chromium_plays_hls_with_hls_js() {
         return;
     };
     assert!(p.fatal.is_empty(), "fatal hls.js error: {}", p.fatal);
-    let t = p.reports.last().map_or(0.0, |x| x.0);
+    let t = p.reports.last().map_or(0.0, |x| x.t);
     eprintln!("hls.js in Chromium: currentTime {t:.1} s after 15 s of playback");
     assert!(
         p.reports.len() >= 30,
@@ -187,11 +216,15 @@ async fn chromium_plays_low_latency_hls_within_4_s_of_live() {
         "reports of 20 s of playback: {}",
         p.reports.len()
     );
-    let t = p.reports.last().map_or(0.0, |x| x.0);
+    let t = p.reports.last().map_or(0.0, |x| x.t);
     assert!(t >= 15.0, "currentTime {t} after 20 s");
     let last_10s = &p.reports[p.reports.len() - 20..];
-    let latencies: Vec<f64> = last_10s.iter().map(|x| x.1).collect();
-    eprintln!("hls.js low-latency: currentTime {t:.1} s; latency over the last 10 s {latencies:?}");
+    let latencies: Vec<f64> = last_10s.iter().map(|x| x.latency).collect();
+    let last = p.reports.last().cloned();
+    eprintln!(
+        "hls.js low-latency: currentTime {t:.1} s; latency over the last 10 s {latencies:?}; \
+         last report {last:?}"
+    );
     assert!(
         latencies.iter().all(|l| l.is_finite() && *l <= 4.0),
         "latency above 4 s: {latencies:?}"
