@@ -12,7 +12,8 @@
 //! the session's generation, so a cached segment of an ended session is never served for a new
 //! one. With `hls_low_latency`, `_HLS_msn`/`_HLS_part` hold a reload until the playlist has what
 //! it names, and a part not cut yet (a preload hint) is awaited; both are bounded in time and per
-//! address (`hls_max_blocking_requests`).
+//! address (`hls_max_blocking_requests`). `dvr=1` asks for the DVR window instead (see
+//! [`super::hls_dvr`]).
 
 use super::getstream::content_id;
 use super::write_error;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Segments never change, so caches may keep them (a new session gets new URIs).
-const SEGMENT_CACHE_CONTROL: &str = "public, max-age=86400, immutable";
+pub(super) const SEGMENT_CACHE_CONTROL: &str = "public, max-age=86400, immutable";
 
 /// The viewer key's second half.
 fn user_agent(s: &HttpSession) -> String {
@@ -57,7 +58,7 @@ fn segment_token(access: &Access, query: Option<&str>) -> String {
 }
 
 /// A session's generation: its creation time in milliseconds since the epoch.
-fn generation(session: &StreamSession) -> u128 {
+pub(super) fn generation(session: &StreamSession) -> u128 {
     session
         .created_at
         .duration_since(std::time::UNIX_EPOCH)
@@ -65,19 +66,22 @@ fn generation(session: &StreamSession) -> u128 {
 }
 
 /// The content a playlist or segment request names, once its token (if URLs are signed) holds.
-fn requested_content(access: &Access, query: Option<&str>) -> Result<ContentKey, EdgeError> {
+pub(super) fn requested_content(
+    access: &Access,
+    query: Option<&str>,
+) -> Result<ContentKey, EdgeError> {
     let content = content_id(query)?;
     access.check_stream_token(&content.value, query)?;
     Ok(content)
 }
 
 /// Who asks: the client's address and its User-Agent (an HLS viewer is both, with the id).
-fn viewer_of(s: &HttpSession, access: &Access) -> (Option<ClientAddr>, String) {
+pub(super) fn viewer_of(s: &HttpSession, access: &Access) -> (Option<ClientAddr>, String) {
     (access.client_of(s), user_agent(s))
 }
 
 /// Finds (or starts, for a playlist) the session of the request's viewer.
-fn viewer_session(
+pub(super) fn viewer_session(
     viewer: &(Option<ClientAddr>, String),
     sessions: &Arc<Sessions>,
     access: &Access,
@@ -108,10 +112,22 @@ pub async fn manifest(
         Ok(x) => x,
         Err(e) => return write_error(s, &e).await,
     };
+    let tail = segment_token(access, query.as_deref());
+    if super::hls_dvr::wanted(query.as_deref()) {
+        let answered =
+            super::hls_dvr::playlist(s, sessions, &session, (&content, tail.as_str())).await?;
+        match answered {
+            super::hls_dvr::Answered::Playlist => {
+                sessions.hls_viewer_served(&content, viewer.0, &viewer.1);
+                return Ok(());
+            }
+            super::hls_dvr::Answered::Refused => return Ok(()),
+            super::hls_dvr::Answered::NoDvr => {}
+        }
+    }
     let (hls, seeded) = session.start_hls();
     record_cuts(sessions.metrics(), seeded);
     let gen = generation(&session);
-    let tail = segment_token(access, query.as_deref());
     let (param, value) = (content.param(), content.value.clone());
     let uri = move |n: u64, part: Option<usize>| match part {
         None => format!("hls/{gen}/{n}.ts?{param}={value}{tail}"),
@@ -244,7 +260,8 @@ fn blocking_reload(
     }
 }
 
-async fn write_playlist(s: &mut HttpSession, text: String) -> pingora::Result<()> {
+/// Sends a playlist (never cached: it changes at every segment).
+pub(super) async fn write_playlist(s: &mut HttpSession, text: String) -> pingora::Result<()> {
     let mut h = ResponseHeader::build(200, Some(4))?;
     h.insert_header("Content-Type", "application/vnd.apple.mpegurl")?;
     h.insert_header("Content-Length", text.len().to_string())?;
@@ -273,6 +290,9 @@ pub async fn segment(
     access: &Access,
     path: &str,
 ) -> pingora::Result<()> {
+    if super::hls_dvr::is_segment(path) {
+        return super::hls_dvr::segment(s, sessions, access, path).await;
+    }
     let not_found = |what: String| EdgeError::NotFound(what);
     let Some((gen, seq, part)) = segment_path(path) else {
         return write_error(s, &not_found(format!("no route {path}"))).await;

@@ -6,6 +6,7 @@ pub mod check;
 pub mod dashboard;
 pub mod getstream;
 pub mod hls;
+pub mod hls_dvr;
 mod leaving;
 mod rewind;
 mod zero_copy;

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 /// Bytes read from the spill per write. Fixed: large sequential reads from the page cache, a
 /// quarter second of a 8 Mbit/s stream, so a viewer catching up does so in few writes.
-const SPILL_READ_BYTES: usize = 256 * 1024;
+pub(super) const SPILL_READ_BYTES: usize = 256 * 1024;
 
 /// The rewind a request asks for: `offset=-<seconds>` (`offset` of zero or more means live) or
 /// `start=<unix seconds>`; `400` for both, or a value that is not a number.

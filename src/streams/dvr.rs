@@ -17,6 +17,8 @@
 //! Nothing is fsynced (it is a cache) and the directory is emptied at start, so a crash leaves
 //! nothing a later run misreads. A session's spill is deleted when the session ends.
 
+pub mod hls;
+
 use crate::config::Dvr;
 use crate::metrics::Metrics;
 use crate::sync::Lock;
@@ -74,6 +76,8 @@ pub struct DvrStore {
     dir: PathBuf,
     window: Duration,
     max_bytes: u64,
+    /// `hls_segment_seconds`: the length of the DVR playlist's segments.
+    segment_seconds: f64,
     spills: Mutex<Vec<Weak<Shared>>>,
     metrics: Arc<Metrics>,
 }
@@ -81,7 +85,8 @@ pub struct DvrStore {
 impl DvrStore {
     /// The store the config asks for: `None` with `dvr_window: 0`, or when the directory cannot
     /// be prepared (logged; the proxy runs without DVR). An earlier run's spills are removed.
-    pub fn open(config: &Dvr, metrics: Arc<Metrics>) -> Option<Arc<Self>> {
+    /// `segment_seconds`: how long the DVR playlist's segments are (`hls_segment_seconds`).
+    pub fn open(config: &Dvr, segment_seconds: f64, metrics: Arc<Metrics>) -> Option<Arc<Self>> {
         if config.dvr_window.is_zero() {
             return None;
         }
@@ -115,6 +120,7 @@ impl DvrStore {
             dir: dir.clone(),
             window: config.dvr_window,
             max_bytes: config.dvr_max_bytes,
+            segment_seconds,
             spills: Mutex::new(Vec::new()),
             metrics,
         }))
@@ -141,7 +147,12 @@ impl DvrStore {
         let shared = Arc::new(Shared {
             name: name.to_string(),
             dir,
-            state: Mutex::new(SpillState::default()),
+            state: Mutex::new(SpillState {
+                files: VecDeque::new(),
+                chunks: VecDeque::new(),
+                keyframes: VecDeque::new(),
+                segments: hls::DvrSegments::new(self.segment_seconds),
+            }),
             written: watch::channel(0).0,
             ended: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -221,11 +232,13 @@ struct SpillFile {
     file: Arc<File>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct SpillState {
     files: VecDeque<SpillFile>,
     chunks: VecDeque<ChunkMark>,
     keyframes: VecDeque<KeyMark>,
+    /// The DVR playlist's segments.
+    segments: hls::DvrSegments,
 }
 
 /// What the writer and the readers of one spill share.
@@ -258,6 +271,7 @@ impl Shared {
         let keep_from = old.end;
         st.chunks.retain(|c| c.offset >= keep_from);
         st.keyframes.retain(|k| k.offset >= keep_from);
+        st.segments.trim(keep_from);
         drop(st);
         let len = old.end - old.start;
         self.bytes.fetch_sub(len, Ordering::Relaxed);
@@ -266,19 +280,22 @@ impl Shared {
         true
     }
 
-    /// Ends the spill: removes its files and wakes its readers.
+    /// Ends the spill: removes its files and wakes its readers. It shows as ended once its files
+    /// are gone (the state lock is taken first, so nothing reads or indexes it meanwhile).
     fn end(&self, metrics: &Metrics) {
-        if self.ended.swap(true, Ordering::AcqRel) {
+        let mut st = self.state.locked();
+        if self.ended.load(Ordering::Acquire) {
             return;
         }
-        let mut st = self.state.locked();
         st.files.clear();
         st.chunks.clear();
         st.keyframes.clear();
-        drop(st);
+        st.segments.clear();
         let bytes = self.bytes.swap(0, Ordering::Relaxed);
         metrics.dvr_spill_bytes.sub(bytes as i64);
         let _ = std::fs::remove_dir_all(&self.dir);
+        self.ended.store(true, Ordering::Release);
+        drop(st);
         self.written.send_modify(|_| {});
     }
 }
@@ -290,6 +307,8 @@ enum Message {
         data: Bytes,
         media: (f64, f64),
         unix: f64,
+        /// The stream's clock jumped at this chunk.
+        jump: bool,
         keyframes: Vec<(u64, Bytes)>,
     },
     /// The session ended: remove the spill.
@@ -316,30 +335,30 @@ pub enum SpillRead {
 
 impl Spill {
     /// Queues a published chunk (never waits: a writer [`QUEUE_CHUNKS`] behind ends DVR for the
-    /// session). `keyframes`: the keyframe marks found in it, with their PAT + PMT.
+    /// session). `keyframes`: the keyframe marks found in it, with their PAT + PMT; `jump`: the
+    /// stream's clock jumped at it (a splice).
     pub fn append(
         &self,
         metrics: &Metrics,
-        offset: u64,
-        data: Bytes,
+        (offset, data): (u64, Bytes),
         media: (f64, f64),
+        jump: bool,
         keyframes: Vec<(u64, Bytes)>,
     ) {
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        self.append_at(metrics, offset, data, media, keyframes, unix);
+        self.append_at(metrics, (offset, data), (media, unix), jump, keyframes);
     }
 
     /// [`Self::append`] with the chunk's wall time given (unix seconds).
     pub(crate) fn append_at(
         &self,
         metrics: &Metrics,
-        offset: u64,
-        data: Bytes,
-        media: (f64, f64),
+        (offset, data): (u64, Bytes),
+        (media, unix): ((f64, f64), f64),
+        jump: bool,
         keyframes: Vec<(u64, Bytes)>,
-        unix: f64,
     ) {
         if self.shared.ended.load(Ordering::Relaxed) {
             return;
@@ -349,6 +368,7 @@ impl Spill {
             data,
             media,
             unix,
+            jump,
             keyframes,
         };
         if let Err(mpsc::TrySendError::Full(_)) = self.tx.try_send(msg) {
@@ -456,6 +476,25 @@ impl Spill {
         (last.media.1 - at).max(0.0)
     }
 
+    /// The DVR playlist: every finished segment of the window (`None` before the first), with
+    /// segment URIs `uri(serial)`.
+    pub fn playlist(&self, uri: impl Fn(u64) -> String) -> Option<String> {
+        self.shared.state.locked().segments.playlist(uri)
+    }
+
+    /// DVR segment `serial`: (its stream offsets, the PAT + PMT to send first); `None` once it
+    /// left the window (or before it is finished).
+    pub fn segment(&self, serial: u64) -> Option<((u64, u64), Bytes)> {
+        let st = self.shared.state.locked();
+        let s = st.segments.get(serial)?;
+        Some(((s.offset, s.end?), s.psi.clone()))
+    }
+
+    /// The DVR playlist's `#EXT-X-TARGETDURATION`, seconds.
+    pub fn target_duration(&self) -> u64 {
+        self.shared.state.locked().segments.target_duration()
+    }
+
     /// The window actually held: (seconds of stream, bytes on disk).
     pub fn held(&self) -> (f64, u64) {
         let st = self.shared.state.locked();
@@ -490,6 +529,7 @@ impl Writer {
                 data,
                 media,
                 unix,
+                jump,
                 keyframes,
             } = msg
             else {
@@ -500,7 +540,7 @@ impl Writer {
             {
                 break;
             }
-            if let Err(e) = self.append(offset, &data, media, unix, keyframes) {
+            if let Err(e) = self.append(offset, &data, (media, unix), jump, keyframes) {
                 log::warn!(
                     "session {}: DVR ended: writing {}: {e}",
                     self.shared.name,
@@ -522,8 +562,8 @@ impl Writer {
         &mut self,
         offset: u64,
         data: &[u8],
-        media: (f64, f64),
-        unix: f64,
+        (media, unix): ((f64, f64), f64),
+        jump: bool,
         keyframes: Vec<(u64, Bytes)>,
     ) -> std::io::Result<()> {
         let end = offset + data.len() as u64;
@@ -569,8 +609,10 @@ impl Writer {
                 media,
                 unix,
             });
+            let mut keys = Vec::with_capacity(keyframes.len());
             for (at, psi) in keyframes {
                 let media = media_at(&st.chunks, at);
+                keys.push((at, media.0, psi.clone()));
                 st.keyframes.push_back(KeyMark {
                     offset: at,
                     media: media.0,
@@ -578,6 +620,7 @@ impl Writer {
                     psi,
                 });
             }
+            st.segments.chunk((offset, end), media, unix, jump, &keys);
         }
         self.shared
             .bytes

@@ -232,6 +232,7 @@ impl<'a> Ingest<'a> {
             chunk,
             media,
             plays_at,
+            jump: a_jump,
             ..
         } = a;
         // The DVR spill gets every chunk the ring does, with its keyframes (not waited for).
@@ -243,7 +244,13 @@ impl<'a> Ingest<'a> {
                 .map(|k| (k.offset, k.psi.clone()))
                 .collect();
             let media = (media.start, media.end);
-            spill.append(self.metrics, chunk.offset, chunk.data.clone(), media, marks);
+            spill.append(
+                self.metrics,
+                (chunk.offset, chunk.data.clone()),
+                media,
+                a_jump,
+                marks,
+            );
         }
         if let Some(psi) = chunk.found.psi {
             ring.set_psi(psi, chunk.found.has_video);

@@ -95,7 +95,11 @@ impl Sessions {
             map: Mutex::new(HashMap::new()),
             hls_viewers: Mutex::new((HashMap::new(), false)),
             hls_holds: Default::default(),
-            dvr: dvr::DvrStore::open(&config.dvr, metrics.clone()),
+            dvr: dvr::DvrStore::open(
+                &config.dvr,
+                config.hls.hls_segment_seconds.as_secs_f64(),
+                metrics.clone(),
+            ),
             spills_made: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             handing_over: AtomicBool::new(false),

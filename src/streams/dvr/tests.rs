@@ -11,7 +11,7 @@ fn store(dir: &Path, window: Duration, max_bytes: u64) -> Arc<DvrStore> {
         dvr_dir: dir.to_path_buf(),
         dvr_max_bytes: max_bytes,
     };
-    DvrStore::open(&config, Arc::new(Metrics::new())).expect("a usable directory")
+    DvrStore::open(&config, 4.0, Arc::new(Metrics::new())).expect("a usable directory")
 }
 
 /// A chunk of `len` bytes whose every byte is its offset's low byte (so reads can be checked).
@@ -28,11 +28,10 @@ fn feed(spill: &Spill, metrics: &Metrics, count: u64, len: usize, unix0: f64) {
         let media = (i as f64, (i + 1) as f64);
         spill.append_at(
             metrics,
-            offset,
-            chunk(offset, len),
-            media,
+            (offset, chunk(offset, len)),
+            (media, unix0 + i as f64),
+            false,
             vec![(offset, psi)],
-            unix0 + i as f64,
         );
     }
     let end = count * len as u64;
