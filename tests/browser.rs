@@ -7,33 +7,10 @@
 mod common;
 
 use acestream_edge::sim::Knobs;
+use common::page::{serve_page, Report, Sample};
 use common::*;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const HLS_JS: &[u8] = include_bytes!("../web/vendor/hls.light.min.js");
-
-/// One report of the page, every half second.
-#[derive(Clone, Debug)]
-struct Sample {
-    /// The video's `currentTime`, seconds.
-    t: f64,
-    /// hls.js `latency`: how far behind the playlist's live edge it plays, seconds.
-    latency: f64,
-    /// hls.js `targetLatency`: what it steers to (its start plus 1 s per stall by default).
-    target: f64,
-    /// How often the video waited for data (`waiting` events).
-    stalls: u32,
-    /// hls.js's non-fatal errors so far, each with the `currentTime` it came at.
-    events: String,
-    /// The fatal hls.js error, if any.
-    fatal: String,
-}
-
-/// What the page reported, oldest first.
-type Report = Arc<Mutex<Vec<Sample>>>;
 
 /// The page: hls.js playing `playlist`, with `lowLatencyMode` as given. With it on, also the
 /// catch-up a low-latency page sets (`maxLiveSyncPlaybackRate`: play up to 2× while further
@@ -59,56 +36,6 @@ v.addEventListener("waiting", () => stalls++);
 setInterval(() => fetch("/report?t=" + v.currentTime + "&latency=" + hls.latency + "&target=" + hls.targetLatency + "&stalls=" + stalls + "&events=" + encodeURIComponent(events) + "&fatal=" + encodeURIComponent(fatal)), 500);
 </script></body></html>"#
     )
-}
-
-/// Serves the page, hls.js and the report endpoint.
-async fn serve_page(listener: tokio::net::TcpListener, html: String, report: Report) {
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            return;
-        };
-        let html = html.clone();
-        let report = report.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            let n = sock.read(&mut buf).await.unwrap_or(0);
-            let head = String::from_utf8_lossy(&buf[..n]).to_string();
-            let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-            let (ctype, body): (&str, Vec<u8>) = if path == "/hls.js" {
-                ("application/javascript", HLS_JS.to_vec())
-            } else if let Some(q) = path.strip_prefix("/report?") {
-                let mut sample = Sample {
-                    t: 0.0,
-                    latency: 0.0,
-                    target: f64::NAN,
-                    stalls: 0,
-                    events: String::new(),
-                    fatal: String::new(),
-                };
-                for (k, v) in form_urlencoded::parse(q.as_bytes()) {
-                    match &*k {
-                        "t" => sample.t = v.parse().unwrap_or(0.0),
-                        "latency" => sample.latency = v.parse().unwrap_or(f64::NAN),
-                        "target" => sample.target = v.parse().unwrap_or(f64::NAN),
-                        "stalls" => sample.stalls = v.parse().unwrap_or(0),
-                        "events" => sample.events = v.into_owned(),
-                        "fatal" => sample.fatal = v.into_owned(),
-                        _ => {}
-                    }
-                }
-                report.lock().unwrap().push(sample);
-                ("text/plain", b"ok".to_vec())
-            } else {
-                ("text/html", html.into_bytes())
-            };
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(&body).await;
-        });
-    }
 }
 
 /// What a page did: the reports of its `seconds` of playback (from its first advancing

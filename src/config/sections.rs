@@ -321,5 +321,9 @@ section!(
     /// All spills together, bytes; over it the oldest data of the longest spill goes first.
     /// Default 4 GiB.
         dvr_max_bytes: u64,
+    /// With DVR on, how long a TS viewer's socket may accept nothing (a paused player) before
+    /// it is dropped, when longer than `client_timeout`: its stream goes on from the spill, so a
+    /// pause holds no memory. Default 5 min.
+        dvr_pause_timeout: Duration,
     }
 );

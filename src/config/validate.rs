@@ -394,6 +394,7 @@ pub(super) fn validate(w: AceWire) -> Result<Config, ConfigError> {
                 .clone()
                 .unwrap_or_else(|| std::env::temp_dir().join("acestream-edge-dvr")),
             dvr_max_bytes: w.dvr_max_bytes,
+            dvr_pause_timeout: w.dvr_pause_timeout.0,
         },
     })
 }

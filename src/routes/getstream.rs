@@ -145,7 +145,7 @@ pub async fn serve(
         return super::rewind::serve(s, sessions, client, spill, from, &id).await;
     }
     client.position(waited);
-    s.set_write_timeout(Some(config.viewers.client_timeout));
+    s.set_write_timeout(Some(super::leaving::write_timeout(&client, &config)));
     // Decided before the head: it sets the framing (close-delimited when this task writes the
     // socket itself, see below). On a plain socket the viewer is served directly, with
     // `sendfile` from the page file, or (`zero_copy: false`, no page file) by writing the ring's

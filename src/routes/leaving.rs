@@ -18,14 +18,15 @@ pub(super) async fn guarded<T, E: std::fmt::Display>(
     config: &Config,
     id: &str,
 ) -> Result<T, Leaving> {
+    let timeout = write_timeout(client, config);
     tokio::select! {
-        r = tokio::time::timeout(config.viewers.client_timeout, write) => match r {
+        r = tokio::time::timeout(timeout, write) => match r {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(Leaving::Closed(e.to_string())),
             Err(_) => {
                 sessions.metrics().slow_client_drops.inc();
                 sessions.metrics().client_lag_at_drop.observe(client.lag_seconds());
-                Err(Leaving::Dropped(format!("accepted nothing for {:?}", config.viewers.client_timeout)))
+                Err(Leaving::Dropped(format!("accepted nothing for {timeout:?}")))
             }
         },
         // A write of bytes it holds may outlast the ring keeping them when the session has a
@@ -33,6 +34,18 @@ pub(super) async fn guarded<T, E: std::fmt::Display>(
         behind = client.fell_off(ring_changed), if !spill_takes_over(client) => {
             Err(Leaving::Dropped(lagged(sessions, client, id, behind)))
         }
+    }
+}
+
+/// How long a viewer's socket may accept nothing: `client_timeout`, or `dvr_pause_timeout` where
+/// longer while the session's DVR spill would take the viewer over (a paused player then holds
+/// no memory, only its socket).
+pub(super) fn write_timeout(client: &ClientHandle, config: &Config) -> std::time::Duration {
+    let base = config.viewers.client_timeout;
+    if spill_takes_over(client) {
+        base.max(config.dvr.dvr_pause_timeout)
+    } else {
+        base
     }
 }
 

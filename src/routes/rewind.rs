@@ -64,7 +64,7 @@ pub async fn serve(
     let metrics = sessions.metrics();
     client.become_dvr(from);
     metrics.dvr_rewound_viewers.inc();
-    s.set_write_timeout(Some(config.viewers.client_timeout));
+    s.set_write_timeout(Some(super::leaving::write_timeout(&client, &config)));
     let h = super::getstream::stream_header(s, false)?;
     s.write_response_header(Box::new(h), false).await?;
     metrics

@@ -174,7 +174,7 @@ impl ZeroCopyViewer {
     /// Streams the DVR spill from stream offset `offset` (a viewer that fell off the ring's
     /// tail) until the session ends, the viewer leaves, or it falls out of the DVR window.
     async fn stream_spill(&mut self, spill: Arc<crate::streams::dvr::Spill>, offset: u64) -> End {
-        let timeout = self.config.viewers.client_timeout;
+        let timeout = super::leaving::write_timeout(&self.client, &self.config);
         let mut cursor = SpillCursor::new(spill, offset);
         loop {
             let step = tokio::select! {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod harness;
+pub mod page;
 
 use acestream_edge::config::{load_str, Config};
 use acestream_edge::http1::{self, GetOptions, Response};

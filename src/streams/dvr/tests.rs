@@ -10,6 +10,7 @@ fn store(dir: &Path, window: Duration, max_bytes: u64) -> Arc<DvrStore> {
         dvr_window: window,
         dvr_dir: dir.to_path_buf(),
         dvr_max_bytes: max_bytes,
+        dvr_pause_timeout: Duration::from_secs(300),
     };
     DvrStore::open(&config, 4.0, Arc::new(Metrics::new())).expect("a usable directory")
 }
