@@ -157,12 +157,13 @@ fn vlc_play_20_s(url: &str) -> Option<(bool, Duration, String)> {
     ))
 }
 
-/// Sends one mpv IPC command (a JSON array) and returns its answer's `data`.
+/// Sends one mpv IPC command (a JSON array) and returns its answer's `data` (null while mpv's
+/// socket is not there yet).
 async fn mpv_command(socket: &std::path::Path, command: serde_json::Value) -> serde_json::Value {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .expect("mpv's IPC socket");
+    let Ok(stream) = tokio::net::UnixStream::connect(socket).await else {
+        return serde_json::Value::Null;
+    };
     let (read, mut write) = stream.into_split();
     let line = serde_json::json!({ "command": command, "request_id": 1 }).to_string() + "\n";
     write.write_all(line.as_bytes()).await.unwrap();

@@ -8,7 +8,7 @@
 //! `target/bench/`.
 //!
 //! Arguments (after `cargo bench --bench loadgen --`): `quick` runs one pass with small N;
-//! a scenario name (`fanout`, `sessions`, `start`, `raw`, `slow`, `churn`, `clockless`, `hls`, `fleet`) runs
+//! a scenario name (`fanout`, `sessions`, `start`, `raw`, `slow`, `churn`, `clockless`, `hls`, `dvr`, `fleet`) runs
 //! only that one; `fanout10k` (10,000 viewers of 1 Mbit/s, floor and proxy) runs only when named.
 
 mod floor;
@@ -126,6 +126,9 @@ fn main() {
         }
         if want("hls") {
             scenarios::hls(&o, &mut out).await;
+        }
+        if want("dvr") {
+            scenarios::dvr(&o, &mut out).await;
         }
         if want("fleet") {
             scenarios::fleet(&o, &mut out).await;

@@ -454,6 +454,59 @@ pub async fn hls(o: &Opts, out: &mut Vec<Report>) {
     }
 }
 
+/// DVR's cost (issue 28), side by side in one run: N live viewers of one id with DVR off, the
+/// same with DVR on (every chunk also written to the spill), and N viewers rewound 60 s
+/// (`offset=-60`, reading the spill through the page cache) of a session that has run 65 s.
+/// Every viewer reads at a player's pace.
+pub async fn dvr(o: &Opts, out: &mut Vec<Report>) {
+    let n = if o.quick { 50 } else { 200 };
+    let bitrate = 4_000_000;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/dvr");
+    for run in 1..=o.runs {
+        for (label, window, rewound) in [
+            ("DVR off, live viewers", "0", false),
+            ("DVR on, live viewers", "5m", false),
+            ("DVR on, viewers rewound 60 s", "5m", true),
+        ] {
+            let sim = start_sim(bitrate);
+            let p = start_proxy(
+                sim.addr,
+                &format!("  dvr_window: {window}\n  dvr_dir: {}\n", dir.display()),
+            );
+            let id = content_id(9100);
+            // The rewound viewers need a minute of stream behind them: one live viewer keeps
+            // the session watched meanwhile (and during the measurement).
+            let keeper = rewound.then(|| {
+                let (addr, id) = (p.addr, id.clone());
+                tokio::spawn(async move {
+                    let mut r = watch(addr, &id).await;
+                    while let Ok(Some(_)) = r.next_chunk().await {}
+                })
+            });
+            if rewound {
+                tokio::time::sleep(Duration::from_secs(65)).await;
+            }
+            let path_id = if rewound {
+                format!("{id}&offset=-60")
+            } else {
+                id.clone()
+            };
+            // Viewers read at a player's pace (10 % over the stream's rate), so the rewound ones
+            // stay a minute behind, reading the spill, through the whole measurement.
+            let load = Load {
+                read_bps: bitrate * 11 / 10,
+                ..Load::streaming(Target::Proxy, p.addr, p.pid(), vec![path_id], n, bitrate)
+            };
+            let mut r = run_load("dvr", run, load).await;
+            r.note = format!("one id, {label}");
+            record(out, r);
+            if let Some(k) = keeper {
+                k.abort();
+            }
+        }
+    }
+}
+
 /// Three nodes, 300 clients over 30 ids: through random nodes of a fleet (`acestream.cluster`,
 /// each client on a node that mostly does not serve its id, so it is proxied) vs through HAProxy
 /// with `deploy/haproxy.cfg` in front of three unclustered nodes (no hop between nodes). CPU and
