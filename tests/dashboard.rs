@@ -177,7 +177,10 @@ async fn the_dashboard_shows_sessions_and_previews() {
         return;
     };
     let e = sim(Knobs::default()).await;
-    let server = start_proxy(proxy_config(&[&e], "hls_segment_seconds: 1"));
+    let server = start_proxy(proxy_config(
+        &[&e],
+        "hls_segment_seconds: 1\ndvr_window: 5m",
+    ));
     let (a, b) = (content_id(2700), content_id(2701));
     let viewers = [
         viewer(server.addr, a.clone()),
@@ -231,6 +234,7 @@ async fn the_dashboard_shows_sessions_and_previews() {
                 ids: [...document.querySelectorAll('.session')].map(s => s.dataset.id),
                 clients: [...document.querySelectorAll('.session .clients')].map(c => c.textContent),
                 lags: [...document.querySelectorAll('.session .lag')].map(c => c.textContent),
+                dvr: [...document.querySelectorAll('.session .dvr')].map(c => c.textContent),
                 points: [...document.querySelectorAll('.session .chart')].map(c => Number(c.dataset.points || 0)),
                 canvases: document.querySelectorAll('.session .chart canvas').length,
                 health: [...document.querySelectorAll('#engines .health')].map(h => h.textContent),
@@ -275,6 +279,14 @@ async fn the_dashboard_shows_sessions_and_previews() {
                 .as_str()
                 .is_some_and(|t| t.starts_with("lag ") && t.ends_with(" s")))),
         "each card shows its viewers' lag: {shown}"
+    );
+    // Each card shows its rewind window (DVR on): "rewind 12 s (6 MB)".
+    assert!(
+        shown["dvr"].as_array().is_some_and(|d| d.len() == 2
+            && d.iter().all(|x| x
+                .as_str()
+                .is_some_and(|t| t.starts_with("rewind ") && t.ends_with(" MB)")))),
+        "each card shows its DVR window: {shown}"
     );
     assert!(
         shown["canvases"].as_u64() >= Some(2),

@@ -142,7 +142,17 @@ pub async fn serve(
         spill.start_for(r).map(|from| (spill, from))
     });
     if let Some((spill, from)) = start {
-        return super::rewind::serve(s, sessions, client, spill, from, &id).await;
+        // On a plain socket it is served directly, with `sendfile` from the spill's files.
+        let socket = if config.viewers.viewer_takeover {
+            ViewerSocket::of(s.stream()).ok()
+        } else {
+            None
+        };
+        let Some(socket) = socket else {
+            return super::rewind::serve(s, sessions, client, spill, from, &id).await;
+        };
+        return serve_rewound_directly(s, sessions, client, (spill, from), socket, _permit, id)
+            .await;
     }
     client.position(waited);
     s.set_write_timeout(Some(super::leaving::write_timeout(&client, &config)));
@@ -231,6 +241,64 @@ pub async fn serve(
         End::Dropped => s.shutdown().await,
     }
     Ok(())
+}
+
+/// A rewound viewer on a plain socket: its head and the PAT + PMT go out through Pingora's
+/// writer (which flushes them), then it takes its connection over and streams the spill with
+/// `sendfile` in a task of its own ([`ZeroCopyViewer::run_from_spill`]).
+async fn serve_rewound_directly(
+    s: &mut HttpSession,
+    sessions: &Arc<Sessions>,
+    mut client: ClientHandle,
+    (spill, (from, psi)): (Arc<crate::streams::dvr::Spill>, (u64, Bytes)),
+    socket: ViewerSocket,
+    permit: impl Send + Sync + 'static,
+    id: String,
+) -> pingora::Result<()> {
+    let config = sessions.config();
+    let metrics = sessions.metrics();
+    client.become_dvr(from);
+    metrics.dvr_rewound_viewers.inc();
+    metrics
+        .ts_viewer_paths
+        .with_label_values(&["sendfile", "-"])
+        .inc();
+    let h = stream_header(s, true)?;
+    s.write_response_header(Box::new(h), false).await?;
+    metrics
+        .http_responses
+        .with_label_values(&[Route::GetStream.label(), "200"])
+        .inc();
+    s.set_keepalive(None);
+    let psi_len = psi.len();
+    if let Err(e) = s.write_response_body(Some(psi), false).await {
+        Leaving::Closed(e.to_string()).log(&client, &id);
+        return Ok(());
+    }
+    client.wrote_from_spill(psi_len, from);
+    let viewer = ZeroCopyViewer {
+        client,
+        socket,
+        sessions: sessions.clone(),
+        config,
+        id,
+        _held: Box::new(permit),
+        sendfile: true,
+    };
+    let fd = s.stream().map(|st| st.id());
+    match fd.and_then(crate::streams::sendfile::take_over) {
+        Some(connection) => {
+            tokio::spawn(viewer.run_from_spill(Some(connection), spill, from));
+            Ok(())
+        }
+        None => match viewer.run_from_spill(None, spill, from).await {
+            End::Finished => s.write_response_body(None, true).await,
+            End::Dropped => {
+                s.shutdown().await;
+                Ok(())
+            }
+        },
+    }
 }
 
 /// How long a viewer's bytes go through Pingora's writer.

@@ -12,16 +12,21 @@
 use super::getstream::{query_param, End};
 use super::leaving::Leaving;
 use crate::error::EdgeError;
-use crate::streams::dvr::{Rewind, Spill, SpillRead};
+use crate::streams::dvr::{Rewind, Spill, SpillAt};
 use crate::streams::{ClientHandle, Sessions};
 use bytes::Bytes;
 use pingora::proxy::Session as HttpSession;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Bytes read from the spill per write. Fixed: large sequential reads from the page cache, a
 /// quarter second of a 8 Mbit/s stream, so a viewer catching up does so in few writes.
 pub(super) const SPILL_READ_BYTES: usize = 256 * 1024;
+
+/// Bytes handed to one `sendfile` from the spill. Fixed: like the ring's read batch (about
+/// 1 MB), so a viewer catching up costs few calls; the kernel sends what the socket takes.
+const SPILL_RUN_BYTES: usize = 1 << 20;
 
 /// The rewind a request asks for: `offset=-<seconds>` (`offset` of zero or more means live) or
 /// `start=<unix seconds>`; `400` for both, or a value that is not a number.
@@ -149,10 +154,22 @@ pub(super) fn continue_from(
     Some(spill)
 }
 
+/// A run of a spill file holding the stream from a cursor on.
+pub(super) struct SpillRun {
+    /// The file.
+    pub(super) file: Arc<std::fs::File>,
+    /// Where in it.
+    pub(super) at: u64,
+    /// How many bytes (at most [`SPILL_RUN_BYTES`]).
+    pub(super) len: usize,
+}
+
 /// What a viewer reading the spill does next.
 pub(super) enum Step {
     /// Write these stream bytes.
     Data(Bytes),
+    /// Send this run of a spill file ([`SpillCursor::next_run`]).
+    Run(SpillRun),
     /// Nothing new for `keepalive_interval` (a stall, a failover): write a null packet.
     Idle,
     /// The session ended and everything was read.
@@ -167,6 +184,8 @@ impl Step {
     pub(super) fn into_piece(self) -> Result<(Bytes, bool), Option<String>> {
         match self {
             Step::Data(bytes) => Ok((bytes, true)),
+            // Only `next_run` makes runs; its callers send them themselves.
+            Step::Run(_) => Err(Some("a spill run reached a copying writer".into())),
             Step::Idle => Ok((Bytes::from_static(&crate::ts::NULL_PACKET), false)),
             Step::End => Err(None),
             Step::Drop(why) => Err(Some(why)),
@@ -207,33 +226,62 @@ impl SpillCursor {
     /// The next step: bytes from the cursor on (read off the async workers), or waiting for the
     /// writer (a null packet's worth of `keepalive` at most; zero: no keepalive).
     pub(super) async fn next(&mut self, sessions: &Sessions, keepalive: Duration) -> Step {
+        let (file, at, len) = match self.next_run(keepalive).await {
+            Step::Run(run) => (run.file, run.at, run.len),
+            other => return other,
+        };
+        let want = len.min(SPILL_READ_BYTES);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; want];
+            file.read_exact_at(&mut buf, at).map(|()| Bytes::from(buf))
+        })
+        .await;
+        match read {
+            Ok(Ok(bytes)) => {
+                sessions.metrics().dvr_spill_reads.inc();
+                self.offset += bytes.len() as u64;
+                Step::Data(bytes)
+            }
+            Ok(Err(e)) => Step::Drop(format!("DVR read failed: {e}")),
+            Err(e) => Step::Drop(format!("DVR read task failed: {e}")),
+        }
+    }
+
+    /// The next step without reading: the run of the spill file that holds the stream from the
+    /// cursor on ([`Step::Run`], for `sendfile`; the cursor moves by [`Self::sent`]), or waiting
+    /// as [`Self::next`] does.
+    pub(super) async fn next_run(&mut self, keepalive: Duration) -> Step {
         loop {
-            let (reader, offset) = (self.spill.clone(), self.offset);
-            let read =
-                tokio::task::spawn_blocking(move || reader.read(offset, SPILL_READ_BYTES)).await;
-            match read {
-                Ok(Ok(SpillRead::Data(bytes))) => {
-                    sessions.metrics().dvr_spill_reads.inc();
-                    self.offset += bytes.len() as u64;
-                    return Step::Data(bytes);
+            // Marked seen before the lookup: a write after it wakes the wait below.
+            self.written.borrow_and_update();
+            match self.spill.locate(self.offset) {
+                SpillAt::File { file, at, len } => {
+                    return Step::Run(SpillRun {
+                        file,
+                        at,
+                        len: len.min(SPILL_RUN_BYTES as u64) as usize,
+                    })
                 }
-                Ok(Ok(SpillRead::Pending)) => {
-                    self.written.borrow_and_update();
+                SpillAt::Pending => {
                     tokio::select! {
                         changed = self.written.changed() => if changed.is_err() { return Step::End },
                         _ = tokio::time::sleep(keepalive), if !keepalive.is_zero() => return Step::Idle,
                     }
                 }
-                Ok(Ok(SpillRead::Gone)) if !self.spill.is_live() => return Step::End,
-                Ok(Ok(SpillRead::Gone)) => {
+                SpillAt::Gone if !self.spill.is_live() => return Step::End,
+                SpillAt::Gone => {
                     return Step::Drop(format!(
-                        "fell out of the DVR window (reading at stream offset {offset})"
+                        "fell out of the DVR window (reading at stream offset {})",
+                        self.offset
                     ))
                 }
-                Ok(Err(e)) => return Step::Drop(format!("DVR read failed: {e}")),
-                Err(e) => return Step::Drop(format!("DVR read task failed: {e}")),
             }
         }
+    }
+
+    /// `n` bytes of the last run went out.
+    pub(super) fn sent(&mut self, n: usize) {
+        self.offset += n as u64;
     }
 }
 

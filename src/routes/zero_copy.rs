@@ -16,7 +16,7 @@
 //! the stream pauses, the response finished when the stream ends.
 
 use super::getstream::{guarded, lagged, End, Leaving};
-use super::rewind::{ended, SpillCursor};
+use super::rewind::{ended, SpillCursor, Step};
 use crate::config::Config;
 use crate::streams::client::Next;
 use crate::streams::sendfile::{Connection, ViewerSocket};
@@ -171,25 +171,63 @@ impl ZeroCopyViewer {
         }
     }
 
-    /// Streams the DVR spill from stream offset `offset` (a viewer that fell off the ring's
-    /// tail) until the session ends, the viewer leaves, or it falls out of the DVR window.
+    /// Streams a rewound viewer from the DVR spill (its response head and PAT + PMT already
+    /// out), then ends the response as [`Self::run`] does.
+    pub(super) async fn run_from_spill(
+        mut self,
+        connection: Option<Arc<Connection>>,
+        spill: Arc<crate::streams::dvr::Spill>,
+        offset: u64,
+    ) -> End {
+        let end = self.stream_spill(spill, offset).await;
+        if matches!(end, End::Finished) {
+            self.socket.finish();
+        }
+        drop(connection);
+        end
+    }
+
+    /// Streams the DVR spill from stream offset `offset` (a rewound viewer, or one that fell off
+    /// the ring's tail) with `sendfile` from the spill's files (the page cache's pages go to the
+    /// socket by reference, as the ring's do) until the session ends, the viewer leaves, or it
+    /// falls out of the DVR window.
     async fn stream_spill(&mut self, spill: Arc<crate::streams::dvr::Spill>, offset: u64) -> End {
         let timeout = super::leaving::write_timeout(&self.client, &self.config);
         let mut cursor = SpillCursor::new(spill, offset);
         loop {
             let step = tokio::select! {
-                step = cursor.next(&self.sessions, self.config.viewers.keepalive_interval) => step,
+                step = cursor.next_run(self.config.viewers.keepalive_interval) => step,
                 _ = self.socket.closed() => {
                     Leaving::Closed("closed by the client".into()).log(&self.client, &self.id);
                     return End::Dropped;
                 }
             };
-            let (piece, stream) = match step.into_piece() {
-                Ok(p) => p,
-                Err(why) => return ended(why, &self.client, &self.id),
+            let sent = match step {
+                Step::Run(run) => {
+                    use std::os::fd::AsFd;
+                    let send = self.socket.send_file(run.file.as_fd(), run.at, run.len);
+                    tokio::time::timeout(timeout, send).await
+                }
+                other => {
+                    let piece = match other.into_piece() {
+                        Ok((piece, _)) => piece,
+                        Err(why) => return ended(why, &self.client, &self.id),
+                    };
+                    let send = self.socket.send_all(&piece);
+                    tokio::time::timeout(timeout, send)
+                        .await
+                        .map(|r| r.map(|()| 0))
+                }
             };
-            let leaving = match tokio::time::timeout(timeout, self.socket.send_all(&piece)).await {
-                Ok(Ok(())) => None,
+            let leaving = match sent {
+                Ok(Ok(n)) => {
+                    if n > 0 {
+                        self.sessions.metrics().dvr_spill_reads.inc();
+                        cursor.sent(n);
+                        self.client.wrote_from_spill(n, cursor.offset);
+                    }
+                    None
+                }
                 Ok(Err(e)) => Some(Leaving::Closed(e.to_string())),
                 Err(_) => {
                     self.sessions.metrics().slow_client_drops.inc();
@@ -201,9 +239,6 @@ impl ZeroCopyViewer {
             if let Some(l) = leaving {
                 l.log(&self.client, &self.id);
                 return End::Dropped;
-            }
-            if stream {
-                self.client.wrote_from_spill(piece.len(), cursor.offset);
             }
         }
     }

@@ -322,6 +322,25 @@ pub struct Spill {
     tx: mpsc::SyncSender<Message>,
 }
 
+/// Where a stream offset lies on disk ([`Spill::locate`]).
+#[derive(Debug)]
+pub enum SpillAt {
+    /// In `file` at position `at`, with `len` bytes written there from it on (to the file's
+    /// current end): what `sendfile` may send.
+    File {
+        /// The spill file (open; it stays readable even once the window drops it).
+        file: Arc<File>,
+        /// Position in the file.
+        at: u64,
+        /// Bytes written from there on.
+        len: u64,
+    },
+    /// Not written yet: wait for [`Spill::written`] to move.
+    Pending,
+    /// Before the window (the oldest data went), or the spill ended.
+    Gone,
+}
+
 /// What a read found.
 #[derive(Debug)]
 pub enum SpillRead {
@@ -400,30 +419,39 @@ impl Spill {
         self.shared.written.subscribe()
     }
 
+    /// Where stream offset `offset` is on disk (an index lookup: no I/O).
+    pub fn locate(&self, offset: u64) -> SpillAt {
+        let st = self.shared.state.locked();
+        if self.shared.ended.load(Ordering::Relaxed) {
+            return SpillAt::Gone;
+        }
+        match st
+            .files
+            .iter()
+            .find(|f| f.start <= offset && offset < f.end)
+        {
+            Some(f) => SpillAt::File {
+                file: f.file.clone(),
+                at: offset - f.start,
+                len: f.end - offset,
+            },
+            None if st.files.front().is_some_and(|f| offset < f.start) => SpillAt::Gone,
+            None => SpillAt::Pending,
+        }
+    }
+
     /// Up to `max` bytes from stream offset `offset` (blocking file I/O: call it off the async
     /// workers, e.g. in `spawn_blocking`).
     pub fn read(&self, offset: u64, max: usize) -> std::io::Result<SpillRead> {
-        let (file, start, end) = {
-            let st = self.shared.state.locked();
-            if self.shared.ended.load(Ordering::Relaxed) {
-                return Ok(SpillRead::Gone);
+        match self.locate(offset) {
+            SpillAt::File { file, at, len } => {
+                let mut buf = vec![0u8; (len as usize).min(max)];
+                file.read_exact_at(&mut buf, at)?;
+                Ok(SpillRead::Data(Bytes::from(buf)))
             }
-            match st
-                .files
-                .iter()
-                .find(|f| f.start <= offset && offset < f.end)
-            {
-                Some(f) => (f.file.clone(), f.start, f.end),
-                None if st.files.front().is_some_and(|f| offset < f.start) => {
-                    return Ok(SpillRead::Gone)
-                }
-                None => return Ok(SpillRead::Pending),
-            }
-        };
-        let len = ((end - offset) as usize).min(max);
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset - start)?;
-        Ok(SpillRead::Data(Bytes::from(buf)))
+            SpillAt::Pending => Ok(SpillRead::Pending),
+            SpillAt::Gone => Ok(SpillRead::Gone),
+        }
     }
 
     /// The keyframe a viewer rewound to `to` starts on (at or before that time; the window's
