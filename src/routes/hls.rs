@@ -75,8 +75,11 @@ pub(super) fn requested_content(
     Ok(content)
 }
 
+/// An HLS viewer: its address and its User-Agent.
+pub(super) type Viewer = (Option<ClientAddr>, String);
+
 /// Who asks: the client's address and its User-Agent (an HLS viewer is both, with the id).
-pub(super) fn viewer_of(s: &HttpSession, access: &Access) -> (Option<ClientAddr>, String) {
+pub(super) fn viewer_of(s: &HttpSession, access: &Access) -> Viewer {
     (access.client_of(s), user_agent(s))
 }
 
@@ -297,15 +300,8 @@ pub async fn segment(
     let Some((gen, seq, part)) = segment_path(path) else {
         return write_error(s, &not_found(format!("no route {path}"))).await;
     };
-    let query = s.req_header().uri.query().map(str::to_string);
-    let content = match requested_content(access, query.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return write_error(s, &e).await,
-    };
-    let viewer = viewer_of(s, access);
-    let session = match viewer_session(&viewer, sessions, access, &content, false) {
-        Ok(x) if generation(&x) == gen => x,
-        Ok(_) => return write_error(s, &not_found("that session has ended".into())).await,
+    let (content, viewer, session) = match segment_viewer(s, sessions, access, gen) {
+        Ok(x) => x,
         Err(e) => return write_error(s, &e).await,
     };
     let Some(hls) = session.hls() else {
@@ -325,6 +321,36 @@ pub async fn segment(
         let e = not_found(format!("{what} is not held (gone, or not cut yet)"));
         return write_error(s, &e).await;
     };
+    if !write_segment_head(s, len as u64).await? {
+        return Ok(());
+    }
+    let last = pieces.len().saturating_sub(1);
+    for (i, piece) in pieces.into_iter().enumerate() {
+        s.write_response_body(Some(piece), i == last).await?;
+    }
+    segment_served(sessions, (&content, &viewer), &session, len as u64);
+    Ok(())
+}
+
+/// A segment request's content, viewer and session (of generation `gen`, else `404`).
+pub(super) fn segment_viewer(
+    s: &HttpSession,
+    sessions: &Arc<Sessions>,
+    access: &Access,
+    gen: u128,
+) -> Result<(ContentKey, Viewer, Arc<StreamSession>), EdgeError> {
+    let query = s.req_header().uri.query().map(str::to_string);
+    let content = requested_content(access, query.as_deref())?;
+    let viewer = viewer_of(s, access);
+    match viewer_session(&viewer, sessions, access, &content, false)? {
+        x if generation(&x) == gen => Ok((content, viewer, x)),
+        _ => Err(EdgeError::NotFound("that session has ended".into())),
+    }
+}
+
+/// Sends a segment's response head (`len` bytes of TS, cacheable); false for a `HEAD` request
+/// (nothing more to send).
+pub(super) async fn write_segment_head(s: &mut HttpSession, len: u64) -> pingora::Result<bool> {
     let mut h = ResponseHeader::build(200, Some(4))?;
     h.insert_header("Content-Type", "video/mp2t")?;
     h.insert_header("Content-Length", len.to_string())?;
@@ -333,20 +359,22 @@ pub async fn segment(
     h.insert_header("Access-Control-Allow-Origin", "*")?;
     let head_only = s.req_header().method == http::Method::HEAD;
     s.write_response_header(Box::new(h), head_only).await?;
-    if head_only {
-        return Ok(());
-    }
-    let last = pieces.len().saturating_sub(1);
-    for (i, piece) in pieces.into_iter().enumerate() {
-        s.write_response_body(Some(piece), i == last).await?;
-    }
-    sessions.hls_viewer_served(&content, viewer.0, &viewer.1);
-    // The session was watched (it lingers `stream_idle_timeout`, not `unwatched_linger`).
+    Ok(!head_only)
+}
+
+/// A segment of `len` bytes reached its viewer: it stays present, and the session counts as
+/// watched (it lingers `stream_idle_timeout`, not `unwatched_linger`).
+pub(super) fn segment_served(
+    sessions: &Sessions,
+    (content, viewer): (&ContentKey, &Viewer),
+    session: &StreamSession,
+    len: u64,
+) {
+    sessions.hls_viewer_served(content, viewer.0, &viewer.1);
     session
         .bytes_out
-        .fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
-    sessions.metrics().downstream_bytes.inc_by(len as u64);
-    Ok(())
+        .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+    sessions.metrics().downstream_bytes.inc_by(len);
 }
 
 /// A part, held or (the one a preload hint names, not cut yet) awaited: for at most a target

@@ -9,7 +9,7 @@
 //! keeps asking). Without DVR (`dvr_window: 0`, an unusable `dvr_dir`, or the session's spill
 //! ended by a fault) the request gets the live playlist, as a rewound TS viewer plays live.
 
-use super::hls::{generation, requested_content, viewer_of, viewer_session, write_playlist};
+use super::hls::{generation, segment_served, segment_viewer, write_playlist, write_segment_head};
 use super::rewind::SPILL_READ_BYTES;
 use super::write_error;
 use crate::access::Access;
@@ -18,7 +18,6 @@ use crate::error::EdgeError;
 use crate::streams::dvr::hls::FORCED_CUT_FACTOR;
 use crate::streams::dvr::SpillRead;
 use crate::streams::{Phase, Sessions, StreamSession};
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session as HttpSession;
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,15 +131,8 @@ pub async fn segment(
     let Some((gen, serial)) = segment_path(path) else {
         return write_error(s, &not_found(format!("no route {path}"))).await;
     };
-    let query = s.req_header().uri.query().map(str::to_string);
-    let content = match requested_content(access, query.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return write_error(s, &e).await,
-    };
-    let viewer = viewer_of(s, access);
-    let session = match viewer_session(&viewer, sessions, access, &content, false) {
-        Ok(x) if generation(&x) == gen => x,
-        Ok(_) => return write_error(s, &not_found("that session has ended".into())).await,
+    let (content, viewer, session) = match segment_viewer(s, sessions, access, gen) {
+        Ok(x) => x,
         Err(e) => return write_error(s, &e).await,
     };
     let found = session
@@ -154,14 +146,7 @@ pub async fn segment(
         return write_error(s, &e).await;
     };
     let len = psi.len() as u64 + (to - from);
-    let mut h = ResponseHeader::build(200, Some(4))?;
-    h.insert_header("Content-Type", "video/mp2t")?;
-    h.insert_header("Content-Length", len.to_string())?;
-    h.insert_header("Cache-Control", super::hls::SEGMENT_CACHE_CONTROL)?;
-    h.insert_header("Access-Control-Allow-Origin", "*")?;
-    let head_only = s.req_header().method == http::Method::HEAD;
-    s.write_response_header(Box::new(h), head_only).await?;
-    if head_only {
+    if !write_segment_head(s, len).await? {
         return Ok(());
     }
     s.write_response_body(Some(psi), from == to).await?;
@@ -196,11 +181,7 @@ pub async fn segment(
         at += piece.len() as u64;
         s.write_response_body(Some(piece), at >= to).await?;
     }
-    sessions.hls_viewer_served(&content, viewer.0, &viewer.1);
-    session
-        .bytes_out
-        .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-    sessions.metrics().downstream_bytes.inc_by(len);
+    segment_served(sessions, (&content, &viewer), &session, len);
     Ok(())
 }
 
