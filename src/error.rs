@@ -87,6 +87,9 @@ pub enum EdgeError {
     /// configured token, a passthrough prefix not opened).
     #[error("{0}")]
     Forbidden(String),
+    /// A feature that is named but not built yet.
+    #[error("{0}")]
+    NotImplemented(String),
     /// Anything else: a bug or an unexpected condition.
     #[error("internal error: {0}")]
     Internal(String),
@@ -112,6 +115,7 @@ impl EdgeError {
             | EdgeError::EmptyStream(_)
             | EdgeError::PlaylistNotReady(_) => 503,
             EdgeError::Internal(_) => 500,
+            EdgeError::NotImplemented(_) => 501,
         }
     }
 

@@ -15,6 +15,7 @@
 #![deny(unsafe_code)]
 
 pub mod access;
+pub mod channels;
 pub mod cluster;
 pub mod config;
 pub mod engines;

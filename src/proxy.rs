@@ -35,6 +35,10 @@ pub struct EdgeProxy {
     checker: crate::routes::check::Checker,
     /// The fleet, when this node is one of several.
     cluster: Option<Arc<Cluster>>,
+    /// The channel lists (`acestream.channels`).
+    channels: Arc<crate::channels::Channels>,
+    /// The configuration it started with (the playlist's settings).
+    config: Arc<Config>,
 }
 
 impl EdgeProxy {
@@ -74,6 +78,8 @@ impl EdgeProxy {
             passthrough: config.access.passthrough.clone(),
             keepalive_secs: config.connections.keepalive_timeout.as_secs().max(1),
             checker: crate::routes::check::Checker::new(engines.clone(), config.clone()),
+            channels: crate::channels::Channels::new(config.channels.clone()),
+            config,
             sessions,
             engines,
             metrics,
@@ -162,6 +168,21 @@ impl ProxyHttp for EdgeProxy {
                     }
                     // Admitted above, with its placement.
                     Route::Check => self.checker.serve(s, &self.sessions).await,
+                    Route::Playlist => {
+                        let admin_ok = self.admin.token.get().is_some() && self.admin.authorized(s);
+                        routes::playlist::serve(
+                            s,
+                            &self.channels,
+                            &self.access,
+                            &self.config,
+                            admin_ok,
+                        )
+                        .await
+                    }
+                    Route::ProxyChannels => match self.admin.admit(s, self.access.client_of(s)) {
+                        Ok(()) => routes::playlist::channels_json(s, &self.channels).await,
+                        Err(e) => routes::write_error(s, &e).await,
+                    },
                     Route::Passthrough => match self.passthrough_allowed(s) {
                         Ok(()) => return Ok(false),
                         Err(e) => routes::write_error(s, &e).await,

@@ -119,6 +119,12 @@ impl Access {
         Some(client_addr_with(peer, &headers, trusted))
     }
 
+    /// A token opening `id` for `ttl`, when stream URLs are signed.
+    pub fn sign_stream(&self, id: &str, ttl: std::time::Duration) -> Option<String> {
+        let tokens = self.tokens.as_ref()?;
+        Some(tokens.sign(id, token::unix_now() + ttl.as_secs()))
+    }
+
     /// Whether stream URLs are signed (`stream_token_secret` is set).
     pub fn signs_streams(&self) -> bool {
         self.tokens.is_some()

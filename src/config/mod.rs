@@ -64,6 +64,47 @@ pub struct Config {
     pub hls: Hls,
     /// DVR: the on-disk window behind each session's ring. (restart only)
     pub dvr: Dvr,
+    /// Channel lists in, playlists out (`acestream.channels`). Default: none. (restart only)
+    pub channels: ChannelsConfig,
+    /// The proxy's address as clients reach it (`http://tv.example:8000`), for the absolute URLs
+    /// of `/playlist.m3u`; empty: the request's `Host`.
+    pub public_url: Option<String>,
+}
+
+/// `acestream.channels`: where channel lists come from (see [`crate::channels`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChannelsConfig {
+    /// M3U sources, in order.
+    pub sources: Vec<ChannelSource>,
+    /// Inline entries (they come first).
+    pub list: Vec<ChannelEntry>,
+    /// Largest source accepted, bytes. Default 16 MiB.
+    pub max_source_bytes: u64,
+    /// Longest a source's load may take. Default 10 s.
+    pub fetch_timeout: Duration,
+    /// Lifetime of the stream tokens `/playlist.m3u` puts in its URLs when stream URLs are
+    /// signed (a TV app keeps a playlist for days). Default 7 days.
+    pub playlist_token_ttl: Duration,
+}
+
+/// One M3U source of `acestream.channels.sources`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelSource {
+    /// An `http://` URL or a file path.
+    pub location: String,
+    /// How old its list may get before a request loads it again. Default 1 h.
+    pub refresh: Duration,
+}
+
+/// One inline entry of `acestream.channels.list`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelEntry {
+    /// Its name.
+    pub name: String,
+    /// What it plays.
+    pub key: crate::engines::ContentKey,
+    /// `group-title`, `tvg-logo`, `tvg-id` as given.
+    pub attrs: Vec<(String, String)>,
 }
 
 /// `acestream.cluster`: the nodes of a fleet, each owning the content ids Ketama hashing gives

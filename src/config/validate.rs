@@ -29,7 +29,7 @@ fn member_address(a: &str) -> Result<(), String> {
     }
 }
 
-pub(super) fn validate(w: AceWire) -> Result<Config, ConfigError> {
+pub(super) fn validate(mut w: AceWire) -> Result<Config, ConfigError> {
     let mut problems = Vec::new();
     let mut bad = |path: String, reason: String| {
         problems.push(ConfigProblem {
@@ -293,6 +293,17 @@ pub(super) fn validate(w: AceWire) -> Result<Config, ConfigError> {
             Err(e) => bad(format!("acestream.passthrough[{i}]"), e),
         }
     }
+    let channels = channels(w.channels.take(), &mut bad);
+    let public_url =
+        Some(w.public_url.trim().trim_end_matches('/').to_string()).filter(|u| !u.is_empty());
+    if let Some(u) = &public_url {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            bad(
+                "acestream.public_url".into(),
+                format!("{u:?} must start with http:// or https://"),
+            );
+        }
+    }
     if !problems.is_empty() {
         return Err(ConfigError {
             problems,
@@ -305,6 +316,8 @@ pub(super) fn validate(w: AceWire) -> Result<Config, ConfigError> {
         engines,
         orchestrator,
         cluster,
+        channels,
+        public_url,
         log_format: w.log_format,
         connections: Connections {
             client_send_buffer: w.client_send_buffer as usize,
@@ -424,4 +437,95 @@ pub fn usable_dir(dir: &std::path::Path) -> std::io::Result<()> {
     let probe = dir.join(format!(".probe-{}", std::process::id()));
     std::fs::write(&probe, b"acestream-edge")?;
     std::fs::remove_file(&probe)
+}
+
+/// `acestream.channels`, validated: sources are `http://` URLs or paths (HTTPS is refused: no TLS
+/// client here yet), inline ids are ids or links, limits are usable.
+fn channels(
+    w: Option<super::wire::ChannelsWire>,
+    bad: &mut impl FnMut(String, String),
+) -> super::ChannelsConfig {
+    let Some(w) = w else {
+        return super::ChannelsConfig {
+            max_source_bytes: 16 << 20,
+            fetch_timeout: Duration::from_secs(10),
+            playlist_token_ttl: Duration::from_secs(7 * 24 * 3600),
+            ..Default::default()
+        };
+    };
+    let mut sources = Vec::new();
+    for (i, s) in w.sources.into_iter().enumerate() {
+        let (location, refresh) = match s {
+            super::wire::ChannelSourceWire::Plain(u) => (u, None),
+            super::wire::ChannelSourceWire::Full { url, refresh } => (url, refresh),
+        };
+        let location = location.trim().to_string();
+        let refresh = refresh.map_or(Duration::from_secs(3600), |r| r.0);
+        if location.starts_with("https://") {
+            bad(
+                format!("acestream.channels.sources[{i}]"),
+                "https:// sources are not supported yet (no TLS client); use http:// or a file"
+                    .into(),
+            );
+        } else if location.is_empty()
+            || (location.contains("://") && !location.starts_with("http://"))
+        {
+            bad(
+                format!("acestream.channels.sources[{i}]"),
+                format!("{location:?} is neither an http:// URL nor a file path"),
+            );
+        }
+        if refresh < Duration::from_secs(1) {
+            bad(
+                format!("acestream.channels.sources[{i}].refresh"),
+                "must be at least 1 s".into(),
+            );
+        }
+        sources.push(super::ChannelSource { location, refresh });
+    }
+    let mut list = Vec::new();
+    for (i, e) in w.list.into_iter().enumerate() {
+        let Some(key) = crate::channels::m3u::parse_link(&e.id) else {
+            bad(
+                format!("acestream.channels.list[{i}].id"),
+                format!(
+                    "{:?} is not a content id (40 hex characters) or an AceStream link",
+                    e.id
+                ),
+            );
+            continue;
+        };
+        let attrs = [
+            ("tvg-id", e.tvg_id),
+            ("tvg-logo", e.logo),
+            ("group-title", e.group),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+        .collect();
+        list.push(super::ChannelEntry {
+            name: e.name,
+            key,
+            attrs,
+        });
+    }
+    if w.max_source_bytes < 1024 {
+        bad(
+            "acestream.channels.max_source_bytes".into(),
+            "must be at least 1024".into(),
+        );
+    }
+    if w.fetch_timeout.0 < Duration::from_millis(100) {
+        bad(
+            "acestream.channels.fetch_timeout".into(),
+            "must be at least 0.1 s".into(),
+        );
+    }
+    super::ChannelsConfig {
+        sources,
+        list,
+        max_source_bytes: w.max_source_bytes,
+        fetch_timeout: w.fetch_timeout.0,
+        playlist_token_ttl: w.playlist_token_ttl.0,
+    }
 }

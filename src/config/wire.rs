@@ -26,6 +26,8 @@ pub struct AceWire {
     pub engines: Vec<EngineWire>,
     pub orchestrator: Option<OrchestratorWire>,
     pub cluster: Option<ClusterWire>,
+    pub channels: Option<ChannelsWire>,
+    pub public_url: String,
     pub log_format: super::LogFormat,
     pub empty_stream_timeout: DurationWire,
     pub stream_idle_timeout: DurationWire,
@@ -100,6 +102,8 @@ impl Default for AceWire {
             engines: Vec::new(),
             orchestrator: None,
             cluster: None,
+            channels: None,
+            public_url: String::new(),
             log_format: super::LogFormat::Text,
             empty_stream_timeout: secs(30.0),
             stream_idle_timeout: secs(300.0),
@@ -190,6 +194,60 @@ pub struct OrchestratorWire {
 
 fn yes() -> bool {
     true
+}
+
+/// `acestream.channels`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelsWire {
+    #[serde(default)]
+    pub sources: Vec<ChannelSourceWire>,
+    #[serde(default)]
+    pub list: Vec<ChannelEntryWire>,
+    #[serde(default = "channels_max_source_bytes")]
+    pub max_source_bytes: u64,
+    #[serde(default = "channels_fetch_timeout")]
+    pub fetch_timeout: DurationWire,
+    #[serde(default = "channels_playlist_token_ttl")]
+    pub playlist_token_ttl: DurationWire,
+}
+
+fn channels_max_source_bytes() -> u64 {
+    16 << 20
+}
+
+fn channels_fetch_timeout() -> DurationWire {
+    DurationWire(Duration::from_secs(10))
+}
+
+fn channels_playlist_token_ttl() -> DurationWire {
+    DurationWire(Duration::from_secs(7 * 24 * 3600))
+}
+
+/// One source: a URL or path alone, or with its `refresh`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ChannelSourceWire {
+    Plain(String),
+    Full {
+        url: String,
+        #[serde(default)]
+        refresh: Option<DurationWire>,
+    },
+}
+
+/// One inline channel.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelEntryWire {
+    pub name: String,
+    pub id: String,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub logo: Option<String>,
+    #[serde(default)]
+    pub tvg_id: Option<String>,
 }
 
 /// `acestream.cluster`.

@@ -308,7 +308,7 @@ impl Admin {
 }
 
 /// The request's Host (HTTP/1.1 header, or HTTP/2 authority), when it is a plain host[:port].
-fn request_host(s: &HttpSession) -> Option<String> {
+pub(super) fn request_host(s: &HttpSession) -> Option<String> {
     let h = s.req_header();
     let host = h
         .headers

@@ -8,6 +8,7 @@ pub mod getstream;
 pub mod hls;
 pub mod hls_dvr;
 mod leaving;
+pub mod playlist;
 mod rewind;
 mod zero_copy;
 
@@ -37,6 +38,10 @@ pub enum Route {
     ProxyToken,
     /// `/ace/check`: is an id playable (an admin route).
     Check,
+    /// `/playlist.m3u` (or `.m3u8`): every channel through the proxy.
+    Playlist,
+    /// `/proxy/channels`: the channel list and its sources (an admin route).
+    ProxyChannels,
     /// `/`, `/dashboard` and its assets.
     Dashboard,
     /// `/healthz`: readiness for load balancers and container health checks.
@@ -60,6 +65,8 @@ impl Route {
             "/proxy/cluster" => Route::ProxyCluster,
             "/proxy/token" => Route::ProxyToken,
             "/ace/check" => Route::Check,
+            "/playlist.m3u" | "/playlist.m3u8" => Route::Playlist,
+            "/proxy/channels" => Route::ProxyChannels,
             "/healthz" => Route::Health,
             p if dashboard::is_dashboard_path(p) => Route::Dashboard,
             p if p.len() > "/proxy/sessions/".len() && p.starts_with("/proxy/sessions/") => {
@@ -86,6 +93,8 @@ impl Route {
             Route::Metrics => "metrics",
             Route::ProxyToken => "proxy_token",
             Route::Check => "check",
+            Route::Playlist => "playlist",
+            Route::ProxyChannels => "proxy_channels",
             Route::Dashboard => "dashboard",
             Route::Health => "healthz",
             Route::Passthrough => "passthrough",
