@@ -3,6 +3,10 @@ CARGO ?= cargo
 SIM_ADDR ?= 127.0.0.1:6878
 CONF ?= conf/acestream-edge.yaml
 ID ?= 0123456789abcdef0123456789abcdef01234567
+# `make run` builds and runs this profile: `release` for people; check-docs runs `debug`, the
+# build `make test` just made (the README's lines need the pair, not its speed).
+PROFILE ?= release
+PROFILE_FLAG = $(if $(filter release,$(PROFILE)),--release,)
 
 .PHONY: run test bench bench-quick lint check-conf check-conf-built check-docs deps deps-test docker-native
 
@@ -24,7 +28,7 @@ deps-test: deps
 	  else echo "chromium is missing (the browser test is skipped); run: sudo apt-get install -y chromium"; fi; }
 
 run: deps
-	$(CARGO) build --release --bins --features sim
+	$(CARGO) build $(PROFILE_FLAG) --bins --features sim
 	@echo ""
 	@echo "  simulator on http://$(SIM_ADDR) (like a real engine: 3 s prebuffer, then a 20 MB burst, then 4 Mbit/s),"
 	@echo "  proxy with $(CONF). Try:"
@@ -38,10 +42,10 @@ run: deps
 	@# The simulator runs in its own session (setsid), so Ctrl-C reaches the proxy alone: it stops its
 	@# engine sessions first, then the trap stops the simulator. The proxy starts a second later, so
 	@# its first health probe finds the simulator listening.
-	@setsid ./target/release/ace-engine-sim --listen $(SIM_ADDR) --prebuffer 3s --burst-bytes 20000000 & SIM=$$!; \
+	@setsid ./target/$(PROFILE)/ace-engine-sim --listen $(SIM_ADDR) --prebuffer 3s --burst-bytes 20000000 & SIM=$$!; \
 	  trap 'kill $$SIM 2>/dev/null' EXIT INT TERM; \
 	  sleep 1; \
-	  ./target/release/acestream-edge -c $(CONF)
+	  ./target/$(PROFILE)/acestream-edge -c $(CONF)
 
 # Every example config passes `-t` (with the binary the tests built; `make check-conf` alone
 # builds it first).
@@ -49,7 +53,7 @@ check-conf:
 	$(CARGO) build --bin acestream-edge
 	@$(MAKE) --no-print-directory check-conf-built
 
-# The README's shell lines, run as written against `make run`'s pair (a release build; lines that
+# The README's shell lines, run as written against `make run`'s pair (the debug build; lines that
 # need a display, root, systemd or Docker say so and are skipped).
 check-docs: deps
 	@scripts/check-docs
