@@ -666,3 +666,98 @@ async fn spills_go_with_their_session_and_a_restart_clears_a_killed_ones() {
     assert_eq!(left, 0, "the next start removed the killed process's spill");
     drop(next);
 }
+
+/// A read-only `dvr_dir` (issue 28): the real binary runs as an unprivileged user (`nobody`, by
+/// `setpriv`, when this test runs as root: root writes anywhere) with a writable directory that
+/// is then made read-only (mode 0555). Each new session's spill cannot be made: one warning per
+/// session in the log, `dvr_spills_cut_total{reason="io_error"}` counts it, and the sessions'
+/// live viewers stream throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_only_dvr_dir_never_disturbs_live_viewers() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let e = sim(Knobs::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    mode(dir.path(), 0o755);
+    let bin = dir.path().join("acestream-edge");
+    std::fs::copy(env!("CARGO_BIN_EXE_acestream-edge"), &bin).unwrap();
+    mode(&bin, 0o755);
+    let dvr = dir.path().join("dvr");
+    std::fs::create_dir(&dvr).unwrap();
+    if root {
+        std::os::unix::fs::chown(&dvr, Some(65534), Some(65534)).unwrap();
+    }
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let conf = dir.path().join("edge.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "version: 1\nthreads: 2\npid_file: /tmp/ace-edge-ro-{port}.pid\nupgrade_sock: /tmp/ace-edge-ro-{port}.sock\nacestream:\n  listen: [\"127.0.0.1:{port}\"]\n  engines: [{{host: 127.0.0.1, port: {}}}]\n  max_streams_per_engine: 2\n  dvr_dir: {}\n",
+            e.addr().port(),
+            dvr.display()
+        ),
+    )
+    .unwrap();
+    mode(&conf, 0o644);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = if root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin);
+        c
+    } else {
+        std::process::Command::new(&bin)
+    };
+    let child = cmd
+        .arg("-c")
+        .arg(&conf)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .map(Process::new)
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await,
+        "the proxy did not start listening"
+    );
+    mode(&dvr, 0o555);
+    let first = Viewer::start(addr, &content_id(3080)).await;
+    let second = Viewer::start(addr, &content_id(3081)).await;
+    assert!(first.gets(1_000_000).await && second.gets(1_000_000).await);
+    let before = (first.bytes(), second.bytes());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(first.bytes() > before.0 + 500_000 && second.bytes() > before.1 + 500_000);
+    assert!(first.max_gap_ms() < 2_000 && second.max_gap_ms() < 2_000);
+    let (_, metrics) = {
+        let mut r = get(addr, "/metrics").await;
+        (
+            r.status,
+            String::from_utf8(r.read_to_end(4 << 20).await.unwrap()).unwrap(),
+        )
+    };
+    let cut = metrics
+        .lines()
+        .find(|l| l.starts_with("acestream_edge_dvr_spills_cut_total{reason=\"io_error\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("DVR off for")).collect();
+    eprintln!("as root: {root}; spills cut {cut:?}; warnings {warnings:?}");
+    assert_eq!(cut, Some(2), "each session's failure counted once");
+    assert_eq!(warnings.len(), 2, "one warning per session:\n{text}");
+    assert_eq!(std::fs::read_dir(&dvr).unwrap().count(), 0);
+    drop(child);
+    mode(&dvr, 0o755);
+}
