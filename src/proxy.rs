@@ -37,6 +37,8 @@ pub struct EdgeProxy {
     cluster: Option<Arc<Cluster>>,
     /// The channel lists (`acestream.channels`).
     channels: Arc<crate::channels::Channels>,
+    /// The engines' search answers, kept briefly.
+    search: crate::routes::search::SearchCache,
     /// The configuration it started with (the playlist's settings).
     config: Arc<Config>,
 }
@@ -79,6 +81,7 @@ impl EdgeProxy {
             keepalive_secs: config.connections.keepalive_timeout.as_secs().max(1),
             checker: crate::routes::check::Checker::new(engines.clone(), config.clone()),
             channels: crate::channels::Channels::new(config.channels.clone()),
+            search: Default::default(),
             config,
             sessions,
             engines,
@@ -178,6 +181,11 @@ impl ProxyHttp for EdgeProxy {
                             admin_ok,
                         )
                         .await
+                    }
+                    Route::Search => {
+                        let admin_ok = self.admin.token.get().is_some() && self.admin.authorized(s);
+                        let from = (&*self.engines, &self.search);
+                        routes::search::serve(s, from, &self.access, &self.config, admin_ok).await
                     }
                     Route::ProxyChannels => match self.admin.admit(s, self.access.client_of(s)) {
                         Ok(()) => routes::playlist::channels_json(s, &self.channels).await,

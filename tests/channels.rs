@@ -308,3 +308,45 @@ async fn a_signed_playlist_gives_each_entry_its_own_token() {
     .await;
     assert!(matches!(status, 401 | 403), "another id's token: {status}");
 }
+
+/// Search (issue 29): `/ace/search?q=` asks an engine's public `/search` (the simulator's
+/// catalogue) and answers its matches with each source's availability and a URL through the
+/// proxy; `category` filters; `q` is required; `format=m3u` lists the sources, the available
+/// ones first, and its first entry plays through the proxy.
+#[tokio::test(flavor = "multi_thread")]
+async fn search_goes_through_the_proxy_and_plays() {
+    let e = sim(Knobs::default()).await;
+    let server = start_proxy(proxy_config(&[&e], ""));
+    let (status, v) = get_json(server.addr, "/ace/search?q=sport").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["total"], 3, "{v}");
+    let first = &v["results"][0];
+    assert_eq!(first["name"], "Sport One");
+    let sources = first["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 2);
+    assert_eq!(sources[0]["available"], true);
+    assert_eq!(sources[0]["availability"], 1.0);
+    assert_eq!(sources[1]["available"], false);
+    let base = format!("http://{}/ace/getstream?infohash=", server.addr);
+    assert!(
+        sources
+            .iter()
+            .all(|s| s["url"].as_str().unwrap().starts_with(&base)),
+        "{v}"
+    );
+    let (_, news) = get_json(server.addr, "/ace/search?q=o&category=news").await;
+    assert_eq!(news["total"], 1, "{news}");
+    assert_eq!(news["results"][0]["name"], "World News");
+    let (status, _) = get_json(server.addr, "/ace/search?q=").await;
+    assert_eq!(status, 400);
+
+    let (status, text) = text_of(server.addr, "/ace/search?q=movie&format=m3u").await;
+    assert_eq!(status, 200);
+    let all = entries(&text);
+    assert_eq!(all.len(), 3, "{text}");
+    assert!(all
+        .iter()
+        .all(|(_, a, u)| a.contains("group-title=\"movies\"") && u.starts_with(&base)));
+    let (ok, errors) = ffmpeg_play(all[0].2.clone(), 5).await;
+    assert!(ok && errors.trim().is_empty(), "ffmpeg: {errors}");
+}

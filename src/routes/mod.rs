@@ -10,6 +10,7 @@ pub mod hls_dvr;
 mod leaving;
 pub mod playlist;
 mod rewind;
+pub mod search;
 mod zero_copy;
 
 /// Every route the proxy knows, decided from the path alone. Its label is the `route` label of
@@ -42,6 +43,8 @@ pub enum Route {
     Playlist,
     /// `/proxy/channels`: the channel list and its sources (an admin route).
     ProxyChannels,
+    /// `/ace/search`: the engines' search through the proxy.
+    Search,
     /// `/`, `/dashboard` and its assets.
     Dashboard,
     /// `/healthz`: readiness for load balancers and container health checks.
@@ -67,6 +70,7 @@ impl Route {
             "/ace/check" => Route::Check,
             "/playlist.m3u" | "/playlist.m3u8" => Route::Playlist,
             "/proxy/channels" => Route::ProxyChannels,
+            "/ace/search" => Route::Search,
             "/healthz" => Route::Health,
             p if dashboard::is_dashboard_path(p) => Route::Dashboard,
             p if p.len() > "/proxy/sessions/".len() && p.starts_with("/proxy/sessions/") => {
@@ -95,6 +99,7 @@ impl Route {
             Route::Check => "check",
             Route::Playlist => "playlist",
             Route::ProxyChannels => "proxy_channels",
+            Route::Search => "search",
             Route::Dashboard => "dashboard",
             Route::Health => "healthz",
             Route::Passthrough => "passthrough",

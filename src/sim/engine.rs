@@ -12,6 +12,7 @@
 //! and the stream live in [`super::stream`], the knobs in [`super::knobs`].)
 
 mod getstream;
+mod search;
 
 use getstream::getstream;
 pub(super) use getstream::{spawn_inactivity_timer, token_of};
@@ -228,6 +229,7 @@ async fn handle_connection(
         "/ace/getstream" | "/ace/manifest.m3u8" => getstream(&shared, &mut sock, &req, &host).await,
         "/webui/api/service" => service(&mut sock, &req).await,
         "/server/api" => server_api(&mut sock, &req).await,
+        "/search" => search::search(&mut sock, &req).await,
         "/sim/stats" => {
             let body = serde_json::to_vec(&lock(&shared.state).snapshot()).unwrap_or_default();
             respond(&mut sock, 200, "application/json", &body).await
