@@ -40,14 +40,10 @@ pub async fn serve(
     config: &Config,
     admin_ok: bool,
 ) -> pingora::Result<()> {
-    let query = s.req_header().uri.query().map(str::to_string);
-    let param = |name: &str| {
-        query
-            .as_deref()
-            .and_then(|q| super::getstream::query_param(q, name))
-    };
+    let query = Query::of(s);
+    let param = |name: &str| query.param(name);
     if access.signs_streams() && !admin_ok {
-        if let Err(e) = access.check_stream_token(PLAYLIST_TOKEN_ID, query.as_deref()) {
+        if let Err(e) = access.check_stream_token(PLAYLIST_TOKEN_ID, query.text()) {
             return write_error(s, &e).await;
         }
     }
@@ -69,15 +65,9 @@ pub async fn serve(
         let e = EdgeError::NotFound("no channels are configured (acestream.channels)".into());
         return write_error(s, &e).await;
     }
-    let Some(base) = config
-        .public_url
-        .clone()
-        .or_else(|| super::admin::request_host(s).map(|h| format!("http://{h}")))
-    else {
-        let e = EdgeError::BadRequest(
-            "no Host header to build the playlist's URLs from (set acestream.public_url)".into(),
-        );
-        return write_error(s, &e).await;
+    let base = match public_base(s, config) {
+        Ok(b) => b,
+        Err(e) => return write_error(s, &e).await,
     };
     let group = param("group");
     let list = channels.list().await;
@@ -105,9 +95,14 @@ pub async fn serve(
         );
         let _ = writeln!(out, "{}", entry_url(&base, c, format, &token));
     }
+    write_m3u(s, out).await
+}
+
+/// Sends an M3U playlist (not cached: it changes with its sources).
+pub(super) async fn write_m3u(s: &mut HttpSession, text: String) -> pingora::Result<()> {
     let mut h = ResponseHeader::build(200, Some(4))?;
     h.insert_header("Content-Type", "audio/x-mpegurl; charset=utf-8")?;
-    h.insert_header("Content-Length", out.len().to_string())?;
+    h.insert_header("Content-Length", text.len().to_string())?;
     h.insert_header("Cache-Control", "no-cache")?;
     h.insert_header("Access-Control-Allow-Origin", "*")?;
     let head_only = s.req_header().method == http::Method::HEAD;
@@ -115,7 +110,43 @@ pub async fn serve(
     if head_only {
         return Ok(());
     }
-    s.write_response_body(Some(Bytes::from(out)), true).await
+    s.write_response_body(Some(Bytes::from(text)), true).await
+}
+
+/// The request's query, and its parameters by name.
+pub(super) struct Query(Option<String>);
+
+impl Query {
+    /// The query of `s`.
+    pub(super) fn of(s: &HttpSession) -> Self {
+        Query(s.req_header().uri.query().map(str::to_string))
+    }
+
+    /// The whole query.
+    pub(super) fn text(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    /// Parameter `name`, decoded.
+    pub(super) fn param(&self, name: &str) -> Option<String> {
+        self.0
+            .as_deref()
+            .and_then(|q| super::getstream::query_param(q, name))
+    }
+}
+
+/// Where the absolute URLs of a playlist or a search answer start: `public_url`, else `http://`
+/// and the request's `Host`.
+pub(super) fn public_base(s: &HttpSession, config: &Config) -> Result<String, EdgeError> {
+    config
+        .public_url
+        .clone()
+        .or_else(|| super::admin::request_host(s).map(|h| format!("http://{h}")))
+        .ok_or_else(|| {
+            EdgeError::BadRequest(
+                "no Host header to build URLs from (set acestream.public_url)".into(),
+            )
+        })
 }
 
 /// A channel's `#EXTINF` attributes, as ` key="value"` pairs (quotes in values dropped).

@@ -11,8 +11,6 @@ use crate::config::Config;
 use crate::engines::EnginePool;
 use crate::error::EdgeError;
 use crate::sync::Lock;
-use bytes::Bytes;
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session as HttpSession;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -78,12 +76,8 @@ pub async fn serve(
     config: &Config,
     admin_ok: bool,
 ) -> pingora::Result<()> {
-    let query = s.req_header().uri.query().map(str::to_string);
-    let param = |name: &str| {
-        query
-            .as_deref()
-            .and_then(|q| super::getstream::query_param(q, name))
-    };
+    let query = super::playlist::Query::of(s);
+    let param = |name: &str| query.param(name);
     if access.signs_streams() && !admin_ok {
         return write_error(s, &EdgeError::Unauthorized).await;
     }
@@ -113,15 +107,9 @@ pub async fn serve(
             return write_error(s, &e).await;
         }
     };
-    let Some(base) = config
-        .public_url
-        .clone()
-        .or_else(|| super::admin::request_host(s).map(|h| format!("http://{h}")))
-    else {
-        let e = EdgeError::BadRequest(
-            "no Host header to build URLs from (set acestream.public_url)".into(),
-        );
-        return write_error(s, &e).await;
+    let base = match super::playlist::public_base(s, config) {
+        Ok(b) => b,
+        Err(e) => return write_error(s, &e).await,
     };
     let answer = match cache.get_or_ask(engines, (&text, &category, page)).await {
         Ok(a) => a,
@@ -160,12 +148,7 @@ pub async fn serve(
         );
         let _ = writeln!(out, "{}", src.url);
     }
-    let mut h = ResponseHeader::build(200, Some(3))?;
-    h.insert_header("Content-Type", "audio/x-mpegurl; charset=utf-8")?;
-    h.insert_header("Content-Length", out.len().to_string())?;
-    h.insert_header("Cache-Control", "no-cache")?;
-    s.write_response_header(Box::new(h), false).await?;
-    s.write_response_body(Some(Bytes::from(out)), true).await
+    super::playlist::write_m3u(s, out).await
 }
 
 impl SearchCache {
