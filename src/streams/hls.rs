@@ -209,6 +209,14 @@ const FORCED_CUT_FACTOR: f64 = 2.5;
 /// which on a shorter playlist means at its start; ffmpeg, hls.js and Safari all start there.
 pub const MIN_PLAYLIST_SEGMENTS: usize = 1;
 
+/// A session's first segment's media sequence number. One, not zero: hls.js (1.6) asks for a
+/// blocking reload (`_HLS_msn`) only once the playlist's last segment number is non-zero, so with
+/// a first segment numbered zero it polled a fresh session's playlist on a timer instead, found
+/// nothing new on one poll and then waited half of `#EXT-X-TARGETDURATION` (5 s) — a stall at
+/// start that also raised its target latency by a second. RFC 8216 lets the first number be
+/// any.
+pub const FIRST_MEDIA_SEQUENCE: u64 = 1;
+
 /// The playlist window is at least this many segments, so a player that starts three segments
 /// from the end (RFC 8216 §6.3.3) has them once the session runs.
 pub const MIN_WINDOW_SEGMENTS: usize = 3;

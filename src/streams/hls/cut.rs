@@ -63,7 +63,7 @@ impl Segmenter {
             next_offset: None,
             psi: None,
             segments: VecDeque::new(),
-            next_sequence: 0,
+            next_sequence: FIRST_MEDIA_SEQUENCE,
             discontinuity_sequence: 0,
             discontinuity_next: false,
             cuts: Cuts::default(),
@@ -89,7 +89,7 @@ impl Segmenter {
         if self.first <= 0.0 {
             return self.target;
         }
-        let doublings = self.next_sequence.min(16) as i32;
+        let doublings = (self.next_sequence - FIRST_MEDIA_SEQUENCE).min(16) as i32;
         (self.first * 2f64.powi(doublings)).min(self.target)
     }
 

@@ -173,6 +173,21 @@ fn parts_are_their_segment_in_order() {
     }
 }
 
+/// A session's first segment is numbered one: hls.js asks a blocking reload only once the last
+/// segment's number is non-zero.
+#[test]
+fn the_first_segment_is_numbered_one() {
+    let mut seg = Segmenter::new(2.0, 4).with_parts(Some(0.5));
+    assert_eq!(seg.building(), FIRST_MEDIA_SEQUENCE);
+    for c in chunks(3.0) {
+        seg.feed(c);
+    }
+    let text = seg.playlist(|n: u64, _| format!("{n}.ts"));
+    assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:1\n"), "{text}");
+    assert!(text.contains("\n1.ts\n"), "{text}");
+    assert!(!text.contains("\n0.ts\n"), "{text}");
+}
+
 /// The low-latency playlist: server control, part target, parts of the newest segments and of
 /// the one being built, a preload hint for the next part; what a blocking reload waits for.
 #[test]
