@@ -21,6 +21,9 @@ pub enum NoEngine {
     /// A failover tried every engine there is.
     #[error("every engine was tried")]
     EveryEngineTried,
+    /// Background work (the channel checker) found only the slots it must leave to viewers.
+    #[error("only {0} free engine slot(s) left, kept for viewers")]
+    SlotsKept(usize),
 }
 
 /// A failure a client can see. `Clone`, because every client waiting on a failed session gets the
@@ -90,6 +93,9 @@ pub enum EdgeError {
     /// A feature that is named but not built yet.
     #[error("{0}")]
     NotImplemented(String),
+    /// Something the proxy gets from elsewhere (a guide source) could not be had, and why.
+    #[error("{0}")]
+    SourceUnavailable(String),
     /// Anything else: a bug or an unexpected condition.
     #[error("internal error: {0}")]
     Internal(String),
@@ -113,7 +119,8 @@ impl EdgeError {
             | EdgeError::EngineRefused { .. }
             | EdgeError::EngineUnreachable { .. }
             | EdgeError::EmptyStream(_)
-            | EdgeError::PlaylistNotReady(_) => 503,
+            | EdgeError::PlaylistNotReady(_)
+            | EdgeError::SourceUnavailable(_) => 503,
             EdgeError::Internal(_) => 500,
             EdgeError::NotImplemented(_) => 501,
         }

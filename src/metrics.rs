@@ -80,6 +80,11 @@ pub struct Metrics {
     pub dvr_budget_drops: IntCounter,
     /// TS viewers that started behind the live edge (`offset=` or `start=`).
     pub dvr_rewound_viewers: IntCounter,
+    /// Listed channels by what the channel checker last found (`alive`, `dead`, `unchecked`).
+    pub channels: IntGaugeVec,
+    /// The channel checker's checks, by outcome (`alive`, `from_session`, `dead`, `skipped`:
+    /// no engine slot to spare).
+    pub channel_checks: IntCounterVec,
     /// Reads from DVR spills (each up to 256 KiB).
     pub dvr_spill_reads: IntCounter,
     /// Live TS viewers that fell off their ring's tail (a paused player) and continued from the
@@ -308,6 +313,18 @@ impl Metrics {
                 &r,
                 "acestream_edge_dvr_rewound_viewers_total",
                 "TS viewers that started behind the live edge (offset= or start=)",
+            ),
+            channels: gauge_vec(
+                &r,
+                "acestream_edge_channels",
+                "Listed channels by what the channel checker last found (alive, dead, unchecked)",
+                &["status"],
+            ),
+            channel_checks: counter_vec(
+                &r,
+                "acestream_edge_channel_checks_total",
+                "The channel checker's checks, by outcome (alive, from_session, dead, skipped: no engine slot to spare)",
+                &["outcome"],
             ),
             dvr_spill_reads: counter(
                 &r,

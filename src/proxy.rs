@@ -32,7 +32,7 @@ pub struct EdgeProxy {
     passthrough: Vec<PassthroughRule>,
     /// `keepalive_timeout` in Pingora's unit (whole seconds, at least 1).
     keepalive_secs: u64,
-    checker: crate::routes::check::Checker,
+    checker: Arc<crate::streams::check::ContentChecker>,
     /// The fleet, when this node is one of several.
     cluster: Option<Arc<Cluster>>,
     /// The channel lists (`acestream.channels`).
@@ -52,6 +52,7 @@ impl EdgeProxy {
         config: Arc<Config>,
         cluster: Option<Arc<Cluster>>,
         live: crate::access::LiveSettings,
+        catalogue: Catalogue,
     ) -> Self {
         let crate::access::LiveSettings {
             admin_token,
@@ -79,8 +80,8 @@ impl EdgeProxy {
             cluster,
             passthrough: config.access.passthrough.clone(),
             keepalive_secs: config.connections.keepalive_timeout.as_secs().max(1),
-            checker: crate::routes::check::Checker::new(engines.clone(), config.clone()),
-            channels: crate::channels::Channels::new(config.channels.clone()),
+            checker: catalogue.checker,
+            channels: catalogue.channels,
             search: Default::default(),
             config,
             sessions,
@@ -89,6 +90,14 @@ impl EdgeProxy {
             admin,
         }
     }
+}
+
+/// The channels and the checks, which the server's channel checker shares with the routes.
+pub struct Catalogue {
+    /// The channel lists and guides.
+    pub channels: Arc<crate::channels::Channels>,
+    /// The `/ace/check` machinery and its slots.
+    pub checker: Arc<crate::streams::check::ContentChecker>,
 }
 
 /// Per-request state.
@@ -170,7 +179,10 @@ impl ProxyHttp for EdgeProxy {
                         routes::write_health(s, self.sessions.is_shutting_down()).await
                     }
                     // Admitted above, with its placement.
-                    Route::Check => self.checker.serve(s, &self.sessions).await,
+                    Route::Check => {
+                        let max = self.config.checks.max_concurrent_checks;
+                        routes::check::serve(s, &self.checker, &self.sessions, max).await
+                    }
                     Route::Playlist => {
                         let admin_ok = self.admin.token.get().is_some() && self.admin.authorized(s);
                         routes::playlist::serve(
@@ -186,6 +198,12 @@ impl ProxyHttp for EdgeProxy {
                         let admin_ok = self.admin.token.get().is_some() && self.admin.authorized(s);
                         let from = (&*self.engines, &self.search);
                         routes::search::serve(s, from, &self.access, &self.config, admin_ok).await
+                    }
+                    Route::Epg => {
+                        let admin_ok = self.admin.token.get().is_some() && self.admin.authorized(s);
+                        let gz_file = path.ends_with(".gz");
+                        let (channels, access) = (&self.channels, &self.access);
+                        routes::epg::serve(s, channels, access, admin_ok, gz_file).await
                     }
                     Route::ProxyChannels => match self.admin.admit(s, self.access.client_of(s)) {
                         Ok(()) => routes::playlist::channels_json(s, &self.channels).await,

@@ -89,7 +89,7 @@ fn fixture() -> (String, Vec<usize>) {
 fn config_with(list: SocketAddr, more: &str) -> String {
     let inline = content_id(3999);
     format!(
-        "channels: {{sources: [{{url: \"http://{list}/list.m3u\", refresh: 1}}], list: [{{name: Inline, id: {inline}, group: Mine, tvg_id: inline.tv}}]}}\n{more}"
+        "channels: {{check_interval: 0, sources: [{{url: \"http://{list}/list.m3u\", refresh: 1}}], list: [{{name: Inline, id: {inline}, group: Mine, tvg_id: inline.tv}}]}}\n{more}"
     )
 }
 
@@ -228,7 +228,7 @@ async fn the_playlist_goes_through_the_proxy_and_plays() {
     assert!(hls.iter().all(|(_, a, u)| a.contains("group-title=\"G1\"")
         && u.starts_with(&format!("http://{}/ace/manifest.m3u8?", server.addr))));
     let (status, _) = text_of(server.addr, "/playlist.m3u?alive=1").await;
-    assert_eq!(status, 501, "no checker yet");
+    assert_eq!(status, 400, "alive=1 with the checker off");
 
     // mpv plays the first entry (the inline one: the `Mine` group holds only it).
     let playlist_url = format!("http://{}/playlist.m3u?group=Mine", server.addr);

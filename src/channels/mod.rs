@@ -10,6 +10,8 @@
 //! the sources in order; a channel is its id, so a later entry of the same id adds only the
 //! attributes the channel lacks (the first name wins).
 
+pub mod epg;
+pub mod liveness;
 pub mod m3u;
 
 use crate::config::{ChannelSource, ChannelsConfig};
@@ -81,6 +83,10 @@ pub struct Channels {
     sources: Vec<Mutex<SourceState>>,
     /// Signals a finished load (to the requests that wait for a first one).
     loaded: tokio::sync::Notify,
+    /// The guides (`epg`) of these channels.
+    guides: Arc<epg::Guides>,
+    /// What the channel checker found.
+    liveness: Arc<liveness::Liveness>,
 }
 
 impl Channels {
@@ -88,10 +94,22 @@ impl Channels {
     pub fn new(config: ChannelsConfig) -> Arc<Self> {
         let sources = config.sources.iter().map(|_| Mutex::default()).collect();
         Arc::new(Channels {
+            guides: epg::Guides::new(&config),
+            liveness: Default::default(),
             config,
             sources,
             loaded: tokio::sync::Notify::new(),
         })
+    }
+
+    /// What the channel checker found.
+    pub fn liveness(&self) -> &Arc<liveness::Liveness> {
+        &self.liveness
+    }
+
+    /// The guides (`acestream.channels.epg`).
+    pub fn guides(&self) -> &Arc<epg::Guides> {
+        &self.guides
     }
 
     /// Whether any channel is configured.
@@ -225,9 +243,7 @@ impl Channels {
                     source.location,
                     p.entries.len()
                 );
-                let unix = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                let unix = unix_seconds(SystemTime::now());
                 st.list = Some(Arc::new(p));
                 st.loaded = Some((Instant::now(), unix));
                 st.error = None;
@@ -267,6 +283,27 @@ impl Channels {
 
 /// `GET http://<rest>` (host, port, path), refusing a body over `limit` bytes.
 async fn fetch_http(rest: &str, limit: u64, timeout: Duration) -> Result<Vec<u8>, String> {
+    let mut r = open_http(rest, timeout).await?;
+    if r.header("content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > limit)
+    {
+        return Err(format!("larger than max_source_bytes ({limit})"));
+    }
+    r.read_to_end(limit as usize)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => format!("larger than max_source_bytes ({limit})"),
+            _ => e.to_string(),
+        })
+}
+
+/// `GET http://<rest>` (host, port, path) up to a `200` response's head, connecting within
+/// `timeout`; any other status is an error.
+pub(crate) async fn open_http(
+    rest: &str,
+    timeout: Duration,
+) -> Result<crate::http1::Response, String> {
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -286,24 +323,22 @@ async fn fetch_http(rest: &str, limit: u64, timeout: Duration) -> Result<Vec<u8>
         .await
         .map_err(|_| format!("{authority}: connect timed out"))?
         .map_err(|e| format!("{authority}: {e}"))?;
-    let mut r = crate::http1::get_on(stream, authority, path, &opts)
-        .await
-        .map_err(|e| e.to_string())?;
+    let r = tokio::time::timeout(
+        timeout,
+        crate::http1::get_on(stream, authority, path, &opts),
+    )
+    .await
+    .map_err(|_| format!("{authority}: no answer within {timeout:?}"))?
+    .map_err(|e| e.to_string())?;
     if r.status != 200 {
         return Err(format!("answered HTTP {}", r.status));
     }
-    if r.header("content-length")
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > limit)
-    {
-        return Err(format!("larger than max_source_bytes ({limit})"));
-    }
-    r.read_to_end(limit as usize)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::InvalidData => format!("larger than max_source_bytes ({limit})"),
-            _ => e.to_string(),
-        })
+    Ok(r)
+}
+
+/// `t` in seconds since the Unix epoch.
+pub(crate) fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// A file's bytes, refusing one over `limit`.

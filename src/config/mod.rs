@@ -85,6 +85,13 @@ pub struct ChannelsConfig {
     /// Lifetime of the stream tokens `/playlist.m3u` puts in its URLs when stream URLs are
     /// signed (a TV app keeps a playlist for days). Default 7 days.
     pub playlist_token_ttl: Duration,
+    /// XMLTV guides (`.xml` or `.xml.gz`, `http://` URLs or files), merged into `/epg.xml`.
+    /// Each `refresh` defaults to 6 h.
+    pub epg: Vec<ChannelSource>,
+    /// Largest guide accepted, bytes, both as fetched and unpacked. Default 100 MiB.
+    pub max_guide_bytes: u64,
+    /// How often the channel checker visits every channel; zero: never. Default 30 min.
+    pub check_interval: Duration,
 }
 
 /// One M3U source of `acestream.channels.sources`.

@@ -445,44 +445,9 @@ fn channels(
     w: Option<super::wire::ChannelsWire>,
     bad: &mut impl FnMut(String, String),
 ) -> super::ChannelsConfig {
-    let Some(w) = w else {
-        return super::ChannelsConfig {
-            max_source_bytes: 16 << 20,
-            fetch_timeout: Duration::from_secs(10),
-            playlist_token_ttl: Duration::from_secs(7 * 24 * 3600),
-            ..Default::default()
-        };
-    };
-    let mut sources = Vec::new();
-    for (i, s) in w.sources.into_iter().enumerate() {
-        let (location, refresh) = match s {
-            super::wire::ChannelSourceWire::Plain(u) => (u, None),
-            super::wire::ChannelSourceWire::Full { url, refresh } => (url, refresh),
-        };
-        let location = location.trim().to_string();
-        let refresh = refresh.map_or(Duration::from_secs(3600), |r| r.0);
-        if location.starts_with("https://") {
-            bad(
-                format!("acestream.channels.sources[{i}]"),
-                "https:// sources are not supported yet (no TLS client); use http:// or a file"
-                    .into(),
-            );
-        } else if location.is_empty()
-            || (location.contains("://") && !location.starts_with("http://"))
-        {
-            bad(
-                format!("acestream.channels.sources[{i}]"),
-                format!("{location:?} is neither an http:// URL nor a file path"),
-            );
-        }
-        if refresh < Duration::from_secs(1) {
-            bad(
-                format!("acestream.channels.sources[{i}].refresh"),
-                "must be at least 1 s".into(),
-            );
-        }
-        sources.push(super::ChannelSource { location, refresh });
-    }
+    let w = w.unwrap_or_default();
+    let sources = channel_sources(w.sources, "sources", Duration::from_secs(3600), bad);
+    let epg = channel_sources(w.epg, "epg", Duration::from_secs(6 * 3600), bad);
     let mut list = Vec::new();
     for (i, e) in w.list.into_iter().enumerate() {
         let Some(key) = crate::channels::m3u::parse_link(&e.id) else {
@@ -521,11 +486,67 @@ fn channels(
             "must be at least 0.1 s".into(),
         );
     }
+    if w.max_guide_bytes < 1024 {
+        bad(
+            "acestream.channels.max_guide_bytes".into(),
+            "must be at least 1024".into(),
+        );
+    }
+    if !w.check_interval.0.is_zero() && w.check_interval.0 < Duration::from_secs(10) {
+        bad(
+            "acestream.channels.check_interval".into(),
+            "must be 0 (off) or at least 10 s".into(),
+        );
+    }
     super::ChannelsConfig {
         sources,
         list,
         max_source_bytes: w.max_source_bytes,
         fetch_timeout: w.fetch_timeout.0,
         playlist_token_ttl: w.playlist_token_ttl.0,
+        epg,
+        max_guide_bytes: w.max_guide_bytes,
+        check_interval: w.check_interval.0,
     }
+}
+
+/// The sources of `acestream.channels.<field>` (M3U lists or guides): `http://` URLs or paths,
+/// each with its `refresh` (`default_refresh` when not given).
+fn channel_sources(
+    wire: Vec<super::wire::ChannelSourceWire>,
+    field: &str,
+    default_refresh: Duration,
+    bad: &mut impl FnMut(String, String),
+) -> Vec<super::ChannelSource> {
+    let mut sources = Vec::new();
+    for (i, s) in wire.into_iter().enumerate() {
+        let (location, refresh) = match s {
+            super::wire::ChannelSourceWire::Plain(u) => (u, None),
+            super::wire::ChannelSourceWire::Full { url, refresh } => (url, refresh),
+        };
+        let location = location.trim().to_string();
+        let refresh = refresh.map_or(default_refresh, |r| r.0);
+        if location.starts_with("https://") {
+            bad(
+                format!("acestream.channels.{field}[{i}]"),
+                "https:// sources are not supported yet (no TLS client); use http:// or a file"
+                    .into(),
+            );
+        } else if location.is_empty()
+            || (location.contains("://") && !location.starts_with("http://"))
+        {
+            bad(
+                format!("acestream.channels.{field}[{i}]"),
+                format!("{location:?} is neither an http:// URL nor a file path"),
+            );
+        }
+        if refresh < Duration::from_secs(1) {
+            bad(
+                format!("acestream.channels.{field}[{i}].refresh"),
+                "must be at least 1 s".into(),
+            );
+        }
+        sources.push(super::ChannelSource { location, refresh });
+    }
+    sources
 }

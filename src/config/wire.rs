@@ -210,6 +210,35 @@ pub struct ChannelsWire {
     pub fetch_timeout: DurationWire,
     #[serde(default = "channels_playlist_token_ttl")]
     pub playlist_token_ttl: DurationWire,
+    #[serde(default)]
+    pub epg: Vec<ChannelSourceWire>,
+    #[serde(default = "channels_max_guide_bytes")]
+    pub max_guide_bytes: u64,
+    #[serde(default = "channels_check_interval")]
+    pub check_interval: DurationWire,
+}
+
+impl Default for ChannelsWire {
+    fn default() -> Self {
+        ChannelsWire {
+            sources: Vec::new(),
+            list: Vec::new(),
+            max_source_bytes: channels_max_source_bytes(),
+            fetch_timeout: channels_fetch_timeout(),
+            playlist_token_ttl: channels_playlist_token_ttl(),
+            epg: Vec::new(),
+            max_guide_bytes: channels_max_guide_bytes(),
+            check_interval: channels_check_interval(),
+        }
+    }
+}
+
+fn channels_max_guide_bytes() -> u64 {
+    100 << 20
+}
+
+fn channels_check_interval() -> DurationWire {
+    DurationWire(Duration::from_secs(30 * 60))
 }
 
 fn channels_max_source_bytes() -> u64 {

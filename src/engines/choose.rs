@@ -79,9 +79,32 @@ impl EnginePool {
         self: &Arc<Self>,
         exclude: &[SocketAddr],
     ) -> Result<(Engine, StreamLease), EdgeError> {
+        self.acquire_leaving(exclude, 0).await
+    }
+
+    /// [`Self::acquire`], unless it would leave fewer than `keep_free` free stream slots across
+    /// the healthy engines (`max_streams_per_engine` less each one's streams), decided under the
+    /// same lock as the lease: background work never takes the slot a viewer needs.
+    pub async fn acquire_leaving(
+        self: &Arc<Self>,
+        exclude: &[SocketAddr],
+        keep_free: usize,
+    ) -> Result<(Engine, StreamLease), EdgeError> {
         self.ensure_discovered().await;
         let meta = self.meta.engines();
         let mut load = self.lock_load();
+        if keep_free > 0 {
+            let max = self.max_streams();
+            let free: usize = self
+                .snapshot(&meta, &load)
+                .iter()
+                .filter(|s| s.healthy && s.candidate.eligible)
+                .map(|s| max.saturating_sub(s.candidate.active_streams))
+                .sum();
+            if free <= keep_free {
+                return Err(EdgeError::NoEngine(crate::error::NoEngine::SlotsKept(free)));
+            }
+        }
         let engine = self.choose(&meta, &load, exclude)?;
         let status = self.snapshot(&meta, &load);
         log::info!("{}", choice_line(&engine, &status, exclude));

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod check;
 pub mod dashboard;
+pub mod epg;
 pub mod getstream;
 pub mod hls;
 pub mod hls_dvr;
@@ -45,6 +46,8 @@ pub enum Route {
     ProxyChannels,
     /// `/ace/search`: the engines' search through the proxy.
     Search,
+    /// `/epg.xml` (or `/epg.xml.gz`): the channels' guide.
+    Epg,
     /// `/`, `/dashboard` and its assets.
     Dashboard,
     /// `/healthz`: readiness for load balancers and container health checks.
@@ -71,6 +74,7 @@ impl Route {
             "/playlist.m3u" | "/playlist.m3u8" => Route::Playlist,
             "/proxy/channels" => Route::ProxyChannels,
             "/ace/search" => Route::Search,
+            "/epg.xml" | "/epg.xml.gz" => Route::Epg,
             "/healthz" => Route::Health,
             p if dashboard::is_dashboard_path(p) => Route::Dashboard,
             p if p.len() > "/proxy/sessions/".len() && p.starts_with("/proxy/sessions/") => {
@@ -100,6 +104,7 @@ impl Route {
             Route::Playlist => "playlist",
             Route::ProxyChannels => "proxy_channels",
             Route::Search => "search",
+            Route::Epg => "epg",
             Route::Dashboard => "dashboard",
             Route::Health => "healthz",
             Route::Passthrough => "passthrough",

@@ -2,7 +2,7 @@
 //! TV app or player opens, each entry an absolute URL through this proxy (built from
 //! `public_url`, else the request's `Host`), with the list's own attributes (`tvg-id`,
 //! `tvg-logo`, `group-title`, …). `?format=hls` gives HLS playlist URLs instead of TS ones;
-//! `?group=<name>` keeps one group. With signed stream URLs, each entry carries a token for its
+//! `?group=<name>` keeps one group, `?alive=1` the channels the checker last found playing. With signed stream URLs, each entry carries a token for its
 //! own id (`playlist_token_ttl`), and the playlist itself needs the admin token or a token signed
 //! for the id `playlist`. With DVR on, entries carry the catch-up attributes TV apps read
 //! (`catchup="append"`, `catchup-source="&start={utc}"`). `GET /proxy/channels` (admin) shows the
@@ -55,9 +55,11 @@ pub async fn serve(
             return write_error(s, &e).await;
         }
     };
-    if param("alive").is_some_and(|v| v != "0") {
-        let e = EdgeError::NotImplemented(
-            "alive=1 needs the channel checker, which is not built yet".into(),
+    let alive_only = param("alive").is_some_and(|v| v != "0");
+    if alive_only && config.channels.check_interval.is_zero() {
+        let e = EdgeError::BadRequest(
+            "alive=1 needs the channel checker, which is off (acestream.channels.check_interval: 0)"
+                .into(),
         );
         return write_error(s, &e).await;
     }
@@ -71,17 +73,33 @@ pub async fn serve(
     };
     let group = param("group");
     let list = channels.list().await;
+    let liveness = channels.liveness();
     let listed = list.iter().filter(|c| {
         group
             .as_deref()
             .is_none_or(|g| c.attr("group-title") == Some(g))
+            && (!alive_only || liveness.of(&c.key).is_some_and(|h| h.alive))
     });
     let catchup = (!config.dvr.dvr_window.is_zero()).then(|| {
         let days = config.dvr.dvr_window.as_secs().div_ceil(86_400).max(1);
         format!(" catchup=\"append\" catchup-source=\"&start={{utc}}\" catchup-days=\"{days}\"")
     });
     let ttl = config.channels.playlist_token_ttl;
-    let mut out = String::from("#EXTM3U\n");
+    let mut out = String::from("#EXTM3U");
+    if !config.channels.epg.is_empty() {
+        // The guide needs what this playlist needed: its own token, or a fresh one for an admin.
+        let token = match (access.signs_streams(), admin_ok) {
+            (false, _) => None,
+            (true, false) => query.param("token"),
+            (true, true) => access.sign_stream(PLAYLIST_TOKEN_ID, ttl),
+        }
+        .map_or(String::new(), |t| format!("?token={t}"));
+        let _ = write!(
+            out,
+            " url-tvg=\"{base}/epg.xml{token}\" x-tvg-url=\"{base}/epg.xml{token}\""
+        );
+    }
+    out.push('\n');
     for c in listed {
         let token = access
             .sign_stream(&c.key.value, ttl)
@@ -175,17 +193,38 @@ fn entry_url(base: &str, c: &Channel, format: Format, token: &str) -> String {
 #[derive(serde::Serialize)]
 struct ChannelsView {
     count: usize,
-    channels: Vec<Channel>,
+    /// Channel-checker passes finished.
+    check_passes: u64,
+    channels: Vec<ChannelView>,
     sources: Vec<crate::channels::SourceView>,
+    guides: Vec<crate::channels::epg::GuideSourceView>,
+}
+
+/// One channel with what the checker found.
+#[derive(serde::Serialize)]
+struct ChannelView {
+    #[serde(flatten)]
+    channel: Channel,
+    /// The checker's last finding (`null` before it checked the channel).
+    health: Option<crate::channels::liveness::ChannelHealth>,
 }
 
 /// Answers `/proxy/channels` (after the admin check).
 pub async fn channels_json(s: &mut HttpSession, channels: &Arc<Channels>) -> pingora::Result<()> {
     let list = channels.list().await;
+    let liveness = channels.liveness();
     let view = ChannelsView {
         count: list.len(),
-        channels: list,
+        check_passes: liveness.passes(),
+        channels: list
+            .into_iter()
+            .map(|c| ChannelView {
+                health: liveness.of(&c.key),
+                channel: c,
+            })
+            .collect(),
         sources: channels.sources(),
+        guides: channels.guides().sources(),
     };
     match serde_json::to_vec(&view) {
         Ok(body) => write_json(s, 200, body).await,

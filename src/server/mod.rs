@@ -150,6 +150,23 @@ fn build_services(
             },
         ));
     }
+    let catalogue = crate::proxy::Catalogue {
+        channels: crate::channels::Channels::new(config.channels.clone()),
+        checker: Arc::new(crate::streams::check::ContentChecker::new(
+            pool.clone(),
+            config.clone(),
+        )),
+    };
+    server.add_service(background_service(
+        "channel checker",
+        ChannelChecker {
+            channels: catalogue.channels.clone(),
+            checker: catalogue.checker.clone(),
+            sessions: sessions.clone(),
+            metrics: metrics.clone(),
+            interval: config.channels.check_interval,
+        },
+    ));
     let app = pingora::proxy::http_proxy(
         &server.configuration,
         EdgeProxy::new(
@@ -159,6 +176,7 @@ fn build_services(
             config.clone(),
             cluster,
             live.clone(),
+            catalogue,
         ),
     );
     if let Some(path) = reload_from {
@@ -277,6 +295,32 @@ impl BackgroundService for HistorySampler {
             for x in self.sessions.list() {
                 x.sample_history(now, unix_ms);
             }
+        }
+    }
+}
+
+/// Visits every listed channel every `check_interval` (see [`crate::channels::liveness`]).
+struct ChannelChecker {
+    channels: Arc<crate::channels::Channels>,
+    checker: Arc<crate::streams::check::ContentChecker>,
+    sessions: Arc<Sessions>,
+    metrics: Arc<Metrics>,
+    interval: std::time::Duration,
+}
+
+#[async_trait]
+impl BackgroundService for ChannelChecker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let run = crate::channels::liveness::run(
+            self.channels.clone(),
+            self.checker.clone(),
+            self.sessions.clone(),
+            self.metrics.clone(),
+            self.interval,
+        );
+        tokio::select! {
+            _ = run => {}
+            _ = shutdown.changed() => {}
         }
     }
 }

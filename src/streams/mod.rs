@@ -13,6 +13,7 @@ use hls_viewers::{HlsViewer, HlsViewerKey};
 
 use crate::sync::Lock;
 pub mod budget;
+pub mod check;
 pub mod client;
 pub mod dvr;
 pub mod hls;

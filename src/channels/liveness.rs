@@ -1,0 +1,189 @@
+//! Which channels play: a background pass over every listed channel every `check_interval`.
+//!
+//! **Who owns what.** [`Liveness`] (one per process, inside [`super::Channels`]) owns what the
+//! last pass found per channel. The pass ([`run`], a task the server starts) goes through the
+//! merged list in order. A channel with a live session is alive from what that session knows
+//! (nothing is started). Any other is checked with the `/ace/check` machinery
+//! ([`ContentChecker`]): a short engine session, its first byte within `check_timeout`, always
+//! stopped. The pass holds at most `max_concurrent_checks` check slots (shared with
+//! `/ace/check`), and a check never takes the last free engine stream slot: with one or none
+//! left, it waits and tries again, and after `SLOT_PATIENCE` records the channel as skipped.
+
+use super::Channels;
+use crate::engines::ContentKey;
+use crate::metrics::Metrics;
+use crate::streams::check::{CheckResult, ContentChecker};
+use crate::streams::Sessions;
+use crate::sync::Lock;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// How long a check waits for a spare engine slot before the channel is recorded as skipped
+/// this pass: a pool full of viewers is the normal case of a busy evening, and the pass must
+/// end (its next run checks again).
+const SLOT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How often a check that found no spare slot looks again.
+const SLOT_RETRY: Duration = Duration::from_millis(500);
+
+/// Engine stream slots a check leaves free (the one a new viewer needs).
+const SLOTS_KEPT_FOR_VIEWERS: usize = 1;
+
+/// What the checker last found for one channel.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChannelHealth {
+    /// It played (a stream byte came, or a live session streams).
+    pub alive: bool,
+    /// When (unix seconds).
+    pub last_checked: u64,
+    /// Time from the engine start to the first stream byte.
+    pub first_byte_ms: Option<u64>,
+    /// Peers the engine saw.
+    pub peers: Option<u64>,
+    /// The engine's download speed, KB/s (about the stream's bitrate once it plays).
+    pub speed_down: Option<u64>,
+    /// A live session answered (nothing was started).
+    pub from_session: bool,
+    /// Why it is not alive.
+    pub reason: Option<String>,
+}
+
+impl ChannelHealth {
+    fn of(r: &CheckResult, now: SystemTime) -> Self {
+        ChannelHealth {
+            alive: r.available,
+            last_checked: super::unix_seconds(now),
+            first_byte_ms: r.first_byte_ms,
+            peers: r.peers,
+            speed_down: r.speed_down,
+            from_session: r.from_session,
+            reason: if r.available { None } else { r.error.clone() },
+        }
+    }
+}
+
+/// The last pass's findings, by channel key (see the module docs).
+#[derive(Debug, Default)]
+pub struct Liveness {
+    found: Mutex<HashMap<String, ChannelHealth>>,
+    passes: Mutex<u64>,
+    /// Signals a finished pass.
+    pass_done: tokio::sync::Notify,
+}
+
+impl Liveness {
+    /// What was last found for `key`.
+    pub fn of(&self, key: &ContentKey) -> Option<ChannelHealth> {
+        self.found.locked().get(&key.to_string()).cloned()
+    }
+
+    /// Passes finished since the start.
+    pub fn passes(&self) -> u64 {
+        *self.passes.locked()
+    }
+
+    /// Waits until `n` passes have finished.
+    pub async fn wait_passes(&self, n: u64) {
+        loop {
+            let notified = self.pass_done.notified();
+            if self.passes() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn record(&self, key: &ContentKey, health: ChannelHealth) {
+        self.found.locked().insert(key.to_string(), health);
+    }
+}
+
+/// The checker's task: a pass now, then one every `interval` (zero: none), until the process
+/// ends.
+pub async fn run(
+    channels: Arc<Channels>,
+    checker: Arc<ContentChecker>,
+    sessions: Arc<Sessions>,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+) {
+    if interval.is_zero() || !channels.configured() {
+        return;
+    }
+    loop {
+        pass(&channels, &checker, &sessions, &metrics).await;
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// One pass over every channel.
+async fn pass(
+    channels: &Arc<Channels>,
+    checker: &Arc<ContentChecker>,
+    sessions: &Arc<Sessions>,
+    metrics: &Arc<Metrics>,
+) {
+    let list = channels.list().await;
+    let started = std::time::Instant::now();
+    let liveness = channels.liveness().clone();
+    let mut running = tokio::task::JoinSet::new();
+    for channel in &list {
+        if let Some(r) = ContentChecker::from_session(sessions, &channel.key) {
+            metrics
+                .channel_checks
+                .with_label_values(&["from_session"])
+                .inc();
+            liveness.record(&channel.key, ChannelHealth::of(&r, SystemTime::now()));
+            continue;
+        }
+        let Some(slot) = checker.slot_owned().await else {
+            return; // the semaphore closed: the process is ending
+        };
+        let (checker, key, liveness, metrics) = (
+            checker.clone(),
+            channel.key.clone(),
+            liveness.clone(),
+            metrics.clone(),
+        );
+        running.spawn(async move {
+            let _slot = slot;
+            let deadline = tokio::time::Instant::now() + SLOT_PATIENCE;
+            let checked = loop {
+                match checker.check_leaving(&key, SLOTS_KEPT_FOR_VIEWERS).await {
+                    Some(r) => break Some(r),
+                    None if tokio::time::Instant::now() >= deadline => break None,
+                    None => tokio::time::sleep(SLOT_RETRY).await,
+                }
+            };
+            let outcome = match &checked {
+                None => "skipped",
+                Some(r) if r.available => "alive",
+                Some(_) => "dead",
+            };
+            metrics.channel_checks.with_label_values(&[outcome]).inc();
+            if let Some(r) = checked {
+                liveness.record(&key, ChannelHealth::of(&r, SystemTime::now()));
+            }
+        });
+    }
+    while running.join_next().await.is_some() {}
+    let (mut alive, mut dead, mut unchecked) = (0, 0, 0);
+    for c in &list {
+        match liveness.of(&c.key) {
+            Some(h) if h.alive => alive += 1,
+            Some(_) => dead += 1,
+            None => unchecked += 1,
+        }
+    }
+    for (status, n) in [("alive", alive), ("dead", dead), ("unchecked", unchecked)] {
+        metrics.channels.with_label_values(&[status]).set(n);
+    }
+    log::info!(
+        "channel check: {} channels in {:.1} s: {alive} alive, {dead} not, {unchecked} unchecked",
+        list.len(),
+        started.elapsed().as_secs_f64()
+    );
+    *liveness.passes.locked() += 1;
+    liveness.pass_done.notify_waiters();
+}
