@@ -44,6 +44,9 @@ pub struct SimStats {
     pub sessions_started: u64,
     /// Sessions not yet stopped or expired.
     pub sessions_active: u64,
+    /// Most sessions ever alive at once.
+    #[serde(default)]
+    pub max_sessions_active: u64,
     /// Requests of a playback URL (`/ace/r/...` and `/content/...`).
     pub playback_requests: u64,
     /// Stream readers connected now.

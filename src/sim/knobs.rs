@@ -56,6 +56,11 @@ pub struct Knobs {
     pub freeze_livepos: bool,
     /// The stat URL answers "unknown playback session id" for live sessions too.
     pub stat_unknown: bool,
+    /// Content ids the network does not have: their start answers `failed to load content`
+    /// (as any id does on a real engine when no peer knows it).
+    pub unavailable_ids: Vec<String>,
+    /// Content ids without peers: their session starts, and its stream never sends a byte.
+    pub silent_ids: Vec<String>,
 }
 
 impl Knobs {
@@ -111,10 +116,21 @@ impl Knobs {
             "hevc" => self.hevc = flag()?,
             "freeze_livepos" => self.freeze_livepos = flag()?,
             "stat_unknown" => self.stat_unknown = flag()?,
+            "unavailable_ids" => self.unavailable_ids = id_list(value),
+            "silent_ids" => self.silent_ids = id_list(value),
             _ => return Err("unknown knob".into()),
         }
         Ok(())
     }
+}
+
+/// A comma-separated list of ids, lower-cased (empty or `none`: none).
+fn id_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty() && v != "none")
+        .collect()
 }
 
 impl Default for Knobs {
@@ -144,6 +160,8 @@ impl Default for Knobs {
             hevc: false,
             freeze_livepos: false,
             stat_unknown: false,
+            unavailable_ids: Vec::new(),
+            silent_ids: Vec::new(),
         }
     }
 }

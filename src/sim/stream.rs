@@ -173,8 +173,16 @@ async fn stream_ts(
     let mut paused = false;
     let tick = Duration::from_millis(20);
     let mut garbage_seed: u32 = 0x1234_5678;
+    // An id without peers: the session is there, and its stream never sends a byte.
+    let silent = lock(&shared.state)
+        .sessions
+        .get(token)
+        .is_some_and(|s| knobs.silent_ids.contains(&s.content_id));
     loop {
-        let live = lock(&shared.knobs).clone();
+        let mut live = lock(&shared.knobs).clone();
+        if silent {
+            live.stall_after_bytes = Some(0);
+        }
         if !paused && live.pause_after_bytes.is_some_and(|at| sent >= at) {
             paused = true;
             if wait_or_end(live.pause, &mut ended, &mut shutdown).await {

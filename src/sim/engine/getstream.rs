@@ -66,6 +66,13 @@ pub(super) async fn getstream(
     }
     tokio::time::sleep(knobs.json_latency).await;
     let content = content.to_ascii_lowercase();
+    if knobs.unavailable_ids.contains(&content) {
+        return respond_json(
+            sock,
+            serde_json::json!({"response": null, "error": "failed to load content"}),
+        )
+        .await;
+    }
     let infohash = infohash_for(&content);
     let token = random_hex(32);
     let playback_session_id = random_hex(40);
@@ -95,6 +102,7 @@ pub(super) async fn getstream(
         );
         st.stats.sessions_started += 1;
         st.stats.sessions_active += 1;
+        st.stats.max_sessions_active = st.stats.max_sessions_active.max(st.stats.sessions_active);
     }
     spawn_inactivity_timer(shared.clone(), token.clone(), 0, knobs.inactivity_timeout);
     let manifest = req.path == "/ace/manifest.m3u8";
