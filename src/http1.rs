@@ -169,16 +169,36 @@ pub async fn get(
     path_and_query: &str,
     connect_timeout: Duration,
 ) -> io::Result<Response> {
-    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    get_on(
-        stream,
-        &addr.to_string(),
+    get_opts(
+        addr,
         path_and_query,
+        connect_timeout,
         &GetOptions::default(),
     )
     .await
+}
+
+/// [`get`] with options (extra headers, method).
+pub async fn get_opts(
+    addr: SocketAddr,
+    path_and_query: &str,
+    connect_timeout: Duration,
+    opts: &GetOptions,
+) -> io::Result<Response> {
+    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    get_on(stream, &addr.to_string(), path_and_query, opts).await
+}
+
+impl GetOptions {
+    /// Options that send `headers`.
+    pub fn with_headers(headers: &crate::config::Headers) -> Self {
+        GetOptions {
+            headers: headers.pairs().to_vec(),
+            ..GetOptions::default()
+        }
+    }
 }
 
 /// Sends a request on an already connected stream and reads the response head.

@@ -105,6 +105,8 @@ pub struct Catalogue {
 pub struct RequestCtx {
     /// `host:port` of the engine a passthrough request goes to (for its Host header).
     engine_host: Option<String>,
+    /// The extra request headers of that engine (`headers:`).
+    engine_headers: crate::config::Headers,
     /// The route of this request, for the responses metric.
     route: Option<Route>,
     /// The cluster member this request is proxied to, and the members it went through before.
@@ -262,6 +264,7 @@ impl ProxyHttp for EdgeProxy {
             Error::explain(ErrorType::HTTPStatus(e.status()), e.public_text())
         })?;
         ctx.engine_host = Some(engine.endpoint.to_string());
+        ctx.engine_headers = engine.endpoint.headers.clone();
         Ok(Box::new(HttpPeer::new(engine.addr, false, String::new())))
     }
 
@@ -285,9 +288,17 @@ impl ProxyHttp for EdgeProxy {
             upstream_request.insert_header(VIA_HEADER, hops.join(", "))?;
             return Ok(());
         }
-        // The client's credentials are for this proxy, never for an engine.
+        // The client's credentials are for this proxy, never for an engine; the engine's own
+        // configured headers (`headers:`) go instead.
         upstream_request.remove_header(&http::header::AUTHORIZATION);
         upstream_request.remove_header(&http::header::COOKIE);
+        for (name, value) in ctx.engine_headers.pairs() {
+            // Sensitive: Pingora's debug log of the upstream request shows it as `Sensitive`.
+            let mut value = http::HeaderValue::from_str(value)
+                .map_err(|e| Error::because(ErrorType::InternalError, "engine header", e))?;
+            value.set_sensitive(true);
+            upstream_request.insert_header(name.clone(), value)?;
+        }
         Ok(())
     }
 

@@ -574,3 +574,120 @@ async fn a_check_that_gives_up_stops_the_late_engine_session() {
         sim_stats(&e).await
     );
 }
+
+/// `headers:` of an engine, the orchestrator and a channel source: every call to each carries
+/// them (the engine's start, stream, stat, stop, health probe, search and passthrough, asserted
+/// at the simulator; the orchestrator's list; the source's fetch), and no value reaches the log,
+/// even at debug level.
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_headers_reach_every_call_and_never_the_log() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const ENGINE_KEY: &str = "Bearer engine-secret-4711";
+    const ORCH_KEY: &str = "Bearer orchestrator-secret-1234";
+    const LIST_KEY: &str = "list-secret-0815";
+    let e = sim(Knobs::default()).await;
+    let orchestrator = FakeOrchestrator::start(serde_json::json!([])).await;
+    // A channel source that records the request heads it gets.
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let list_addr = listener.local_addr().unwrap();
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let n = sock.read(&mut buf).await.unwrap_or(0);
+            seen.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).to_lowercase());
+            let body = format!(
+                "#EXTM3U\n#EXTINF:-1,Listed\nacestream://{}\n",
+                content_id(7001)
+            );
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let conf = dir.path().join("edge.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "acestream:\n  listen: [\"127.0.0.1:{port}\"]\n  engines: [{{host: 127.0.0.1, port: {}, headers: {{Authorization: \"{ENGINE_KEY}\"}}}}]\n  orchestrator: {{url: \"http://{}\", report_events: false, headers: {{Authorization: \"{ORCH_KEY}\"}}}}\n  health_check_interval: 0.5\n  stream_idle_timeout: 0\n  dvr_window: 0\n  channels: {{check_interval: 0, sources: [{{url: \"http://{list_addr}/l.m3u\", headers: {{X-List-Key: {LIST_KEY}}}}}]}}\n",
+            e.addr().port(),
+            orchestrator.addr
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("edge.log");
+    let proxy = std::process::Command::new(env!("CARGO_BIN_EXE_acestream-edge"))
+        .arg("-c")
+        .arg(&conf)
+        .env("RUST_LOG", "debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .map(Process::new)
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await
+    );
+    // A stream (start, playback, stat, stop), a passthrough call, a search, the playlist.
+    let mut r = get(addr, &format!("/ace/getstream?id={}", content_id(7000))).await;
+    assert_eq!(r.status, 200);
+    let (got, _) = read_for(&mut r, Duration::from_secs(3), 200_000).await;
+    assert!(got.len() >= 200_000, "{}", got.len());
+    drop(r);
+    let (status, _) = get_json(addr, "/webui/api/service?method=get_version").await;
+    assert_eq!(status, 200);
+    let (status, v) = get_json(addr, "/ace/search?q=sport").await;
+    assert_eq!(status, 200, "{v}");
+    let mut r = get(addr, "/playlist.m3u").await;
+    let text = String::from_utf8(r.read_to_end(1 << 20).await.unwrap()).unwrap();
+    assert!(text.contains(",Listed\n"), "{text}");
+    let stopped = wait_until(Duration::from_secs(10), || async {
+        sim_stats(&e).await.stop_total >= 1
+    })
+    .await;
+    assert!(stopped, "the session was stopped");
+    let stats = sim_stats(&e).await;
+    assert_eq!(
+        stats.authorizations.keys().cloned().collect::<Vec<_>>(),
+        vec![ENGINE_KEY.to_string()],
+        "every request to the engine carried its header: {stats:?}"
+    );
+    assert!(stats.authorizations[ENGINE_KEY] >= 6, "{stats:?}");
+    assert!(
+        stats.stat_calls >= 1 && stats.playback_requests >= 1,
+        "{stats:?}"
+    );
+    let auth = orchestrator.auth_seen();
+    assert!(
+        !auth.is_empty() && auth.iter().all(|a| a == ORCH_KEY),
+        "{auth:?}"
+    );
+    let heads = heads.lock().unwrap().clone();
+    assert!(
+        !heads.is_empty()
+            && heads
+                .iter()
+                .all(|h| h.contains(&format!("x-list-key: {LIST_KEY}"))),
+        "{heads:?}"
+    );
+    drop(proxy);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.lines().count() > 20, "a debug log was written");
+    for secret in ["engine-secret", "orchestrator-secret", LIST_KEY] {
+        let line = text.lines().find(|l| l.contains(secret));
+        assert!(line.is_none(), "{secret} is in the log: {line:?}");
+    }
+}

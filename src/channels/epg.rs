@@ -287,7 +287,7 @@ impl Guides {
             .await
             .map_err(|e| e.to_string())?;
         };
-        let mut response = super::open_http(rest, self.piece_timeout).await?;
+        let mut response = super::open_http(rest, self.piece_timeout, &source.headers).await?;
         if response
             .header("content-length")
             .and_then(|v| v.parse::<u64>().ok())

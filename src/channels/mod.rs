@@ -269,7 +269,9 @@ impl Channels {
     async fn fetch(&self, source: &ChannelSource) -> Result<String, String> {
         let limit = self.config.max_source_bytes;
         let bytes = match source.location.strip_prefix("http://") {
-            Some(rest) => fetch_http(rest, limit, self.config.fetch_timeout).await?,
+            Some(rest) => {
+                fetch_http(rest, limit, self.config.fetch_timeout, &source.headers).await?
+            }
             None => {
                 let path = source.location.clone();
                 tokio::task::spawn_blocking(move || read_file(&path, limit))
@@ -282,8 +284,13 @@ impl Channels {
 }
 
 /// `GET http://<rest>` (host, port, path), refusing a body over `limit` bytes.
-async fn fetch_http(rest: &str, limit: u64, timeout: Duration) -> Result<Vec<u8>, String> {
-    let mut r = open_http(rest, timeout).await?;
+async fn fetch_http(
+    rest: &str,
+    limit: u64,
+    timeout: Duration,
+    headers: &crate::config::Headers,
+) -> Result<Vec<u8>, String> {
+    let mut r = open_http(rest, timeout, headers).await?;
     if r.header("content-length")
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|n| n > limit)
@@ -303,6 +310,7 @@ async fn fetch_http(rest: &str, limit: u64, timeout: Duration) -> Result<Vec<u8>
 pub(crate) async fn open_http(
     rest: &str,
     timeout: Duration,
+    headers: &crate::config::Headers,
 ) -> Result<crate::http1::Response, String> {
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -318,7 +326,7 @@ pub(crate) async fn open_http(
         .map_err(|e| format!("{authority}: {e}"))?
         .next()
         .ok_or_else(|| format!("{authority}: no address"))?;
-    let opts = crate::http1::GetOptions::default();
+    let opts = crate::http1::GetOptions::with_headers(headers);
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| format!("{authority}: connect timed out"))?

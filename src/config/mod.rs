@@ -101,6 +101,8 @@ pub struct ChannelSource {
     pub location: String,
     /// How old its list may get before a request loads it again. Default 1 h.
     pub refresh: Duration,
+    /// Extra request headers on every fetch of it (an `http://` source).
+    pub headers: Headers,
 }
 
 /// One inline entry of `acestream.channels.list`.
@@ -175,6 +177,34 @@ pub struct EngineConfig {
     pub port: u16,
     /// Its P2P port is forwarded (scores +1000).
     pub forwarded: bool,
+    /// Extra request headers on every call to it (`headers:`).
+    pub headers: Headers,
+}
+
+/// Extra request headers (`headers:` of an engine, the orchestrator or a channel source), sent
+/// on every request to it, e.g. `Authorization` for an engine behind an authenticating reverse
+/// proxy. Names and values were checked to be valid HTTP. Its `Debug` shows the names only: a
+/// value is a secret and never reaches a log.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Headers(pub std::sync::Arc<[(String, String)]>);
+
+impl Headers {
+    /// The `(name, value)` pairs.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(k, _)| format!("{k}: <{} hidden>", "value")),
+            )
+            .finish()
+    }
 }
 
 /// The orchestrator that lists engines.
@@ -186,6 +216,8 @@ pub struct OrchestratorConfig {
     pub api_key: Option<String>,
     /// Send `stream_started` / `stream_ended` events for our sessions. Default true.
     pub report_events: bool,
+    /// Extra request headers on every call to it.
+    pub headers: Headers,
 }
 
 impl Default for Config {

@@ -81,6 +81,11 @@ pub(super) fn validate(mut w: AceWire) -> Result<Config, ConfigError> {
             host: e.host.trim().to_string(),
             port: e.port,
             forwarded: e.forwarded,
+            headers: headers(
+                &e.headers,
+                &format!("acestream.engines[{i}].headers"),
+                &mut bad,
+            ),
         });
     }
     let orchestrator = match w.orchestrator {
@@ -98,6 +103,7 @@ pub(super) fn validate(mut w: AceWire) -> Result<Config, ConfigError> {
                 url,
                 api_key: Some(o.api_key).filter(|k| !k.is_empty()),
                 report_events: o.report_events,
+                headers: headers(&o.headers, "acestream.orchestrator.headers", &mut bad),
             })
         }
     };
@@ -510,6 +516,39 @@ fn channels(
     }
 }
 
+/// Extra request headers of `field`, checked: valid HTTP names and values, and none the proxy
+/// sets itself (`Host`, `Connection`, `Content-Length`, `Transfer-Encoding`).
+fn headers(
+    wire: &std::collections::BTreeMap<String, String>,
+    field: &str,
+    bad: &mut impl FnMut(String, String),
+) -> super::Headers {
+    const OURS: [&str; 4] = ["host", "connection", "content-length", "transfer-encoding"];
+    let mut out = Vec::new();
+    for (name, value) in wire {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            bad(
+                format!("{field}.{name}"),
+                "is not a valid header name".into(),
+            );
+        } else if OURS.contains(&name.to_ascii_lowercase().as_str()) {
+            bad(
+                format!("{field}.{name}"),
+                "is set by the proxy itself and cannot be configured".into(),
+            );
+        } else if http::HeaderValue::from_str(value).is_err() {
+            // The value itself is not echoed: it may be a secret.
+            bad(
+                format!("{field}.{name}"),
+                "the value is not a valid header value (control characters?)".into(),
+            );
+        } else {
+            out.push((name.clone(), value.clone()));
+        }
+    }
+    super::Headers(out.into())
+}
+
 /// The sources of `acestream.channels.<field>` (M3U lists or guides): `http://` URLs or paths,
 /// each with its `refresh` (`default_refresh` when not given).
 fn channel_sources(
@@ -520,10 +559,19 @@ fn channel_sources(
 ) -> Vec<super::ChannelSource> {
     let mut sources = Vec::new();
     for (i, s) in wire.into_iter().enumerate() {
-        let (location, refresh) = match s {
-            super::wire::ChannelSourceWire::Plain(u) => (u, None),
-            super::wire::ChannelSourceWire::Full { url, refresh } => (url, refresh),
+        let (location, refresh, extra) = match s {
+            super::wire::ChannelSourceWire::Plain(u) => (u, None, Default::default()),
+            super::wire::ChannelSourceWire::Full {
+                url,
+                refresh,
+                headers,
+            } => (url, refresh, headers),
         };
+        let extra = headers(
+            &extra,
+            &format!("acestream.channels.{field}[{i}].headers"),
+            bad,
+        );
         let location = location.trim().to_string();
         let refresh = refresh.map_or(default_refresh, |r| r.0);
         if location.starts_with("https://") {
@@ -546,7 +594,11 @@ fn channel_sources(
                 "must be at least 1 s".into(),
             );
         }
-        sources.push(super::ChannelSource { location, refresh });
+        sources.push(super::ChannelSource {
+            location,
+            refresh,
+            headers: extra,
+        });
     }
     sources
 }

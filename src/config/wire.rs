@@ -179,6 +179,8 @@ pub struct EngineWire {
     pub port: u16,
     #[serde(default)]
     pub forwarded: bool,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// `acestream.orchestrator`.
@@ -190,6 +192,8 @@ pub struct OrchestratorWire {
     pub api_key: String,
     #[serde(default = "yes")]
     pub report_events: bool,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 fn yes() -> bool {
@@ -262,6 +266,8 @@ pub enum ChannelSourceWire {
         url: String,
         #[serde(default)]
         refresh: Option<DurationWire>,
+        #[serde(default)]
+        headers: std::collections::BTreeMap<String, String>,
     },
 }
 

@@ -177,6 +177,7 @@ impl EnginePool {
             endpoint: EngineEndpoint {
                 host: s.meta.host.clone(),
                 port: s.meta.port,
+                headers: s.meta.headers.clone(),
             },
             addr: s.addr,
             forwarded: s.meta.forwarded,

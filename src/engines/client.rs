@@ -117,6 +117,8 @@ pub struct EngineEndpoint {
     pub host: String,
     /// HTTP API port.
     pub port: u16,
+    /// Extra request headers on every call (`headers:` of a configured engine).
+    pub headers: crate::config::Headers,
 }
 
 impl std::fmt::Display for EngineEndpoint {
@@ -222,7 +224,8 @@ impl EngineEndpoint {
     /// `GET path` on this engine; the response head is read within the read timeout.
     pub async fn get(&self, path: &str, t: EngineTimeouts) -> Result<Response, EngineError> {
         let addr = self.resolve().await?;
-        let fut = http1::get(addr, path, t.connect);
+        let opts = http1::GetOptions::with_headers(&self.headers);
+        let fut = http1::get_opts(addr, path, t.connect, &opts);
         match tokio::time::timeout(t.connect + t.read, fut).await {
             Err(_) => Err(EngineError::Timeout {
                 engine: self.to_string(),

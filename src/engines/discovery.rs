@@ -92,6 +92,7 @@ impl ServiceDiscovery for EngineDiscovery {
                 host: e.host.clone(),
                 port: e.port,
                 forwarded: e.forwarded,
+                headers: e.headers.clone(),
                 ..EngineMeta::default()
             })
             .collect();
@@ -149,6 +150,7 @@ pub async fn orchestrator_request(
         json_body,
         ..GetOptions::default()
     };
+    opts.headers.extend(o.headers.pairs().iter().cloned());
     if let Some(key) = &o.api_key {
         opts.headers
             .push(("Authorization".into(), format!("Bearer {key}")));
@@ -239,6 +241,8 @@ pub fn parse_engine_list(body: &[u8]) -> Result<Vec<EngineMeta>, String> {
                 from_orchestrator: true,
                 draining: e.draining,
                 vpn_healthy: e.vpn_healthy.or(e.vpn_health.map(|s| s != "unhealthy")),
+                // A listed engine gets the headers of a configured one at its address (merge).
+                headers: Default::default(),
             }
         })
         .collect())

@@ -175,6 +175,7 @@ mod tests {
             url: "http://127.0.0.1:9".into(),
             api_key: None,
             report_events: true,
+            headers: Default::default(),
         };
         let r = EventReporter::new(Some(&o), 4, metrics.clone());
         let t = std::time::Instant::now();

@@ -12,6 +12,8 @@ use std::time::Duration;
 pub struct EngineHealthCheck {
     /// Bound on connect plus answer.
     pub timeout: Duration,
+    /// The engines found, for each one's extra request headers.
+    pub meta: std::sync::Arc<super::Discovered>,
 }
 
 /// True for errors of this host, not of the engine: out of file descriptors (`EMFILE`,
@@ -32,8 +34,9 @@ impl HealthCheck for EngineHealthCheck {
             Error::explain(ErrorType::InternalError, "engine address is not inet")
         })?;
         let probe = async {
-            let mut r =
-                http1::get(addr, "/webui/api/service?method=get_version", self.timeout).await?;
+            let opts = http1::GetOptions::with_headers(&self.meta.headers_of(&addr));
+            let path = "/webui/api/service?method=get_version";
+            let mut r = http1::get_opts(addr, path, self.timeout, &opts).await?;
             let body = r.read_to_end(64 * 1024).await?;
             Ok::<_, std::io::Error>((r.status, body))
         };

@@ -57,6 +57,8 @@ pub struct EngineMeta {
     pub draining: bool,
     /// The orchestrator's view of its VPN's health (`None`: no opinion).
     pub vpn_healthy: Option<bool>,
+    /// Extra request headers (a configured engine's `headers:`).
+    pub headers: crate::config::Headers,
 }
 
 impl EngineMeta {
@@ -76,6 +78,9 @@ impl EngineMeta {
         self.from_orchestrator |= other.from_orchestrator;
         self.draining |= other.draining;
         self.vpn_healthy = other.vpn_healthy.or(self.vpn_healthy);
+        if self.headers.pairs().is_empty() {
+            self.headers = other.headers.clone();
+        }
     }
 
     /// Why the orchestrator rules it out, if it does.
@@ -200,6 +205,15 @@ impl Discovered {
         self.sources.get()
     }
 
+    /// The extra request headers of the engine at `addr` (none if it is not known).
+    pub fn headers_of(&self, addr: &SocketAddr) -> crate::config::Headers {
+        self.engines
+            .read_locked()
+            .get(addr)
+            .map(|m| m.headers.clone())
+            .unwrap_or_default()
+    }
+
     /// A snapshot of the engines found, by resolved address.
     pub fn engines(&self) -> HashMap<SocketAddr, EngineMeta> {
         self.engines.read_locked().clone()
@@ -232,6 +246,7 @@ pub fn load_balancer(config: &Config) -> (LoadBalancer<RoundRobin>, Arc<Discover
         .min(config.probes.engine_connect_timeout);
     backends.set_health_check(Box::new(health::EngineHealthCheck {
         timeout: probe_timeout,
+        meta: meta.clone(),
     }));
     let mut lb = LoadBalancer::from_backends(backends);
     lb.update_frequency = Some(config.probes.engine_cache_ttl);

@@ -55,6 +55,7 @@ fn choice_line_says_why() {
         endpoint: EngineEndpoint {
             host: "127.0.0.1".into(),
             port: 1,
+            headers: Default::default(),
         },
         addr: all[0].addr,
         forwarded: true,

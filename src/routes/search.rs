@@ -178,7 +178,8 @@ impl SearchCache {
             reason,
         };
         let body = tokio::time::timeout(ENGINE_TIMEOUT, async {
-            let mut r = crate::http1::get(engine.addr, &path, ENGINE_TIMEOUT)
+            let opts = crate::http1::GetOptions::with_headers(&engine.endpoint.headers);
+            let mut r = crate::http1::get_opts(engine.addr, &path, ENGINE_TIMEOUT, &opts)
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
             if r.status != 200 {

@@ -47,6 +47,9 @@ pub struct SimStats {
     /// Most sessions ever alive at once.
     #[serde(default)]
     pub max_sessions_active: u64,
+    /// Requests by their `Authorization` header (`-`: none), for tests of `headers:`.
+    #[serde(default)]
+    pub authorizations: BTreeMap<String, u64>,
     /// Requests of a playback URL (`/ace/r/...` and `/content/...`).
     pub playback_requests: u64,
     /// Stream readers connected now.
@@ -222,6 +225,14 @@ async fn handle_connection(
         head = read_request_head(&mut sock) => head?,
     };
     let Some(req) = head else { return Ok(()) };
+    // The test's own `/sim/*` calls are not the engine API.
+    if !req.path.starts_with("/sim/") {
+        *lock(&shared.state)
+            .stats
+            .authorizations
+            .entry(req.header("authorization").unwrap_or("-").to_string())
+            .or_default() += 1;
+    }
     let host = lock(&shared.knobs)
         .public_host
         .clone()
