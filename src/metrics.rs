@@ -82,6 +82,15 @@ pub struct Metrics {
     pub dvr_rewound_viewers: IntCounter,
     /// Listed channels by what the channel checker last found (`alive`, `dead`, `unchecked`).
     pub channels: IntGaugeVec,
+    /// Viewers per stream (a listed channel's name, one of the `metrics_top_streams` busiest
+    /// other ids, or `other`) and protocol (`ts`, `hls`).
+    pub stream_viewers: IntGaugeVec,
+    /// Bytes sent to the viewers of each stream's live session so far.
+    pub stream_egress_bytes: IntGaugeVec,
+    /// Each stream's ingest bitrate, bit/s.
+    pub stream_ingest_bitrate: IntGaugeVec,
+    /// The 95th percentile of each stream's viewers' lag behind its live edge, seconds.
+    pub stream_lag_p95: prometheus::GaugeVec,
     /// The channel checker's checks, by outcome (`alive`, `from_session`, `dead`, `skipped`:
     /// no engine slot to spare).
     pub channel_checks: IntCounterVec,
@@ -320,6 +329,36 @@ impl Metrics {
                 "Listed channels by what the channel checker last found (alive, dead, unchecked)",
                 &["status"],
             ),
+            stream_viewers: gauge_vec(
+                &r,
+                "acestream_edge_stream_viewers",
+                "Viewers per stream (a listed channel's name, one of the metrics_top_streams busiest other ids, or other) and protocol",
+                &["stream", "protocol"],
+            ),
+            stream_egress_bytes: gauge_vec(
+                &r,
+                "acestream_edge_stream_egress_bytes",
+                "Bytes sent to the viewers of each stream's live session so far",
+                &["stream"],
+            ),
+            stream_ingest_bitrate: gauge_vec(
+                &r,
+                "acestream_edge_stream_ingest_bitrate_bps",
+                "Each stream's ingest bitrate, bit/s",
+                &["stream"],
+            ),
+            stream_lag_p95: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "acestream_edge_stream_lag_p95_seconds",
+                        "The 95th percentile of each stream's viewers' lag behind its live edge, seconds",
+                    ),
+                    &["stream"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             channel_checks: counter_vec(
                 &r,
                 "acestream_edge_channel_checks_total",
@@ -414,5 +453,122 @@ impl Metrics {
             log::error!("encoding metrics failed: {e}");
         }
         out
+    }
+}
+
+/// One live session, as the per-stream metrics see it.
+#[derive(Debug, Clone, Default)]
+pub struct StreamSample {
+    /// Its content key (`<hex>` or `infohash:<hex>`).
+    pub key: String,
+    /// TS viewers.
+    pub ts_viewers: i64,
+    /// HLS viewers.
+    pub hls_viewers: i64,
+    /// Bytes sent to its viewers so far.
+    pub egress_bytes: i64,
+    /// Its ingest bitrate, bit/s.
+    pub bitrate_bps: i64,
+    /// Each viewer's lag, seconds.
+    pub lags: Vec<f64>,
+}
+
+/// The series of one `stream` label: its sessions summed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamSeries {
+    /// The label: a listed channel's name, a content key, or `other`.
+    pub label: String,
+    /// TS viewers.
+    pub ts_viewers: i64,
+    /// HLS viewers.
+    pub hls_viewers: i64,
+    /// Bytes sent.
+    pub egress_bytes: i64,
+    /// Ingest bitrate, bit/s.
+    pub bitrate_bps: i64,
+    /// The 95th percentile of its viewers' lag (0 without viewers).
+    pub lag_p95: f64,
+}
+
+/// The label that sums the streams past `metrics_top_streams`.
+pub const OTHER_STREAMS: &str = "other";
+
+/// Labels `samples` within the cardinality bound: a listed channel's name (`names`: key to
+/// name; bounded by the list), else the key for the `top` busiest others (by viewers, then
+/// egress), else [`OTHER_STREAMS`]. At most `names.len() + top + 1` series come out.
+pub fn per_stream(
+    samples: &[StreamSample],
+    names: &std::collections::HashMap<String, String>,
+    top: usize,
+) -> Vec<StreamSeries> {
+    let mut others: Vec<&StreamSample> = samples
+        .iter()
+        .filter(|s| !names.contains_key(&s.key))
+        .collect();
+    others.sort_by_key(|s| std::cmp::Reverse((s.ts_viewers + s.hls_viewers, s.egress_bytes)));
+    let own: std::collections::HashSet<&str> =
+        others.iter().take(top).map(|s| s.key.as_str()).collect();
+    let mut by_label: std::collections::BTreeMap<String, (StreamSeries, Vec<f64>)> =
+        Default::default();
+    for s in samples {
+        let label = match names.get(&s.key) {
+            Some(name) => name.clone(),
+            None if own.contains(s.key.as_str()) => s.key.clone(),
+            None => OTHER_STREAMS.to_string(),
+        };
+        let (series, lags) = by_label.entry(label.clone()).or_default();
+        series.label = label;
+        series.ts_viewers += s.ts_viewers;
+        series.hls_viewers += s.hls_viewers;
+        series.egress_bytes += s.egress_bytes;
+        series.bitrate_bps += s.bitrate_bps;
+        lags.extend_from_slice(&s.lags);
+    }
+    by_label
+        .into_values()
+        .map(|(mut series, mut lags)| {
+            lags.sort_by(f64::total_cmp);
+            series.lag_p95 = match lags.len() {
+                0 => 0.0,
+                n => lags[((n as f64 * 0.95).ceil() as usize).clamp(1, n) - 1],
+            };
+            series
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod per_stream_tests {
+    use super::*;
+
+    fn sample(key: &str, viewers: i64, lag: f64) -> StreamSample {
+        StreamSample {
+            key: key.into(),
+            ts_viewers: viewers,
+            egress_bytes: 1000 * viewers,
+            bitrate_bps: 4_000_000,
+            lags: vec![lag; viewers as usize],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn listed_by_name_the_busiest_by_key_the_rest_summed() {
+        let names: std::collections::HashMap<String, String> =
+            [("a".to_string(), "Channel A".to_string())].into();
+        let samples: Vec<StreamSample> = std::iter::once(sample("a", 2, 1.0))
+            .chain((0..10).map(|i| sample(&format!("x{i}"), i + 1, i as f64)))
+            .collect();
+        let series = per_stream(&samples, &names, 3);
+        let labels: Vec<&str> = series.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["Channel A", "other", "x7", "x8", "x9"]);
+        let other = &series[1];
+        // x0..x6: 1+2+…+7 viewers.
+        assert_eq!(other.ts_viewers, 28);
+        assert_eq!(other.bitrate_bps, 7 * 4_000_000);
+        // The 95th percentile of 28 lags (1 of 0 s, 2 of 1 s, …, 7 of 6 s): the 27th, 6 s.
+        assert_eq!(other.lag_p95, 6.0);
+        assert_eq!(series.iter().map(|s| s.ts_viewers).sum::<i64>(), 2 + 55);
+        assert!(per_stream(&samples, &names, 100).len() == 11);
     }
 }

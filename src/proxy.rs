@@ -65,6 +65,8 @@ impl EdgeProxy {
             token: admin_token,
             status_cache: Default::default(),
             started: std::time::Instant::now(),
+            channels: catalogue.channels.clone(),
+            top_streams: config.metrics_top_streams,
             tokens: config
                 .access
                 .stream_token_secret

@@ -177,3 +177,79 @@ async fn a_check_never_takes_the_last_engine_slot() {
     );
     drop(viewer);
 }
+
+/// Per-stream metrics within their cardinality bound: 30 listed channels and 100 ad-hoc ids
+/// streaming, one viewer each; every per-stream metric has exactly 30 + 20 + 1 series (the
+/// channels by name, the 20 busiest others by id, the rest as `other`), and the viewers add up.
+#[tokio::test(flavor = "multi_thread")]
+async fn per_stream_metrics_stay_within_their_bound() {
+    let e = sim(Knobs {
+        bitrate_bps: 200_000,
+        ..Knobs::default()
+    })
+    .await;
+    let id = |i: u32| content_id(6200 + i);
+    let list: Vec<String> = (0..30)
+        .map(|i| format!("{{name: \"Channel {i}\", id: {}}}", id(i)))
+        .collect();
+    let server = start_proxy(proxy_config(
+        &[&e],
+        &format!(
+            "max_streams_per_engine: 500\nmax_clients_per_ip: 0\nmax_sessions_per_ip: 0\nsession_starts_per_ip_per_minute: 0\nchannels: {{check_interval: 0, list: [{}]}}",
+            list.join(", ")
+        ),
+    ));
+    let addr = server.addr;
+    let mut viewers = Vec::new();
+    for i in 0..130 {
+        viewers.push(Viewer::start(addr, &id(i)).await);
+    }
+    for v in &viewers {
+        assert!(v.gets(1).await, "every viewer streams");
+    }
+    let metrics = get_text(addr, "/metrics").await;
+    let series = |metric: &str| -> Vec<String> {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("acestream_edge_{metric}{{")))
+            .map(str::to_string)
+            .collect()
+    };
+    for metric in [
+        "stream_egress_bytes",
+        "stream_ingest_bitrate_bps",
+        "stream_lag_p95_seconds",
+    ] {
+        assert_eq!(series(metric).len(), 51, "{metric}: {:?}", series(metric));
+    }
+    let ts = series("stream_viewers");
+    let ts: Vec<&String> = ts
+        .iter()
+        .filter(|l| l.contains("protocol=\"ts\""))
+        .collect();
+    assert_eq!(ts.len(), 51, "{ts:?}");
+    let viewers_of = |l: &str| -> i64 { l.rsplit(' ').next().unwrap().parse().unwrap() };
+    assert_eq!(ts.iter().map(|l| viewers_of(l)).sum::<i64>(), 130);
+    for i in 0..30 {
+        assert!(
+            ts.iter()
+                .any(|l| l.contains(&format!("stream=\"Channel {i}\""))),
+            "Channel {i}"
+        );
+    }
+    let other = ts
+        .iter()
+        .find(|l| l.contains("stream=\"other\""))
+        .expect("an other series");
+    assert_eq!(viewers_of(other), 80, "{other}");
+    let by_id = ts.iter().filter(|l| l.contains("stream=\"0000")).count();
+    assert_eq!(by_id, 20);
+    eprintln!(
+        "per-stream metrics of 130 streams: {} lines of acestream_edge_stream_*",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("acestream_edge_stream_"))
+            .count()
+    );
+    drop(viewers);
+}

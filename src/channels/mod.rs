@@ -148,6 +148,14 @@ impl Channels {
         }
     }
 
+    /// Each listed channel's name by its key, from what is held now (nothing is loaded).
+    pub fn names_now(&self) -> std::collections::HashMap<String, String> {
+        self.merged()
+            .into_iter()
+            .map(|c| (c.key.to_string(), c.name))
+            .collect()
+    }
+
     /// The merged list of what is held now.
     fn merged(&self) -> Vec<Channel> {
         let mut out: Vec<Channel> = Vec::new();

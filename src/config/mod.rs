@@ -69,6 +69,9 @@ pub struct Config {
     /// The proxy's address as clients reach it (`http://tv.example:8000`), for the absolute URLs
     /// of `/playlist.m3u`; empty: the request's `Host`.
     pub public_url: Option<String>,
+    /// Streams not in the channel list that get their own series in the per-stream metrics (the
+    /// busiest by viewers); the others are summed as `other`. Default 20, at most 1000.
+    pub metrics_top_streams: usize,
 }
 
 /// `acestream.channels`: where channel lists come from (see [`crate::channels`]).

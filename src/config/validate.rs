@@ -324,6 +324,7 @@ pub(super) fn validate(mut w: AceWire) -> Result<Config, ConfigError> {
         cluster,
         channels,
         public_url,
+        metrics_top_streams: w.metrics_top_streams.min(1000) as usize,
         log_format: w.log_format,
         connections: Connections {
             client_send_buffer: w.client_send_buffer as usize,

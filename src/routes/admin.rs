@@ -42,6 +42,10 @@ pub struct Admin {
     pub status_cache: std::sync::Mutex<[Option<CachedBody>; 2]>,
     /// When the proxy started (for `uptime_seconds`).
     pub started: Instant,
+    /// The channel list, whose names label the per-stream metrics.
+    pub channels: Arc<crate::channels::Channels>,
+    /// `metrics_top_streams`.
+    pub top_streams: usize,
 }
 
 use crate::access::AdminToken;
@@ -265,6 +269,54 @@ impl Admin {
         EnginesView { engines }
     }
 
+    /// The per-stream series, set anew from the live sessions (see [`crate::metrics::per_stream`]).
+    fn per_stream_metrics(&self) {
+        let samples: Vec<crate::metrics::StreamSample> = self
+            .sessions
+            .list()
+            .iter()
+            .map(|x| {
+                let clients = x.clients();
+                let count = |p: crate::streams::client::Protocol| {
+                    clients.iter().filter(|c| c.protocol == p).count() as i64
+                };
+                crate::metrics::StreamSample {
+                    key: x.content.to_string(),
+                    ts_viewers: count(crate::streams::client::Protocol::Ts),
+                    hls_viewers: count(crate::streams::client::Protocol::Hls),
+                    egress_bytes: x.bytes_out.load(Ordering::Relaxed) as i64,
+                    bitrate_bps: x.ring.bitrate_bps().map_or(0, |b| b.round() as i64),
+                    lags: clients
+                        .iter()
+                        .map(|c| x.ring.lag_seconds(c.cursor.load(Ordering::Relaxed)))
+                        .collect(),
+                }
+            })
+            .collect();
+        let m = &self.metrics;
+        m.stream_viewers.reset();
+        m.stream_egress_bytes.reset();
+        m.stream_ingest_bitrate.reset();
+        m.stream_lag_p95.reset();
+        let names = self.channels.names_now();
+        for s in crate::metrics::per_stream(&samples, &names, self.top_streams) {
+            let l = s.label.as_str();
+            m.stream_viewers
+                .with_label_values(&[l, "ts"])
+                .set(s.ts_viewers);
+            m.stream_viewers
+                .with_label_values(&[l, "hls"])
+                .set(s.hls_viewers);
+            m.stream_egress_bytes
+                .with_label_values(&[l])
+                .set(s.egress_bytes);
+            m.stream_ingest_bitrate
+                .with_label_values(&[l])
+                .set(s.bitrate_bps);
+            m.stream_lag_p95.with_label_values(&[l]).set(s.lag_p95);
+        }
+    }
+
     async fn write_metrics(&self, s: &mut HttpSession) -> pingora::Result<()> {
         // Engine gauges are a snapshot of the pool, taken now.
         let m = &self.metrics;
@@ -288,6 +340,7 @@ impl Admin {
                     .add(stat.speed_down.unwrap_or(0) as i64);
             }
         }
+        self.per_stream_metrics();
         for e in self.engines.status() {
             let label = e.addr.to_string();
             m.engine_healthy
