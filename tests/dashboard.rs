@@ -372,3 +372,129 @@ async fn the_dashboard_shows_sessions_and_previews() {
         v.abort();
     }
 }
+
+/// The dashboard's channel list (issue 29): 30 channels after one checker pass (20 that play, 5
+/// the network does not have, 5 without peers) show with their status; the filters narrow the
+/// list; a channel's play button previews it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_lists_channels_with_their_status_and_previews_one() {
+    let profile = tempfile::tempdir().unwrap();
+    let Some((mut browser, mut cdp)) = devtools(profile.path()).await else {
+        eprintln!("SKIPPED: chromium is not installed (apt-get install chromium)");
+        return;
+    };
+    let id = |i: u32| content_id(6300 + i);
+    let e = sim(Knobs {
+        unavailable_ids: (20..25).map(id).collect(),
+        silent_ids: (25..30).map(id).collect(),
+        ..Knobs::default()
+    })
+    .await;
+    let list: Vec<String> = (0..30)
+        .map(|i| format!("{{name: \"Ch {i}\", id: {}, group: G{}}}", id(i), i % 3))
+        .collect();
+    let server = start_proxy(proxy_config(
+        &[&e],
+        &format!(
+            "hls_segment_seconds: 1\ncheck_timeout: 2\nchannels: {{check_interval: 1h, list: [{}]}}",
+            list.join(", ")
+        ),
+    ));
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            get_json(server.addr, "/proxy/channels").await.1["check_passes"] == 1
+        })
+        .await,
+        "one checker pass"
+    );
+    let origin = format!("http://{}", server.addr);
+    cdp.call(
+        "Page.navigate",
+        serde_json::json!({"url": format!("{origin}/")}),
+    )
+    .await;
+    let rows = r#"(() => { const r = [...document.querySelectorAll('#channels tr.channel')];
+        return {n: r.length, alive: r.filter(x => x.dataset.status === 'alive').length,
+                dead: r.filter(x => x.dataset.status === 'dead').length,
+                count: document.getElementById('channels-count').textContent,
+                reasons: r.filter(x => x.dataset.status === 'dead').map(x => x.querySelector('.status').textContent)}; })()"#;
+    let mut shown = serde_json::Value::Null;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(15) {
+        cdp.pump(Duration::from_millis(500)).await;
+        shown = cdp.eval(rows).await;
+        if shown["n"] == 30 {
+            break;
+        }
+    }
+    assert_eq!(
+        (
+            shown["n"].clone(),
+            shown["alive"].clone(),
+            shown["dead"].clone()
+        ),
+        (30.into(), 20.into(), 10.into()),
+        "{shown}"
+    );
+    let reasons: Vec<String> = serde_json::from_value(shown["reasons"].clone()).unwrap();
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.contains("failed to load content"))
+            .count(),
+        5,
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.contains("no stream byte"))
+            .count(),
+        5,
+        "{reasons:?}"
+    );
+    assert!(
+        shown["count"]
+            .as_str()
+            .unwrap()
+            .contains("30 of 30, 20 alive"),
+        "{shown}"
+    );
+    // Filters: by text (name or group), and by status.
+    cdp.eval("(() => { const f = document.getElementById('channels-filter'); f.value = 'g1'; f.dispatchEvent(new Event('input')); })()").await;
+    let g1 = cdp.eval(rows).await;
+    assert_eq!(g1["n"], 10, "{g1}");
+    cdp.eval("(() => { const f = document.getElementById('channels-filter'); f.value = ''; f.dispatchEvent(new Event('input')); const s = document.getElementById('channels-status'); s.value = 'dead'; s.dispatchEvent(new Event('change')); })()").await;
+    let dead = cdp.eval(rows).await;
+    assert_eq!(
+        (dead["n"].clone(), dead["dead"].clone()),
+        (10.into(), 10.into()),
+        "{dead}"
+    );
+    cdp.eval("(() => { const s = document.getElementById('channels-status'); s.value = 'alive'; s.dispatchEvent(new Event('change')); })()").await;
+    // The first alive channel's play button previews it.
+    let key = cdp
+        .eval("(() => { const r = document.querySelector('#channels tr.channel'); r.querySelector('button.play').click(); return r.dataset.key; })()")
+        .await;
+    assert_eq!(key, serde_json::json!(id(0)));
+    let mut played = 0.0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(40) && played < 3.0 {
+        cdp.pump(Duration::from_millis(1000)).await;
+        played = cdp
+            .eval("document.getElementById('preview').currentTime")
+            .await
+            .as_f64()
+            .unwrap_or(0.0);
+    }
+    assert!(played >= 3.0, "the preview played {played} s");
+    assert_eq!(cdp.errors(), Vec::<String>::new());
+    let stats = sim_stats(&e).await;
+    assert_eq!(
+        stats.getstream_calls.get(&id(0)),
+        Some(&2),
+        "one check, then the preview: {stats:?}"
+    );
+    let _ = browser.kill();
+    let _ = browser.wait();
+}

@@ -1,5 +1,5 @@
 // The acestream-edge dashboard: polls /proxy/status?history=1 and /proxy/engines every 2 s and
-// renders them. No build step, no CDN: uPlot (sparklines) and hls.js (preview) are served by the
+// renders them, and the channel list (/proxy/channels, with the checker's findings) every 10 s. No build step, no CDN: uPlot (sparklines) and hls.js (preview) are served by the
 // proxy itself. With an admin token, it is asked once, kept in sessionStorage and sent as a
 // Bearer header (never in a URL).
 "use strict";
@@ -171,12 +171,65 @@ function render(status, engines) {
     el("td", {}, e.recently_failed ? "recently failed" : "–"))));
 }
 
+const CHANNELS_EVERY_MS = 10000;
+let channels = null; // the last /proxy/channels answer
+let channelsAt = 0;
+
+function channelStatus(c) {
+  if (!c.health) return "unchecked";
+  return c.health.alive ? "alive" : "dead";
+}
+
+function ago(unix) {
+  return duration(Math.max(0, Date.now() / 1000 - unix)) + " ago";
+}
+
+function renderChannels() {
+  const box = $("channels-box");
+  if (!channels || !channels.count) { box.hidden = true; return; }
+  box.hidden = false;
+  const text = $("channels-filter").value.trim().toLowerCase();
+  const status = $("channels-status").value;
+  const shown = channels.channels.filter((c) => {
+    const group = (c.attrs && c.attrs["group-title"]) || "";
+    return (!text || c.name.toLowerCase().includes(text) || group.toLowerCase().includes(text))
+      && (!status || channelStatus(c) === status);
+  });
+  const alive = channels.channels.filter((c) => channelStatus(c) === "alive").length;
+  $("channels-count").textContent = "(" + shown.length + " of " + channels.count + ", " + alive + " alive)";
+  $("channels").querySelector("tbody").replaceChildren(...shown.map((c) => {
+    const st = channelStatus(c);
+    const h = c.health || {};
+    const logo = c.attrs && c.attrs["tvg-logo"];
+    return el("tr", { class: "channel", "data-key": c.key, "data-status": st },
+      el("td", {}, ...(logo ? [el("img", { src: logo, alt: "", loading: "lazy", referrerpolicy: "no-referrer" })] : []), c.name),
+      el("td", {}, (c.attrs && c.attrs["group-title"]) || "–"),
+      el("td", { class: "status " + (st === "alive" ? "ok" : st === "dead" ? "bad" : "unchecked"), title: h.reason || "" },
+        st === "alive" ? (h.from_session ? "alive (watched)" : "alive") : st === "dead" ? "not playing: " + (h.reason || "") : "not checked yet"),
+      el("td", {}, h.first_byte_ms != null ? (h.first_byte_ms / 1000).toFixed(1) + " s" : "–"),
+      el("td", {}, h.last_checked ? ago(h.last_checked) : "–"),
+      el("td", {}, el("button", { type: "button", class: "play", onclick: () => preview(c.key) }, "play")));
+  }));
+}
+
+async function pollChannels() {
+  if (Date.now() - channelsAt < CHANNELS_EVERY_MS) return;
+  channelsAt = Date.now();
+  try {
+    channels = await getJson("/proxy/channels");
+  } catch (e) {
+    channels = null;
+  }
+  renderChannels();
+}
+
 async function poll() {
   try {
     const [status, engines] = await Promise.all([getJson("/proxy/status?history=1"), getJson("/proxy/engines")]);
     $("login").hidden = true;
     $("main").hidden = false;
     render(status, engines);
+    pollChannels();
   } catch (e) {
     if (e.auth) {
       $("main").hidden = true;
@@ -186,12 +239,14 @@ async function poll() {
   }
 }
 
+// `id`: a content id, or a channel's key (`infohash:<hex>` for an infohash).
 function preview(id) {
   const video = $("preview");
   $("preview-box").hidden = false;
   $("preview-box").scrollIntoView({ block: "start" });
   if (hls) hls.destroy();
-  const src = "/ace/manifest.m3u8?id=" + encodeURIComponent(id);
+  const [param, value] = id.startsWith("infohash:") ? ["infohash", id.slice(9)] : ["id", id];
+  const src = "/ace/manifest.m3u8?" + param + "=" + encodeURIComponent(value);
   if (window.Hls && Hls.isSupported()) {
     hls = new Hls();
     hls.loadSource(src);
@@ -203,6 +258,8 @@ function preview(id) {
   }
 }
 
+$("channels-filter").addEventListener("input", renderChannels);
+$("channels-status").addEventListener("change", renderChannels);
 $("preview-close").addEventListener("click", () => {
   if (hls) { hls.destroy(); hls = null; }
   $("preview").removeAttribute("src");
