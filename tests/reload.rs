@@ -345,3 +345,131 @@ async fn sighup_changes_the_linger_shown_and_used() {
     );
     drop(child);
 }
+
+/// SIGHUP reloads `channels` (issue 29): a new inline entry and a new source appear in the
+/// playlist, the channel checker's interval follows (turned on by the reload, it checks the new
+/// list), the source that stayed is not fetched again before its refresh, and a broken file
+/// changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_reloads_the_channels() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let e = sim(Knobs::default()).await;
+    // Two list sources, each counting its fetches.
+    let mut sources = Vec::new();
+    for (n, name) in [(19_200u32, "Kept"), (19_201, "Added")] {
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = fetches.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = format!(
+                    "#EXTM3U\n#EXTINF:-1,{name}\nacestream://{}\n",
+                    content_id(n)
+                );
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(body.as_bytes()).await;
+            }
+        });
+        sources.push((addr, fetches));
+    }
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let conf = tempfile::NamedTempFile::new().unwrap();
+    let write = |channels: &str| {
+        // Room for checks: they never take an engine's last free slot.
+        let mut y = yaml(port, &[e.addr().port()], "t").replace(
+            "max_streams_per_engine: 1\n",
+            "max_streams_per_engine: 10\n",
+        );
+        y.push_str(&format!("  dvr_window: 0\n  channels: {channels}\n"));
+        std::fs::write(conf.path(), y).unwrap();
+    };
+    let kept = format!("{{url: \"http://{}/a.m3u\", refresh: 1h}}", sources[0].0);
+    write(&format!(
+        "{{check_interval: 0, sources: [{kept}], list: [{{name: Inline, id: {}}}]}}",
+        content_id(19_202)
+    ));
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let child = start_edge(
+        conf.path(),
+        "info",
+        Stdio::from(log.reopen().unwrap()),
+        addr,
+    )
+    .await;
+    let names = || async {
+        let mut r = get(addr, "/playlist.m3u").await;
+        let text = String::from_utf8(r.read_to_end(1 << 20).await.unwrap()).unwrap();
+        text.lines()
+            .filter_map(|l| {
+                l.strip_prefix("#EXTINF:-1")
+                    .map(|l| l.rsplit(',').next().unwrap().to_string())
+            })
+            .collect::<Vec<String>>()
+    };
+    assert_eq!(names().await, ["Inline", "Kept"]);
+    let (status, _) = get_json(addr, "/playlist.m3u?alive=1").await;
+    assert_eq!(status, 400, "the checker is off");
+
+    // Reload: one more inline entry, one more source, the checker on.
+    write(&format!(
+        "{{check_interval: 1h, sources: [{kept}, \"http://{}/b.m3u\"], list: [{{name: Inline, id: {}}}, {{name: Second, id: {}}}]}}",
+        sources[1].0,
+        content_id(19_202),
+        content_id(19_203)
+    ));
+    let hup = || {
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    hup();
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            names().await == ["Inline", "Second", "Kept", "Added"]
+        })
+        .await,
+        "the reloaded list: {:?}",
+        names().await
+    );
+    assert_eq!(
+        sources[0].1.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the source that stayed was not fetched again"
+    );
+    // The checker, turned on, checks the new list: all four play.
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            let opts = GetOptions {
+                headers: vec![("Authorization".into(), "Bearer t".into())],
+                ..Default::default()
+            };
+            let mut r = get_with(addr, "/proxy/channels", opts).await;
+            let body = r.read_to_end(1 << 20).await.unwrap_or_default();
+            serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v["check_passes"] == 1)
+        })
+        .await,
+        "a checker pass after the reload; the log:\n{}",
+        std::fs::read_to_string(log.path()).unwrap_or_default()
+    );
+    let mut r = get(addr, "/playlist.m3u?alive=1").await;
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8(r.read_to_end(1 << 20).await.unwrap()).unwrap();
+    assert_eq!(text.matches("#EXTINF").count(), 4, "{text}");
+
+    // A broken file changes nothing.
+    std::fs::write(conf.path(), "acestream: {channels: {sources: 7}}\n").unwrap();
+    hup();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(names().await, ["Inline", "Second", "Kept", "Added"]);
+    drop(child);
+}

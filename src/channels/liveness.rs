@@ -99,21 +99,37 @@ impl Liveness {
     }
 }
 
-/// The checker's task: a pass now, then one every `interval` (zero: none), until the process
-/// ends.
+/// The checker's task, until the process ends: a pass now, then one every `check_interval`
+/// (read anew after each pass and at each reload; zero, or no channel: none until a reload
+/// says otherwise).
 pub async fn run(
     channels: Arc<Channels>,
     checker: Arc<ContentChecker>,
     sessions: Arc<Sessions>,
     metrics: Arc<Metrics>,
-    interval: Duration,
 ) {
-    if interval.is_zero() || !channels.configured() {
-        return;
-    }
+    let mut last_pass: Option<tokio::time::Instant> = None;
     loop {
-        pass(&channels, &checker, &sessions, &metrics).await;
-        tokio::time::sleep(interval).await;
+        let reloaded = channels.next_reload();
+        let interval = channels.current().config().check_interval;
+        let due = match (interval.is_zero() || !channels.configured(), last_pass) {
+            (true, _) => None,
+            (false, None) => Some(tokio::time::Instant::now()),
+            (false, Some(at)) => Some(at + interval),
+        };
+        match due {
+            Some(at) if at <= tokio::time::Instant::now() => {
+                last_pass = Some(tokio::time::Instant::now());
+                pass(&channels, &checker, &sessions, &metrics).await;
+            }
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = reloaded => {}
+                }
+            }
+            None => reloaded.await,
+        }
     }
 }
 

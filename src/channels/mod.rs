@@ -1,10 +1,11 @@
 //! Channel lists: the M3U sources and inline entries of `acestream.channels`, merged into one
 //! list of channels that `/playlist.m3u` serves through the proxy and `/proxy/channels` shows.
 //!
-//! **Who owns what.** [`Channels`] (one per process) owns every source's last good list. A
-//! source (an `http://` URL or a file) is loaded when first asked for, then again when a request
-//! finds it older than its `refresh`: that request is answered from the list held, and the load
-//! runs beside it (one at a time per source). A load that fails (unreachable, not `200`, over
+//! **Who owns what.** [`Channels`] (one per process) holds the current [`Catalog`], which owns
+//! every source's last good list; a reload (SIGHUP) puts a new catalogue in its place that keeps
+//! what the unchanged sources hold. A source (an `http://` URL or a file) is loaded when first
+//! asked for, then again when a request finds it older than its `refresh`: that request is
+//! answered from the list held, and the load runs beside it (one at a time per source). A load that fails (unreachable, not `200`, over
 //! `max_source_bytes`, past `fetch_timeout`, or nothing in it that is a list) keeps the last
 //! good list and says why in `/proxy/channels` and the log. Merging: inline entries first, then
 //! the sources in order; a channel is its id, so a later entry of the same id adds only the
@@ -66,7 +67,7 @@ pub struct SourceView {
 }
 
 /// What one source holds.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct SourceState {
     list: Option<Arc<m3u::Parsed>>,
     loaded: Option<(Instant, u64)>,
@@ -76,30 +77,55 @@ struct SourceState {
     loading: bool,
 }
 
-/// The channels of the process (see the module docs).
+/// The channels of the process (see the module docs): the current [`Catalog`], replaced whole
+/// by a reload (SIGHUP), and what the channel checker found, which outlives reloads.
 #[derive(Debug)]
 pub struct Channels {
-    config: ChannelsConfig,
-    sources: Vec<Mutex<SourceState>>,
-    /// Signals a finished load (to the requests that wait for a first one).
-    loaded: tokio::sync::Notify,
-    /// The guides (`epg`) of these channels.
-    guides: Arc<epg::Guides>,
+    current: Mutex<Arc<Catalog>>,
     /// What the channel checker found.
     liveness: Arc<liveness::Liveness>,
+    /// Signals a reload (to the checker, whose interval may have changed).
+    reloaded: tokio::sync::Notify,
 }
 
 impl Channels {
     /// The channels `config` describes; nothing is loaded yet.
     pub fn new(config: ChannelsConfig) -> Arc<Self> {
-        let sources = config.sources.iter().map(|_| Mutex::default()).collect();
         Arc::new(Channels {
-            guides: epg::Guides::new(&config),
+            current: Mutex::new(Catalog::new(config, None)),
             liveness: Default::default(),
-            config,
-            sources,
-            loaded: tokio::sync::Notify::new(),
+            reloaded: tokio::sync::Notify::new(),
         })
+    }
+
+    /// The catalogue requests use now.
+    pub fn current(&self) -> Arc<Catalog> {
+        self.current.locked().clone()
+    }
+
+    /// Takes a new `acestream.channels` (SIGHUP): a source or guide whose URL (and headers) stays
+    /// keeps what it holds, and loads again only when its `refresh` says so; new ones load on
+    /// the next request; requests being answered finish with the catalogue they started with.
+    pub fn reload(&self, config: ChannelsConfig) {
+        let mut current = self.current.locked();
+        if current.config == config {
+            return;
+        }
+        let next = Catalog::new(config, Some(&current));
+        log::info!(
+            "channels: {} sources, {} inline entries, {} guides (reloaded)",
+            next.config.sources.len(),
+            next.config.list.len(),
+            next.config.epg.len()
+        );
+        *current = next;
+        drop(current);
+        self.reloaded.notify_waiters();
+    }
+
+    /// Resolves at the next reload (from its creation on, polled or not).
+    pub fn next_reload(&self) -> tokio::sync::futures::Notified<'_> {
+        self.reloaded.notified()
     }
 
     /// What the channel checker found.
@@ -107,9 +133,89 @@ impl Channels {
         &self.liveness
     }
 
-    /// The guides (`acestream.channels.epg`).
-    pub fn guides(&self) -> &Arc<epg::Guides> {
-        &self.guides
+    /// The guides (`acestream.channels.epg`) now.
+    pub fn guides(&self) -> Arc<epg::Guides> {
+        self.current().guides.clone()
+    }
+
+    /// Whether any channel is configured.
+    pub fn configured(&self) -> bool {
+        self.current().configured()
+    }
+
+    /// The merged list (see [`Catalog::list`]).
+    pub async fn list(&self) -> Vec<Channel> {
+        self.current().list().await
+    }
+
+    /// Each listed channel's name by its key, from what is held now (nothing is loaded).
+    pub fn names_now(&self) -> std::collections::HashMap<String, String> {
+        self.current()
+            .merged()
+            .into_iter()
+            .map(|c| (c.key.to_string(), c.name))
+            .collect()
+    }
+
+    /// The sources as `/proxy/channels` shows them.
+    pub fn sources(&self) -> Vec<SourceView> {
+        self.current().sources()
+    }
+}
+
+/// One configuration's channels: its sources' lists and its guides.
+#[derive(Debug)]
+pub struct Catalog {
+    config: ChannelsConfig,
+    sources: Vec<Mutex<SourceState>>,
+    /// Signals a finished load (to the requests that wait for a first one).
+    loaded: tokio::sync::Notify,
+    /// The guides (`epg`) of these channels.
+    guides: Arc<epg::Guides>,
+}
+
+impl Catalog {
+    /// The catalogue of `config`, keeping what `before` holds for the sources and guides that
+    /// did not change.
+    fn new(config: ChannelsConfig, before: Option<&Catalog>) -> Arc<Self> {
+        let sources = config
+            .sources
+            .iter()
+            .map(|c| {
+                let kept = before.and_then(|b| {
+                    let i = b
+                        .config
+                        .sources
+                        .iter()
+                        .position(|o| o.location == c.location && o.headers == c.headers)?;
+                    let mut st = b.sources[i].locked().clone();
+                    st.loading = false;
+                    Some(st)
+                });
+                Mutex::new(kept.unwrap_or_default())
+            })
+            .collect();
+        let guides = match before {
+            Some(b)
+                if b.config.epg == config.epg
+                    && b.config.max_guide_bytes == config.max_guide_bytes
+                    && b.config.fetch_timeout == config.fetch_timeout =>
+            {
+                b.guides.clone()
+            }
+            _ => epg::Guides::new(&config),
+        };
+        Arc::new(Catalog {
+            guides,
+            config,
+            sources,
+            loaded: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &ChannelsConfig {
+        &self.config
     }
 
     /// Whether any channel is configured.
@@ -146,14 +252,6 @@ impl Channels {
             }
             let _ = tokio::time::timeout_at(deadline, notified).await;
         }
-    }
-
-    /// Each listed channel's name by its key, from what is held now (nothing is loaded).
-    pub fn names_now(&self) -> std::collections::HashMap<String, String> {
-        self.merged()
-            .into_iter()
-            .map(|c| (c.key.to_string(), c.name))
-            .collect()
     }
 
     /// The merged list of what is held now.

@@ -64,7 +64,7 @@ pub struct Config {
     pub hls: Hls,
     /// DVR: the on-disk window behind each session's ring. (restart only)
     pub dvr: Dvr,
-    /// Channel lists in, playlists out (`acestream.channels`). Default: none. (restart only)
+    /// Channel lists in, playlists out (`acestream.channels`). Default: none. (reloadable)
     pub channels: ChannelsConfig,
     /// The proxy's address as clients reach it (`http://tv.example:8000`), for the absolute URLs
     /// of `/playlist.m3u`; empty: the request's `Host`.

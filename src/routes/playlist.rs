@@ -56,7 +56,10 @@ pub async fn serve(
         }
     };
     let alive_only = param("alive").is_some_and(|v| v != "0");
-    if alive_only && config.channels.check_interval.is_zero() {
+    // The channel settings of now (a SIGHUP may have changed them).
+    let catalog = channels.current();
+    let settings = catalog.config();
+    if alive_only && settings.check_interval.is_zero() {
         let e = EdgeError::BadRequest(
             "alive=1 needs the channel checker, which is off (acestream.channels.check_interval: 0)"
                 .into(),
@@ -84,9 +87,9 @@ pub async fn serve(
         let days = config.dvr.dvr_window.as_secs().div_ceil(86_400).max(1);
         format!(" catchup=\"append\" catchup-source=\"&start={{utc}}\" catchup-days=\"{days}\"")
     });
-    let ttl = config.channels.playlist_token_ttl;
+    let ttl = settings.playlist_token_ttl;
     let mut out = String::from("#EXTM3U");
-    if !config.channels.epg.is_empty() {
+    if !settings.epg.is_empty() {
         // The guide needs what this playlist needed: its own token, or a fresh one for an admin.
         let token = match (access.signs_streams(), admin_ok) {
             (false, _) => None,

@@ -164,9 +164,9 @@ fn build_services(
             checker: catalogue.checker.clone(),
             sessions: sessions.clone(),
             metrics: metrics.clone(),
-            interval: config.channels.check_interval,
         },
     ));
+    let channels = catalogue.channels.clone();
     let app = pingora::proxy::http_proxy(
         &server.configuration,
         EdgeProxy::new(
@@ -187,6 +187,7 @@ fn build_services(
                 sessions: sessions.clone(),
                 engines: pool.clone(),
                 live,
+                channels,
             },
         ));
     }
@@ -305,7 +306,6 @@ struct ChannelChecker {
     checker: Arc<crate::streams::check::ContentChecker>,
     sessions: Arc<Sessions>,
     metrics: Arc<Metrics>,
-    interval: std::time::Duration,
 }
 
 #[async_trait]
@@ -316,7 +316,6 @@ impl BackgroundService for ChannelChecker {
             self.checker.clone(),
             self.sessions.clone(),
             self.metrics.clone(),
-            self.interval,
         );
         tokio::select! {
             _ = run => {}

@@ -3,7 +3,7 @@
 //! The file is validated exactly as at start; a file with any problem is logged (every problem,
 //! with its key path) and ignored, and the running configuration stays. A good file replaces,
 //! for new requests, sessions and clients: the engine sources (`engines`, `orchestrator`), the
-//! `admin_token`, the viewer limits, `max_streams_per_engine`, and every setting the sessions
+//! `admin_token`, the viewer limits, the channel lists and guides (`channels`), `max_streams_per_engine`, and every setting the sessions
 //! read when they start or serve a client (timeouts, buffers, HLS, failover). Running sessions
 //! and their clients are not touched. Keys that are wired into listeners, the connection guard
 //! or background tasks at start ([`restart_keys`]) keep their running value, with a warning
@@ -115,6 +115,8 @@ pub struct Reloader {
     pub engines: Arc<EnginePool>,
     /// The admin token and the limits.
     pub live: LiveSettings,
+    /// The channel lists and guides.
+    pub channels: Arc<crate::channels::Channels>,
 }
 
 impl Reloader {
@@ -134,6 +136,8 @@ impl Reloader {
         let engines = loaded.acestream.engines.len();
         crate::server::logging::set_format(loaded.acestream.log_format);
         let kept = apply(loaded.acestream, &self.sessions, &self.engines, &self.live);
+        self.channels
+            .reload(self.sessions.config().channels.clone());
         if !kept.is_empty() {
             log::warn!(
                 "SIGHUP: changes to {} need a restart (or `-u` upgrade); their running values stay",
