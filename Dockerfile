@@ -22,7 +22,7 @@ COPY .git ./.git
 RUN cargo build --release --locked --bin acestream-edge
 
 FROM debian:bookworm-slim AS run
-# curl answers the HEALTHCHECK; ca-certificates for an https orchestrator behind a proxy.
+# curl answers the HEALTHCHECK; ca-certificates for https:// channel sources and guides.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends curl ca-certificates \

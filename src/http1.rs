@@ -11,7 +11,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Largest request or response head accepted.
@@ -116,15 +116,16 @@ pub enum Framing {
     Empty,
 }
 
-/// A response whose body is read incrementally.
-pub struct Response {
+/// A response whose body is read incrementally, from a plain socket or any other byte stream
+/// (`S`, e.g. a TLS stream).
+pub struct Response<S = TcpStream> {
     /// Status code.
     pub status: u16,
     /// Header names (lower case) and values.
     pub headers: Vec<(String, String)>,
     /// How the body is framed.
     pub framing: Framing,
-    stream: TcpStream,
+    stream: S,
     buf: BytesMut,
     chunk: ChunkState,
     done: bool,
@@ -141,7 +142,7 @@ enum ChunkState {
     DataEnd,
 }
 
-impl std::fmt::Debug for Response {
+impl<S> std::fmt::Debug for Response<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Response")
             .field("status", &self.status)
@@ -203,12 +204,22 @@ impl GetOptions {
 
 /// Sends a request on an already connected stream and reads the response head.
 pub async fn get_on(
-    mut stream: TcpStream,
+    stream: TcpStream,
     host: &str,
     path_and_query: &str,
     opts: &GetOptions,
 ) -> io::Result<Response> {
     stream.set_nodelay(true)?;
+    get_over(stream, host, path_and_query, opts).await
+}
+
+/// [`get_on`] over any byte stream (a TLS stream for `https://`).
+pub async fn get_over<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    host: &str,
+    path_and_query: &str,
+    opts: &GetOptions,
+) -> io::Result<Response<S>> {
     let method = match (&opts.json_body, opts.head) {
         (Some(_), _) => "POST",
         (None, true) => "HEAD",
@@ -236,7 +247,10 @@ pub async fn get_on(
     read_response_head(stream, opts.head).await
 }
 
-async fn read_response_head(mut stream: TcpStream, head_only: bool) -> io::Result<Response> {
+async fn read_response_head<S: AsyncRead + Unpin>(
+    mut stream: S,
+    head_only: bool,
+) -> io::Result<Response<S>> {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -287,7 +301,7 @@ async fn read_response_head(mut stream: TcpStream, head_only: bool) -> io::Resul
     }
 }
 
-impl Response {
+impl<S: AsyncRead + Unpin> Response<S> {
     /// The first value of a header (name in lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
         header_value(&self.headers, name)
@@ -413,7 +427,7 @@ impl Response {
     }
 
     /// The underlying socket, e.g. to close it abruptly in a test.
-    pub fn into_stream(self) -> TcpStream {
+    pub fn into_stream(self) -> S {
         self.stream
     }
 }

@@ -388,3 +388,196 @@ async fn oversized_sources_are_refused_within_bounded_memory() {
         after.saturating_sub(before) / 1024
     );
 }
+
+/// Makes a CA and a certificate for 127.0.0.1 signed by it with the `openssl` command, in `dir`:
+/// returns the paths of the CA certificate, the server's certificate and its key.
+fn make_certificates(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs (apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+/// Serves `body` over HTTPS at every path with the given certificate; counts the requests.
+async fn serve_https(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    body: Vec<u8>,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let served = count.clone();
+    let body = Arc::new(body);
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let (acceptor, body, served) = (acceptor.clone(), body.clone(), served.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(sock).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let _ = tls.read(&mut buf).await;
+                served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tls.write_all(head.as_bytes()).await;
+                let _ = tls.write_all(&body).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// `https://` sources (a list and a gzip guide) load over TLS, checked against the CA that
+/// `SSL_CERT_FILE` names; a proxy that does not trust that CA refuses them and says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn https_sources_load_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certificates(dir.path());
+    let m3u = format!(
+        "#EXTM3U\n#EXTINF:-1 tvg-id=\"gch1.tv\",Secure\nacestream://{}\n",
+        content_id(5200)
+    );
+    let (list, list_hits) = serve_https(&cert, &key, m3u.into_bytes()).await;
+    let (guide, _) = serve_https(&cert, &key, gzip(guide_text(3, 2).as_bytes())).await;
+    let start = |trust: &std::path::Path, name: &str| {
+        let port = free_port();
+        let conf = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &conf,
+            format!(
+                "acestream:\n  listen: [\"127.0.0.1:{port}\"]\n  engines: [{{host: 127.0.0.1, port: 9}}]\n  dvr_window: 0\n  channels:\n    sources: [\"https://{list}/list.m3u\"]\n    epg: [\"https://{guide}/guide.xml.gz\"]\n    check_interval: 0\n"
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_acestream-edge"))
+            .arg("-c")
+            .arg(&conf)
+            .env("SSL_CERT_FILE", trust)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map(Process::new)
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        (child, addr)
+    };
+    let (trusting, addr) = start(&ca, "trusting");
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await
+    );
+    let (status, body, _) = fetch(addr, "/playlist.m3u", &[]).await;
+    let text = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(",Secure\n"), "{text}");
+    assert_eq!(list_hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let (status, xml, _) = fetch(addr, "/epg.xml", &[]).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&xml));
+    let (channels, programmes) = parse_guide(&xml);
+    assert_eq!(channels, BTreeSet::from(["gch1.tv".to_string()]));
+    assert_eq!(programmes.values().sum::<usize>(), 2);
+    drop(trusting);
+
+    // Trusting another CA (the server's own certificate is no CA): refused, and said why.
+    let (_refusing, addr) = start(&cert, "refusing");
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await
+    );
+    let _ = fetch(addr, "/playlist.m3u", &[]).await;
+    let (_, v) = get_json(addr, "/proxy/channels").await;
+    let error = v["sources"][0]["error"].as_str().unwrap_or("").to_string();
+    assert!(error.contains("TLS"), "{v}");
+    let (status, body, _) = fetch(addr, "/epg.xml", &[]).await;
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+}

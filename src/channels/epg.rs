@@ -275,7 +275,7 @@ impl Guides {
     /// Streams a source through [`ingest`].
     async fn fetch(&self, source: &ChannelSource) -> Result<Ingested, String> {
         let limit = self.max_bytes;
-        let Some(rest) = source.location.strip_prefix("http://") else {
+        if !super::fetch::is_url(&source.location) {
             let path = source.location.clone();
             return tokio::task::spawn_blocking(move || {
                 let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
@@ -287,7 +287,8 @@ impl Guides {
             .await
             .map_err(|e| e.to_string())?;
         };
-        let mut response = super::open_http(rest, self.piece_timeout, &source.headers).await?;
+        let timeout = self.piece_timeout;
+        let mut response = super::fetch::open(&source.location, timeout, &source.headers).await?;
         if response
             .header("content-length")
             .and_then(|v| v.parse::<u64>().ok())

@@ -12,6 +12,7 @@
 //! attributes the channel lacks (the first name wins).
 
 pub mod epg;
+mod fetch;
 pub mod liveness;
 pub mod m3u;
 
@@ -374,11 +375,12 @@ impl Catalog {
     /// The text of a source, within `max_source_bytes`.
     async fn fetch(&self, source: &ChannelSource) -> Result<String, String> {
         let limit = self.config.max_source_bytes;
-        let bytes = match source.location.strip_prefix("http://") {
-            Some(rest) => {
-                fetch_http(rest, limit, self.config.fetch_timeout, &source.headers).await?
+        let bytes = match fetch::is_url(&source.location) {
+            true => {
+                let timeout = self.config.fetch_timeout;
+                fetch_http(&source.location, limit, timeout, &source.headers).await?
             }
-            None => {
+            false => {
                 let path = source.location.clone();
                 tokio::task::spawn_blocking(move || read_file(&path, limit))
                     .await
@@ -389,14 +391,14 @@ impl Catalog {
     }
 }
 
-/// `GET http://<rest>` (host, port, path), refusing a body over `limit` bytes.
+/// `GET <url>` (`http://` or `https://`), refusing a body over `limit` bytes.
 async fn fetch_http(
-    rest: &str,
+    url: &str,
     limit: u64,
     timeout: Duration,
     headers: &crate::config::Headers,
 ) -> Result<Vec<u8>, String> {
-    let mut r = open_http(rest, timeout, headers).await?;
+    let mut r = fetch::open(url, timeout, headers).await?;
     if r.header("content-length")
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|n| n > limit)
@@ -409,45 +411,6 @@ async fn fetch_http(
             std::io::ErrorKind::InvalidData => format!("larger than max_source_bytes ({limit})"),
             _ => e.to_string(),
         })
-}
-
-/// `GET http://<rest>` (host, port, path) up to a `200` response's head, connecting within
-/// `timeout`; any other status is an error.
-pub(crate) async fn open_http(
-    rest: &str,
-    timeout: Duration,
-    headers: &crate::config::Headers,
-) -> Result<crate::http1::Response, String> {
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let with_port = if authority.rsplit(']').next().unwrap_or("").contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    let addr = tokio::net::lookup_host(&with_port)
-        .await
-        .map_err(|e| format!("{authority}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{authority}: no address"))?;
-    let opts = crate::http1::GetOptions::with_headers(headers);
-    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| format!("{authority}: connect timed out"))?
-        .map_err(|e| format!("{authority}: {e}"))?;
-    let r = tokio::time::timeout(
-        timeout,
-        crate::http1::get_on(stream, authority, path, &opts),
-    )
-    .await
-    .map_err(|_| format!("{authority}: no answer within {timeout:?}"))?
-    .map_err(|e| e.to_string())?;
-    if r.status != 200 {
-        return Err(format!("answered HTTP {}", r.status));
-    }
-    Ok(r)
 }
 
 /// `t` in seconds since the Unix epoch.

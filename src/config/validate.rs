@@ -446,8 +446,8 @@ pub fn usable_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::remove_file(&probe)
 }
 
-/// `acestream.channels`, validated: sources are `http://` URLs or paths (HTTPS is refused: no TLS
-/// client here yet), inline ids are ids or links, limits are usable.
+/// `acestream.channels`, validated: sources are `http://` or `https://` URLs or paths, inline ids
+/// are ids or links, limits are usable.
 fn channels(
     w: Option<super::wire::ChannelsWire>,
     bad: &mut impl FnMut(String, String),
@@ -575,18 +575,14 @@ fn channel_sources(
         );
         let location = location.trim().to_string();
         let refresh = refresh.map_or(default_refresh, |r| r.0);
-        if location.starts_with("https://") {
-            bad(
-                format!("acestream.channels.{field}[{i}]"),
-                "https:// sources are not supported yet (no TLS client); use http:// or a file"
-                    .into(),
-            );
-        } else if location.is_empty()
-            || (location.contains("://") && !location.starts_with("http://"))
+        if location.is_empty()
+            || (location.contains("://")
+                && !location.starts_with("http://")
+                && !location.starts_with("https://"))
         {
             bad(
                 format!("acestream.channels.{field}[{i}]"),
-                format!("{location:?} is neither an http:// URL nor a file path"),
+                format!("{location:?} is neither an http(s):// URL nor a file path"),
             );
         }
         if refresh < Duration::from_secs(1) {
