@@ -334,7 +334,16 @@ async fn search_goes_through_the_proxy_and_plays() {
             .all(|s| s["url"].as_str().unwrap().starts_with(&base)),
         "{v}"
     );
+    // The same search again is answered from the cache: the engine was asked once.
+    let (status, again) = get_json(server.addr, "/ace/search?q=sport").await;
+    assert_eq!((status, &again), (200, &v));
+    assert_eq!(sim_stats(&e).await.search_calls, 1);
     let (_, news) = get_json(server.addr, "/ace/search?q=o&category=news").await;
+    assert_eq!(
+        sim_stats(&e).await.search_calls,
+        2,
+        "another search asks the engine"
+    );
     assert_eq!(news["total"], 1, "{news}");
     assert_eq!(news["results"][0]["name"], "World News");
     let (status, _) = get_json(server.addr, "/ace/search?q=").await;

@@ -131,3 +131,35 @@ fn unknown_keys_get_a_suggestion() {
     assert!(acestream_keys().len() >= 50);
     assert!(acestream_keys().iter().any(|k| k == "max_buffer_bytes"));
 }
+
+/// `headers:` of an engine, the orchestrator and a source: kept in order of name; a bad name, a
+/// header the proxy sets itself and a value with a line break are each reported, never echoing
+/// the value; `Debug` hides the values.
+#[test]
+fn extra_headers_are_checked_and_hidden() {
+    let c = load_str(
+        "acestream:\n  engines: [{host: 127.0.0.1, port: 6878, headers: {Authorization: \"Bearer s3cret\", X-A: b}}]\n  orchestrator: {url: \"http://127.0.0.1:8001\", headers: {X-Key: k}}\n  channels: {sources: [{url: \"https://lists.example/a.m3u\", headers: {X-List: l}}]}\n",
+    )
+    .unwrap()
+    .acestream;
+    let pairs = c.engines[0].headers.pairs();
+    assert_eq!(pairs[0], ("Authorization".into(), "Bearer s3cret".into()));
+    assert_eq!(pairs[1], ("X-A".into(), "b".into()));
+    assert_eq!(c.orchestrator.unwrap().headers.pairs()[0].1, "k");
+    assert_eq!(c.channels.sources[0].headers.pairs()[0].1, "l");
+    let shown = format!("{:?}", c.engines[0]);
+    assert!(
+        shown.contains("Authorization") && !shown.contains("s3cret"),
+        "{shown}"
+    );
+
+    let e = load_str(
+        "acestream:\n  engines: [{host: 127.0.0.1, port: 6878, headers: {\"Bad Name\": x, Host: y, X-Ok: \"line\\nbreak-s3cret\"}}]\n",
+    )
+    .expect_err("bad headers")
+    .to_string();
+    assert!(e.contains("acestream.engines[0].headers.Bad Name"), "{e}");
+    assert!(e.contains("acestream.engines[0].headers.Host"), "{e}");
+    assert!(e.contains("acestream.engines[0].headers.X-Ok"), "{e}");
+    assert!(!e.contains("s3cret"), "{e}");
+}

@@ -47,6 +47,9 @@ pub struct SimStats {
     /// Most sessions ever alive at once.
     #[serde(default)]
     pub max_sessions_active: u64,
+    /// `/search` calls.
+    #[serde(default)]
+    pub search_calls: u64,
     /// Requests by their `Authorization` header (`-`: none), for tests of `headers:`.
     #[serde(default)]
     pub authorizations: BTreeMap<String, u64>,
@@ -243,7 +246,10 @@ async fn handle_connection(
         "/ace/getstream" | "/ace/manifest.m3u8" => getstream(&shared, &mut sock, &req, &host).await,
         "/webui/api/service" => service(&mut sock, &req).await,
         "/server/api" => server_api(&mut sock, &req).await,
-        "/search" => search::search(&mut sock, &req).await,
+        "/search" => {
+            lock(&shared.state).stats.search_calls += 1;
+            search::search(&mut sock, &req).await
+        }
         "/sim/stats" => {
             let body = serde_json::to_vec(&lock(&shared.state).snapshot()).unwrap_or_default();
             respond(&mut sock, 200, "application/json", &body).await
