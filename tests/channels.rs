@@ -10,35 +10,18 @@ use common::*;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the test's list server answers: (status, body).
 type Served = Arc<Mutex<(u16, String)>>;
 
 /// Serves `served` at every path until the test ends.
 async fn serve_list(served: Served) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let served = served.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let _ = sock.read(&mut buf).await;
-                let (status, body) = served.lock().unwrap().clone();
-                let head = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: audio/x-mpegurl\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(body.as_bytes()).await;
-            });
-        }
-    });
-    addr
+    SourceServer::start(move |_| {
+        let (status, body) = served.lock().unwrap().clone();
+        (status, body.into_bytes())
+    })
+    .await
+    .addr
 }
 
 /// The link of entry `i` for `id`, in one of the six forms of spec §14 by `i`.

@@ -162,6 +162,21 @@ async fn connect(stderr: std::process::ChildStderr) -> Option<Cdp> {
 }
 
 /// Reads a stream in the background (a viewer).
+/// How far the preview played, once it played `seconds` or after 40 s.
+async fn preview_played(cdp: &mut Cdp, seconds: f64) -> f64 {
+    let mut played = 0.0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(40) && played < seconds {
+        cdp.pump(Duration::from_millis(1000)).await;
+        played = cdp
+            .eval("document.getElementById('preview').currentTime")
+            .await
+            .as_f64()
+            .unwrap_or(0.0);
+    }
+    played
+}
+
 fn viewer(addr: std::net::SocketAddr, id: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut r = get(addr, &format!("/ace/getstream?id={id}")).await;
@@ -326,16 +341,7 @@ async fn the_dashboard_shows_sessions_and_previews() {
         top.as_f64().unwrap() >= -1.0 && top.as_f64().unwrap() < height.as_f64().unwrap(),
         "the preview is out of view: top {top}, window {height}"
     );
-    let mut played = 0.0;
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(40) && played < 5.0 {
-        cdp.pump(Duration::from_millis(1000)).await;
-        played = cdp
-            .eval("document.getElementById('preview').currentTime")
-            .await
-            .as_f64()
-            .unwrap_or(0.0);
-    }
+    let played = preview_played(&mut cdp, 5.0).await;
     assert!(played >= 5.0, "the preview played {played} s");
     // No error in the page, and nothing asked of another origin.
     assert_eq!(cdp.errors(), Vec::<String>::new());
@@ -477,16 +483,7 @@ async fn the_dashboard_lists_channels_with_their_status_and_previews_one() {
         .eval("(() => { const r = document.querySelector('#channels tr.channel'); r.querySelector('button.play').click(); return r.dataset.key; })()")
         .await;
     assert_eq!(key, serde_json::json!(id(0)));
-    let mut played = 0.0;
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(40) && played < 3.0 {
-        cdp.pump(Duration::from_millis(1000)).await;
-        played = cdp
-            .eval("document.getElementById('preview').currentTime")
-            .await
-            .as_f64()
-            .unwrap_or(0.0);
-    }
+    let played = preview_played(&mut cdp, 3.0).await;
     assert!(played >= 3.0, "the preview played {played} s");
     assert_eq!(cdp.errors(), Vec::<String>::new());
     let stats = sim_stats(&e).await;

@@ -581,66 +581,30 @@ async fn a_check_that_gives_up_stops_the_late_engine_session() {
 /// even at debug level.
 #[tokio::test(flavor = "multi_thread")]
 async fn configured_headers_reach_every_call_and_never_the_log() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const ENGINE_KEY: &str = "Bearer engine-secret-4711";
     const ORCH_KEY: &str = "Bearer orchestrator-secret-1234";
     const LIST_KEY: &str = "list-secret-0815";
     let e = sim(Knobs::default()).await;
     let orchestrator = FakeOrchestrator::start(serde_json::json!([])).await;
-    // A channel source that records the request heads it gets.
-    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let list_addr = listener.local_addr().unwrap();
-    let seen = heads.clone();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let mut buf = vec![0u8; 4096];
-            let n = sock.read(&mut buf).await.unwrap_or(0);
-            seen.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&buf[..n]).to_lowercase());
-            let body = format!(
-                "#EXTM3U\n#EXTINF:-1,Listed\nacestream://{}\n",
-                content_id(7001)
-            );
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
-        }
-    });
+    // A channel source; it keeps the request heads it gets.
+    let body = format!(
+        "#EXTM3U\n#EXTINF:-1,Listed\nacestream://{}\n",
+        content_id(7001)
+    );
+    let source = SourceServer::start(move |_| (200, body.clone().into_bytes())).await;
+    let list_addr = source.addr;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let conf = dir.path().join("edge.yaml");
-    std::fs::write(
-        &conf,
-        format!(
-            "acestream:\n  listen: [\"127.0.0.1:{port}\"]\n  engines: [{{host: 127.0.0.1, port: {}, headers: {{Authorization: \"{ENGINE_KEY}\"}}}}]\n  orchestrator: {{url: \"http://{}\", report_events: false, headers: {{Authorization: \"{ORCH_KEY}\"}}}}\n  health_check_interval: 0.5\n  stream_idle_timeout: 0\n  dvr_window: 0\n  channels: {{check_interval: 0, sources: [{{url: \"http://{list_addr}/l.m3u\", headers: {{X-List-Key: {LIST_KEY}}}}}]}}\n",
+    let (conf, addr) = edge_conf(
+        dir.path(),
+        &format!(
+            "  engines: [{{host: 127.0.0.1, port: {}, headers: {{Authorization: \"{ENGINE_KEY}\"}}}}]\n  orchestrator: {{url: \"http://{}\", report_events: false, headers: {{Authorization: \"{ORCH_KEY}\"}}}}\n  health_check_interval: 0.5\n  stream_idle_timeout: 0\n  dvr_window: 0\n  channels: {{check_interval: 0, sources: [{{url: \"http://{list_addr}/l.m3u\", headers: {{X-List-Key: {LIST_KEY}}}}}]}}\n",
             e.addr().port(),
             orchestrator.addr
         ),
-    )
-    .unwrap();
-    let log = dir.path().join("edge.log");
-    let proxy = std::process::Command::new(env!("CARGO_BIN_EXE_acestream-edge"))
-        .arg("-c")
-        .arg(&conf)
-        .env("RUST_LOG", "debug")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .map(Process::new)
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(20), || async {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await
     );
+    let log = dir.path().join("edge.log");
+    let stderr = std::process::Stdio::from(std::fs::File::create(&log).unwrap());
+    let proxy = spawn_edge_listening(&conf, &[("RUST_LOG", "debug")], stderr, addr).await;
     // A stream (start, playback, stat, stop), a passthrough call, a search, the playlist.
     let mut r = get(addr, &format!("/ace/getstream?id={}", content_id(7000))).await;
     assert_eq!(r.status, 200);
@@ -675,7 +639,7 @@ async fn configured_headers_reach_every_call_and_never_the_log() {
         !auth.is_empty() && auth.iter().all(|a| a == ORCH_KEY),
         "{auth:?}"
     );
-    let heads = heads.lock().unwrap().clone();
+    let heads = source.heads();
     assert!(
         !heads.is_empty()
             && heads

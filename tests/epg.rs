@@ -21,28 +21,12 @@ type Served = Arc<Mutex<(u16, Arc<Vec<u8>>)>>;
 
 /// Serves `served` at every path until the test ends (with `Content-Length`).
 async fn serve_bytes(served: Served) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let served = served.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let _ = sock.read(&mut buf).await;
-                let (status, body) = served.lock().unwrap().clone();
-                let head = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(&body).await;
-            });
-        }
-    });
-    addr
+    SourceServer::start(move |_| {
+        let (status, body) = served.lock().unwrap().clone();
+        (status, body.to_vec())
+    })
+    .await
+    .addr
 }
 
 /// Serves, at every path, `total` bytes made by repeating `piece` after `head`, without a
@@ -339,24 +323,14 @@ async fn oversized_sources_are_refused_within_bounded_memory() {
     let list = serve_endless("#EXTM3U\n", ENTRY, 50 << 20).await;
     let guide = serve_endless("<tv>\n", PROGRAMME, 200 << 20).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let conf = dir.path().join("edge.yaml");
-    std::fs::write(
-        &conf,
-        format!(
-            "acestream:\n  listen: [\"127.0.0.1:{port}\"]\n  engines: [{{host: 127.0.0.1, port: 9}}]\n  dvr_window: 0\n  channels:\n    sources: [\"http://{list}/big.m3u\"]\n    list: [{{name: One, id: {}, tvg_id: x}}]\n    epg: [\"http://{guide}/big.xml\"]\n    fetch_timeout: 30\n    check_interval: 0\n",
+    let (conf, addr) = edge_conf(
+        dir.path(),
+        &format!(
+            "  engines: [{{host: 127.0.0.1, port: 9}}]\n  dvr_window: 0\n  channels:\n    sources: [\"http://{list}/big.m3u\"]\n    list: [{{name: One, id: {}, tvg_id: x}}]\n    epg: [\"http://{guide}/big.xml\"]\n    fetch_timeout: 30\n    check_interval: 0\n",
             content_id(5100)
         ),
-    )
-    .unwrap();
-    let proxy = spawn_edge(&conf, false, &dir.path().join("edge.log"));
-    assert!(
-        wait_until(Duration::from_secs(20), || async {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await
     );
+    let proxy = spawn_edge_listening(&conf, &[], std::process::Stdio::null(), addr).await;
     let (status, _) = get_json(addr, "/proxy/status").await;
     assert_eq!(status, 200);
     let before = peak_kib_of(proxy.id());
@@ -462,12 +436,14 @@ fn make_certificates(
     )
 }
 
+/// An HTTPS source: where it listens, and how many requests it answered.
+struct HttpsSource {
+    addr: SocketAddr,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
 /// Serves `body` over HTTPS at every path with the given certificate; counts the requests.
-async fn serve_https(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-    body: Vec<u8>,
-) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+async fn serve_https(cert: &std::path::Path, key: &std::path::Path, body: Vec<u8>) -> HttpsSource {
     use rustls::pki_types::pem::PemObject;
     let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(cert)
         .unwrap()
@@ -508,7 +484,7 @@ async fn serve_https(
             });
         }
     });
-    (addr, count)
+    HttpsSource { addr, hits: count }
 }
 
 /// `https://` sources (a list and a gzip guide) load over TLS, checked against the CA that
@@ -521,44 +497,35 @@ async fn https_sources_load_over_tls() {
         "#EXTM3U\n#EXTINF:-1 tvg-id=\"gch1.tv\",Secure\nacestream://{}\n",
         content_id(5200)
     );
-    let (list, list_hits) = serve_https(&cert, &key, m3u.into_bytes()).await;
-    let (guide, _) = serve_https(&cert, &key, gzip(guide_text(3, 2).as_bytes())).await;
-    let start = |trust: &std::path::Path, name: &str| {
+    let list = serve_https(&cert, &key, m3u.into_bytes()).await;
+    let guide = serve_https(&cert, &key, gzip(guide_text(3, 2).as_bytes()))
+        .await
+        .addr;
+    let start = |trust: std::path::PathBuf, name: &str| {
         let port = free_port();
         let conf = dir.path().join(format!("{name}.yaml"));
         std::fs::write(
             &conf,
             format!(
-                "acestream:\n  listen: [\"127.0.0.1:{port}\"]\n  engines: [{{host: 127.0.0.1, port: 9}}]\n  dvr_window: 0\n  channels:\n    sources: [\"https://{list}/list.m3u\"]\n    epg: [\"https://{guide}/guide.xml.gz\"]\n    check_interval: 0\n"
+                "acestream:\n  listen: [\"127.0.0.1:{port}\"]\n  engines: [{{host: 127.0.0.1, port: 9}}]\n  dvr_window: 0\n  channels:\n    sources: [\"https://{}/list.m3u\"]\n    epg: [\"https://{guide}/guide.xml.gz\"]\n    check_interval: 0\n",
+                list.addr
             ),
         )
         .unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_acestream-edge"))
-            .arg("-c")
-            .arg(&conf)
-            .env("SSL_CERT_FILE", trust)
-            .env("RUST_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map(Process::new)
-            .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        (child, addr)
+        async move {
+            let trust = trust.display().to_string();
+            let env = [("SSL_CERT_FILE", trust.as_str())];
+            let child = spawn_edge_listening(&conf, &env, std::process::Stdio::null(), addr).await;
+            (child, addr)
+        }
     };
-    let (trusting, addr) = start(&ca, "trusting");
-    assert!(
-        wait_until(Duration::from_secs(20), || async {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await
-    );
+    let (trusting, addr) = start(ca, "trusting").await;
     let (status, body, _) = fetch(addr, "/playlist.m3u", &[]).await;
     let text = String::from_utf8_lossy(&body).to_string();
     assert_eq!(status, 200, "{text}");
     assert!(text.contains(",Secure\n"), "{text}");
-    assert_eq!(list_hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(list.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     let (status, xml, _) = fetch(addr, "/epg.xml", &[]).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&xml));
     let (channels, programmes) = parse_guide(&xml);
@@ -567,13 +534,7 @@ async fn https_sources_load_over_tls() {
     drop(trusting);
 
     // Trusting another CA (the server's own certificate is no CA): refused, and said why.
-    let (_refusing, addr) = start(&cert, "refusing");
-    assert!(
-        wait_until(Duration::from_secs(20), || async {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await
-    );
+    let (_refusing, addr) = start(cert.clone(), "refusing").await;
     let _ = fetch(addr, "/playlist.m3u", &[]).await;
     let (_, v) = get_json(addr, "/proxy/channels").await;
     let error = v["sources"][0]["error"].as_str().unwrap_or("").to_string();

@@ -352,33 +352,15 @@ async fn sighup_changes_the_linger_shown_and_used() {
 /// changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sighup_reloads_the_channels() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let e = sim(Knobs::default()).await;
-    // Two list sources, each counting its fetches.
+    // Two list sources; each keeps the requests it got.
     let mut sources = Vec::new();
     for (n, name) in [(19_200u32, "Kept"), (19_201, "Added")] {
-        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let count = fetches.clone();
-        tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                let mut buf = vec![0u8; 4096];
-                let _ = sock.read(&mut buf).await;
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let body = format!(
-                    "#EXTM3U\n#EXTINF:-1,{name}\nacestream://{}\n",
-                    content_id(n)
-                );
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(body.as_bytes()).await;
-            }
-        });
-        sources.push((addr, fetches));
+        let body = format!(
+            "#EXTM3U\n#EXTINF:-1,{name}\nacestream://{}\n",
+            content_id(n)
+        );
+        sources.push(SourceServer::start(move |_| (200, body.clone().into_bytes())).await);
     }
     let port = free_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -392,7 +374,7 @@ async fn sighup_reloads_the_channels() {
         y.push_str(&format!("  dvr_window: 0\n  channels: {channels}\n"));
         std::fs::write(conf.path(), y).unwrap();
     };
-    let kept = format!("{{url: \"http://{}/a.m3u\", refresh: 1h}}", sources[0].0);
+    let kept = format!("{{url: \"http://{}/a.m3u\", refresh: 1h}}", sources[0].addr);
     write(&format!(
         "{{check_interval: 0, sources: [{kept}], list: [{{name: Inline, id: {}}}]}}",
         content_id(19_202)
@@ -422,7 +404,7 @@ async fn sighup_reloads_the_channels() {
     // Reload: one more inline entry, one more source, the checker on.
     write(&format!(
         "{{check_interval: 1h, sources: [{kept}, \"http://{}/b.m3u\"], list: [{{name: Inline, id: {}}}, {{name: Second, id: {}}}]}}",
-        sources[1].0,
+        sources[1].addr,
         content_id(19_202),
         content_id(19_203)
     ));
@@ -442,7 +424,7 @@ async fn sighup_reloads_the_channels() {
         names().await
     );
     assert_eq!(
-        sources[0].1.load(std::sync::atomic::Ordering::SeqCst),
+        sources[0].heads().len(),
         1,
         "the source that stayed was not fetched again"
     );

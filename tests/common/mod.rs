@@ -623,3 +623,100 @@ impl Drop for Process {
         }
     }
 }
+
+/// A small HTTP server standing for a list or guide source: every request gets what `answer`
+/// returns for its head (status, body; `Content-Length`, `Connection: close`). It keeps each
+/// request head (lower case), until the test ends.
+#[allow(dead_code)] // not every test binary serves sources
+pub struct SourceServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[allow(dead_code)]
+impl SourceServer {
+    /// Starts one answering with `answer`.
+    pub async fn start<F>(answer: F) -> SourceServer
+    where
+        F: Fn(&str) -> (u16, Vec<u8>) + Send + Sync + 'static,
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let (kept, answer) = (heads.clone(), std::sync::Arc::new(answer));
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (kept, answer) = (kept.clone(), answer.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let n = sock.read(&mut buf).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                    let (status, body) = answer(&head);
+                    kept.lock().unwrap().push(head);
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = sock.write_all(head.as_bytes()).await;
+                    let _ = sock.write_all(&body).await;
+                });
+            }
+        });
+        SourceServer { addr, heads }
+    }
+
+    /// The request heads it got, in order.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+/// Starts the real `acestream-edge` binary with `-c conf`, `env` added, its log to `log`, and
+/// waits until it listens on `addr`; killed when dropped.
+#[allow(dead_code)]
+pub async fn spawn_edge_listening(
+    conf: &std::path::Path,
+    env: &[(&str, &str)],
+    log: std::process::Stdio,
+    addr: SocketAddr,
+) -> Process {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_acestream-edge"));
+    cmd.arg("-c").arg(conf).env("RUST_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map(Process::new)
+        .expect("start acestream-edge");
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await,
+        "the proxy did not start listening on {addr}"
+    );
+    child
+}
+
+/// Writes `edge.yaml` in `dir`: `acestream:` listening on a free loopback port, then `rest` (the
+/// section's other lines, each indented two spaces). Returns its path and the address.
+#[allow(dead_code)]
+pub fn edge_conf(dir: &std::path::Path, rest: &str) -> (std::path::PathBuf, SocketAddr) {
+    let port = free_port();
+    let conf = dir.join("edge.yaml");
+    std::fs::write(
+        &conf,
+        format!("acestream:\n  listen: [\"127.0.0.1:{port}\"]\n{rest}"),
+    )
+    .expect("write the config");
+    (
+        conf,
+        format!("127.0.0.1:{port}").parse().expect("an address"),
+    )
+}
