@@ -9,8 +9,6 @@ use common::*;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_acestream-edge");
-
 fn yaml(port: u16, engines: &[u16], token: &str) -> String {
     let engines: String = engines
         .iter()
@@ -29,24 +27,7 @@ async fn start_edge(
     stderr: Stdio,
     addr: std::net::SocketAddr,
 ) -> Process {
-    let child = Command::new(BIN)
-        .arg("-c")
-        .arg(conf)
-        .env("RUST_LOG", rust_log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .map(Process::new)
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(20), || async {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await,
-        "the proxy did not start listening"
-    );
-    child
+    spawn_edge_listening(conf, &[("RUST_LOG", rust_log)], stderr, addr).await
 }
 
 async fn status_with(addr: std::net::SocketAddr, token: &str) -> u16 {
