@@ -154,16 +154,20 @@ async fn fleet_in(n: usize, engines: &[&SimEngine], mode: &str, extra: &str) -> 
     nodes
 }
 
-/// Waits until `node` answers and sees `healthy` members healthy (itself included).
+/// Waits until `node` answers and sees `healthy` members usable (healthy and not failing, itself
+/// included).
 async fn wait_members(node: &Node, healthy: usize) {
     let ok = wait_until(Duration::from_secs(30), || async {
         if tokio::net::TcpStream::connect(node.addr).await.is_err() {
             return false;
         }
         let v = node.cluster("").await;
-        v["members"]
-            .as_array()
-            .is_some_and(|m| m.iter().filter(|x| x["healthy"] == true).count() == healthy)
+        v["members"].as_array().is_some_and(|m| {
+            m.iter()
+                .filter(|x| x["healthy"] == true && x["failing"].is_null())
+                .count()
+                == healthy
+        })
     })
     .await;
     assert!(
@@ -174,15 +178,32 @@ async fn wait_members(node: &Node, healthy: usize) {
     );
 }
 
-/// The first id from `content_id(from)` on that `asker` says `owner` owns.
+/// The first id from `content_id(from)` on that `asker` says `owner` owns. A member that missed
+/// one `peer_timeout` under the suite's load counts as failing until its next answer, and then
+/// owns nothing: each round first waits until `asker` sees `owner` usable again.
 async fn id_owned_by(asker: &Node, owner: SocketAddr, from: u32) -> String {
-    for i in 0..200 {
-        let id = content_id(from + i);
-        if asker.cluster(&format!("?id={id}")).await["owner"] == owner.to_string() {
-            return id;
+    for _round in 0..5 {
+        let usable = wait_until(Duration::from_secs(30), || async {
+            asker.cluster("").await["members"]
+                .as_array()
+                .is_some_and(|m| {
+                    m.iter().any(|x| {
+                        x["address"] == owner.to_string()
+                            && x["healthy"] == true
+                            && x["failing"].is_null()
+                    })
+                })
+        })
+        .await;
+        assert!(usable, "{} never saw {owner} usable", asker.addr);
+        for i in 0..200 {
+            let id = content_id(from + i);
+            if asker.cluster(&format!("?id={id}")).await["owner"] == owner.to_string() {
+                return id;
+            }
         }
     }
-    panic!("none of 200 ids is owned by {owner}");
+    panic!("none of 200 ids is owned by {owner}: {}", asker.log_text());
 }
 
 /// Engine sessions being read now per id, over every engine.
