@@ -467,6 +467,41 @@ async fn a_fresh_playlist_plays_soon_after_the_first_byte() {
     assert!(slow.1 <= Duration::from_millis(1500), "{slow:?}");
 }
 
+/// A fresh low-latency playlist on an engine that bursts its 20 MB cache (40 s of stream) after
+/// its prebuffer: the first answer comes once the burst is cut, so it is the live window, and a
+/// reload right after lists the same window (at most the one segment real time cut meanwhile).
+/// Before, the first answer came as the burst's first segments were cut (`[1,3]`), the window
+/// slid to `[5,10]` within 25 ms, and hls.js, asking for segment 4, skipped a 4 s hole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_playlist_waits_for_the_burst_and_its_window_holds() {
+    let e = sim(Knobs {
+        prebuffer: Duration::from_secs(1),
+        burst_bytes: 20_000_000,
+        ..Knobs::default()
+    })
+    .await;
+    let server = start_proxy(proxy_config(&[&e], "hls_low_latency: true"));
+    let path = format!("/ace/manifest.m3u8?id={}", content_id(2850));
+    let (status, first) = playlist(server.addr, &path).await;
+    assert_eq!(status, 200, "{first}");
+    let first = parse(&first);
+    let (status, again) = playlist(server.addr, &path).await;
+    assert_eq!(status, 200, "{again}");
+    let again = parse(&again);
+    let (m1, m2) = (first.sequence.unwrap(), again.sequence.unwrap());
+    let last = uri_sequence(&first.segments.last().expect("a segment").1);
+    eprintln!(
+        "first playlist: {m1}..={last}, the next: {m2}..={}",
+        uri_sequence(&again.segments.last().unwrap().1)
+    );
+    assert!(
+        m1 > 1,
+        "the first playlist is the burst's end, not its start"
+    );
+    assert!(m2 <= m1 + 1, "the window slid from {m1} to {m2}");
+    assert!(m2 <= last, "segment {last} left the window at once");
+}
+
 /// The segment and part a low-latency playlist's preload hint names (`hls/<g>/<n>.<p>.ts`).
 fn hint(text: &str) -> (u64, u64, String) {
     let uri = text

@@ -7,7 +7,9 @@
 //! answers once the playlist lists a segment: the stream's first byte is waited for within
 //! `empty_stream_timeout` (an engine's prebuffer), the first segment within what cutting it takes
 //! after that (`503` with what was waited for, either way). A playlist of fewer than three
-//! segments waits a quarter second for more (an engine's burst brings them at once). Segment
+//! segments waits a quarter second for more (an engine's burst brings them at once), and while a
+//! burst is being cut a playlist waits for its end (at most a second), so a player starts at the
+//! live edge and its next segment is still in the window when it reloads. Segment
 //! URIs are relative, carry the id (and the request's `token`, when stream URLs are signed) and
 //! the session's generation, so a cached segment of an ended session is never served for a new
 //! one. With `hls_low_latency`, `_HLS_msn`/`_HLS_part` hold a reload until the playlist has what
@@ -150,6 +152,7 @@ pub async fn manifest(
     // holds fewer than `hls_max_blocking_requests`.
     let mut hold: Option<(Option<BlockingHold>, tokio::time::Instant)> = None;
     let mut grace_until: Option<tokio::time::Instant> = None;
+    let mut settle_cap: Option<tokio::time::Instant> = None;
     let mut produced = hls.subscribe();
     let mut phase = session.watch_phase();
     loop {
@@ -177,7 +180,23 @@ pub async fn manifest(
             grace_until = Some(tokio::time::Instant::now() + SHORT_PLAYLIST_GRACE);
         }
         let graced = !short || grace_until.is_some_and(|t| tokio::time::Instant::now() >= t);
-        if let Some(text) = hls.playlist(&uri).filter(|_| graced && ready(&mut hold)) {
+        // While an engine's burst is being cut the window slides by a segment a millisecond: a
+        // playlist that is not a blocking reload waits for the burst's end (at most
+        // BURST_SETTLE_MAX), so a player starts at the live edge instead of at a segment about
+        // to leave the window.
+        let now_t = tokio::time::Instant::now();
+        if hls.listed() > 0 && settle_cap.is_none() {
+            settle_cap = Some(now_t + BURST_SETTLE_MAX);
+        }
+        let settling = wanted
+            .is_none()
+            .then(|| hls.settling(now_t))
+            .flatten()
+            .filter(|_| settle_cap.is_some_and(|cap| now_t < cap));
+        if let Some(text) = hls
+            .playlist(&uri)
+            .filter(|_| graced && settling.is_none() && ready(&mut hold))
+        {
             write_playlist(s, text).await?;
             sessions.hls_viewer_served(&content, viewer.0, &viewer.1);
             return Ok(());
@@ -203,7 +222,8 @@ pub async fn manifest(
         let block_until = hold
             .as_ref()
             .map(|(_, until)| *until)
-            .or(grace_until.filter(|_| !graced));
+            .or(grace_until.filter(|_| !graced))
+            .or(settling);
         tokio::select! {
             _ = produced.changed() => {}
             _ = phase.changed() => {}
@@ -227,6 +247,11 @@ pub async fn manifest(
 /// a burst read ahead cuts its segments within a few milliseconds; a stream at its live edge
 /// gains nothing by waiting, and a quarter second is a small part of the one-GOP first segment.
 const SHORT_PLAYLIST_GRACE: Duration = Duration::from_millis(250);
+
+/// The longest a playlist waits for an engine's burst to be cut, from its first segment on.
+/// Fixed: a burst at line speed is cut within tens of milliseconds; one that arrives slower than
+/// that (an engine behind a slow link) is answered mid-burst rather than kept waiting.
+const BURST_SETTLE_MAX: Duration = Duration::from_secs(1);
 
 /// A blocking reload holds for at most this many target durations: RFC 8216bis §6.2.5.2 has the
 /// client treat a longer wait as a failure.

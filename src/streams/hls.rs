@@ -47,7 +47,26 @@ pub struct Hls {
     segmenter: Mutex<Segmenter>,
     /// Segments cut so far.
     produced: watch::Sender<u64>,
+    /// How fast the last cuts came, to tell an engine's burst from the live edge.
+    pace: Mutex<CutPace>,
 }
+
+/// When the segmenter last cut (a segment or a part), and whether cuts are coming faster than
+/// the stream plays: an engine's burst being cut. A playlist answered then would name segments
+/// that leave its window within milliseconds, so a first playlist waits for the burst to end
+/// (see [`Hls::settling`]).
+#[derive(Debug, Default)]
+struct CutPace {
+    /// Wall time and media time (the fed stream's end) of the last cut.
+    last: Option<(tokio::time::Instant, f64)>,
+    /// While cuts come faster than real time: when the burst counts as over if no cut follows.
+    bursting_until: Option<tokio::time::Instant>,
+}
+
+/// A burst is over once no cut came for this long. Fixed: a burst read at line speed cuts its
+/// segments and parts within a millisecond or two of each other, while the live edge cuts at most
+/// every `hls_part_seconds` (at least 0.1 s); a tenth of a second is all a fresh player waits.
+pub const BURST_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How a session's HLS is cut and listed (from the `hls_*` keys when it starts).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -85,6 +104,7 @@ impl Hls {
         Hls {
             segmenter: Mutex::new(segmenter),
             produced: watch::channel(0).0,
+            pace: Mutex::new(CutPace::default()),
         }
     }
 
@@ -96,6 +116,7 @@ impl Hls {
     pub fn feed(&self, chunk: FedChunk) -> Cuts {
         let mut seg = self.lock();
         let (before, parts_before) = (seg.cuts, seg.parts_cut);
+        let media_end = chunk.media.1;
         seg.feed(chunk);
         let (after, parts_after) = (seg.cuts, seg.parts_cut);
         drop(seg);
@@ -104,10 +125,19 @@ impl Hls {
             forced: after.forced - before.forced,
         };
         if made.keyframe + made.forced > 0 || parts_after > parts_before {
+            self.pace
+                .locked()
+                .cut(tokio::time::Instant::now(), media_end);
             self.produced
                 .send_replace(after.keyframe + after.forced + parts_after);
         }
         made
+    }
+
+    /// While an engine's burst is being cut (cuts faster than the stream plays, the last less
+    /// than [`BURST_QUIET`] ago): until when a fresh player's playlist waits for it to end.
+    pub fn settling(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        self.pace.locked().bursting_until.filter(|t| now < *t)
     }
 
     /// Feeds what the ring still holds (for HLS starting on a running session). Chunks the
@@ -197,6 +227,19 @@ impl Hls {
         std::time::Duration::from_secs_f64(
             (MIN_PLAYLIST_SEGMENTS + 1) as f64 * target * FORCED_CUT_FACTOR + 1.0,
         )
+    }
+}
+
+impl CutPace {
+    /// A cut at `now`, the fed stream ending at media time `media`: bursting when the stream
+    /// advanced more than twice as much media time as wall time since the last cut.
+    fn cut(&mut self, now: tokio::time::Instant, media: f64) {
+        if let Some((at, was)) = self.last {
+            let played = media - was;
+            let wall = now.saturating_duration_since(at).as_secs_f64();
+            self.bursting_until = (played > 0.0 && wall < played / 2.0).then(|| now + BURST_QUIET);
+        }
+        self.last = Some((now, media));
     }
 }
 

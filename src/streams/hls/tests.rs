@@ -237,3 +237,40 @@ fn low_latency_playlist_and_blocking() {
     assert!(seg.part(building, n).is_none());
     assert!(seg.part(last, 0).is_some());
 }
+
+/// An engine's burst (the whole fixture fed at once) counts as bursting until [`BURST_QUIET`]
+/// after its last cut; the same stream fed at its own pace never does.
+#[tokio::test(start_paused = true)]
+async fn a_burst_settles_a_quiet_moment_after_its_last_cut_and_live_never_bursts() {
+    let settings = HlsSettings {
+        segment_seconds: 2.0,
+        window_segments: 6,
+        first_segment_seconds: 1.0,
+        part_seconds: Some(0.5),
+    };
+    let burst = Hls::new(settings);
+    let start = tokio::time::Instant::now();
+    assert_eq!(burst.settling(start), None, "nothing cut yet");
+    for c in chunks(20.0) {
+        burst.feed(c);
+    }
+    assert!(burst.listed() >= 5, "{} segments", burst.listed());
+    let until = burst.settling(start).expect("a burst is settling");
+    assert_eq!(until, start + BURST_QUIET);
+    assert_eq!(burst.settling(start + BURST_QUIET), None, "over once quiet");
+
+    // The same stream at its own pace: each chunk when it plays.
+    let live = Hls::new(settings);
+    for c in chunks(10.0) {
+        let plays_at = start + std::time::Duration::from_secs_f64(c.media.1);
+        tokio::time::sleep_until(plays_at).await;
+        let media = c.media;
+        live.feed(c);
+        assert_eq!(
+            live.settling(tokio::time::Instant::now()),
+            None,
+            "at {media:?}"
+        );
+    }
+    assert!(live.listed() >= 3);
+}
