@@ -91,7 +91,7 @@ pub struct Metrics {
     pub stream_ingest_bitrate: IntGaugeVec,
     /// The 95th percentile of each stream's viewers' lag behind its live edge, seconds.
     pub stream_lag_p95: prometheus::GaugeVec,
-    /// The channel checker's checks, by outcome (`alive`, `from_session`, `dead`, `skipped`:
+    /// The channel checker's checks, by outcome (`alive`, `from_session`, `from_member`, `dead`, `skipped`:
     /// no engine slot to spare).
     pub channel_checks: IntCounterVec,
     /// Reads from DVR spills (each up to 256 KiB).
@@ -362,7 +362,7 @@ impl Metrics {
             channel_checks: counter_vec(
                 &r,
                 "acestream_edge_channel_checks_total",
-                "The channel checker's checks, by outcome (alive, from_session, dead, skipped: no engine slot to spare)",
+                "The channel checker's checks, by outcome (alive, from_session, from_member: a fleet member found it, dead, skipped: no engine slot to spare)",
                 &["outcome"],
             ),
             dvr_spill_reads: counter(

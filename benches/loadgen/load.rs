@@ -36,6 +36,8 @@ pub enum Target {
     /// The same as a low-latency HLS player: blocking reloads (`_HLS_msn`, `_HLS_part`), then
     /// every new part.
     HlsLowLatency,
+    /// msd_lite's `GET /udp/<group>:<port>` (the id is the source).
+    Multicast,
 }
 
 pub async fn open(target: Target, addr: SocketAddr, id: &str) -> std::io::Result<Response> {
@@ -48,6 +50,7 @@ pub async fn open(target: Target, addr: SocketAddr, id: &str) -> std::io::Result
             )
             .await
         }
+        Target::Multicast => http1::get(addr, &format!("/udp/{id}"), Duration::from_secs(10)).await,
         Target::Direct => {
             let mut r = http1::get(
                 addr,
@@ -524,6 +527,7 @@ pub async fn run_load(scenario: &str, run: u32, l: Load) -> Report {
             Target::Direct => "direct",
             Target::Hls => "proxy (HLS)",
             Target::HlsLowLatency => "proxy (LL-HLS)",
+            Target::Multicast => "msd_lite",
         }
         .into(),
         run,

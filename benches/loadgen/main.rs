@@ -10,9 +10,12 @@
 //! Arguments (after `cargo bench --bench loadgen --`): `quick` runs one pass with small N;
 //! a scenario name (`fanout`, `sessions`, `start`, `raw`, `slow`, `churn`, `clockless`, `hls`, `dvr`, `fleet`) runs
 //! only that one; `fanout10k` (10,000 viewers of 1 Mbit/s, floor and proxy) runs only when named.
+//! The fan-out rows add msd_lite when `MSD_LITE_BIN` names its binary (`msd.rs`), and a build of
+//! the proxy from before a change when `BENCH_BEFORE_BIN` names one (config keys it knows only).
 
 mod floor;
 mod load;
+mod msd;
 mod procs;
 mod scenarios;
 

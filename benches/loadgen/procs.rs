@@ -30,6 +30,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// A started process that listens on `addr`.
+    pub fn new(child: Child, addr: SocketAddr) -> Self {
+        Proc { child, addr }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -52,7 +57,7 @@ impl Drop for Proc {
     }
 }
 
-fn wait_listening(addr: SocketAddr) {
+pub fn wait_listening(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
         assert!(Instant::now() < deadline, "{addr} did not start");
@@ -94,6 +99,12 @@ pub fn start_proxy(sim: SocketAddr, extra: &str) -> Proc {
 
 /// [`start_proxy`] on a given port (a fleet's members must know each other's ports).
 pub fn start_proxy_on(port: u16, sim: SocketAddr, extra: &str) -> Proc {
+    start_proxy_bin(EDGE, port, sim, extra)
+}
+
+/// [`start_proxy_on`] with another build of the proxy (`BENCH_BEFORE_BIN`: the release before a
+/// change, measured in the same run).
+pub fn start_proxy_bin(bin: &str, port: u16, sim: SocketAddr, extra: &str) -> Proc {
     // BENCH_PROXY_EXTRA: more `acestream:` lines for every proxy (e.g. "  zero_copy: false").
     let extra = format!(
         "{extra}{}",
@@ -112,7 +123,7 @@ pub fn start_proxy_on(port: u16, sim: SocketAddr, extra: &str) -> Proc {
         ),
     )
     .unwrap();
-    let child = Command::new(EDGE)
+    let child = Command::new(bin)
         .arg("-c")
         .arg(&conf)
         .env("RUST_LOG", "warn")

@@ -25,10 +25,17 @@ enum FanoutServer {
     /// The proxy as before this wave: every viewer in Pingora's writer (`viewer_takeover:
     /// false`), one chunked write per chunk.
     ProxyBefore,
-    /// The proxy with taken-over viewers that write each chunk (`zero_copy: false`).
+    /// The proxy as shipped: taken-over viewers that write each run of chunks (`zero_copy:
+    /// false`, the default).
     ProxySend,
-    /// The proxy as shipped (taken-over viewers, `sendfile` from the page file).
+    /// The proxy with `zero_copy: true`: taken-over viewers sent with `sendfile` from the page
+    /// file.
     Proxy,
+    /// Another build of the proxy (`BENCH_BEFORE_BIN`, e.g. the release before issue 24), as
+    /// configured by default.
+    ProxyBuild,
+    /// msd_lite (`MSD_LITE_BIN`), fed the same stream by multicast on loopback.
+    MsdLite,
 }
 
 impl FanoutServer {
@@ -37,10 +44,32 @@ impl FanoutServer {
             FanoutServer::Direct => "direct",
             FanoutServer::Floor => "floor (sendfile)",
             FanoutServer::ProxyBefore => "proxy before (Pingora writer)",
-            FanoutServer::ProxySend => "proxy (send)",
-            FanoutServer::Proxy => "proxy (sendfile)",
+            FanoutServer::ProxySend => "proxy (send, default)",
+            FanoutServer::Proxy => "proxy (zero_copy: true, sendfile)",
+            FanoutServer::ProxyBuild => "proxy build of BENCH_BEFORE_BIN",
+            FanoutServer::MsdLite => "msd_lite",
         }
     }
+
+    /// The rows `MSD_LITE_BIN` and `BENCH_BEFORE_BIN` add when set.
+    fn optional() -> Vec<FanoutServer> {
+        let set = |v: &str| std::env::var_os(v).is_some_and(|p| !p.is_empty());
+        let mut out = Vec::new();
+        if set("BENCH_BEFORE_BIN") {
+            out.push(FanoutServer::ProxyBuild);
+        }
+        if set("MSD_LITE_BIN") {
+            out.push(FanoutServer::MsdLite);
+        }
+        out
+    }
+}
+
+/// What serves one fan-out row: a process on loopback (or none: the simulator itself), and what
+/// its viewers ask for.
+struct RowServer {
+    proc_: Option<super::procs::Proc>,
+    msd: Option<super::msd::MsdLite>,
 }
 
 /// One stream, N viewers, served by each [`FanoutServer`] in turn.
@@ -52,18 +81,48 @@ async fn fanout_rows(
     servers: &[FanoutServer],
     out: &mut Vec<Report>,
 ) {
+    let env = |v: &str| std::env::var(v).unwrap_or_default();
     for &server in servers {
         let sim = start_sim(bitrate);
-        let proc_ = match server {
-            FanoutServer::Direct => None,
-            FanoutServer::Floor => Some(start_floor(sim.addr)),
-            FanoutServer::ProxyBefore => Some(start_proxy(sim.addr, "  viewer_takeover: false\n")),
-            FanoutServer::ProxySend => Some(start_proxy(sim.addr, "  zero_copy: false\n")),
-            FanoutServer::Proxy => Some(start_proxy(sim.addr, "")),
+        let row = match server {
+            FanoutServer::Direct => RowServer {
+                proc_: None,
+                msd: None,
+            },
+            FanoutServer::MsdLite => match super::msd::start(&env("MSD_LITE_BIN"), sim.addr) {
+                Some(m) => RowServer {
+                    proc_: None,
+                    msd: Some(m),
+                },
+                None => continue,
+            },
+            other => RowServer {
+                proc_: Some(match other {
+                    FanoutServer::Floor => start_floor(sim.addr),
+                    FanoutServer::ProxyBefore => {
+                        start_proxy(sim.addr, "  viewer_takeover: false\n")
+                    }
+                    FanoutServer::ProxySend => start_proxy(sim.addr, ""),
+                    FanoutServer::ProxyBuild => {
+                        start_proxy_bin(&env("BENCH_BEFORE_BIN"), free_port(), sim.addr, "")
+                    }
+                    _ => start_proxy(sim.addr, "  zero_copy: true\n"),
+                }),
+                msd: None,
+            },
         };
-        let load = match &proc_ {
+        let load = match (&row.proc_, &row.msd) {
+            // One stream, N viewers through msd_lite.
+            (_, Some(m)) => Load::streaming(
+                Target::Multicast,
+                m.proc_.addr,
+                m.proc_.pid(),
+                vec![m.source.clone()],
+                n,
+                bitrate,
+            ),
             // One id, N viewers through the proxy or the floor.
-            Some(p) => Load::streaming(
+            (Some(p), None) => Load::streaming(
                 Target::Proxy,
                 p.addr,
                 p.pid(),
@@ -72,7 +131,7 @@ async fn fanout_rows(
                 bitrate,
             ),
             // N viewers, each its own engine session.
-            None => Load::streaming(
+            (None, None) => Load::streaming(
                 Target::Direct,
                 sim.addr,
                 sim.pid(),
@@ -82,8 +141,12 @@ async fn fanout_rows(
             ),
         };
         let mut r = run_load(scenario, run, load).await;
-        r.target = server.label().into();
+        r.target = match server {
+            FanoutServer::ProxyBuild => format!("proxy build {}", env("BENCH_BEFORE_BIN")),
+            _ => server.label().into(),
+        };
         record(out, r);
+        drop(row);
     }
 }
 
@@ -98,22 +161,24 @@ pub async fn fanout(o: &Opts, out: &mut Vec<Report>) {
     } else {
         vec![100, 500, 1000, 2000]
     };
-    let servers: &[FanoutServer] = if proxy_only {
-        &[FanoutServer::Proxy]
+    let servers: Vec<FanoutServer> = if proxy_only {
+        vec![FanoutServer::ProxySend]
     } else if std::env::var_os("BENCH_FANOUT_FLOOR_ONLY").is_some() {
-        &[FanoutServer::Floor]
+        vec![FanoutServer::Floor]
     } else {
-        &[
+        let mut all = vec![
             FanoutServer::Direct,
             FanoutServer::Floor,
             FanoutServer::ProxyBefore,
             FanoutServer::ProxySend,
             FanoutServer::Proxy,
-        ]
+        ];
+        all.extend(FanoutServer::optional());
+        all
     };
     for run in 1..=o.runs {
         for &n in only_n.as_ref().map(std::slice::from_ref).unwrap_or(&all) {
-            fanout_rows("fanout", run, n, 4_000_000, servers, out).await;
+            fanout_rows("fanout", run, n, 4_000_000, &servers, out).await;
         }
     }
 }
@@ -128,10 +193,14 @@ pub async fn fanout_10k(o: &Opts, out: &mut Vec<Report>) {
         n,
         1_000_000,
         &[
-            FanoutServer::Floor,
-            FanoutServer::ProxySend,
-            FanoutServer::Proxy,
-        ],
+            &[
+                FanoutServer::Floor,
+                FanoutServer::ProxySend,
+                FanoutServer::Proxy,
+            ][..],
+            &FanoutServer::optional(),
+        ]
+        .concat(),
         out,
     )
     .await;

@@ -8,8 +8,15 @@
 //! stopped. The pass holds at most `max_concurrent_checks` check slots (shared with
 //! `/ace/check`), and a check never takes the last free engine stream slot: with one or none
 //! left, it waits and tries again, and after `SLOT_PATIENCE` records the channel as skipped.
+//!
+//! **In a fleet** each channel is checked by one member, its id's owner ([`CheckSite`]): a check
+//! on any other node would be a second engine session of the id, and an engine stops the
+//! earlier session of an id when the id starts again — a peer's viewers'. A channel a peer
+//! streams is alive from that peer's session list. What the owners found is asked of them after
+//! the pass (their `/proxy/channels`), so every member lists every channel's health.
 
 use super::Channels;
+use crate::cluster::{CheckSite, Cluster};
 use crate::engines::ContentKey;
 use crate::metrics::Metrics;
 use crate::streams::check::{CheckResult, ContentChecker};
@@ -30,8 +37,16 @@ const SLOT_RETRY: Duration = Duration::from_millis(500);
 /// Engine stream slots a check leaves free (the one a new viewer needs).
 const SLOTS_KEPT_FOR_VIEWERS: usize = 1;
 
+/// How long a pass waits for the fleet members that own channels to have checked them (their
+/// own pass may still run), asking again every [`MEMBER_RETRY`].
+const MEMBER_PATIENCE: Duration = Duration::from_secs(300);
+const MEMBER_RETRY: Duration = Duration::from_secs(5);
+
+/// The largest `/proxy/channels` answer taken from a member (about 400 bytes a channel).
+const MAX_MEMBER_ANSWER: usize = 64 << 20;
+
 /// What the checker last found for one channel.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ChannelHealth {
     /// It played (a stream byte came, or a live session streams).
     pub alive: bool,
@@ -47,6 +62,9 @@ pub struct ChannelHealth {
     pub from_session: bool,
     /// Why it is not alive.
     pub reason: Option<String>,
+    /// The fleet member whose check or session this is (`null`: this node's).
+    #[serde(default)]
+    pub checked_by: Option<String>,
 }
 
 impl ChannelHealth {
@@ -59,6 +77,21 @@ impl ChannelHealth {
             speed_down: r.speed_down,
             from_session: r.from_session,
             reason: if r.available { None } else { r.error.clone() },
+            checked_by: None,
+        }
+    }
+
+    /// Alive because fleet member `peer` streams it now.
+    fn held_by(peer: std::net::SocketAddr, now: SystemTime) -> Self {
+        ChannelHealth {
+            alive: true,
+            last_checked: super::unix_seconds(now),
+            first_byte_ms: None,
+            peers: None,
+            speed_down: None,
+            from_session: true,
+            reason: None,
+            checked_by: Some(peer.to_string()),
         }
     }
 }
@@ -107,6 +140,7 @@ pub async fn run(
     checker: Arc<ContentChecker>,
     sessions: Arc<Sessions>,
     metrics: Arc<Metrics>,
+    fleet: Option<Arc<Cluster>>,
 ) {
     let mut last_pass: Option<tokio::time::Instant> = None;
     loop {
@@ -120,7 +154,7 @@ pub async fn run(
         match due {
             Some(at) if at <= tokio::time::Instant::now() => {
                 last_pass = Some(tokio::time::Instant::now());
-                pass(&channels, &checker, &sessions, &metrics).await;
+                pass(&channels, &checker, &sessions, &metrics, fleet.as_deref()).await;
             }
             Some(at) => {
                 tokio::select! {
@@ -139,11 +173,13 @@ async fn pass(
     checker: &Arc<ContentChecker>,
     sessions: &Arc<Sessions>,
     metrics: &Arc<Metrics>,
+    fleet: Option<&Cluster>,
 ) {
     let list = channels.list().await;
     let started = std::time::Instant::now();
     let liveness = channels.liveness().clone();
     let mut running = tokio::task::JoinSet::new();
+    let mut elsewhere: HashMap<std::net::SocketAddr, Vec<ContentKey>> = HashMap::new();
     for channel in &list {
         if let Some(r) = ContentChecker::from_session(sessions, &channel.key) {
             metrics
@@ -152,6 +188,29 @@ async fn pass(
                 .inc();
             liveness.record(&channel.key, ChannelHealth::of(&r, SystemTime::now()));
             continue;
+        }
+        if let Some(fleet) = fleet {
+            match fleet.check_site(&channel.key.to_string()).await {
+                CheckSite::Here => {}
+                CheckSite::HeldBy(peer) => {
+                    metrics
+                        .channel_checks
+                        .with_label_values(&["from_session"])
+                        .inc();
+                    liveness.record(
+                        &channel.key,
+                        ChannelHealth::held_by(peer, SystemTime::now()),
+                    );
+                    continue;
+                }
+                CheckSite::OwnedBy(owner) => {
+                    elsewhere
+                        .entry(owner)
+                        .or_default()
+                        .push(channel.key.clone());
+                    continue;
+                }
+            }
         }
         let Some(slot) = checker.slot_owned().await else {
             return; // the semaphore closed: the process is ending
@@ -184,6 +243,9 @@ async fn pass(
         });
     }
     while running.join_next().await.is_some() {}
+    if let Some(fleet) = fleet {
+        take_from_members(fleet, elsewhere, &liveness, metrics).await;
+    }
     let (mut alive, mut dead, mut unchecked) = (0, 0, 0);
     for c in &list {
         match liveness.of(&c.key) {
@@ -202,4 +264,67 @@ async fn pass(
     );
     *liveness.passes.locked() += 1;
     liveness.pass_done.notify_waiters();
+}
+
+/// What a member's `/proxy/channels` says of the channels it checks.
+#[derive(serde::Deserialize)]
+struct MemberChannels {
+    channels: Vec<MemberChannel>,
+}
+
+#[derive(serde::Deserialize)]
+struct MemberChannel {
+    key: String,
+    health: Option<ChannelHealth>,
+}
+
+/// Takes what the owners in `elsewhere` found for their channels, asking each until it has
+/// checked them all (its pass may still run) or [`MEMBER_PATIENCE`] passed. A member that does
+/// not answer leaves its channels as they were.
+async fn take_from_members(
+    fleet: &Cluster,
+    mut elsewhere: HashMap<std::net::SocketAddr, Vec<ContentKey>>,
+    liveness: &Liveness,
+    metrics: &Metrics,
+) {
+    let give_up = tokio::time::Instant::now() + MEMBER_PATIENCE;
+    loop {
+        for (member, keys) in elsewhere.iter_mut() {
+            let answer = fleet
+                .ask_member(*member, "/proxy/channels", MAX_MEMBER_ANSWER)
+                .await
+                .and_then(|b| {
+                    serde_json::from_slice::<MemberChannels>(&b).map_err(|e| e.to_string())
+                });
+            let found: HashMap<String, ChannelHealth> = match answer {
+                Ok(a) => a
+                    .channels
+                    .into_iter()
+                    .filter_map(|c| Some((c.key, c.health?)))
+                    .collect(),
+                Err(e) => {
+                    log::warn!("channel check: member {member} did not say what it found: {e}");
+                    continue;
+                }
+            };
+            keys.retain(|key| match found.get(&key.to_string()) {
+                Some(h) => {
+                    let mut h = h.clone();
+                    h.checked_by.get_or_insert_with(|| member.to_string());
+                    liveness.record(key, h);
+                    metrics
+                        .channel_checks
+                        .with_label_values(&["from_member"])
+                        .inc();
+                    false
+                }
+                None => true,
+            });
+        }
+        elsewhere.retain(|_, keys| !keys.is_empty());
+        if elsewhere.is_empty() || tokio::time::Instant::now() + MEMBER_RETRY > give_up {
+            return;
+        }
+        tokio::time::sleep(MEMBER_RETRY).await;
+    }
 }

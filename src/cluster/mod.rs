@@ -168,6 +168,20 @@ pub struct Cluster {
     ready: tokio::sync::watch::Sender<bool>,
 }
 
+/// Where a background check of an id (the channel checker's) belongs in the fleet. Only the
+/// id's owner starts an engine session for it: a check on a second node would be a second engine
+/// session of the id, and an engine stops the earlier session of an id when it starts again
+/// (engine-api.md §9), which could be a peer's viewers'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckSite {
+    /// This node owns the id and no peer streams it: check it here.
+    Here,
+    /// A peer streams it now: it plays, and nothing is started.
+    HeldBy(SocketAddr),
+    /// Another member owns it and checks it; its finding is asked for.
+    OwnedBy(SocketAddr),
+}
+
 /// The resolved members, shared by the discovery and the cluster.
 #[derive(Debug, Default)]
 struct Members {
@@ -349,6 +363,35 @@ impl Cluster {
         // engine load up to date for the engine choice.
         self.refresh_states(PollScope::Usable).await;
         holder(Because::Holder).unwrap_or(Placement::Local)
+    }
+
+    /// Where the channel checker checks `key` (see [`CheckSite`]). Waits for the first member
+    /// pass, at most one health interval: ownership is unknown before it.
+    pub async fn check_site(&self, key: &str) -> CheckSite {
+        let mut ready = self.ready.subscribe();
+        if !*ready.borrow() {
+            let wait = self.config.health_check_interval + self.config.peer_timeout;
+            let _ = tokio::time::timeout(wait, ready.wait_for(|r| *r)).await;
+        }
+        if let Some(peer) = self.holder(key, &[]) {
+            return CheckSite::HeldBy(peer);
+        }
+        match self.owner(key) {
+            Some(owner) if !self.is_me(owner) => CheckSite::OwnedBy(owner),
+            _ => CheckSite::Here,
+        }
+    }
+
+    /// `GET path` of member `addr`'s admin API, with the fleet's admin token: its body if it
+    /// answered `200` within `peer_timeout` and `max_bytes`.
+    pub async fn ask_member(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, String> {
+        let token = (*self.token.get()).clone();
+        poll::peer_get(addr, token, self.config.peer_timeout, path, max_bytes).await
     }
 
     /// A forwarded connection to `addr` failed: skip it until the next health interval.

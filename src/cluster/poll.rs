@@ -129,6 +129,21 @@ async fn fetch_sessions(
     token: Option<String>,
     timeout: Duration,
 ) -> Result<Vec<HeldSession>, String> {
+    let body = peer_get(addr, token, timeout, "/proxy/cluster", MAX_PEER_STATE_BYTES).await?;
+    let view: ClusterView =
+        serde_json::from_slice(&body).map_err(|e| format!("bad answer: {e}"))?;
+    Ok(view.sessions)
+}
+
+/// `GET path` of a peer's admin API (with the fleet's admin token), its body if `200`, within
+/// `timeout` and `max_bytes`.
+pub(super) async fn peer_get(
+    addr: SocketAddr,
+    token: Option<String>,
+    timeout: Duration,
+    path: &str,
+    max_bytes: usize,
+) -> Result<Vec<u8>, String> {
     let ask = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
@@ -138,11 +153,11 @@ async fn fetch_sessions(
             opts.headers
                 .push(("Authorization".into(), format!("Bearer {t}")));
         }
-        let mut resp = http1::get_on(stream, &addr.to_string(), "/proxy/cluster", &opts)
+        let mut resp = http1::get_on(stream, &addr.to_string(), path, &opts)
             .await
             .map_err(|e| e.to_string())?;
         let body = resp
-            .read_to_end(MAX_PEER_STATE_BYTES)
+            .read_to_end(max_bytes)
             .await
             .map_err(|e| e.to_string())?;
         if resp.status != 200 {
@@ -152,9 +167,7 @@ async fn fetch_sessions(
                 String::from_utf8_lossy(&body[..body.len().min(200)])
             ));
         }
-        let view: ClusterView =
-            serde_json::from_slice(&body).map_err(|e| format!("bad answer: {e}"))?;
-        Ok(view.sessions)
+        Ok(body)
     };
     tokio::time::timeout(timeout, ask)
         .await

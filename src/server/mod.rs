@@ -164,6 +164,7 @@ fn build_services(
             checker: catalogue.checker.clone(),
             sessions: sessions.clone(),
             metrics: metrics.clone(),
+            fleet: cluster.clone(),
         },
     ));
     let channels = catalogue.channels.clone();
@@ -306,6 +307,8 @@ struct ChannelChecker {
     checker: Arc<crate::streams::check::ContentChecker>,
     sessions: Arc<Sessions>,
     metrics: Arc<Metrics>,
+    /// The fleet, when in one: only an id's owner checks it.
+    fleet: Option<Arc<Cluster>>,
 }
 
 #[async_trait]
@@ -316,6 +319,7 @@ impl BackgroundService for ChannelChecker {
             self.checker.clone(),
             self.sessions.clone(),
             self.metrics.clone(),
+            self.fleet.clone(),
         );
         tokio::select! {
             _ = run => {}
