@@ -820,11 +820,12 @@ async fn a_hanging_member_does_not_hang_the_fleet() {
     assert_eq!(e.stats().sessions_started, 12, "one engine session per id");
 }
 
-/// The channel checker in a fleet: only an id's owner checks it, so one pass of both members
+/// The channel checker in a fleet: only an id's owner checks it, so a pass of both members
 /// starts each channel once on the engine (not once per member); both list every channel's
 /// health, the other member's findings marked `checked_by`; and a channel a viewer watches on
-/// its owner is never started again by the other member's next pass (an engine stops the earlier
-/// session of an id that starts again: the viewer's).
+/// its owner is never started by the other member's pass (an engine stops the earlier session of
+/// an id that starts again: the viewer's). Measured over the second pass: the first one may run
+/// before the members see each other (each then checks everything, as a lone node does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_channel_checker_checks_each_channel_once_per_fleet() {
     let e = sim(Knobs::default()).await;
@@ -851,14 +852,16 @@ async fn the_channel_checker_checks_each_channel_once_per_fleet() {
                 .unwrap_or(0)
         }
     };
-    let all_passed = |k: u64| {
-        let nodes = &nodes;
-        move || async move { passes(&nodes[0]).await >= k && passes(&nodes[1]).await >= k }
-    };
     assert!(
-        wait_until(Duration::from_secs(60), all_passed(1)).await,
+        wait_until(Duration::from_secs(60), || async {
+            passes(&nodes[0]).await >= 1 && passes(&nodes[1]).await >= 1
+        })
+        .await,
         "one pass on each member"
     );
+    for node in &nodes {
+        wait_members(node, 2).await;
+    }
     let mut owners = BTreeMap::new();
     for id in &ids {
         let owner = nodes[0].cluster(&format!("?id={id}")).await["owner"]
@@ -872,28 +875,6 @@ async fn the_channel_checker_checks_each_channel_once_per_fleet() {
             && owners.values().any(|o| *o == nodes[1].addr.to_string()),
         "both members own channels: {owners:?}"
     );
-    let once = starts(&[&e]);
-    for id in &ids {
-        assert_eq!(
-            once.get(id),
-            Some(&1),
-            "{id} started once fleet-wide: {once:?}"
-        );
-    }
-    for node in &nodes {
-        let (_, v) = get_json(node.addr, "/proxy/channels").await;
-        for c in v["channels"].as_array().unwrap() {
-            let h = &c["health"];
-            assert_eq!(h["alive"], true, "{}: {c}", node.addr);
-            let owner = &owners[c["key"].as_str().unwrap()];
-            let expected = if *owner == node.addr.to_string() {
-                serde_json::Value::Null
-            } else {
-                owner.as_str().into()
-            };
-            assert_eq!(h["checked_by"], expected, "{}: {c}", node.addr);
-        }
-    }
 
     // A viewer of a channel node 1 owns, through node 0 (forwarded to node 1).
     let watched = ids
@@ -904,30 +885,40 @@ async fn the_channel_checker_checks_each_channel_once_per_fleet() {
     let viewer = Viewer::start(nodes[0].addr, &watched).await;
     assert!(viewer.gets(100_000).await, "the viewer streams");
     let before = starts(&[&e]);
-    assert_eq!(before[&watched], 2, "its check and its session: {before:?}");
-    let p0 = (passes(&nodes[0]).await, passes(&nodes[1]).await);
+    let p1 = (passes(&nodes[0]).await, passes(&nodes[1]).await);
     assert!(
         wait_until(Duration::from_secs(60), || async {
-            passes(&nodes[0]).await > p0.0 && passes(&nodes[1]).await > p0.1
+            passes(&nodes[0]).await > p1.0 && passes(&nodes[1]).await > p1.1
         })
         .await,
-        "a second pass on each member"
+        "another pass on each member"
     );
     let after = starts(&[&e]);
-    assert_eq!(
-        after[&watched], before[&watched],
-        "the watched channel was started again: {after:?}"
-    );
+    for id in &ids {
+        let added = after[id] - before[id];
+        let expected = if *id == watched { 0 } else { 1 };
+        assert_eq!(
+            added, expected,
+            "{id}: {added} engine starts in one pass of each member (before {before:?}, after {after:?})"
+        );
+    }
     assert!(viewer.gets(100_000).await, "the viewer streams on");
     for node in &nodes {
         let (_, v) = get_json(node.addr, "/proxy/channels").await;
-        let c = v["channels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["key"] == watched.as_str())
-            .cloned()
-            .unwrap();
-        assert_eq!(c["health"]["from_session"], true, "{}: {c}", node.addr);
+        for c in v["channels"].as_array().unwrap() {
+            let h = &c["health"];
+            let key = c["key"].as_str().unwrap();
+            assert_eq!(h["alive"], true, "{}: {c}", node.addr);
+            let owner = &owners[key];
+            let expected = if *owner == node.addr.to_string() {
+                serde_json::Value::Null
+            } else {
+                owner.as_str().into()
+            };
+            assert_eq!(h["checked_by"], expected, "{}: {c}", node.addr);
+            if key == watched {
+                assert_eq!(h["from_session"], true, "{}: {c}", node.addr);
+            }
+        }
     }
 }

@@ -269,6 +269,7 @@ async fn pass(
 /// What a member's `/proxy/channels` says of the channels it checks.
 #[derive(serde::Deserialize)]
 struct MemberChannels {
+    check_passes: u64,
     channels: Vec<MemberChannel>,
 }
 
@@ -278,8 +279,10 @@ struct MemberChannel {
     health: Option<ChannelHealth>,
 }
 
-/// Takes what the owners in `elsewhere` found for their channels, asking each until it has
-/// checked them all (its pass may still run) or [`MEMBER_PATIENCE`] passed. A member that does
+/// Takes what the owners in `elsewhere` found for their channels. A member that has not found
+/// some of them yet is asked again while the pass it was running at the first answer goes on
+/// (its `check_passes` unchanged), at most [`MEMBER_PATIENCE`]; once that pass is over, what it
+/// still lacks (skipped: no engine slot to spare) waits for the next pass. A member that does
 /// not answer leaves its channels as they were.
 async fn take_from_members(
     fleet: &Cluster,
@@ -288,6 +291,7 @@ async fn take_from_members(
     metrics: &Metrics,
 ) {
     let give_up = tokio::time::Instant::now() + MEMBER_PATIENCE;
+    let mut first_passes: HashMap<std::net::SocketAddr, u64> = HashMap::new();
     loop {
         for (member, keys) in elsewhere.iter_mut() {
             let answer = fleet
@@ -296,14 +300,19 @@ async fn take_from_members(
                 .and_then(|b| {
                     serde_json::from_slice::<MemberChannels>(&b).map_err(|e| e.to_string())
                 });
-            let found: HashMap<String, ChannelHealth> = match answer {
-                Ok(a) => a
-                    .channels
-                    .into_iter()
-                    .filter_map(|c| Some((c.key, c.health?)))
-                    .collect(),
+            let (found, pass_over): (HashMap<String, ChannelHealth>, bool) = match answer {
+                Ok(a) => {
+                    let first = *first_passes.entry(*member).or_insert(a.check_passes);
+                    let found = a
+                        .channels
+                        .into_iter()
+                        .filter_map(|c| Some((c.key, c.health?)))
+                        .collect();
+                    (found, a.check_passes > first)
+                }
                 Err(e) => {
                     log::warn!("channel check: member {member} did not say what it found: {e}");
+                    keys.clear();
                     continue;
                 }
             };
@@ -318,7 +327,7 @@ async fn take_from_members(
                         .inc();
                     false
                 }
-                None => true,
+                None => !pass_over,
             });
         }
         elsewhere.retain(|_, keys| !keys.is_empty());

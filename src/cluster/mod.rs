@@ -168,6 +168,11 @@ pub struct Cluster {
     ready: tokio::sync::watch::Sender<bool>,
 }
 
+/// How long a background check waits for the fleet's first member pass. Fixed: the pass is
+/// bounded by `peer_timeout` per step and takes seconds at worst; this only guards against a
+/// fleet that never forms.
+const CHECK_SITE_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Where a background check of an id (the channel checker's) belongs in the fleet. Only the
 /// id's owner starts an engine session for it: a check on a second node would be a second engine
 /// session of the id, and an engine stops the earlier session of an id when it starts again
@@ -366,12 +371,12 @@ impl Cluster {
     }
 
     /// Where the channel checker checks `key` (see [`CheckSite`]). Waits for the first member
-    /// pass, at most one health interval: ownership is unknown before it.
+    /// pass (ownership is unknown before it; a background pass can wait, unlike a request), at
+    /// most [`CHECK_SITE_PATIENCE`].
     pub async fn check_site(&self, key: &str) -> CheckSite {
         let mut ready = self.ready.subscribe();
         if !*ready.borrow() {
-            let wait = self.config.health_check_interval + self.config.peer_timeout;
-            let _ = tokio::time::timeout(wait, ready.wait_for(|r| *r)).await;
+            let _ = tokio::time::timeout(CHECK_SITE_PATIENCE, ready.wait_for(|r| *r)).await;
         }
         if let Some(peer) = self.holder(key, &[]) {
             return CheckSite::HeldBy(peer);
