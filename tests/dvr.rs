@@ -254,16 +254,29 @@ async fn an_unusable_dvr_dir_is_reported_and_dvr_can_be_off() {
 /// 5 s. `client_timeout` is 120 s here: a socket that accepts nothing for longer is still cut.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_player_continues_from_the_spill() {
+    paused_player_continues("", 3030).await;
+}
+
+/// The same on the `sendfile` path (`zero_copy: true`): the paused viewer's `sendfile` waits for
+/// its socket while the page file releases what it was about to send; it then sends nothing
+/// from the released pages (they would read as zeros) and goes on from the spill at that byte.
+/// Every byte it got lies on the 188-byte packet grid.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_player_on_the_sendfile_path_continues_from_the_spill() {
+    paused_player_continues("\nzero_copy: true", 3031).await;
+}
+
+async fn paused_player_continues(extra: &str, id: u32) {
     let e = sim(Knobs::default()).await; // 4 Mbit/s
     let server = start_proxy(proxy_config(
         &[&e],
-        "dvr_window: 5m\nstream_buffer_size: 1048576\nstream_buffer_max_bytes: 1048576\nstream_buffer_seconds: 2\nclient_timeout: 120",
+        &format!("dvr_window: 5m\nstream_buffer_size: 1048576\nstream_buffer_max_bytes: 1048576\nstream_buffer_seconds: 2\nclient_timeout: 120{extra}"),
     ));
-    let path = format!("/ace/getstream?id={}", content_id(3030));
+    let path = format!("/ace/getstream?id={}", content_id(id));
     let mut r = get_small_buffer(server.addr, &path, 64 * 1024).await;
     assert_eq!(r.status, 200);
-    let (first, _) = read_for(&mut r, Duration::from_secs(10), 1_000_000).await;
-    assert!(first.len() >= 1_000_000);
+    let (mut all, _) = read_for(&mut r, Duration::from_secs(10), 1_000_000).await;
+    assert!(all.len() >= 1_000_000);
     // The pause: nothing read for 60 s.
     tokio::time::sleep(Duration::from_secs(60)).await;
     let m = &server.edge.metrics;
@@ -281,6 +294,9 @@ async fn a_paused_player_continues_from_the_spill() {
     while t0.elapsed() < Duration::from_secs(120) {
         let (got, _) = read_for(&mut r, Duration::from_millis(100), 100_000).await;
         assert!(!got.is_empty(), "the stream went on");
+        if all.len() < 20_000_000 {
+            all.extend_from_slice(&got);
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
         if t0.elapsed().as_millis() % 2000 < 200 {
             last_lag = lag().await;
@@ -306,6 +322,11 @@ async fn a_paused_player_continues_from_the_spill() {
     );
     assert!(last_lag < 5.0, "lag {last_lag}");
     assert_eq!(m.slow_client_drops.get(), 0, "never disconnected");
+    assert!(
+        ts_aligned(&all[..all.len() / 188 * 188]),
+        "{} bytes read, not all on the packet grid",
+        all.len()
+    );
     let (_, v) = get_json(server.addr, "/proxy/sessions").await;
     assert_eq!(v["sessions"][0]["clients"][0]["dvr"], true);
 }

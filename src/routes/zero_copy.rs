@@ -112,20 +112,45 @@ impl ZeroCopyViewer {
                         .unwrap_or(first);
                     let result = match pages {
                         Some(pages) => {
-                            let send =
-                                self.socket
-                                    .send_file(pages.fd(), from, (end - from) as usize);
+                            let send = self.socket.send_file_while(
+                                pages.fd(),
+                                from,
+                                (end - from) as usize,
+                                || pages.released() <= from,
+                            );
                             match self.guard(send, &mut ring_changed).await {
-                                // Bytes punched before `sendfile` read them may have gone out
-                                // as zeros: only a reader that had fallen off the ring's tail
-                                // can see that.
-                                Ok(_) if pages.released() > from => Err(Leaving::Dropped(lagged(
-                                    &self.sessions,
-                                    &self.client,
-                                    &self.id,
-                                    ring.published_bytes().saturating_sub(from),
-                                ))),
-                                other => other,
+                                // Released while the socket took nothing (a paused player):
+                                // nothing was sent; it goes on from the DVR spill where it can.
+                                Ok(None) => {
+                                    let spill = super::rewind::continue_from(
+                                        &self.sessions,
+                                        &mut self.client,
+                                        from,
+                                        &self.id,
+                                    );
+                                    if let Some(spill) = spill {
+                                        return self.stream_spill(spill, from).await;
+                                    }
+                                    Err(Leaving::Dropped(lagged(
+                                        &self.sessions,
+                                        &self.client,
+                                        &self.id,
+                                        ring.published_bytes().saturating_sub(from),
+                                    )))
+                                }
+                                // Bytes punched between the check and `sendfile` may have gone
+                                // out as zeros: only a reader at the ring's very tail can see
+                                // that.
+                                Ok(Some(_)) if pages.released() > from => {
+                                    Err(Leaving::Dropped(lagged(
+                                        &self.sessions,
+                                        &self.client,
+                                        &self.id,
+                                        ring.published_bytes().saturating_sub(from),
+                                    )))
+                                }
+                                Ok(Some(n)) => Ok(n),
+                                Err(e) => Err(e),
                             }
                         }
                         None => {

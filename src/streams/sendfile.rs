@@ -105,11 +105,29 @@ impl ViewerSocket {
         offset: u64,
         len: usize,
     ) -> io::Result<usize> {
+        let sent = self.send_file_while(file, offset, len, || true).await?;
+        Ok(sent.unwrap_or(0))
+    }
+
+    /// [`Self::send_file`] of a file whose start is released as a stream moves on (the page
+    /// file): `held()` is asked right before each `sendfile`, once the socket takes bytes, and
+    /// `None` comes back when the bytes are gone (a paused player whose socket took nothing for
+    /// longer than the file keeps them): nothing was sent, so no released (zero) byte went out.
+    pub async fn send_file_while(
+        &self,
+        file: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+        held: impl Fn() -> bool,
+    ) -> io::Result<Option<usize>> {
         if len == 0 {
-            return Ok(0);
+            return Ok(Some(0));
         }
         loop {
             let mut ready = self.fd.writable().await?;
+            if !held() {
+                return Ok(None);
+            }
             let sent = ready.try_io(|fd| {
                 let mut at = offset;
                 match rustix::fs::sendfile(fd.get_ref(), file, Some(&mut at), len) {
@@ -123,7 +141,7 @@ impl ViewerSocket {
                 }
             });
             match sent {
-                Ok(result) => return result,
+                Ok(result) => return result.map(Some),
                 Err(_would_block) => continue,
             }
         }
