@@ -25,11 +25,10 @@ enum FanoutServer {
     /// The proxy as before this wave: every viewer in Pingora's writer (`viewer_takeover:
     /// false`), one chunked write per chunk.
     ProxyBefore,
-    /// The proxy as shipped: taken-over viewers that write each run of chunks (`zero_copy:
-    /// false`, the default).
+    /// The proxy with taken-over viewers that write each run of chunks (`zero_copy: false`).
     ProxySend,
-    /// The proxy with `zero_copy: true`: taken-over viewers sent with `sendfile` from the page
-    /// file.
+    /// The proxy as shipped: taken-over viewers sent with `sendfile` from the page file
+    /// (`zero_copy: true`, the default).
     Proxy,
     /// Another build of the proxy (`BENCH_BEFORE_BIN`, e.g. the release before issue 24), as
     /// configured by default.
@@ -44,8 +43,8 @@ impl FanoutServer {
             FanoutServer::Direct => "direct",
             FanoutServer::Floor => "floor (sendfile)",
             FanoutServer::ProxyBefore => "proxy before (Pingora writer)",
-            FanoutServer::ProxySend => "proxy (send, default)",
-            FanoutServer::Proxy => "proxy (zero_copy: true, sendfile)",
+            FanoutServer::ProxySend => "proxy (send, zero_copy: false)",
+            FanoutServer::Proxy => "proxy (sendfile, default)",
             FanoutServer::ProxyBuild => "proxy build of BENCH_BEFORE_BIN",
             FanoutServer::MsdLite => "msd_lite",
         }
@@ -102,11 +101,11 @@ async fn fanout_rows(
                     FanoutServer::ProxyBefore => {
                         start_proxy(sim.addr, "  viewer_takeover: false\n")
                     }
-                    FanoutServer::ProxySend => start_proxy(sim.addr, ""),
+                    FanoutServer::ProxySend => start_proxy(sim.addr, "  zero_copy: false\n"),
                     FanoutServer::ProxyBuild => {
                         start_proxy_bin(&env("BENCH_BEFORE_BIN"), free_port(), sim.addr, "")
                     }
-                    _ => start_proxy(sim.addr, "  zero_copy: true\n"),
+                    _ => start_proxy(sim.addr, ""),
                 }),
                 msd: None,
             },
@@ -162,7 +161,7 @@ pub async fn fanout(o: &Opts, out: &mut Vec<Report>) {
         vec![100, 500, 1000, 2000]
     };
     let servers: Vec<FanoutServer> = if proxy_only {
-        vec![FanoutServer::ProxySend]
+        vec![FanoutServer::Proxy]
     } else if std::env::var_os("BENCH_FANOUT_FLOOR_ONLY").is_some() {
         vec![FanoutServer::Floor]
     } else {

@@ -131,7 +131,7 @@ impl Default for AceWire {
             stream_buffer_max_bytes: 64 * 1024 * 1024,
             max_buffer_bytes: None,
             client_send_buffer: 256 * 1024,
-            zero_copy: false,
+            zero_copy: true,
             viewer_takeover: true,
             send_batch_bytes: 0,
             send_batch_delay: secs(0.2),
