@@ -87,18 +87,7 @@ impl ZeroCopyViewer {
                     // the byte it had reached (a send may have stopped inside a chunk).
                     let reached = self.client.stream_offset();
                     let offset = sent_upto.filter(|u| *u >= reached).unwrap_or(reached);
-                    let spill = super::rewind::continue_from(
-                        &self.sessions,
-                        &mut self.client,
-                        offset,
-                        &self.id,
-                    );
-                    if let Some(spill) = spill {
-                        return self.stream_spill(spill, offset).await;
-                    }
-                    let why = lagged(&self.sessions, &self.client, &self.id, behind);
-                    Leaving::Dropped(why).log(&self.client, &self.id);
-                    return End::Dropped;
+                    return self.fell_behind(offset, behind).await;
                 }
                 Next::End => return End::Finished,
             };
@@ -122,21 +111,8 @@ impl ZeroCopyViewer {
                                 // Released while the socket took nothing (a paused player):
                                 // nothing was sent; it goes on from the DVR spill where it can.
                                 Ok(None) => {
-                                    let spill = super::rewind::continue_from(
-                                        &self.sessions,
-                                        &mut self.client,
-                                        from,
-                                        &self.id,
-                                    );
-                                    if let Some(spill) = spill {
-                                        return self.stream_spill(spill, from).await;
-                                    }
-                                    Err(Leaving::Dropped(lagged(
-                                        &self.sessions,
-                                        &self.client,
-                                        &self.id,
-                                        ring.published_bytes().saturating_sub(from),
-                                    )))
+                                    let behind = ring.published_bytes().saturating_sub(from);
+                                    return self.fell_behind(from, behind).await;
                                 }
                                 // Bytes punched between the check and `sendfile` may have gone
                                 // out as zeros: only a reader at the ring's very tail can see
@@ -194,6 +170,20 @@ impl ZeroCopyViewer {
                 return End::Dropped;
             }
         }
+    }
+
+    /// A viewer behind its ring's tail at stream offset `offset` (`behind` bytes behind the
+    /// edge): goes on from the session's DVR spill from that byte where it can, else is dropped
+    /// with its lag.
+    async fn fell_behind(&mut self, offset: u64, behind: u64) -> End {
+        let spill =
+            super::rewind::continue_from(&self.sessions, &mut self.client, offset, &self.id);
+        if let Some(spill) = spill {
+            return self.stream_spill(spill, offset).await;
+        }
+        let why = lagged(&self.sessions, &self.client, &self.id, behind);
+        Leaving::Dropped(why).log(&self.client, &self.id);
+        End::Dropped
     }
 
     /// Streams a rewound viewer from the DVR spill (its response head and PAT + PMT already
