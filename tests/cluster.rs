@@ -824,8 +824,8 @@ async fn a_hanging_member_does_not_hang_the_fleet() {
 /// starts each channel once on the engine (not once per member); both list every channel's
 /// health, the other member's findings marked `checked_by`; and a channel a viewer watches on
 /// its owner is never started by the other member's pass (an engine stops the earlier session of
-/// an id that starts again: the viewer's). Measured over the second pass: the first one may run
-/// before the members see each other (each then checks everything, as a lone node does).
+/// an id that starts again: the viewer's). The first pass waits for the members to see each
+/// other; the watched channel is measured over the second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_channel_checker_checks_each_channel_once_per_fleet() {
     let e = sim(Knobs::default()).await;
@@ -859,6 +859,12 @@ async fn the_channel_checker_checks_each_channel_once_per_fleet() {
         .await,
         "one pass on each member"
     );
+    // The first pass waits for the fleet to form (members started together do not see each
+    // other at first): each channel was started once.
+    let first = starts(&[&e]);
+    for id in &ids {
+        assert_eq!(first.get(id), Some(&1), "{id}: {first:?}");
+    }
     for node in &nodes {
         wait_members(node, 2).await;
     }

@@ -37,6 +37,10 @@ const SLOT_RETRY: Duration = Duration::from_millis(500);
 /// Engine stream slots a check leaves free (the one a new viewer needs).
 const SLOTS_KEPT_FOR_VIEWERS: usize = 1;
 
+/// How long the first pass in a fleet waits for every member to be seen healthy: a member down
+/// for longer is checked around (its ids go to the next member on the ring).
+const FLEET_FORMING_PATIENCE: Duration = Duration::from_secs(30);
+
 /// How long a pass waits for the fleet members that own channels to have checked them (their
 /// own pass may still run), asking again every [`MEMBER_RETRY`].
 const MEMBER_PATIENCE: Duration = Duration::from_secs(300);
@@ -143,6 +147,9 @@ pub async fn run(
     fleet: Option<Arc<Cluster>>,
 ) {
     let mut last_pass: Option<tokio::time::Instant> = None;
+    if let Some(fleet) = &fleet {
+        fleet.wait_formed(FLEET_FORMING_PATIENCE).await;
+    }
     loop {
         let reloaded = channels.next_reload();
         let interval = channels.current().config().check_interval;

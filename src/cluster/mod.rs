@@ -173,6 +173,10 @@ pub struct Cluster {
 /// fleet that never forms.
 const CHECK_SITE_PATIENCE: Duration = Duration::from_secs(60);
 
+/// How often [`Cluster::wait_formed`] looks at the members' health again (the health pass
+/// itself runs every `health_check_interval`).
+const FORMED_RECHECK: Duration = Duration::from_millis(250);
+
 /// Where a background check of an id (the channel checker's) belongs in the fleet. Only the
 /// id's owner starts an engine session for it: a check on a second node would be a second engine
 /// session of the id, and an engine stops the earlier session of an id when it starts again
@@ -384,6 +388,28 @@ impl Cluster {
         match self.owner(key) {
             Some(owner) if !self.is_me(owner) => CheckSite::OwnedBy(owner),
             _ => CheckSite::Here,
+        }
+    }
+
+    /// Waits until every member is usable as seen from here (healthy and answering), at most
+    /// `max`. The channel checker's first pass waits for it: members started together do not
+    /// see each other at their first health check, and a member that does not know its peers
+    /// yet owns every id and would check them all (a second engine session of each).
+    pub async fn wait_formed(&self, max: Duration) {
+        let until = tokio::time::Instant::now() + max;
+        loop {
+            let backends = self.lb.backends();
+            let members = backends.get_backend();
+            let formed = !members.is_empty()
+                && members.iter().all(|b| {
+                    b.addr
+                        .as_inet()
+                        .is_some_and(|a| self.is_me(*a) || self.usable(*a, backends.ready(b)))
+                });
+            if formed || tokio::time::Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep(FORMED_RECHECK).await;
         }
     }
 
