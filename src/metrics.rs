@@ -33,6 +33,9 @@ pub struct Metrics {
     /// `path="copy"` with why zero copy was not possible (`disabled`, `transport`, `no_pages`,
     /// `socket`).
     pub ts_viewer_paths: IntCounterVec,
+    /// Sends of stream bytes by taken-over TS viewers, by `path` (`sendfile` or `send`): with
+    /// the stream's bitrate and viewer count, how well live-edge batching works.
+    pub ts_viewer_sends: IntCounterVec,
     /// Stream bytes read from engines.
     pub upstream_bytes: IntCounter,
     /// Live sessions moved to another engine after an upstream failure.
@@ -224,6 +227,12 @@ impl Metrics {
                 "acestream_edge_ts_viewers_total",
                 "TS viewers by write path (sendfile or copy) and why a viewer copies",
                 &["path", "reason"],
+            ),
+            ts_viewer_sends: counter_vec(
+                &r,
+                "acestream_edge_ts_viewer_sends_total",
+                "Sends of stream bytes by taken-over TS viewers, by path (sendfile or send)",
+                &["path"],
             ),
             upstream_bytes: counter(
                 &r,

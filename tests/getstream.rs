@@ -583,3 +583,60 @@ async fn sendfile_and_copying_viewers_get_identical_bytes() {
     drop((a, b, c));
     server.stop();
 }
+
+/// Viewers at the live edge of a clocked 4 Mbit/s stream are written in batches (the session
+/// wakes them at once every `send_batch_bytes` or `send_batch_delay`), on both the `sendfile`
+/// and the copying path: about 100 KB or more per send, where a wake per published chunk made
+/// about 50 KB sends, twice as many. Every byte still arrives, on the packet grid.
+#[tokio::test(flavor = "multi_thread")]
+async fn viewers_at_the_live_edge_are_written_in_batches() {
+    let e = sim(Knobs::default()).await;
+    let config = proxy_config(&[&e], "zero_copy: true");
+    let server = start_proxy(config.clone());
+    let path = format!("/ace/getstream?id={}", content_id(12));
+    let mut a = get(server.addr, &path).await;
+    assert_eq!(a.status, 200);
+    server.edge.sessions.set_config({
+        let mut c = config.clone();
+        c.viewers.zero_copy = false;
+        c
+    });
+    let mut b = get(server.addr, &path).await;
+    assert_eq!(b.status, 200);
+    // Past the joins' bursts: both at the live edge.
+    let (warm_a, warm_b) = tokio::join!(
+        read_for(&mut a, Duration::from_secs(2), usize::MAX),
+        read_for(&mut b, Duration::from_secs(2), usize::MAX)
+    );
+    let sends = &server.edge.metrics.ts_viewer_sends;
+    let counted = || {
+        (
+            sends.with_label_values(&["sendfile"]).get(),
+            sends.with_label_values(&["send"]).get(),
+        )
+    };
+    let before = counted();
+    let (a_data, b_data) = tokio::join!(
+        read_for(&mut a, Duration::from_secs(4), usize::MAX),
+        read_for(&mut b, Duration::from_secs(4), usize::MAX)
+    );
+    let after = counted();
+    for (name, data, sent) in [
+        ("sendfile", &a_data.0, after.0 - before.0),
+        ("send", &b_data.0, after.1 - before.1),
+    ] {
+        // 4 s of a 4 Mbit/s stream.
+        assert!(data.len() > 1_600_000, "{name}: only {} bytes", data.len());
+        assert!(sent > 0, "{name}: no sends counted");
+        let per_send = data.len() as u64 / sent;
+        assert!(
+            per_send >= 75_000,
+            "{name}: {sent} sends of {per_send} bytes on average in 4 s"
+        );
+    }
+    for (warm, data) in [(&warm_a.0, &a_data.0), (&warm_b.0, &b_data.0)] {
+        assert_eq!((warm.len() + data.len()) % 188, 0, "on the packet grid");
+    }
+    drop((a, b));
+    server.stop();
+}

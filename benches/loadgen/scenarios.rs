@@ -50,6 +50,20 @@ impl FanoutServer {
         }
     }
 
+    /// The row named `key` in `BENCH_FANOUT_ROWS`.
+    fn by_key(key: &str) -> Option<FanoutServer> {
+        Some(match key {
+            "direct" => FanoutServer::Direct,
+            "floor" => FanoutServer::Floor,
+            "before" => FanoutServer::ProxyBefore,
+            "send" => FanoutServer::ProxySend,
+            "proxy" => FanoutServer::Proxy,
+            "build" => FanoutServer::ProxyBuild,
+            "msd" => FanoutServer::MsdLite,
+            _ => return None,
+        })
+    }
+
     /// The rows `MSD_LITE_BIN` and `BENCH_BEFORE_BIN` add when set.
     fn optional() -> Vec<FanoutServer> {
         let set = |v: &str| std::env::var_os(v).is_some_and(|p| !p.is_empty());
@@ -160,7 +174,15 @@ pub async fn fanout(o: &Opts, out: &mut Vec<Report>) {
     } else {
         vec![100, 500, 1000, 2000]
     };
-    let servers: Vec<FanoutServer> = if proxy_only {
+    // BENCH_FANOUT_ROWS=floor,proxy,before: only these rows (names as in `FanoutServer::key`).
+    let picked: Option<Vec<FanoutServer>> = std::env::var("BENCH_FANOUT_ROWS").ok().map(|v| {
+        v.split(',')
+            .map(|k| FanoutServer::by_key(k.trim()).unwrap_or_else(|| panic!("no fan-out row {k}")))
+            .collect()
+    });
+    let servers: Vec<FanoutServer> = if let Some(picked) = picked {
+        picked
+    } else if proxy_only {
         vec![FanoutServer::Proxy]
     } else if std::env::var_os("BENCH_FANOUT_FLOOR_ONLY").is_some() {
         vec![FanoutServer::Floor]

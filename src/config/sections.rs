@@ -240,14 +240,14 @@ section!(
     /// viewer). `false` keeps every viewer in Pingora's body writer (chunked, about 33 KiB per
     /// viewer, one write per chunk: the path of earlier releases, and a way back). Default true.
         viewer_takeover: bool,
-    /// A zero-copy viewer at the live edge sends once this many bytes are new (or
-    /// `send_batch_delay` passed), not at every chunk the ring publishes: every send costs the
-    /// kernel a fixed amount, whatever its size. Default 0 (off: every chunk goes out when it is
-    /// published): measured here it saved nothing, because a viewer is still woken at every
-    /// publish to count what is pending (see docs/performance.md).
+    /// Taken-over viewers at the live edge are woken (all at once, by the session) once this
+    /// many bytes are new since the last wake, or at the first publish `send_batch_delay` after
+    /// it, not at every chunk the ring publishes: every wake costs a task poll and every send a
+    /// fixed amount in the kernel, whatever its size (see `streams::ring::edge`). A stream
+    /// without a clock is never batched. 0 wakes them at every publish. Default 131072 (128 KiB).
         send_batch_bytes: usize,
-    /// The longest a zero-copy viewer at the live edge holds new bytes back to batch them
-    /// (latency it adds, at most). Default 0.2 s.
+    /// The longest new bytes wait for a batch before the session wakes its viewers at the live
+    /// edge (latency it adds, at most). Default 0.2 s.
         send_batch_delay: Duration,
     }
 );

@@ -133,7 +133,7 @@ impl Default for AceWire {
             client_send_buffer: 256 * 1024,
             zero_copy: true,
             viewer_takeover: true,
-            send_batch_bytes: 0,
+            send_batch_bytes: 128 * 1024,
             send_batch_delay: secs(0.2),
             failover_window: secs(60.0),
             engine_stop_timeout: secs(3.0),

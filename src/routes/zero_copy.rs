@@ -4,10 +4,11 @@
 //! partial chunk, keepalive nulls) are sent as they are. With `zero_copy: false` (or no page
 //! file) the same runs are written from the ring's chunks with one vectored `send` each.
 //!
-//! At the live edge it batches: new bytes go out once `send_batch_bytes` are pending or
-//! `send_batch_delay` after it caught up, so a viewer costs a few large sends a second rather than
-//! one per published chunk (a wake per publish costs no syscall; a send does); a viewer behind
-//! the edge, or of a stream without a clock, sends everything it can at once.
+//! At the live edge it waits for the ring's edge wakes (`streams::ring::edge`): the session tells
+//! all its edge viewers of new bytes at once, in batches of `send_batch_bytes` or
+//! `send_batch_delay`, and ticks their keepalives while the stream pauses, so a viewer costs a
+//! few large sends a second and no timer of its own; a viewer behind the edge sends everything it
+//! can at once.
 //!
 //! It usually runs in a task of its own, holding only what it needs (its place in the session,
 //! its socket's dup, its limit permit and the connection's slot), after Pingora let the request go
@@ -19,6 +20,7 @@ use super::getstream::{guarded, lagged, End, Leaving};
 use super::rewind::{ended, SpillCursor, Step};
 use crate::config::Config;
 use crate::streams::client::Next;
+use crate::streams::ring::edge::EdgeTell;
 use crate::streams::sendfile::{Connection, ViewerSocket};
 use crate::streams::{ClientHandle, Sessions};
 use bytes::Bytes;
@@ -61,24 +63,29 @@ impl ZeroCopyViewer {
         let session = self.client.session().clone();
         let ring = &session.ring;
         let mut ring_changed = ring.subscribe();
+        // At the live edge the viewer waits for the ring's edge wakes: new bytes in batches and
+        // keepalive ticks, shared by every viewer of the session (see `streams::ring::edge`).
+        let mut edge = ring.subscribe_edge();
+        let mut keepalives = edge.borrow().keepalives;
         // The next stream byte to send, when a `sendfile` stopped inside a chunk.
         let mut sent_upto: Option<u64> = None;
-        // When the viewer caught up with the live edge: new bytes are batched from then on.
-        let mut caught_up: Option<tokio::time::Instant> = None;
+        let sends = &self.sessions.metrics().ts_viewer_sends;
+        let (sendfiles, copies) = (
+            sends.with_label_values(&["sendfile"]),
+            sends.with_label_values(&["send"]),
+        );
         loop {
             ring_changed.borrow_and_update();
+            let ticked = edge.borrow_and_update().keepalives != keepalives;
+            keepalives = edge.borrow().keepalives;
             let chunks = match self.client.next_step() {
-                Next::Write(chunks) => {
-                    if let Some(since) = caught_up {
-                        match self.batch_pending(&chunks, since, &mut ring_changed).await {
-                            Ok(true) => continue,
-                            Ok(false) => caught_up = None,
-                            Err(end) => return end,
-                        }
-                    }
-                    chunks
-                }
-                Next::Wait => match self.wait(&mut ring_changed).await {
+                Next::Write(chunks) => chunks,
+                // A keepalive tick found nothing to send: one null packet.
+                Next::Wait if ticked => match self.keepalive(&mut ring_changed).await {
+                    Ok(()) => continue,
+                    Err(end) => return end,
+                },
+                Next::Wait => match self.wait(&mut edge).await {
                     Ok(()) => continue,
                     Err(end) => return end,
                 },
@@ -125,20 +132,22 @@ impl ZeroCopyViewer {
                                         ring.published_bytes().saturating_sub(from),
                                     )))
                                 }
-                                Ok(Some(n)) => Ok(n),
+                                Ok(Some(n)) => {
+                                    sendfiles.inc();
+                                    Ok(n)
+                                }
                                 Err(e) => Err(e),
                             }
                         }
                         None => {
                             let send = self.socket.send_chunks(&chunks, (from - first) as usize);
-                            self.guard(send, &mut ring_changed).await
+                            let sent = self.guard(send, &mut ring_changed).await;
+                            copies.inc();
+                            sent
                         }
                     };
                     result.map(|n| {
                         let upto = from + n as u64;
-                        if upto == end && ring.published_bytes() == end {
-                            caught_up = Some(tokio::time::Instant::now());
-                        }
                         let mut at = first;
                         for c in &chunks {
                             at += c.len() as u64;
@@ -258,29 +267,11 @@ impl ZeroCopyViewer {
         }
     }
 
-    /// Batching at the live edge: while fewer than `send_batch_bytes` are new since the viewer
-    /// caught up and `send_batch_delay` has not passed, waits (for the ring, the delay or the
-    /// client leaving) and answers `true` (read again); `false` to send now. A stream without a
-    /// clock is never batched: its ring moves only as its readers do. `Err` when the client left.
-    async fn batch_pending(
-        &self,
-        chunks: &[Bytes],
-        caught_up: tokio::time::Instant,
-        ring_changed: &mut watch::Receiver<u64>,
-    ) -> Result<bool, End> {
-        let session = self.client.session();
-        let pending: usize = chunks.iter().map(|c| c.len()).sum();
-        let due = caught_up + self.config.viewers.send_batch_delay;
-        if pending >= self.config.viewers.send_batch_bytes
-            || tokio::time::Instant::now() >= due
-            || session.ring.is_closed()
-            || session.is_clockless()
-        {
-            return Ok(false);
-        }
+    /// Waits for the ring's next edge wake (see `streams::ring::edge`). `Err` when the client
+    /// is gone.
+    async fn wait(&self, edge: &mut watch::Receiver<EdgeTell>) -> Result<(), End> {
         tokio::select! {
-            _ = tokio::time::sleep_until(due) => Ok(true),
-            _ = ring_changed.changed() => Ok(true),
+            _ = edge.changed() => Ok(()),
             _ = self.socket.closed() => {
                 Leaving::Closed("closed by the client".into()).log(&self.client, &self.id);
                 Err(End::Dropped)
@@ -288,19 +279,8 @@ impl ZeroCopyViewer {
         }
     }
 
-    /// Waits for the ring to change; sends a keepalive null packet when due. `Err` when the
-    /// client is gone.
-    async fn wait(&self, ring_changed: &mut watch::Receiver<u64>) -> Result<(), End> {
-        let keepalive = !self.config.viewers.keepalive_interval.is_zero();
-        let keepalive_due = tokio::time::Instant::now() + self.config.viewers.keepalive_interval;
-        tokio::select! {
-            _ = ring_changed.changed() => return Ok(()),
-            _ = self.socket.closed() => {
-                Leaving::Closed("closed by the client".into()).log(&self.client, &self.id);
-                return Err(End::Dropped);
-            }
-            _ = tokio::time::sleep_until(keepalive_due), if keepalive => {}
-        }
+    /// Sends one keepalive null packet. `Err` when the client is gone or accepts nothing.
+    async fn keepalive(&self, ring_changed: &mut watch::Receiver<u64>) -> Result<(), End> {
         let null = Bytes::from_static(&crate::ts::NULL_PACKET);
         match self.guard(self.socket.send_all(&null), ring_changed).await {
             Ok(()) => Ok(()),

@@ -259,6 +259,8 @@ impl Sessions {
             let running = UpstreamRunning::new(self.upstreams.clone());
             let sessions = self.clone();
             let session = session.clone();
+            // Its edge task wakes the viewers at the live edge (see `ring::edge`).
+            tokio::spawn(session.ring.edge_task());
             tokio::spawn(async move {
                 upstream::run_upstream(sessions, session).await;
                 drop(running);

@@ -36,11 +36,15 @@ mod measure;
 
 mod join;
 
+pub mod edge;
+
 use super::pages::PageFile;
 use crate::sync::Lock;
 use crate::ts::KeyframeMark;
 use bytes::Bytes;
+use edge::{EdgeSettings, EdgeTell, EdgeWakes};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::Mutex;
 use tokio::sync::watch;
 
@@ -234,6 +238,8 @@ pub struct Ring {
     /// The same bytes as page-cache pages for zero-copy viewers (see [`super::pages`]); `None`
     /// when zero copy is off or the kernel refused.
     pages: Option<PageFile>,
+    /// When viewers at the live edge are woken (see [`edge`]).
+    edge: Arc<EdgeWakes>,
 }
 
 impl Ring {
@@ -244,7 +250,30 @@ impl Ring {
             state: Mutex::new(State::default()),
             head: watch::channel(0).0,
             pages: None,
+            edge: Arc::new(EdgeWakes::new(
+                EdgeSettings::default(),
+                tokio::time::Instant::now(),
+            )),
         }
+    }
+
+    /// This ring with its live-edge viewers woken as `settings` say (default: at every publish,
+    /// no keepalive ticks). The session runs [`Ring::edge_task`].
+    pub fn with_edge(mut self, settings: EdgeSettings) -> Self {
+        self.edge = Arc::new(EdgeWakes::new(settings, tokio::time::Instant::now()));
+        self
+    }
+
+    /// The session's edge task: tells batched bytes and ticks keepalives (see [`edge`]); ends
+    /// when the ring closes or is dropped.
+    pub fn edge_task(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.edge.clone().run(self.head.subscribe())
+    }
+
+    /// A receiver that changes when viewers at the live edge should look at the ring: new bytes
+    /// in batches, keepalive ticks, a close or a cut (see [`edge`]).
+    pub fn subscribe_edge(&self) -> watch::Receiver<EdgeTell> {
+        self.edge.subscribe()
     }
 
     /// A ring whose bytes are also kept in a [`PageFile`] for zero-copy viewers; without one if
@@ -280,19 +309,22 @@ impl Ring {
                 log::warn!("page file write failed ({e}); zero-copy viewers fall back to copying");
             }
         }
-        let (next, tail) = {
+        let (next, tail, edge) = {
             let mut s = self.lock();
             s.held += chunk.len();
             s.entries.push_back(Entry { data: chunk, media });
             while s.should_evict(&self.retention) {
                 s.evict_front();
             }
-            (s.first_seq + s.entries.len() as u64, s.first_offset)
+            let edge = s.first_offset + s.held as u64;
+            (s.first_seq + s.entries.len() as u64, s.first_offset, edge)
         };
         if let Some(pages) = &self.pages {
             pages.release_before(tail);
         }
         self.head.send_replace(next);
+        self.edge
+            .published(edge, media.clocked, tokio::time::Instant::now());
     }
 
     /// Appends a chunk with no stream-time span (byte retention only); for tests and benches.
@@ -372,12 +404,14 @@ impl Ring {
     /// Wakes every waiter without publishing (something they wait on changed elsewhere).
     pub fn wake(&self) {
         self.head.send_modify(|_| {});
+        self.edge.wake();
     }
 
     /// Marks the end of the stream and wakes every waiter.
     pub fn close(&self) {
         self.lock().closed = true;
         self.head.send_modify(|_| {});
+        self.edge.close();
     }
 
     /// Whether [`Ring::close`] was called.

@@ -14,6 +14,7 @@ mod phase;
 pub(crate) use phase::{Linger, Source};
 pub use phase::{Phase, StopReason, UpstreamFailure};
 
+use super::ring::edge::EdgeSettings;
 use super::ring::{Retention, Ring};
 use super::ClientStats;
 use crate::config::Config;
@@ -149,11 +150,16 @@ impl StreamSession {
                     min_seconds: config.buffers.stream_buffer_seconds.as_secs_f64(),
                     max_bytes: config.buffers.stream_buffer_max_bytes,
                 };
-                if config.viewers.zero_copy {
+                let ring = if config.viewers.zero_copy {
                     Ring::with_pages(retention)
                 } else {
                     Ring::new(retention)
-                }
+                };
+                ring.with_edge(EdgeSettings {
+                    batch_bytes: config.viewers.send_batch_bytes as u64,
+                    batch_delay: config.viewers.send_batch_delay,
+                    keepalive: config.viewers.keepalive_interval,
+                })
             },
             created: Instant::now(),
             created_at: SystemTime::now(),
