@@ -263,9 +263,35 @@ pub async fn ttfb_of(addr: SocketAddr, id: &str) -> f64 {
 
 pub async fn start_times(o: &Opts, out: &mut Vec<Report>) {
     let samples = if o.quick { 5 } else { 20 };
+    // With `BENCH_BEFORE_BIN`, that build's start times too, in the same run.
+    let before = std::env::var("BENCH_BEFORE_BIN")
+        .ok()
+        .filter(|b| !b.is_empty());
+    let builds: Vec<(String, Option<String>)> = std::iter::once(("proxy".to_string(), None))
+        .chain(before.map(|b| (format!("proxy build {b}"), Some(b))))
+        .collect();
     for run in 1..=o.runs {
+        for (label, bin) in &builds {
+            start_times_of(samples, run, label, bin.as_deref(), out).await;
+        }
+    }
+}
+
+/// One run of [`start_times`] against the proxy (or the build `bin`), labelled `label`.
+async fn start_times_of(
+    samples: u32,
+    run: u32,
+    label: &str,
+    bin: Option<&str>,
+    out: &mut Vec<Report>,
+) {
+    {
         let sim = start_sim(4_000_000);
-        let p = start_proxy(sim.addr, "  stream_idle_timeout: 30\n");
+        let extra = "  stream_idle_timeout: 30\n";
+        let p = match bin {
+            Some(bin) => start_proxy_bin(bin, free_port(), sim.addr, extra),
+            None => start_proxy(sim.addr, extra),
+        };
         // The engine's own first byte, asked directly (JSON + playback + redirect).
         let mut engine = Vec::new();
         let mut cold = Vec::new();
@@ -298,11 +324,10 @@ pub async fn start_times(o: &Opts, out: &mut Vec<Report>) {
             let r = Report {
                 scenario: name.into(),
                 target: if name.contains("direct") {
-                    "direct"
+                    "direct".into()
                 } else {
-                    "proxy"
-                }
-                .into(),
+                    label.to_string()
+                },
                 run,
                 clients: v.len(),
                 ttfb_p50_ms: percentile(&mut v.clone(), 0.5),

@@ -18,8 +18,18 @@ pub(super) async fn guarded<T, E: std::fmt::Display>(
     config: &Config,
     id: &str,
 ) -> Result<T, Leaving> {
+    // Most writes go through at once (the socket has room): those need no timer and no look at
+    // the ring's tail, so the write is tried once before either is set up.
+    let mut write = std::pin::pin!(write);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(Ok(v)) => return Ok(v),
+        std::task::Poll::Ready(Err(e)) => return Err(Leaving::Closed(e.to_string())),
+        std::task::Poll::Pending => {}
+    }
     let timeout = write_timeout(client, config);
     tokio::select! {
+        biased;
         r = tokio::time::timeout(timeout, write) => match r {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(Leaving::Closed(e.to_string())),

@@ -74,6 +74,9 @@ impl ZeroCopyViewer {
             sends.with_label_values(&["sendfile"]),
             sends.with_label_values(&["send"]),
         );
+        // Whether the client closed its side: one future for the whole stream, so a wait at the
+        // edge does not register (and drop) its read interest anew each time.
+        let mut closed = Box::pin(self.socket.closed());
         loop {
             ring_changed.borrow_and_update();
             let ticked = edge.borrow_and_update().keepalives != keepalives;
@@ -85,7 +88,7 @@ impl ZeroCopyViewer {
                     Ok(()) => continue,
                     Err(end) => return end,
                 },
-                Next::Wait => match self.wait(&mut edge).await {
+                Next::Wait => match self.wait(&mut edge, &mut closed).await {
                     Ok(()) => continue,
                     Err(end) => return end,
                 },
@@ -94,6 +97,7 @@ impl ZeroCopyViewer {
                     // the byte it had reached (a send may have stopped inside a chunk).
                     let reached = self.client.stream_offset();
                     let offset = sent_upto.filter(|u| *u >= reached).unwrap_or(reached);
+                    drop(closed);
                     return self.fell_behind(offset, behind).await;
                 }
                 Next::End => return End::Finished,
@@ -119,6 +123,7 @@ impl ZeroCopyViewer {
                                 // nothing was sent; it goes on from the DVR spill where it can.
                                 Ok(None) => {
                                     let behind = ring.published_bytes().saturating_sub(from);
+                                    drop(closed);
                                     return self.fell_behind(from, behind).await;
                                 }
                                 // Bytes punched between the check and `sendfile` may have gone
@@ -269,10 +274,15 @@ impl ZeroCopyViewer {
 
     /// Waits for the ring's next edge wake (see `streams::ring::edge`). `Err` when the client
     /// is gone.
-    async fn wait(&self, edge: &mut watch::Receiver<EdgeTell>) -> Result<(), End> {
+    async fn wait(
+        &self,
+        edge: &mut watch::Receiver<EdgeTell>,
+        closed: &mut (impl std::future::Future<Output = ()> + Unpin),
+    ) -> Result<(), End> {
         tokio::select! {
+            biased;
             _ = edge.changed() => Ok(()),
-            _ = self.socket.closed() => {
+            _ = closed => {
                 Leaving::Closed("closed by the client".into()).log(&self.client, &self.id);
                 Err(End::Dropped)
             }

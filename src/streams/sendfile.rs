@@ -205,7 +205,8 @@ impl ViewerSocket {
     /// Resolves when the client closed its side (or the connection broke). Bytes it sends after
     /// its request are read and ignored: a stream's connection carries one request.
     pub async fn closed(&self) {
-        let mut sink = [0u8; 512];
+        // Small: it lives as long as the viewer, and a viewer sends nothing after its request.
+        let mut sink = [0u8; 64];
         loop {
             let Ok(mut ready) = self.fd.readable().await else {
                 return;
