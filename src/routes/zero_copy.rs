@@ -77,7 +77,16 @@ impl ZeroCopyViewer {
         // Whether the client closed its side: one future for the whole stream, so a wait at the
         // edge does not register (and drop) its read interest anew each time.
         let mut closed = Box::pin(self.socket.closed());
+        // Set when a send reached what the edge viewers were told of.
+        let mut at_told_edge = false;
         loop {
+            // Sent everything told and no wake since: wait without reading the ring again (the
+            // bytes published since come with the next tell).
+            if std::mem::take(&mut at_told_edge) && !edge.has_changed().unwrap_or(true) {
+                if let Err(end) = self.wait(&mut edge, &mut closed).await {
+                    return end;
+                }
+            }
             ring_changed.borrow_and_update();
             let ticked = edge.borrow_and_update().keepalives != keepalives;
             keepalives = edge.borrow().keepalives;
@@ -153,6 +162,7 @@ impl ZeroCopyViewer {
                     };
                     result.map(|n| {
                         let upto = from + n as u64;
+                        at_told_edge = upto >= edge.borrow().told;
                         let mut at = first;
                         for c in &chunks {
                             at += c.len() as u64;

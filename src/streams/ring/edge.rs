@@ -48,6 +48,9 @@ pub struct EdgeSettings {
 pub struct EdgeTell {
     /// Keepalive ticks so far.
     pub keepalives: u64,
+    /// Stream bytes the edge viewers were told of: a viewer that has sent this far waits for
+    /// the next wake without reading the ring again.
+    pub told: u64,
 }
 
 #[derive(Debug)]
@@ -122,7 +125,7 @@ impl EdgeWakes {
             tell
         };
         if tell {
-            self.tx.send_modify(|_| {});
+            self.tx.send_modify(|t| t.told = edge);
         }
     }
 
@@ -131,10 +134,11 @@ impl EdgeWakes {
         self.tx.send_modify(|_| {});
     }
 
-    /// Wakes every edge viewer for the last time: the edge task ends.
+    /// Wakes every edge viewer for the last time: the edge task ends, and nothing will be
+    /// told again, so every viewer reads the ring to its end (`told` becomes `u64::MAX`).
     pub fn close(&self) {
         self.state.locked().closed = true;
-        self.wake();
+        self.tx.send_modify(|t| t.told = u64::MAX);
     }
 
     /// What is due next, or `None` once the ring closed.
@@ -161,10 +165,11 @@ impl EdgeWakes {
         let mut s = self.state.locked();
         match due {
             Due::Flush(_) if s.told < s.published => {
-                s.told = s.published;
+                let edge = s.published;
+                s.told = edge;
                 s.told_at = now;
                 drop(s);
-                self.wake();
+                self.tx.send_modify(|t| t.told = edge);
             }
             Due::Keepalive(at) if s.published_at + self.settings.keepalive <= at => {
                 s.ticked_at = Some(now);
@@ -273,9 +278,11 @@ mod tests {
         edge.published(100_000, true, Instant::now());
         publish_tx.send_replace(2);
         assert!(!seen(&mut rx).0, "held: 50 KB and 100 ms since the tell");
+        assert_eq!(rx.borrow().told, 50_000);
         // The task tells it 200 ms after the last tell.
         rx.changed().await.unwrap();
         assert_eq!(Instant::now() - start, Duration::from_millis(400));
+        assert_eq!(rx.borrow().told, 100_000);
         assert_eq!(seen(&mut rx), (false, 0));
         // Then one tick a second after the last publish, and a second after each tick.
         rx.changed().await.unwrap();
@@ -297,6 +304,7 @@ mod tests {
         publish_tx.send_replace(4);
         task.await.unwrap();
         assert_eq!(seen(&mut rx), (true, 3));
+        assert_eq!(rx.borrow().told, u64::MAX, "every viewer reads to the end");
     }
 
     #[tokio::test(start_paused = true)]
