@@ -123,24 +123,37 @@ impl ViewerSocket {
         if len == 0 {
             return Ok(Some(0));
         }
+        let send = |fd: &OwnedFd| {
+            let mut at = offset;
+            match rustix::fs::sendfile(fd, file, Some(&mut at), len) {
+                Ok(0) => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the page file ended before the ring's edge",
+                )),
+                Ok(n) => Ok(n),
+                Err(rustix::io::Errno::INTR) => Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) => Err(e.into()),
+            }
+        };
+        // A viewer at the live edge nearly always finds room in its socket: it tries at once,
+        // without asking the reactor (a readiness poll per send); only a full socket waits for
+        // it, and the reactor's readiness is then cleared by the `try_io` below. The task's
+        // budget is still spent per send, so a viewer catching up at line speed yields to the
+        // others as it did when every send awaited readiness.
+        tokio::task::coop::consume_budget().await;
+        if !held() {
+            return Ok(None);
+        }
+        match send(self.fd.get_ref()) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            result => return result.map(Some),
+        }
         loop {
             let mut ready = self.fd.writable().await?;
             if !held() {
                 return Ok(None);
             }
-            let sent = ready.try_io(|fd| {
-                let mut at = offset;
-                match rustix::fs::sendfile(fd.get_ref(), file, Some(&mut at), len) {
-                    Ok(0) => Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the page file ended before the ring's edge",
-                    )),
-                    Ok(n) => Ok(n),
-                    Err(rustix::io::Errno::INTR) => Err(io::ErrorKind::WouldBlock.into()),
-                    Err(e) => Err(e.into()),
-                }
-            });
-            match sent {
+            match ready.try_io(|fd| send(fd.get_ref())) {
                 Ok(result) => return result.map(Some),
                 Err(_would_block) => continue,
             }
