@@ -156,7 +156,9 @@ impl ZeroCopyViewer {
                         None => {
                             let send = self.socket.send_chunks(&chunks, (from - first) as usize);
                             let sent = self.guard(send, &mut ring_changed).await;
-                            copies.inc();
+                            if sent.is_ok() {
+                                copies.inc();
+                            }
                             sent
                         }
                     };
