@@ -36,6 +36,8 @@ pub struct Metrics {
     /// Sends of stream bytes by taken-over TS viewers, by `path` (`sendfile` or `send`): with
     /// the stream's bitrate and viewer count, how well live-edge batching works.
     pub ts_viewer_sends: IntCounterVec,
+    /// Sends made by sessions' edge writers to viewers parked at the live edge.
+    pub ts_parked_sends: IntCounter,
     /// Stream bytes read from engines.
     pub upstream_bytes: IntCounter,
     /// Live sessions moved to another engine after an upstream failure.
@@ -233,6 +235,11 @@ impl Metrics {
                 "acestream_edge_ts_viewer_sends_total",
                 "Sends of stream bytes by taken-over TS viewers, by path (sendfile or send)",
                 &["path"],
+            ),
+            ts_parked_sends: counter(
+                &r,
+                "acestream_edge_ts_parked_sends_total",
+                "Sends made by sessions' edge writers to TS viewers parked at the live edge (also counted in ts_viewer_sends_total{path=\"sendfile\"})",
             ),
             upstream_bytes: counter(
                 &r,

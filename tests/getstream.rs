@@ -615,6 +615,8 @@ async fn viewers_at_the_live_edge_are_written_in_batches() {
             sends.with_label_values(&["send"]).get(),
         )
     };
+    let parked = &server.edge.metrics.ts_parked_sends;
+    let parked_before = parked.get();
     let before = counted();
     let (a_data, b_data) = tokio::join!(
         read_for(&mut a, Duration::from_secs(4), usize::MAX),
@@ -634,6 +636,14 @@ async fn viewers_at_the_live_edge_are_written_in_batches() {
             "{name}: {sent} sends of {per_send} bytes on average in 4 s"
         );
     }
+    // The sendfile viewer parks at the live edge: its session's edge writer makes most of its
+    // sends (its own task sends only after a keepalive tick or a short send).
+    let by_writer = parked.get() - parked_before;
+    let sendfiles = after.0 - before.0;
+    assert!(
+        by_writer * 2 > sendfiles,
+        "{by_writer} of {sendfiles} sendfile sends by the edge writer"
+    );
     for (warm, data) in [(&warm_a.0, &a_data.0), (&warm_b.0, &b_data.0)] {
         assert_eq!((warm.len() + data.len()) % 188, 0, "on the packet grid");
     }

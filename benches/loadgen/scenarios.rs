@@ -28,8 +28,11 @@ enum FanoutServer {
     /// The proxy with taken-over viewers that write each run of chunks (`zero_copy: false`).
     ProxySend,
     /// The proxy as shipped: taken-over viewers sent with `sendfile` from the page file
-    /// (`zero_copy: true`, the default).
+    /// (`zero_copy: true`, the default), parked at the live edge for the session's edge writer.
     Proxy,
+    /// The proxy with `sendfile` viewers whose own tasks send at the live edge
+    /// (`edge_writer: false`).
+    ProxyTasks,
     /// Another build of the proxy (`BENCH_BEFORE_BIN`, e.g. the release before issue 24), as
     /// configured by default.
     ProxyBuild,
@@ -45,6 +48,7 @@ impl FanoutServer {
             FanoutServer::ProxyBefore => "proxy before (Pingora writer)",
             FanoutServer::ProxySend => "proxy (send, zero_copy: false)",
             FanoutServer::Proxy => "proxy (sendfile, default)",
+            FanoutServer::ProxyTasks => "proxy (sendfile, edge_writer: false)",
             FanoutServer::ProxyBuild => "proxy build of BENCH_BEFORE_BIN",
             FanoutServer::MsdLite => "msd_lite",
         }
@@ -58,6 +62,7 @@ impl FanoutServer {
             "before" => FanoutServer::ProxyBefore,
             "send" => FanoutServer::ProxySend,
             "proxy" => FanoutServer::Proxy,
+            "tasks" => FanoutServer::ProxyTasks,
             "build" => FanoutServer::ProxyBuild,
             "msd" => FanoutServer::MsdLite,
             _ => return None,
@@ -116,6 +121,7 @@ async fn fanout_rows(
                         start_proxy(sim.addr, "  viewer_takeover: false\n")
                     }
                     FanoutServer::ProxySend => start_proxy(sim.addr, "  zero_copy: false\n"),
+                    FanoutServer::ProxyTasks => start_proxy(sim.addr, "  edge_writer: false\n"),
                     FanoutServer::ProxyBuild => {
                         start_proxy_bin(&env("BENCH_BEFORE_BIN"), free_port(), sim.addr, "")
                     }

@@ -249,6 +249,12 @@ section!(
     /// The longest new bytes wait for a batch before the session wakes its viewers at the live
     /// edge (latency it adds, at most). Default 0.2 s.
         send_batch_delay: Duration,
+    /// A `sendfile` viewer at the live edge parks in its session, and the session's edge writer
+    /// sends the new bytes of every parked viewer itself at each wake (one `sendfile` each, no
+    /// task wake per viewer); a viewer goes back to its own task when its socket is full, at a
+    /// keepalive tick and at the stream's end (see `streams::parked`). `false`: every viewer's
+    /// task is woken and sends for itself. Default true.
+        edge_writer: bool,
     }
 );
 

@@ -386,6 +386,7 @@ pub(super) fn validate(mut w: AceWire) -> Result<Config, ConfigError> {
             viewer_takeover: w.viewer_takeover,
             send_batch_bytes: w.send_batch_bytes as usize,
             send_batch_delay: w.send_batch_delay.0,
+            edge_writer: w.edge_writer,
         },
         limits: Limits {
             limit_exempt,

@@ -20,6 +20,7 @@ use super::getstream::{guarded, lagged, End, Leaving};
 use super::rewind::{ended, SpillCursor, Step};
 use crate::config::Config;
 use crate::streams::client::Next;
+use crate::streams::parked::HandBack;
 use crate::streams::ring::edge::EdgeTell;
 use crate::streams::sendfile::{Connection, ViewerSocket};
 use crate::streams::{ClientHandle, Sessions};
@@ -83,7 +84,29 @@ impl ZeroCopyViewer {
             // Sent everything told and no wake since: wait without reading the ring again (the
             // bytes published since come with the next tell).
             if std::mem::take(&mut at_told_edge) && !edge.has_changed().unwrap_or(true) {
-                if let Err(end) = self.wait(&mut edge, &mut closed).await {
+                // Parked in the session, whose edge writer sends to it until it hands it back
+                // (see `streams::parked`); else woken to send for itself.
+                let woken = self.parkable(sent_upto).and_then(|at| {
+                    session.parked.park(
+                        self.socket.shared_fd(),
+                        self.client.stats().clone(),
+                        at,
+                        &edge,
+                    )
+                });
+                let waited = match woken {
+                    Some(woken) => parked(
+                        &mut self.client,
+                        &self.sessions,
+                        &self.id,
+                        woken,
+                        &mut closed,
+                    )
+                    .await
+                    .map(|upto| sent_upto = Some(upto)),
+                    None => self.wait(&mut edge, &mut closed).await,
+                };
+                if let Err(end) = waited {
                     return end;
                 }
             }
@@ -284,6 +307,21 @@ impl ZeroCopyViewer {
         }
     }
 
+    /// Where this viewer can park at the live edge (see `streams::parked`): the next ring byte
+    /// when it is the start of a chunk that `sent_upto` reached, on the `sendfile` path of a
+    /// stream with a clock (a stream without one moves only as its readers take bytes, and is
+    /// told at every publish), with `edge_writer` on.
+    fn parkable(&self, sent_upto: Option<u64>) -> Option<u64> {
+        let session = self.client.session();
+        let at = self.client.ring_offset()?;
+        (self.sendfile
+            && self.config.viewers.edge_writer
+            && sent_upto == Some(at)
+            && session.ring.pages().is_some()
+            && !session.is_clockless())
+        .then_some(at)
+    }
+
     /// Waits for the ring's next edge wake (see `streams::ring::edge`). `Err` when the client
     /// is gone.
     async fn wait(
@@ -328,5 +366,42 @@ impl ZeroCopyViewer {
             &self.id,
         )
         .await
+    }
+}
+
+/// Sleeps while `client` is parked, until the edge writer hands it back: `Ok` with the next
+/// stream byte to send (inside a chunk after a short send); `Err` when the client is gone or the bytes sent
+/// were released meanwhile. Its position is taken back from its stats either way.
+async fn parked(
+    client: &mut ClientHandle,
+    sessions: &Arc<Sessions>,
+    id: &str,
+    woken: tokio::sync::oneshot::Receiver<HandBack>,
+    closed: &mut (impl std::future::Future<Output = ()> + Unpin),
+) -> Result<u64, End> {
+    let back = tokio::select! {
+        biased;
+        back = woken => back,
+        _ = closed => {
+            client.resume();
+            Leaving::Closed("closed by the client".into()).log(client, id);
+            return Err(End::Dropped);
+        }
+    };
+    client.resume();
+    match back {
+        Ok(HandBack::Look { sent_upto }) => Ok(sent_upto),
+        // The writer ended: the viewer looks for itself.
+        Err(_) => Ok(client.stream_offset()),
+        Ok(HandBack::Torn) => {
+            let behind = client
+                .session()
+                .ring
+                .published_bytes()
+                .saturating_sub(client.stream_offset());
+            let why = lagged(sessions, client, id, behind);
+            Leaving::Dropped(why).log(client, id);
+            Err(End::Dropped)
+        }
     }
 }

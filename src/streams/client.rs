@@ -62,6 +62,22 @@ pub struct ClientStats {
 }
 
 impl ClientStats {
+    /// A client that just joined, at the ring's start.
+    pub(crate) fn new(addr: Option<ClientAddr>, protocol: Protocol) -> Self {
+        ClientStats {
+            addr,
+            protocol,
+            joined: Instant::now(),
+            bytes_sent: AtomicU64::new(0),
+            offset: AtomicU64::new(0),
+            cursor: AtomicU64::new(0),
+            // An HLS viewer reads segments, not the ring: it never paces or holds the ring.
+            reading: AtomicBool::new(protocol == Protocol::Ts),
+            cut: AtomicBool::new(false),
+            dvr: AtomicBool::new(false),
+        }
+    }
+
     /// Cuts the client (see [`ClientStats::is_cut`]).
     pub fn cut(&self) {
         self.cut.store(true, Ordering::Relaxed);
@@ -110,18 +126,7 @@ impl ClientHandle {
         addr: Option<ClientAddr>,
         protocol: Protocol,
     ) -> Self {
-        let stats = Arc::new(ClientStats {
-            addr,
-            protocol,
-            joined: Instant::now(),
-            bytes_sent: AtomicU64::new(0),
-            offset: AtomicU64::new(0),
-            cursor: AtomicU64::new(0),
-            // An HLS viewer reads segments, not the ring: it never paces or holds the ring.
-            reading: AtomicBool::new(protocol == Protocol::Ts),
-            cut: AtomicBool::new(false),
-            dvr: AtomicBool::new(false),
-        });
+        let stats = Arc::new(ClientStats::new(addr, protocol));
         session.add_client_stats(stats.clone());
         ClientHandle {
             sessions,
@@ -285,6 +290,20 @@ impl ClientHandle {
         self.offset = offset;
         self.stats.offset.store(offset, Ordering::Relaxed);
         self.lead_in.clear();
+    }
+
+    /// What status pages show of this client, shared: the session's edge writer advances it
+    /// while the client is parked (see [`super::parked`]).
+    pub fn stats(&self) -> &Arc<ClientStats> {
+        &self.stats
+    }
+
+    /// Takes the position back from the shared stats after the client was parked (the edge
+    /// writer advanced them, chunk by chunk, as [`ClientHandle::wrote`] would have). Only for a
+    /// client reading ring chunks ([`ClientHandle::ring_offset`] is `Some`).
+    pub fn resume(&mut self) {
+        self.cursor = self.stats.cursor.load(Ordering::Relaxed);
+        self.offset = self.stats.offset.load(Ordering::Relaxed);
     }
 
     /// Stream offset of the next byte this client gets.

@@ -20,6 +20,7 @@ pub mod hls;
 mod ingest;
 pub mod pacer;
 pub mod pages;
+pub mod parked;
 pub mod rechunk;
 pub mod relay;
 pub mod ring;
@@ -261,6 +262,19 @@ impl Sessions {
             let session = session.clone();
             // Its edge task wakes the viewers at the live edge (see `ring::edge`).
             tokio::spawn(session.ring.edge_task());
+            // Its edge writer sends to the viewers parked at the live edge (see `parked`).
+            tokio::spawn(parked::run_edge_writer(
+                Arc::downgrade(&session),
+                session.ring.subscribe_edge(),
+                parked::WriterMetrics {
+                    sendfiles: self
+                        .metrics
+                        .ts_viewer_sends
+                        .with_label_values(&["sendfile"]),
+                    parked_sends: self.metrics.ts_parked_sends.clone(),
+                    downstream_bytes: self.metrics.downstream_bytes.clone(),
+                },
+            ));
             tokio::spawn(async move {
                 upstream::run_upstream(sessions, session).await;
                 drop(running);

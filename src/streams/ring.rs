@@ -324,7 +324,7 @@ impl Ring {
         }
         self.head.send_replace(next);
         self.edge
-            .published(edge, media.clocked, tokio::time::Instant::now());
+            .published(edge, next, media.clocked, tokio::time::Instant::now());
     }
 
     /// Appends a chunk with no stream-time span (byte retention only); for tests and benches.

@@ -62,7 +62,9 @@ impl CopyReason {
 /// A viewer's socket for direct writes (see the module docs).
 #[derive(Debug)]
 pub struct ViewerSocket {
-    fd: AsyncFd<OwnedFd>,
+    /// Shared with the session's edge writer while the viewer is parked there
+    /// (`streams::parked`): the fd stays open until both let it go.
+    fd: AsyncFd<Arc<OwnedFd>>,
 }
 
 impl ViewerSocket {
@@ -89,7 +91,10 @@ impl ViewerSocket {
         // same fd until the `AsyncFd` is dropped.
         #[allow(unsafe_code)]
         let fd = unsafe {
-            AsyncFd::register_with_interest(dup, Interest::WRITABLE.add(Interest::READABLE))
+            AsyncFd::register_with_interest(
+                Arc::new(dup),
+                Interest::WRITABLE.add(Interest::READABLE),
+            )
         }
         .map_err(|_| CopyReason::Socket)?;
         Ok(ViewerSocket { fd })
@@ -123,7 +128,7 @@ impl ViewerSocket {
         if len == 0 {
             return Ok(Some(0));
         }
-        let send = |fd: &OwnedFd| {
+        let send = |fd: &Arc<OwnedFd>| {
             let mut at = offset;
             match rustix::fs::sendfile(fd, file, Some(&mut at), len) {
                 Ok(0) => Err(io::Error::new(
@@ -233,6 +238,11 @@ impl ViewerSocket {
                 Ok(Ok(_)) | Err(_) => {}
             }
         }
+    }
+
+    /// The socket's fd, for the session's edge writer to send on while the viewer is parked.
+    pub fn shared_fd(&self) -> Arc<OwnedFd> {
+        self.fd.get_ref().clone()
     }
 
     /// Ends the response: `FIN` after every byte sent (the socket itself closes when the last

@@ -86,6 +86,8 @@ pub struct StreamSession {
     pub content: ContentKey,
     /// The chunks every client reads.
     pub ring: Ring,
+    /// Its `sendfile` viewers parked at the live edge, sent to by its edge writer.
+    pub parked: super::parked::ParkedViewers,
     /// HLS for this session, from its first HLS request on.
     hls: std::sync::OnceLock<Arc<super::hls::Hls>>,
     /// The session's DVR spill, once it streams (none with DVR off).
@@ -142,6 +144,7 @@ impl StreamSession {
             content,
             hls: std::sync::OnceLock::new(),
             spill: std::sync::OnceLock::new(),
+            parked: Default::default(),
             hls_seeded: AtomicBool::new(false),
             hls_settings: super::hls::HlsSettings::of(&config.hls),
             ring: {

@@ -51,12 +51,17 @@ pub struct EdgeTell {
     /// Stream bytes the edge viewers were told of: a viewer that has sent this far waits for
     /// the next wake without reading the ring again.
     pub told: u64,
+    /// The ring sequence number of the chunk that starts at `told` (the next to be published
+    /// when it was told): where a viewer that sent everything told reads on.
+    pub told_seq: u64,
 }
 
 #[derive(Debug)]
 struct State {
-    /// Stream bytes published, and when the last publish was.
+    /// Stream bytes published (and the sequence number of the next chunk), and when the last
+    /// publish was.
     published: u64,
+    published_seq: u64,
     published_at: Instant,
     /// Stream bytes edge viewers were told of, and when.
     told: u64,
@@ -94,6 +99,7 @@ impl EdgeWakes {
             tx: watch::channel(EdgeTell::default()).0,
             state: Mutex::new(State {
                 published: 0,
+                published_seq: 0,
                 published_at: now,
                 told: 0,
                 told_at: now,
@@ -108,12 +114,14 @@ impl EdgeWakes {
         self.tx.subscribe()
     }
 
-    /// The ring's edge moved to `edge` bytes (a chunk published at `now`; `clocked`: the stream
-    /// has a clock). Tells the edge viewers if the batch is full or old enough.
-    pub fn published(&self, edge: u64, clocked: bool, now: Instant) {
+    /// The ring's edge moved to `edge` bytes, `seq` the sequence number of the next chunk (a
+    /// chunk published at `now`; `clocked`: the stream has a clock). Tells the edge viewers if
+    /// the batch is full or old enough.
+    pub fn published(&self, edge: u64, seq: u64, clocked: bool, now: Instant) {
         let tell = {
             let mut s = self.state.locked();
             s.published = edge;
+            s.published_seq = seq;
             s.published_at = now;
             let tell = !clocked
                 || edge.saturating_sub(s.told) >= self.settings.batch_bytes
@@ -125,7 +133,10 @@ impl EdgeWakes {
             tell
         };
         if tell {
-            self.tx.send_modify(|t| t.told = edge);
+            self.tx.send_modify(|t| {
+                t.told = edge;
+                t.told_seq = seq;
+            });
         }
     }
 
@@ -165,11 +176,14 @@ impl EdgeWakes {
         let mut s = self.state.locked();
         match due {
             Due::Flush(_) if s.told < s.published => {
-                let edge = s.published;
+                let (edge, seq) = (s.published, s.published_seq);
                 s.told = edge;
                 s.told_at = now;
                 drop(s);
-                self.tx.send_modify(|t| t.told = edge);
+                self.tx.send_modify(|t| {
+                    t.told = edge;
+                    t.told_seq = seq;
+                });
             }
             Due::Keepalive(at) if s.published_at + self.settings.keepalive <= at => {
                 s.ticked_at = Some(now);
@@ -232,7 +246,7 @@ mod tests {
         // 50 KB chunks every 100 ms (4 Mbit/s): told every second chunk, by the delay.
         let mut tells = 0;
         for i in 1..=20u64 {
-            edge.published(i * 50_000, true, start + Duration::from_millis(100 * i));
+            edge.published(i * 50_000, i, true, start + Duration::from_millis(100 * i));
             if seen(&mut rx).0 {
                 tells += 1;
             }
@@ -240,14 +254,14 @@ mod tests {
         assert_eq!(tells, 10, "one tell per 200 ms of a 4 Mbit/s stream");
         // 64 KiB chunks at once (a burst): told once 128 KiB are new.
         let at = start + Duration::from_secs(3);
-        edge.published(1_000_000 + 64 * KIB, true, at);
+        edge.published(1_000_000 + 64 * KIB, 21, true, at);
         assert!(
             seen(&mut rx).0,
             "the first publish 200 ms after a tell is told"
         );
-        edge.published(1_000_000 + 128 * KIB, true, at);
+        edge.published(1_000_000 + 128 * KIB, 22, true, at);
         assert!(!seen(&mut rx).0, "64 KiB new: held");
-        edge.published(1_000_000 + 192 * KIB, true, at);
+        edge.published(1_000_000 + 192 * KIB, 23, true, at);
         assert!(seen(&mut rx).0, "128 KiB new: told");
     }
 
@@ -257,7 +271,7 @@ mod tests {
         let edge = EdgeWakes::new(settings(), start);
         let mut rx = edge.subscribe();
         for i in 1..=5u64 {
-            edge.published(i * 1000, false, start);
+            edge.published(i * 1000, i, false, start);
             assert!(seen(&mut rx).0);
         }
     }
@@ -271,11 +285,11 @@ mod tests {
         let task = tokio::spawn(edge.clone().run(publishes));
         // A tell at 0.2 s, then 50 KB more at 0.3 s that no publish follows.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        edge.published(50_000, true, Instant::now());
+        edge.published(50_000, 1, true, Instant::now());
         publish_tx.send_replace(1);
         assert_eq!(seen(&mut rx), (true, 0));
         tokio::time::sleep(Duration::from_millis(100)).await;
-        edge.published(100_000, true, Instant::now());
+        edge.published(100_000, 2, true, Instant::now());
         publish_tx.send_replace(2);
         assert!(!seen(&mut rx).0, "held: 50 KB and 100 ms since the tell");
         assert_eq!(rx.borrow().told, 50_000);
@@ -283,6 +297,7 @@ mod tests {
         rx.changed().await.unwrap();
         assert_eq!(Instant::now() - start, Duration::from_millis(400));
         assert_eq!(rx.borrow().told, 100_000);
+        assert_eq!(rx.borrow().told_seq, 2, "the chunk after the told bytes");
         assert_eq!(seen(&mut rx), (false, 0));
         // Then one tick a second after the last publish, and a second after each tick.
         rx.changed().await.unwrap();
@@ -293,7 +308,7 @@ mod tests {
         assert_eq!(rx.borrow_and_update().keepalives, 2);
         // A publish puts the next tick a second after it.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        edge.published(150_000, true, Instant::now());
+        edge.published(150_000, 3, true, Instant::now());
         publish_tx.send_replace(3);
         assert_eq!(seen(&mut rx), (true, 2));
         rx.changed().await.unwrap();
