@@ -180,13 +180,7 @@ pub async fn fanout(o: &Opts, out: &mut Vec<Report>) {
     } else {
         vec![100, 500, 1000, 2000]
     };
-    // BENCH_FANOUT_ROWS=floor,proxy,before: only these rows (names as in `FanoutServer::key`).
-    let picked: Option<Vec<FanoutServer>> = std::env::var("BENCH_FANOUT_ROWS").ok().map(|v| {
-        v.split(',')
-            .map(|k| FanoutServer::by_key(k.trim()).unwrap_or_else(|| panic!("no fan-out row {k}")))
-            .collect()
-    });
-    let servers: Vec<FanoutServer> = if let Some(picked) = picked {
+    let servers: Vec<FanoutServer> = if let Some(picked) = picked_rows() {
         picked
     } else if proxy_only {
         vec![FanoutServer::Proxy]
@@ -210,8 +204,19 @@ pub async fn fanout(o: &Opts, out: &mut Vec<Report>) {
     }
 }
 
-/// 10,000 viewers of a 1 Mbit/s stream on one node (`fanout10k`; not in the default run: it
-/// needs 10,000 descriptors on each side and takes the load generator most of the machine).
+/// `BENCH_FANOUT_ROWS=floor,proxy,before`: only these rows (names as in
+/// [`FanoutServer::by_key`]).
+fn picked_rows() -> Option<Vec<FanoutServer>> {
+    std::env::var("BENCH_FANOUT_ROWS").ok().map(|v| {
+        v.split(',')
+            .map(|k| FanoutServer::by_key(k.trim()).unwrap_or_else(|| panic!("no fan-out row {k}")))
+            .collect()
+    })
+}
+
+/// 10,000 viewers of a 1 Mbit/s stream on one node (`fanout10k`, its rows picked by
+/// `BENCH_FANOUT_ROWS` too; not in the default run: it needs 10,000 descriptors on each side
+/// and takes the load generator most of the machine).
 pub async fn fanout_10k(o: &Opts, out: &mut Vec<Report>) {
     let n = if o.quick { 2000 } else { 10_000 };
     fanout_rows(
@@ -219,15 +224,17 @@ pub async fn fanout_10k(o: &Opts, out: &mut Vec<Report>) {
         1,
         n,
         1_000_000,
-        &[
-            &[
-                FanoutServer::Floor,
-                FanoutServer::ProxySend,
-                FanoutServer::Proxy,
-            ][..],
-            &FanoutServer::optional(),
-        ]
-        .concat(),
+        &picked_rows().unwrap_or_else(|| {
+            [
+                &[
+                    FanoutServer::Floor,
+                    FanoutServer::ProxySend,
+                    FanoutServer::Proxy,
+                ][..],
+                &FanoutServer::optional(),
+            ]
+            .concat()
+        }),
         out,
     )
     .await;
