@@ -72,7 +72,11 @@ fn main() {
     let want = |name: &str| only.is_empty() || only.iter().any(|a| *a == name);
     let o = Opts {
         quick,
-        runs: if quick { 1 } else { 2 },
+        // BENCH_RUNS=N: every scenario N times (default 2, 1 when quick).
+        runs: std::env::var("BENCH_RUNS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if quick { 1 } else { 2 }),
     };
     let _ = rlimit::increase_nofile_limit(65536);
     let rt = tokio::runtime::Builder::new_multi_thread()
