@@ -8,7 +8,10 @@
 //! all its edge viewers of new bytes at once, in batches of `send_batch_bytes` or
 //! `send_batch_delay`, and ticks their keepalives while the stream pauses, so a viewer costs a
 //! few large sends a second and no timer of its own; a viewer behind the edge sends everything it
-//! can at once.
+//! can at once. With `edge_writer` on, a `sendfile` viewer that has sent everything told parks
+//! in its session instead (`streams::parked`): the session's edge writer makes its sends at each
+//! tell, and its task sleeps until it is handed back (a full socket, a keepalive tick, a cut, the
+//! end), then goes on from where the writer left it.
 //!
 //! It usually runs in a task of its own, holding only what it needs (its place in the session,
 //! its socket's dup, its limit permit and the connection's slot), after Pingora let the request go
@@ -370,8 +373,9 @@ impl ZeroCopyViewer {
 }
 
 /// Sleeps while `client` is parked, until the edge writer hands it back: `Ok` with the next
-/// stream byte to send (inside a chunk after a short send); `Err` when the client is gone or the bytes sent
-/// were released meanwhile. Its position is taken back from its stats either way.
+/// stream byte to send (inside a chunk after a short send); `Err` when the client is gone or
+/// the bytes sent were released meanwhile. Its position is taken back from its stats either
+/// way.
 async fn parked(
     client: &mut ClientHandle,
     sessions: &Arc<Sessions>,
