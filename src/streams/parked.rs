@@ -157,13 +157,15 @@ impl ParkedViewers {
         Some(woken)
     }
 
-    /// How many viewers are parked now.
-    pub fn len(&self) -> usize {
+    /// How many viewers are parked now (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.park.locked().viewers.len()
     }
 
-    /// Whether no viewer is parked.
-    pub fn is_empty(&self) -> bool {
+    /// Whether no viewer is parked (for tests).
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 

@@ -133,11 +133,16 @@ impl EdgeWakes {
             tell
         };
         if tell {
-            self.tx.send_modify(|t| {
-                t.told = edge;
-                t.told_seq = seq;
-            });
+            self.tell(edge, seq);
         }
+    }
+
+    /// Tells the edge viewers of the bytes up to `edge` (`seq` the chunk that starts there).
+    fn tell(&self, edge: u64, seq: u64) {
+        self.tx.send_modify(|t| {
+            t.told = edge;
+            t.told_seq = seq;
+        });
     }
 
     /// Wakes every edge viewer (something they must look at changed: a cut, a close).
@@ -180,10 +185,7 @@ impl EdgeWakes {
                 s.told = edge;
                 s.told_at = now;
                 drop(s);
-                self.tx.send_modify(|t| {
-                    t.told = edge;
-                    t.told_seq = seq;
-                });
+                self.tell(edge, seq);
             }
             Due::Keepalive(at) if s.published_at + self.settings.keepalive <= at => {
                 s.ticked_at = Some(now);
