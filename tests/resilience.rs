@@ -107,6 +107,12 @@ async fn failover_case(fault: Knobs) {
         "the second engine serves now"
     );
     assert!(server.edge.metrics.failovers.get() >= 1);
+    // The viewers are zero-copy (the default) and were parked at the live edge: the session's
+    // edge writer sent them bytes, across the splice as before it.
+    assert!(
+        server.edge.metrics.ts_parked_sends.get() > 0,
+        "no sends by the edge writer"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
