@@ -63,9 +63,15 @@ impl Harness {
         let observer = tokio::spawn(async move {
             let start = Instant::now();
             let mut n = 0usize;
+            // Until told to stop, or until the response ends: an ended response answers at
+            // once without waiting, so looping on it would hold this runtime's worker forever
+            // (a failing case's unwinding then never finished dropping the runtime).
             while !stop.load(Ordering::Relaxed) {
-                let (d, _) = read_for(&mut r, Duration::from_millis(200), usize::MAX).await;
-                n += d.len();
+                match tokio::time::timeout(Duration::from_millis(200), r.next_chunk()).await {
+                    Ok(Ok(Some(b))) => n += b.len(),
+                    Ok(Ok(None) | Err(_)) => break,
+                    Err(_) => {} // 200 ms without a byte: look at `stop` again
+                }
             }
             n as f64 / start.elapsed().as_secs_f64()
         });
