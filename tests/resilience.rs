@@ -395,7 +395,13 @@ async fn matrix_client_vanishes_without_fin() {
     h.finish().await;
 }
 
-/// 1,000 concurrent joins of one id: exactly one engine session.
+/// 1,000 concurrent joins of one id: exactly one engine session, and every viewer gets stream
+/// bytes.
+///
+/// The simulator shares this test's runtime with the 1,000 clients, and CI runs eight tests at
+/// once on two cores: its first byte has come 1.2 s after the start there, so the harness's
+/// 1.5 s `empty_stream_timeout` (meant for the empty-stream case) ended the session under its
+/// joined viewers. A real engine is another process; this case allows it 10 s.
 #[tokio::test(flavor = "multi_thread")]
 async fn matrix_thousand_concurrent_joins() {
     rlimit::increase_nofile_limit(8192).unwrap();
@@ -404,7 +410,7 @@ async fn matrix_thousand_concurrent_joins() {
             prebuffer: Duration::from_millis(500),
             ..knobs()
         },
-        "",
+        "empty_stream_timeout: 10",
     )
     .await;
     let path = format!("/ace/getstream?id={}", content_id(7409));
@@ -414,16 +420,25 @@ async fn matrix_thousand_concurrent_joins() {
         let (addr, path, barrier) = (h.addr(), path.clone(), barrier.clone());
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
+            let started = Instant::now();
             let mut r = get(addr, &path).await;
             let (d, _) = read_for(&mut r, Duration::from_secs(20), 188).await;
-            (r.status, d.len())
+            (r.status, d.len(), started.elapsed())
         }));
     }
+    let mut short = Vec::new();
     for t in tasks {
-        let (status, n) = t.await.unwrap();
-        assert_eq!(status, 200);
-        assert!(n >= 188);
+        let (status, n, took) = t.await.unwrap();
+        if status != 200 || n < 188 {
+            short.push(format!("{status} with {n} bytes after {took:?}"));
+        }
     }
+    assert!(
+        short.is_empty(),
+        "{} of 1000 viewers got no stream, e.g. {:?}",
+        short.len(),
+        &short[..short.len().min(5)]
+    );
     let s = sim_stats(&h.f).await;
     assert_eq!((s.getstream_total, s.max_active_readers), (1, 1));
     h.finish().await;

@@ -39,15 +39,35 @@ impl Harness {
         Self::with_capacity(fault, 1, extra).await
     }
 
-    /// With `max_streams_per_engine` above 1, the case's ids may land on either engine.
+    /// With `max_streams_per_engine` above 1, the case's ids may land on either engine. `extra`
+    /// holds more `acestream:` keys, one per line; a key the harness sets is replaced.
     pub async fn with_capacity(fault: Knobs, max_streams: usize, extra: &str) -> Harness {
         let (f, o) = (sim(fault).await, sim(knobs()).await);
+        // The cases' short timeouts, unless `extra` sets the key itself.
+        let extra: Vec<&str> = extra
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let defaults = [
+            "copy_chunk_size: 16356",
+            "stream_idle_timeout: 0.3",
+            "empty_stream_timeout: 1.5",
+            "upstream_stall_timeout: 0.7",
+            "engine_connect_timeout: 1",
+        ];
+        let key = |l: &str| l.split(':').next().unwrap_or("").trim().to_string();
+        let settings: String = defaults
+            .into_iter()
+            .filter(|d| !extra.iter().any(|e| key(e) == key(d)))
+            .chain(extra.iter().copied())
+            .map(|l| format!("  {l}\n"))
+            .collect();
         let yaml = format!(
-            "acestream:\n  listen: [\"127.0.0.1:{}\"]\n  engines:\n    - {{host: 127.0.0.1, port: {}, forwarded: true}}\n    - {{host: 127.0.0.1, port: {}}}\n  max_streams_per_engine: {max_streams}\n  copy_chunk_size: 16356\n  stream_idle_timeout: 0.3\n  empty_stream_timeout: 1.5\n  upstream_stall_timeout: 0.7\n  engine_connect_timeout: 1\n{}",
+            "acestream:\n  listen: [\"127.0.0.1:{}\"]\n  engines:\n    - {{host: 127.0.0.1, port: {}, forwarded: true}}\n    - {{host: 127.0.0.1, port: {}}}\n  max_streams_per_engine: {max_streams}\n{settings}",
             free_port(),
             o.addr().port(),
             f.addr().port(),
-            extra.lines().map(|l| format!("  {}\n", l.trim())).collect::<String>()
         );
         let server = start_proxy(acestream_edge::config::load_str(&yaml).unwrap().acestream);
         let mut r = get(
