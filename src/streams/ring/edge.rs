@@ -138,10 +138,16 @@ impl EdgeWakes {
     }
 
     /// Tells the edge viewers of the bytes up to `edge` (`seq` the chunk that starts there).
+    /// Never back: the publisher and the edge task each tell after letting the state's lock go,
+    /// so a tell of fewer bytes (or one after the close) can come second; it is not sent.
     fn tell(&self, edge: u64, seq: u64) {
-        self.tx.send_modify(|t| {
+        self.tx.send_if_modified(|t| {
+            if edge <= t.told {
+                return false;
+            }
             t.told = edge;
             t.told_seq = seq;
+            true
         });
     }
 
@@ -332,5 +338,23 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(3)).await;
         drop(publish_tx);
         task.await.unwrap();
+    }
+
+    /// The publisher and the edge task tell outside the state's lock, so their tells can come
+    /// in either order: the later, smaller one must not take the edge back (viewers at the edge
+    /// would see nothing new, and the edge writer would hand everyone back), nor undo the close.
+    #[test]
+    fn a_tell_never_goes_back() {
+        let edge = EdgeWakes::new(settings(), Instant::now());
+        let mut rx = edge.subscribe();
+        edge.tell(200_000, 4);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(rx.borrow_and_update().told, 200_000);
+        edge.tell(150_000, 3);
+        assert!(!rx.has_changed().unwrap(), "an older tell wakes nobody");
+        assert_eq!((rx.borrow().told, rx.borrow().told_seq), (200_000, 4));
+        edge.close();
+        edge.tell(250_000, 5);
+        assert_eq!(rx.borrow_and_update().told, u64::MAX, "the close stands");
     }
 }
