@@ -197,6 +197,10 @@ pub async fn manifest(
             .playlist(&uri)
             .filter(|_| graced && settling.is_none() && ready(&mut hold))
         {
+            // A held reload's place goes back before its answer does: a player asks for the
+            // preload hint's part as soon as it has read the playlist, and that request must
+            // not find its address still holding this one.
+            drop(hold.take());
             write_playlist(s, text).await?;
             sessions.hls_viewer_served(&content, viewer.0, &viewer.1);
             return Ok(());
