@@ -233,8 +233,29 @@ fn pick(i: usize, j: usize, n: usize) -> usize {
     (i * 7 + j * 5 + i * j) % n
 }
 
+/// What the members' logs say of `ids` and of their peers: for a failure's message.
+fn fleet_logs(members: &[Node], ids: &[&String]) -> String {
+    let mut out = String::new();
+    for m in members {
+        out.push_str(&format!("--- {}\n", m.addr));
+        for line in m.log_text().lines() {
+            if line.contains("peer")
+                || line.contains("member")
+                || ids.iter().any(|id| line.contains(id.as_str()))
+            {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// `nodes` are where the clients connect (the members, or a front before them); `members` are
+/// the fleet, whose logs a failure shows.
 async fn thirty_ids_three_clients_each(
     nodes: &[SocketAddr],
+    members: &[Node],
     engines: &[&SimEngine],
 ) -> Vec<Viewer> {
     let mut joins = Vec::new();
@@ -254,12 +275,25 @@ async fn thirty_ids_three_clients_each(
     }
     let reading = read_sessions(engines);
     assert_eq!(reading.len(), 30, "ids read: {reading:?}");
-    assert!(reading.values().all(|n| *n == 1), "{reading:?}");
+    let twice = |m: &BTreeMap<String, u64>| -> Vec<String> {
+        m.iter()
+            .filter(|(_, n)| **n != 1)
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    let doubled = twice(&reading);
+    assert!(
+        doubled.is_empty(),
+        "{reading:?}\n{}",
+        fleet_logs(members, &doubled.iter().collect::<Vec<_>>())
+    );
     let started = starts(engines);
     assert_eq!(started.len(), 30);
+    let doubled = twice(&started);
     assert!(
-        started.values().all(|n| *n == 1),
-        "an id was started twice: {started:?}"
+        doubled.is_empty(),
+        "an id was started twice: {started:?}\n{}",
+        fleet_logs(members, &doubled.iter().collect::<Vec<_>>())
     );
     let total: u64 = engines.iter().map(|e| e.stats().sessions_started).sum();
     assert_eq!(total, 30);
@@ -273,7 +307,7 @@ async fn fleet_opens_one_engine_session_per_id() {
     let (a, b) = (sim(Knobs::default()).await, sim(Knobs::default()).await);
     let nodes = fleet(3, &[&a, &b], "  max_streams_per_engine: 30\n").await;
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-    let viewers = thirty_ids_three_clients_each(&addrs, &[&a, &b]).await;
+    let viewers = thirty_ids_three_clients_each(&addrs, &nodes, &[&a, &b]).await;
     let mut forwarded = 0.0;
     let mut held = 0;
     for n in &nodes {
@@ -545,7 +579,7 @@ async fn haproxy_front_hashes_ids_to_nodes() {
         "haproxy: {}",
         std::fs::read_to_string(hlog.path()).unwrap_or_default()
     );
-    let viewers = thirty_ids_three_clients_each(&[front_addr], &[&a, &b]).await;
+    let viewers = thirty_ids_three_clients_each(&[front_addr], &nodes, &[&a, &b]).await;
     let mut forwarded = 0.0;
     for n in &nodes {
         forwarded += n
